@@ -1,0 +1,56 @@
+"""`pdp-gpt2` entry point: a thin dispatcher.
+
+Each subcommand lives in its own ``cli_<name>.py`` module exposing
+``add_arguments(parser)`` and ``run(args) -> int``.  Modules are imported
+lazily so ``pdp-gpt2 --help`` stays fast and an optional dependency of one
+command never breaks another.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pdp_gpt2.errors import UsageError
+
+# name -> (module, one-line help)
+SUBCOMMANDS = {
+    "train": ("pdp_gpt2.cli_train", "fine-tune a causal LM while PDP prunes it to a target sparsity"),
+    "eval": ("pdp_gpt2.cli_eval", "sliding-window perplexity of any checkpoint"),
+    "pretrain": ("pdp_gpt2.cli_pretrain", "densely pretrain the small embedded GPT-2 on the bundled corpus"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdp-gpt2", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:  # a subcommand not built yet must not break the others
+            if e.name != module:
+                raise
+            sub._name_parser_map.pop(name, None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["train", *argv]  # `pdp-gpt2 --sparsity 0.9` == `pdp-gpt2 train --sparsity 0.9`
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except UsageError as e:
+        print(f"pdp-gpt2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
