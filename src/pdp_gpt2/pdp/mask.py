@@ -1,0 +1,200 @@
+"""Pure PDP math: thresholds, soft masks, hard masks, fake quantization.
+
+Nothing here knows about modules or models; every function takes tensors and
+returns tensors, so each one is tested on hand-computed values.
+
+Notation (Cho, Adya, Naik, "PDP: Parameter-free Differentiable Pruning is All
+You Need", NeurIPS 2023): for a weight tensor W with n entries and a target
+sparsity r, the k = floor(r * n) entries of smallest magnitude are "pruned".
+
+* threshold t = midpoint between the largest pruned |w| and the smallest kept |w|
+  (it is a number read off the weights: it carries no gradient);
+* soft mask  m(w) = softmax([t^2, w^2] / tau)[1] = sigmoid((w^2 - t^2) / tau);
+* effective weight m(w) * w, with the gradient flowing through m as well
+  (the paper's boosting term dm/dw = 2 w m (1 - m) / tau).
+
+tau convention (the one place we depart from a raw reading of the paper, and why):
+an absolute tau on w^2 means different things on different layers, because
+GPT-2's layers differ ~10x in weight scale (so ~100x in w^2): one value would be
+a hard step on one layer and "everything 0.5" on another.  We measure w^2 - t^2
+in units of t^2, i.e. x = (w^2 - t^2) / t^2 = (|w| / t)^2 - 1, and use
+m = sigmoid(x / tau).  The mask then depends only on |w| / t: it is invariant
+to the layer's scale, and tau is dimensionless.  With the default tau = 0.02 the
+band 0.05 < m < 0.95 is |w| / t in [0.970, 1.029] on every layer.
+Pass ``tau_mode="absolute"`` to get the paper's raw form x = w^2 - t^2.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Entries whose soft mask lies strictly inside this interval are "in the band":
+# they are neither clearly kept nor clearly pruned.  Reported per layer.
+BAND = (0.05, 0.95)
+
+
+def num_pruned(n: int, sparsity: float) -> int:
+    """k = floor(r * n), guarded against float noise (0.9 * 10 must give 9, not 8)."""
+    return min(n, int(math.floor(sparsity * n + 1e-9)))
+
+
+def threshold(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Midpoint between the k-th and (k+1)-th smallest of ``scores`` (flattened).
+
+    ``scores`` are magnitudes (|w|, or row norms).  Returns a 0-d tensor in
+    ``scores``' dtype, detached.  k = 0 gives 0 (nothing pruned) and k = n gives
+    the largest score (everything pruned).
+    """
+    flat = scores.detach().reshape(-1)
+    n = flat.numel()
+    if k <= 0:
+        return flat.new_zeros(())
+    if k >= n:
+        return flat.max()
+    lo = flat.kthvalue(k).values  # largest pruned
+    # smallest kept = the (k+1)-th smallest.  With ties at `lo` it equals `lo`;
+    # otherwise it is the smallest value strictly above `lo`.
+    if int((flat <= lo).sum()) > k:
+        hi = lo
+    else:
+        hi = flat[flat > lo].min()
+    return (lo + hi) / 2
+
+
+def normalized_gap(sq: torch.Tensor, t: torch.Tensor, tau_mode: str = "relative") -> torch.Tensor:
+    """x = (s^2 - t^2) / t^2 ("relative", default) or s^2 - t^2 ("absolute").
+
+    ``sq`` is the squared score (w^2 or squared row norm); ``t`` the threshold on
+    the unsquared score.
+    """
+    t2 = t * t
+    if tau_mode == "relative":
+        return sq / t2 - 1.0
+    if tau_mode == "absolute":
+        return sq - t2
+    raise ValueError(f"unknown tau_mode {tau_mode!r}")
+
+
+def mask_from_gap(x: torch.Tensor, tau: float, beta: float | None = None) -> torch.Tensor:
+    """Soft mask from the normalized gap x.
+
+    Standard PDP: sigmoid(x / tau).  With ``beta`` (the original tool's
+    "improved masking"): 0.7 * sigmoid(x / tau) + 0.3 * (tanh(beta * x / tau) + 1) / 2,
+    a blend whose tanh part is steeper than the sigmoid for beta > 0.5, so the
+    mask commits faster far from the threshold while staying smooth at it.
+    """
+    z = x / tau
+    m = torch.sigmoid(z)
+    if beta is not None:
+        m = 0.7 * m + 0.15 * (torch.tanh(beta * z) + 1.0)
+    return m
+
+
+def soft_mask(
+    weight: torch.Tensor,
+    sparsity: float,
+    tau: float,
+    *,
+    beta: float | None = None,
+    tau_mode: str = "relative",
+    t: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The unstructured PDP mask of ``weight`` at ``sparsity`` (differentiable in weight).
+
+    The threshold is read off |weight| (no gradient) unless ``t`` is given, which
+    is how the model uses it: thresholds are refreshed once per optimizer step,
+    not on every forward.  Sparsity 0 gives a mask of exact ones.
+    """
+    if t is None:
+        k = num_pruned(weight.numel(), sparsity)
+        if k == 0:
+            return torch.ones_like(weight)
+        t = threshold(weight.abs(), k)
+    if float(t) == 0.0:  # nothing to prune (r = 0, or all pruned weights are exactly 0)
+        return torch.ones_like(weight)
+    return mask_from_gap(normalized_gap(weight * weight, t, tau_mode), tau, beta)
+
+
+def hard_mask_from_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean keep-mask with exactly k False entries: the k smallest scores.
+
+    Ties are broken deterministically by flat index (a stable sort), so the
+    count is exact even when many weights share a magnitude (e.g. zeros).
+    """
+    flat = scores.detach().reshape(-1)
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k > 0:
+        order = torch.sort(flat, stable=True).indices
+        keep[order[:k]] = False
+    return keep.view_as(scores)
+
+
+def hard_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep |w| > t: exactly floor(r * n) zeros per tensor (boolean keep-mask)."""
+    return hard_mask_from_scores(weight.abs(), num_pruned(weight.numel(), sparsity))
+
+
+# ---- N:M -------------------------------------------------------------------------
+# Groups are M consecutive weights along the *input* dimension.  Callers pass the
+# weight with the input dimension last (Linear stores (out, in): as is; Conv1D
+# stores (in, out): transpose), so groups are simply the last dim viewed as (-1, M).
+
+
+def _groups(w_in_last: torch.Tensor, m: int) -> torch.Tensor:
+    if w_in_last.shape[-1] % m:
+        raise ValueError(f"input dimension {w_in_last.shape[-1]} is not divisible by M={m}")
+    return w_in_last.reshape(-1, m)
+
+
+def nm_threshold(w_in_last: torch.Tensor, k: int, m: int) -> torch.Tensor:
+    """Per-group thresholds (shape (groups, 1)): midpoint of the k-th and (k+1)-th smallest |w|."""
+    g = _groups(w_in_last.detach().abs(), m)
+    if k <= 0:
+        return g.new_zeros(g.shape[0], 1)
+    s = g.sort(dim=1).values
+    return ((s[:, k - 1] + s[:, k]) / 2).unsqueeze(1) if k < m else s[:, -1:]
+
+
+def nm_soft_mask(
+    w_in_last: torch.Tensor, t: torch.Tensor, m: int, tau: float, *, beta=None, tau_mode="relative"
+) -> torch.Tensor:
+    """Soft mask with one threshold per group of M (same shape as ``w_in_last``)."""
+    g = _groups(w_in_last, m)
+    safe_t = torch.where(t > 0, t, torch.ones_like(t))  # groups with t = 0 prune nothing
+    mask = mask_from_gap(normalized_gap(g * g, safe_t, tau_mode), tau, beta)
+    mask = torch.where(t > 0, mask, torch.ones_like(mask))
+    return mask.reshape(w_in_last.shape)
+
+
+def nm_hard_mask(w_in_last: torch.Tensor, k: int, m: int) -> torch.Tensor:
+    """Keep-mask pruning exactly the k smallest |w| of every group of M (stable ties)."""
+    g = _groups(w_in_last.detach().abs(), m)
+    keep = torch.ones_like(g, dtype=torch.bool)
+    if k > 0:
+        idx = torch.sort(g, dim=1, stable=True).indices[:, :k]
+        keep.scatter_(1, idx, False)
+    return keep.reshape(w_in_last.shape)
+
+
+# ---- fake quantization -------------------------------------------------------------
+
+
+def quant_scale(w: torch.Tensor, bits: int, out_dim: int) -> torch.Tensor:
+    """Symmetric per-output-channel scale max|w| / (2^(b-1) - 1), broadcastable to w."""
+    qmax = 2 ** (bits - 1) - 1
+    reduce = [d for d in range(w.dim()) if d != out_dim % w.dim()]
+    amax = w.detach().abs().amax(dim=reduce, keepdim=True)
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+
+
+def fake_quant(w: torch.Tensor, bits: int, out_dim: int) -> torch.Tensor:
+    """Round w to its channel's symmetric b-bit grid, straight-through in backward.
+
+    Forward returns round(w / s) * s (zeros stay exactly zero); backward treats
+    the rounding as identity, so the mask and the weights still get gradients.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    s = quant_scale(w, bits, out_dim)
+    q = torch.clamp(torch.round(w / s), -qmax, qmax) * s
+    return w + (q - w).detach()
