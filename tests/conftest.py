@@ -33,3 +33,50 @@ def gpt2():
 @pytest.fixture
 def llama():
     return tiny_llama()
+
+
+# ---- a tiny saved model + corpus for CLI tests ---------------------------------------
+
+CORPUS_LINES = [
+    "the quick brown fox jumps over the lazy dog and the dog sleeps in the sun",
+    "to be or not to be that is the question whether tis nobler in the mind",
+    "all the world is a stage and all the men and women merely players",
+    "now is the winter of our discontent made glorious summer by this sun",
+]
+
+
+def _write_corpus(path, n_lines: int = 600, seed: int = 0):
+    import random
+
+    rnd = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        words = rnd.choice(CORPUS_LINES).split()
+        k = rnd.randint(4, len(words))
+        lines.append(" ".join(words[:k]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _tiny_tokenizer(texts):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """(model_dir, corpus_file): a 2-layer GPT-2 + its BPE tokenizer, and a small text file."""
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = _write_corpus(root / "corpus.txt")
+    tok = _tiny_tokenizer([corpus.read_text()])
+    model = tiny_gpt2(vocab=len(tok), n_positions=64)
+    model.config.eos_token_id = model.config.bos_token_id = tok.eos_token_id
+    model_dir = root / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return model_dir, corpus

@@ -80,3 +80,82 @@ class PDPConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+METHODS = ("pdp", "dense")  # the baselines issue extends this tuple
+
+
+@dataclass
+class TrainConfig:
+    """Everything `pdp-gpt2 train` needs.  Field names are the CLI flags."""
+
+    model: str = field(default="embedded", metadata={"help": "'embedded' (bundled small GPT-2), a local HF model directory, or a hub id such as gpt2"})
+    dataset: str = field(default="shakespeare", metadata={"help": "'shakespeare' (bundled), a HF dataset 'name[:config]' such as wikitext:wikitext-2-raw-v1, or local .txt files/globs (comma-separated)"})
+    method: str = field(default="pdp", metadata={"help": "pruning method"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the run is written (default: runs/<run_name>-<time>)"})
+    run_name: str | None = field(default=None, metadata={"help": "name of the run (W&B and default output_dir)"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a different run already in --output_dir"})
+    resume: str | None = field(default=None, metadata={"help": "resume from the latest checkpoint in --output_dir, or from this checkpoint directory"})
+    # schedule
+    num_epochs: float = field(default=1.0, metadata={"help": "training epochs over the train split (ignored if --max_steps > 0)"})
+    max_steps: int = field(default=-1, metadata={"help": "total optimizer steps; overrides --num_epochs when > 0"})
+    warmup_epochs: float = field(default=0.5, metadata={"help": "sparsity ramps from 0 to --sparsity over this many epochs"})
+    warmup_steps: int | None = field(default=None, metadata={"help": "sparsity ramp length in optimizer steps (overrides --warmup_epochs)"})
+    schedule: str = field(default="cubic", metadata={"help": "sparsity ramp shape: linear (original tool) or cubic (Zhu & Gupta)"})
+    # optimization
+    batch_size: int = field(default=8, metadata={"help": "sequences per device per micro-batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_warmup_steps: int = field(default=20, metadata={"help": "linear learning-rate warm-up steps"})
+    lr_scheduler: str = field(default="linear", metadata={"help": "HF learning-rate schedule after warm-up (linear, cosine, constant, ...)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables clipping"})
+    custom_optimizer: bool = field(default=False, metadata={"help": "mask-aware AdamW: scale each masked weight's gradient by 0.1 + 0.9 m"})
+    max_length: int = field(default=128, metadata={"help": "tokens per training block and evaluation window"})
+    seed: int = field(default=42, metadata={"help": "random seed (data order, dropout, init of anything new)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 mixed precision"})
+    # evaluation
+    eval_split: str = field(default="test", metadata={"help": "held-out split for the reported perplexities: validation or test"})
+    eval_stride: int | None = field(default=None, metadata={"help": "sliding-window stride (default: half of --max_length)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "windows per evaluation batch"})
+    # logging / checkpoints
+    log_interval: int = field(default=10, metadata={"help": "optimizer steps between metrics.jsonl lines"})
+    save_steps: int = field(default=0, metadata={"help": "save a checkpoint-<step> every N steps (0: only at the end of interrupted runs)"})
+    use_wandb: bool = field(default=False, metadata={"help": "log to Weights & Biases (offline if no API key)"})
+    wandb_project: str = field(default="pdp-gpt2", metadata={"help": "W&B project"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    pdp: PDPConfig = field(default_factory=PDPConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            (self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}"),
+            (self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 (or -1), got {self.max_steps}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.schedule in ("linear", "cubic"), f"schedule must be linear or cubic, got {self.schedule!r}"),
+            (self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}"),
+            (self.gradient_accumulation_steps > 0, f"gradient_accumulation_steps must be > 0, got {self.gradient_accumulation_steps}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}"),
+            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}"),
+            (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
+            (self.precision in ("fp32", "bf16", "fp16"), f"precision must be fp32, bf16 or fp16, got {self.precision!r}"),
+            (self.eval_split in ("validation", "test"), f"eval_split must be validation or test, got {self.eval_split!r}"),
+            (self.eval_stride is None or 0 < self.eval_stride <= self.max_length,
+             f"eval_stride must be in 1..max_length ({self.max_length}), got {self.eval_stride}"),
+            (self.eval_batch_size > 0, f"eval_batch_size must be > 0, got {self.eval_batch_size}"),
+            (self.log_interval > 0, f"log_interval must be > 0, got {self.log_interval}"),
+            (self.save_steps >= 0, f"save_steps must be >= 0, got {self.save_steps}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
+
+    @property
+    def stride(self) -> int:
+        return self.eval_stride or max(1, self.max_length // 2)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

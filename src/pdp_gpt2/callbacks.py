@@ -1,0 +1,67 @@
+"""The bridge between HF Trainer and the pruner: one TrainerCallback, no copied Trainer code.
+
+Trainer calls ``on_step_end`` once per *optimizer* step (not per micro-batch), right
+after ``optimizer.step()``, so that is where the schedule moves the sparsity and the
+thresholds are refreshed from the updated weights.  Under gradient accumulation the
+thresholds therefore stay fixed across the micro-batches of one step.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from pdp_gpt2.pdp.schedule import sparsity_at
+
+PDP_STATE = "pdp_state.json"
+
+
+class PDPCallback(TrainerCallback):
+    def __init__(self, pruner, *, final_sparsity: float, ramp_steps: int, schedule: str,
+                 metrics=None, tracker=None, is_main: bool = True):
+        self.pruner, self.final, self.ramp, self.schedule = pruner, final_sparsity, ramp_steps, schedule
+        self.metrics, self.tracker, self.is_main = metrics, tracker, is_main
+
+    def target_at(self, step: int) -> float:
+        return sparsity_at(self.schedule, step, self.final, self.ramp)
+
+    def _apply(self, step: int) -> None:
+        if self.pruner is not None:
+            self.pruner.steps = step
+            self.pruner.set_sparsity(self.target_at(step))  # refreshes every threshold
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # On resume, global_step is already the checkpoint's step: continue the ramp from there.
+        self._apply(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._apply(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs or not self.is_main:
+            return  # the end-of-training summary line is not a step
+        record = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
+                  "loss": logs.get("loss"), "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
+        if self.pruner is not None:
+            st = self.pruner.stats()
+            record.update(sparsity_target=st["sparsity_target"], sparsity_hard=st["sparsity_hard"],
+                          band=st["band"], mask_mean=st["mask_mean"])
+        if self.metrics is not None:
+            self.metrics.write(record)
+        if self.tracker is not None:
+            self.tracker.log({f"train/{k}": v for k, v in record.items() if k != "step" and v is not None},
+                             step=state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.pruner is None or not self.is_main:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            (ckpt / PDP_STATE).write_text(json.dumps(self.pruner.state_dict(), indent=2))
+
+
+def load_pdp_state(checkpoint: Path) -> dict | None:
+    p = Path(checkpoint) / PDP_STATE
+    return json.loads(p.read_text()) if p.exists() else None

@@ -1,0 +1,79 @@
+"""`pdp-gpt2 train` (and the root main.py): flags -> TrainConfig -> train.run.
+
+Every flag is generated from a dataclass field, so the help text, the default
+and the validation live in one place (config.py).  Flag spellings are the
+original tool's (``--num_epochs``, ``--use_wandb``, ...).  Boolean flags accept
+``--flag``, ``--flag true|false`` and ``--flag=True`` (the form ``wandb agent`` passes).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+from pdp_gpt2.config import PDPConfig, TrainConfig, parse_nm
+
+
+# Optional fields need an explicit element type; everything else takes its default's type.
+_TYPES = {"output_dir": str, "run_name": str, "resume": str, "warmup_steps": int, "eval_stride": int,
+          "targets": lambda s: [p.strip() for p in s.split(",") if p.strip()]}
+_METAVAR = {"resume": "CHECKPOINT"}
+
+
+def str2bool(v: str) -> bool:
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def _add_field(group, f: dataclasses.Field, default) -> None:
+    flag = f"--{f.name}"
+    help_ = f.metadata.get("help", "")
+    if f.name == "resume":
+        group.add_argument(flag, nargs="?", const="latest", default=None, metavar=_METAVAR["resume"], help=help_)
+    elif isinstance(default, bool):
+        group.add_argument(flag, nargs="?", const=True, default=default, type=str2bool, metavar="BOOL",
+                           help=f"{help_} (default: {default})")
+    else:
+        typ = _TYPES.get(f.name) or type(default)
+        group.add_argument(flag, type=typ, default=default, help=f"{help_} (default: {default})")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    run = parser.add_argument_group("run")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "pdp":
+            default = f.default if f.default is not dataclasses.MISSING else None
+            _add_field(run, f, default)
+    pdp = parser.add_argument_group("PDP")
+    for f in dataclasses.fields(PDPConfig):
+        # sparsity's default is filled in after parsing: an N:M pattern implies its own.
+        default = None if f.name == "sparsity" else f.default
+        if f.name == "sparsity":
+            pdp.add_argument("--sparsity", type=float, default=None,
+                             help=f"{f.metadata['help']} (default: 0.9; (M-N)/M for an N:M pattern)")
+        else:
+            _add_field(pdp, f, default)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = vars(args)
+    pdp_kw = {f.name: values[f.name] for f in dataclasses.fields(PDPConfig)}
+    if pdp_kw["sparsity"] is None:
+        nm = parse_nm(pdp_kw["pattern"]) if pdp_kw["pattern"] not in ("unstructured", "row") else None
+        pdp_kw["sparsity"] = (nm[1] - nm[0]) / nm[1] if nm and 0 < nm[0] < nm[1] else 0.9
+    train_kw = {f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name != "pdp"}
+    return TrainConfig(**train_kw, pdp=PDPConfig(**pdp_kw))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    from pdp_gpt2.train import run as train_run
+
+    train_run(cfg)
+    return 0
+
+

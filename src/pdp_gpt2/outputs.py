@@ -1,0 +1,125 @@
+"""The run directory: what may be written where, and writing it so a killed run
+never leaves a half-written file that looks complete.
+
+Layout of ``--output_dir``::
+
+    summary.json      written last, atomically: its presence means "this run finished"
+    metrics.jsonl     one line per logged optimizer step
+    final/            the finalized plain HF model + tokenizer (renamed into place when complete)
+    layers.md         per-layer sparsity table of final/
+    checkpoint-<N>/   resumable Trainer checkpoints (+ pdp_state.json)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from pdp_gpt2.errors import UsageError
+
+RUN_MARKERS = ("summary.json", "metrics.jsonl", "run_config.json")
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-<N> directories, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def check_output_dir(output_dir: Path, *, overwrite: bool, resume: str | None) -> Path | None:
+    """Refuse to clobber another run.  Returns the checkpoint to resume from, if any.
+
+    Called before anything is created, so a refused run leaves the directory as it was.
+    """
+    if resume:
+        if resume != "latest":
+            ckpt = Path(resume)
+            if not ckpt.is_dir():
+                raise UsageError(f"--resume {resume}: no such checkpoint directory")
+            return ckpt
+        found = checkpoints(output_dir)
+        if not found:
+            raise UsageError(f"--resume: no checkpoint-<step> directory in {output_dir}")
+        return found[-1]
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            raise UsageError(f"--output_dir {output_dir} exists and is not a directory")
+        if any(output_dir.iterdir()) and not overwrite:
+            raise UsageError(
+                f"--output_dir {output_dir} already holds files (another run?); "
+                "pass --overwrite_output_dir to replace it or --resume to continue it"
+            )
+    return None
+
+
+def clear_run(output_dir: Path) -> None:
+    """With --overwrite_output_dir: remove the previous run's files (only ours)."""
+    for name in (*RUN_MARKERS, "final", "layers.md", "plots"):
+        p = output_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for p in checkpoints(output_dir):
+        shutil.rmtree(p)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_dir(final: Path, write) -> None:
+    """Call ``write(tmp_dir)`` then rename tmp_dir to ``final`` (replacing an old one)."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl with one line per step, also across resumes."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            # Drop lines logged after the checkpoint we resume from: they will be logged again.
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]

@@ -1,0 +1,88 @@
+"""Write what a finished run hands over: final/, layers.md, summary.json, the closing table.
+
+Sparsity is measured from the files just written (torchao's lesson: count the
+zeros that ship, not the masks in memory).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from safetensors import safe_open
+
+from pdp_gpt2 import outputs
+from pdp_gpt2.config import TrainConfig
+from pdp_gpt2.pdp.targets import find_targets
+
+
+def saved_sparsity(final_dir: Path, target_names: list[str]) -> dict:
+    """Exact zeros per target weight, read back from final/*.safetensors."""
+    wanted = {f"{n}.weight": n for n in target_names}
+    layers, zeros, total = {}, 0, 0
+    for f in sorted(final_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                if key in wanted:
+                    w = st.get_tensor(key)
+                    z = int((w == 0).sum())
+                    layers[wanted[key]] = {"zeros": z, "numel": w.numel(), "sparsity": z / w.numel()}
+                    zeros, total = zeros + z, total + w.numel()
+    return {"sparsity": zeros / max(total, 1), "zeros": zeros, "numel": total, "layers": layers}
+
+
+def layers_markdown(saved: dict, stats: dict | None) -> str:
+    rows = ["| layer | weights | zeros | sparsity | soft band at end |", "|---|---:|---:|---:|---:|"]
+    for name, d in saved["layers"].items():
+        band = f"{stats['layers'][name]['band']:.4f}" if stats and name in stats["layers"] else "-"
+        rows.append(f"| {name} | {d['numel']} | {d['zeros']} | {d['sparsity']:.4f} | {band} |")
+    rows.append(f"| **all targets** | {saved['numel']} | {saved['zeros']} | {saved['sparsity']:.4f} | |")
+    return "\n".join(rows) + "\n"
+
+
+def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, tracker) -> dict:
+    names = [t.name for t in find_targets(model, cfg.pdp.targets)]
+    final = out / "final"
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    outputs.atomic_dir(final, write)
+    saved = saved_sparsity(final, names)
+    stats = result["stats"]
+    outputs.atomic_write_text(out / "layers.md", layers_markdown(saved, stats))
+    gap = None
+    if result["ppl_soft"]:
+        gap = result["ppl_hard"] / result["ppl_soft"] - 1
+    summary = {
+        "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "eval_split": cfg.eval_split,
+        "sparsity_target": cfg.pdp.sparsity if cfg.method != "dense" else 0.0,
+        "sparsity_actual": saved["sparsity"], "perplexity": result["ppl_hard"],
+        "perplexity_dense": result["ppl_dense"], "perplexity_soft": result["ppl_soft"], "soft_hard_gap": gap,
+        "tau": cfg.pdp.tau, "train_steps": result["train_steps"], "ramp_steps": result["ramp_steps"],
+        "train_seconds": round(result["train_seconds"], 2), "eval_tokens": result["eval_tokens"],
+        "band_at_end": stats["band"] if stats else None, "final_dir": str(final),
+        "target_weights": saved["numel"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "layers": saved["layers"], "config": cfg.to_dict(),
+    }
+    outputs.atomic_write_json(out / "summary.json", summary)  # last: its presence marks a finished run
+    tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None})
+    tracker.table("layer_sparsity", ["layer", "numel", "zeros", "sparsity"],
+                  [[n, d["numel"], d["zeros"], d["sparsity"]] for n, d in saved["layers"].items()])
+    print_table(summary)
+    return summary
+
+
+def print_table(s: dict) -> None:
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    lines = [
+        f"pdp-gpt2: {s['method']} on {s['model']} / {s['dataset']} ({s['train_steps']} steps, {s['train_seconds']:.0f} s)",
+        f"  perplexity ({s['eval_split']})   dense {f(s['perplexity_dense'])}   soft {f(s['perplexity_soft'])}"
+        f"   pruned {f(s['perplexity'])}",
+        f"  sparsity           target {s['sparsity_target']:.3f}   actual {s['sparsity_actual']:.4f}"
+        f" ({s['target_weights']:,} target weights, counted in the saved files)",
+        f"  checkpoint         {s['final_dir']}",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,169 @@
+"""One pruning run, start to finish:
+
+    load model + data -> dense perplexity -> attach masks -> Trainer (schedule via
+    PDPCallback) -> soft perplexity -> finalize -> hard perplexity -> final/ + summary.json
+
+The engine is Hugging Face ``Trainer``: mixed precision, gradient accumulation,
+checkpoints and ``torchrun``/``accelerate launch`` come from it, not from us.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.utils import parametrize
+
+from pdp_gpt2 import outputs
+from pdp_gpt2.callbacks import PDPCallback, load_pdp_state
+from pdp_gpt2.config import TrainConfig
+from pdp_gpt2.errors import UsageError
+from pdp_gpt2.tracking import make_tracker
+
+
+@dataclass
+class Prepared:
+    model: torch.nn.Module
+    tokenizer: object
+    train_blocks: torch.Tensor
+    eval_tokens: torch.Tensor
+    output_dir: Path
+    resume_from: Path | None
+
+
+def default_output_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_name(cfg: TrainConfig) -> str:
+    if cfg.run_name:
+        return cfg.run_name
+    model = Path(cfg.model).name or cfg.model
+    return f"{model}-{cfg.method}-s{cfg.pdp.sparsity:g}" if cfg.method != "dense" else f"{model}-dense"
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Everything that can fail on bad input, before anything is written."""
+    from pdp_gpt2.data import load_split_texts, token_stream, tokenize_and_group
+    from pdp_gpt2.models import load_model_and_tokenizer
+
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    resume_from = outputs.check_output_dir(output_dir, overwrite=cfg.overwrite_output_dir, resume=cfg.resume)
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if context and cfg.max_length > context:
+        raise UsageError(f"--max_length {cfg.max_length} exceeds the model's context of {context} tokens")
+    train_blocks = tokenize_and_group(tokenizer, load_split_texts(cfg.dataset, "train"), cfg.max_length)
+    if len(train_blocks) == 0:
+        raise UsageError(f"dataset {cfg.dataset!r} has fewer than {cfg.max_length} training tokens")
+    eval_tokens = token_stream(tokenizer, load_split_texts(cfg.dataset, cfg.eval_split))
+    if len(eval_tokens) < 2:
+        raise UsageError(f"dataset {cfg.dataset!r} has no {cfg.eval_split} text to evaluate on")
+    return Prepared(model, tokenizer, train_blocks, eval_tokens, output_dir, resume_from)
+
+
+def steps_per_epoch(n_blocks: int, cfg: TrainConfig, world: int) -> int:
+    micro = math.ceil(n_blocks / (cfg.batch_size * world))
+    return max(1, micro // cfg.gradient_accumulation_steps)
+
+
+def plan_steps(n_blocks: int, cfg: TrainConfig, world: int) -> tuple[int, int]:
+    """(total optimizer steps, sparsity-ramp steps)."""
+    per_epoch = steps_per_epoch(n_blocks, cfg, world)
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * per_epoch)
+    ramp = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * per_epoch)
+    return total, min(ramp, total)
+
+
+def evaluate(model, tokens, cfg: TrainConfig, desc: str) -> float:
+    from pdp_gpt2.evaluate import perplexity
+
+    # cached(): each masked weight is computed once for the whole evaluation, not per batch.
+    with parametrize.cached():
+        return perplexity(model, tokens, window=cfg.max_length, stride=cfg.stride,
+                          batch_size=cfg.eval_batch_size, progress=cfg.progress, desc=desc)["perplexity"]
+
+
+def build_pruner(model, cfg: TrainConfig):
+    """The mask driver for cfg.method (None for dense fine-tuning)."""
+    if cfg.method == "dense":
+        return None
+    from pdp_gpt2.pdp.attach import attach
+
+    return attach(model, cfg.pdp)
+
+
+def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=total_steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.lr_warmup_steps, lr_scheduler_type=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_interval, seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
+        report_to="none", disable_tqdm=not cfg.progress, eval_strategy="no", remove_unused_columns=False,
+        bf16=cfg.precision == "bf16", fp16=cfg.precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, optim="adamw_torch",
+    )
+
+
+def run(cfg: TrainConfig) -> dict:
+    from transformers import Trainer, default_data_collator, set_seed
+
+    from pdp_gpt2.data import LMBlockDataset
+    from pdp_gpt2.run_summary import finish_run
+
+    prep = prepare(cfg)
+    out = prep.output_dir
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    total, ramp = plan_steps(len(prep.train_blocks), cfg, world)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite_output_dir and not prep.resume_from:
+            outputs.clear_run(out)
+        outputs.atomic_write_json(out / "run_config.json", cfg.to_dict())
+    set_seed(cfg.seed)
+    model = prep.model
+    ppl_dense = evaluate(model, prep.eval_tokens, cfg, "eval dense")
+
+    pruner = build_pruner(model, cfg)
+    if pruner is not None and prep.resume_from is not None and (state := load_pdp_state(prep.resume_from)):
+        pruner.load_state_dict(state)  # global budgets are from the original dense weights
+    metrics = outputs.MetricsLog(out / "metrics.jsonl", resume_step=_step_of(prep.resume_from)) if is_main else None
+    tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
+    callback = PDPCallback(pruner, final_sparsity=cfg.pdp.sparsity, ramp_steps=ramp, schedule=cfg.schedule,
+                           metrics=metrics, tracker=tracker, is_main=is_main)
+    opt = None
+    if cfg.custom_optimizer and pruner is not None:
+        from pdp_gpt2.pdp.optim import MaskAwareAdamW
+
+        opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate})
+    trainer = Trainer(model=model, args=training_args(cfg, out, total), data_collator=default_data_collator,
+                      train_dataset=LMBlockDataset(prep.train_blocks), callbacks=[callback],
+                      optimizer_cls_and_kwargs=opt)
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
+    train_seconds = time.time() - t0
+
+    ppl_soft, stats = None, None
+    if pruner is not None:
+        pruner.set_sparsity(cfg.pdp.sparsity)  # a run stopped before the end of the ramp still ends at target
+        stats = pruner.stats()
+        ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft")
+        pruner.finalize()
+    ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned")
+    result = dict(ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
+                  train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
+                  eval_tokens=int(len(prep.eval_tokens)))
+    summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker) if is_main else {}
+    tracker.finish()
+    return summary
+
+
+def _step_of(ckpt: Path | None) -> int | None:
+    return int(ckpt.name.split("-")[-1]) if ckpt is not None and ckpt.name.startswith("checkpoint-") else None

@@ -1,0 +1,74 @@
+"""The real CLI end to end on a tiny model: a few steps, real files, real numbers."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pdp_gpt2.cli import main
+
+
+def _train(tmp_path, tiny_assets, *extra):
+    model_dir, corpus = tiny_assets
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
+            "--max_steps", "12", "--warmup_steps", "6", "--batch_size", "4", "--max_length", "32",
+            "--log_interval", "2", "--progress", "false", "--lr_warmup_steps", "0", *extra]
+    return main(argv), out
+
+
+def test_train_end_to_end_writes_contract(tmp_path, tiny_assets):
+    rc, out = _train(tmp_path, tiny_assets, "--sparsity", "0.75", "--tau", "0.02")
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("method", "model", "dataset", "sparsity_target", "sparsity_actual", "perplexity",
+                "perplexity_dense", "perplexity_soft", "tau", "train_steps", "train_seconds", "config"):
+        assert key in s, key
+    assert s["method"] == "pdp" and s["train_steps"] == 12 and s["tau"] == 0.02
+    assert s["sparsity_actual"] == pytest.approx(0.75, abs=1e-3)
+    assert all(math.isfinite(s[k]) and s[k] > 1 for k in ("perplexity", "perplexity_dense", "perplexity_soft"))
+    # final/ is a plain HF model with the reported zeros
+    m = AutoModelForCausalLM.from_pretrained(out / "final")
+    for name, d in s["layers"].items():
+        w = m.get_submodule(name).weight
+        assert int((w == 0).sum()) == d["zeros"] == int(0.75 * w.numel()), name
+    assert not any("parametrizations" in k for k in m.state_dict())
+    # metrics: one line per log step with sparsity following the ramp to the target
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6, 8, 10, 12]
+    assert lines[-1]["sparsity_target"] == pytest.approx(0.75)
+    assert lines[0]["sparsity_target"] < lines[2]["sparsity_target"]
+    assert all(math.isfinite(r["loss"]) for r in lines)
+    assert "transformer.h.1.mlp.c_proj" in (out / "layers.md").read_text()
+
+
+def test_main_py_accepts_original_flags(tmp_path, tiny_assets):
+    model_dir, corpus = tiny_assets
+    out = tmp_path / "orig"
+    cmd = [sys.executable, "main.py", "--sparsity", "0.5", "--tau", "0.02", "--num_epochs", "1",
+           "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out), "--max_steps", "3",
+           "--batch_size", "4", "--max_length", "32", "--progress", "false", "--improved_masking", "--beta", "3",
+           "--quantize", "--bits", "8", "--custom_optimizer", "--learning_rate", "1e-3", "--weight_decay", "0.01",
+           "--lr_warmup_steps", "1", "--max_grad_norm", "1.0", "--log_interval", "1", "--warmup_epochs", "0.1",
+           "--run_name", "compat"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["config"]["pdp"]["improved_masking"] and s["config"]["pdp"]["quantize"] and s["config"]["custom_optimizer"]
+    assert s["sparsity_actual"] >= 0.5
+
+
+def test_dense_method_has_no_zeros(tmp_path, tiny_assets):
+    rc, out = _train(tmp_path, tiny_assets, "--method", "dense")
+    s = json.loads((out / "summary.json").read_text())
+    assert rc == 0 and s["sparsity_actual"] == 0.0 and s["perplexity_soft"] is None
+
+
+def test_gradient_accumulation_refreshes_once_per_optimizer_step(tmp_path, tiny_assets):
+    rc, out = _train(tmp_path, tiny_assets, "--gradient_accumulation_steps", "2", "--sparsity", "0.5")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rc == 0 and lines[-1]["step"] == 12  # steps count optimizer steps, not micro-batches
