@@ -1,0 +1,185 @@
+"""Dense pretraining of the small embedded GPT-2: tokenizer, model, loop, record.
+
+Kept deliberately plain (AdamW, linear warm-up then cosine decay, gradient
+clipping) so it runs in minutes on two CPU cores and is easy to audit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pdp_gpt2.data import load_split_texts, token_stream
+from pdp_gpt2.evaluate import perplexity
+
+EOS = "<|endoftext|>"
+
+
+@dataclass
+class PretrainConfig:
+    dataset: str = "shakespeare"
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_embd: int = 192
+    n_head: int = 4
+    n_positions: int = 256
+    dropout: float = 0.0
+    epochs: float = 3.0
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_batch_size: int = 16
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE trained on ``texts`` only, wrapped as a GPT-2 tokenizer (EOS = BOS = UNK)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
+    tok = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    tok.model_max_length = 10**30  # documents are long; blocks are cut by data.tokenize_and_group
+    return tok
+
+
+def build_model(cfg: PretrainConfig, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout,
+                        embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return GPT2LMHeadModel(config)
+
+
+def lr_at(step: int, total: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up to ``learning_rate``, cosine decay to ``min_lr_ratio`` of it."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def epoch_blocks(stream: torch.Tensor, block: int, gen: torch.Generator) -> torch.Tensor:
+    """Shuffled blocks cut at a random offset, so each epoch sees different block boundaries."""
+    offset = int(torch.randint(block, (1,), generator=gen))
+    n = (len(stream) - offset) // block
+    blocks = stream[offset: offset + n * block].view(n, block)
+    return blocks[torch.randperm(n, generator=gen)]
+
+
+def unigram_perplexity(train: torch.Tensor, test: torch.Tensor, vocab_size: int) -> float:
+    """Add-one smoothed unigram baseline: the number a language model must clearly beat."""
+    counts = torch.bincount(train, minlength=vocab_size).double() + 1
+    logp = (counts / counts.sum()).log()
+    return math.exp(-logp[test[1:]].mean().item())
+
+
+def pretrain(cfg: PretrainConfig, output_dir: Path, command: str = "") -> dict:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.time()
+    train_texts = load_split_texts(cfg.dataset, "train")
+    tokenizer = train_tokenizer(train_texts, cfg.vocab_size)
+    train_ids = token_stream(tokenizer, train_texts)
+    model = build_model(cfg, tokenizer)
+    model.train()
+
+    steps_per_epoch = len(train_ids) // cfg.n_positions // cfg.batch_size
+    total = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, betas=(0.9, 0.95))
+    batches: list[torch.Tensor] = []
+    losses = []
+    t_train = time.time()
+    bar = tqdm(range(total), desc="pretrain")
+    for step in bar:
+        if not batches:
+            batches = list(epoch_blocks(train_ids, cfg.n_positions, gen).split(cfg.batch_size))
+            batches = [b for b in batches if len(b) == cfg.batch_size][::-1]  # pop() from the end
+        x = batches.pop()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    train_s = time.time() - t_train
+
+    results = {}
+    for split in ("validation", "test"):
+        ids = token_stream(tokenizer, load_split_texts(cfg.dataset, split))
+        r = perplexity(model, ids, window=cfg.n_positions, stride=cfg.n_positions // 2,
+                       batch_size=cfg.eval_batch_size, desc=split)
+        r["unigram_perplexity"] = unigram_perplexity(train_ids, ids, len(tokenizer))
+        results[split] = r
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    record = {
+        "command": command,
+        "config": asdict(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_tokens": len(train_ids),
+        "steps": total,
+        "tokens_seen": total * cfg.batch_size * cfg.n_positions,
+        "train_seconds": round(train_s, 1),
+        "wall_seconds": round(time.time() - t0, 1),
+        "train_tokens_per_second": round(total * cfg.batch_size * cfg.n_positions / train_s),
+        "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "eval": results,
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+    }
+    (output_dir / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    (output_dir / "PRETRAIN.md").write_text(render_markdown(record))
+    return record
+
+
+def render_markdown(r: dict) -> str:
+    c = r["config"]
+    ev = r["eval"]
+    return "\n".join([
+        "# Embedded Shakespeare GPT-2: dense pretraining record",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"- Model: GPT2LMHeadModel, {c['n_layer']} layers, n_embd {c['n_embd']}, {c['n_head']} heads, "
+        f"n_positions {c['n_positions']}, vocab {c['vocab_size']} (byte-level BPE trained on the train split), "
+        f"{r['parameters']:,} parameters (tied embeddings).",
+        f"- Data: `{c['dataset']}` train split, {r['train_tokens']:,} tokens; {r['steps']} steps of "
+        f"{c['batch_size']} x {c['n_positions']} tokens ({r['tokens_seen']:,} tokens seen).",
+        f"- Optimizer: AdamW lr {c['learning_rate']} (warm-up {c['warmup_steps']} steps, cosine to "
+        f"{c['min_lr_ratio']}x), weight decay {c['weight_decay']}, clip {c['grad_clip']}, dropout {c['dropout']}, "
+        f"seed {c['seed']}.",
+        f"- Time: {r['wall_seconds']:.0f} s wall in total, {r['train_seconds']:.0f} s training "
+        f"({r['train_tokens_per_second']:,} tokens/s) on {r['machine']}.",
+        f"- Final train loss (mean of last 20 steps): {r['final_train_loss']:.3f}",
+        "",
+        f"Sliding-window perplexity (window {c['n_positions']}, stride {c['n_positions'] // 2}):",
+        "",
+        "| split | perplexity | NLL (nats/token) | scored tokens | unigram baseline |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {s} | {ev[s]['perplexity']:.2f} | {ev[s]['nll']:.4f} | {ev[s]['tokens']:,} | "
+          f"{ev[s]['unigram_perplexity']:.1f} |" for s in ("validation", "test")],
+        "",
+    ])

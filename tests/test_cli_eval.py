@@ -1,0 +1,98 @@
+"""`pdp-gpt2 eval` end to end on a tiny random GPT-2, its errors, and the embedded model."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pdp_gpt2 import hub
+from pdp_gpt2.cli import main
+from pdp_gpt2.data import EMBEDDED_MODEL_DIR, load_split_texts, token_stream
+from pdp_gpt2.pretrain import train_tokenizer
+
+LINES = [f"Line {i}: to be, or not to be, that is the question {i % 7}.\n" for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("tiny")
+    tok = train_tokenizer(["".join(LINES)], vocab_size=300)
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=len(tok), n_positions=64,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "corpus.txt").write_text("".join(LINES))
+    return root
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.hub_reachable.cache_clear()
+    yield
+    hub.hub_reachable.cache_clear()
+
+
+def test_eval_writes_json_with_exact_token_count(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "r.json"
+    corpus = str(tiny_model_dir / "corpus.txt")
+    rc = main(["eval", "--model", str(tiny_model_dir / "model"), "--dataset", corpus, "--split", "test",
+               "--json", str(out), "--no_progress", "--device", "cpu"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir / "model")
+    n = len(token_stream(tok, load_split_texts(corpus, "test")))
+    assert r["tokens"] == n - 1  # default stride = window // 2 scores every token but the first
+    assert (r["window"], r["stride"]) == (64, 32)
+    # a random model over a ~300-token vocabulary is close to uniform
+    assert 100 < r["perplexity"] < 600 and math.isclose(r["perplexity"], math.exp(r["nll"]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "/no/such/model/dir"], "model directory not found: /no/such/model/dir"),
+    (["--model", "{model}", "--max_length", "65"], "exceeds the model's context of 64"),
+    (["--model", "{model}", "--stride", "100", "--max_length", "32"], "--stride 100 exceeds the window"),
+    (["--model", "{model}", "--dataset", "{root}/missing.txt"], "dataset file not found"),
+    (["--model", "{root}"], "is not a model directory"),
+])
+def test_eval_usage_errors_exit_2_with_one_line(tiny_model_dir, capsys, argv, message):
+    argv = [a.format(model=tiny_model_dir / "model", root=tiny_model_dir) for a in argv]
+    assert main(["eval", "--no_progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_unreachable_hub_model_fails_fast_with_advice(offline, capsys):
+    assert main(["eval", "--model", "nobody-xyz/no-such-model", "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Hugging Face hub for model 'nobody-xyz/no-such-model'" in err
+    assert "local model directory" in err
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_in_plain_transformers_and_reproduces_its_record():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pdp_gpt2.evaluate import perplexity
+
+    if not (EMBEDDED_MODEL_DIR / "model.safetensors").is_file():
+        pytest.skip("embedded model not built yet")
+    size = sum(f.stat().st_size for f in EMBEDDED_MODEL_DIR.iterdir() if f.name.startswith(("model", "tokenizer")))
+    assert size <= 12 * 2**20
+    model = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_DIR, use_safetensors=True)
+    tok = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR)
+    assert type(model).__name__ == "GPT2LMHeadModel" and tok.eos_token == "<|endoftext|>"
+    record = json.loads((EMBEDDED_MODEL_DIR / "pretrain.json").read_text())
+    n_pos = model.config.n_positions
+    ids = token_stream(tok, load_split_texts("shakespeare", "test"))
+    r = perplexity(model, ids, window=n_pos, stride=n_pos // 2, batch_size=16, progress=False)
+    assert r["tokens"] == record["eval"]["test"]["tokens"] == len(ids) - 1
+    assert r["perplexity"] == pytest.approx(record["eval"]["test"]["perplexity"], rel=1e-4)
+    assert r["perplexity"] < record["eval"]["test"]["unigram_perplexity"] / 2

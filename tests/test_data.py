@@ -1,0 +1,161 @@
+"""data.py: embedded corpus split, local-file splits and errors, blocks without padding."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from pdp_gpt2 import data
+from pdp_gpt2.data import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
+from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pretrain import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
+        "Rough winds do shake the darling buds of May,\nAnd summer's lease hath all too short a date.\n")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer([TEXT * 3], vocab_size=300)
+
+
+# --- token streams and blocks -------------------------------------------------------------
+
+def test_token_stream_joins_documents_with_one_eos_each(tok):
+    docs = [TEXT, "Thou art more lovely.", "May"]
+    stream = token_stream(tok, docs)
+    parts = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    expected = parts[0] + [tok.eos_token_id] + parts[1] + [tok.eos_token_id] + parts[2]
+    assert stream.tolist() == expected
+    assert int((stream == tok.eos_token_id).sum()) == 2  # separators only, none at the ends
+
+
+def test_tokenize_and_group_cuts_full_blocks_and_drops_the_remainder(tok):
+    docs = [TEXT, TEXT.upper(), "short"]
+    stream = token_stream(tok, docs)
+    blocks = tokenize_and_group(tok, docs, block_size=16)
+    assert blocks.dtype == torch.long
+    assert blocks.shape == (len(stream) // 16, 16)
+    assert torch.equal(blocks.flatten(), stream[: blocks.numel()])  # nothing inserted, no padding
+    assert len(stream) - blocks.numel() < 16
+    assert int((blocks == tok.eos_token_id).sum()) <= len(docs) - 1
+
+
+def test_tokenize_and_group_rejects_text_shorter_than_a_block(tok):
+    with pytest.raises(UsageError, match="fewer than one block of 4096"):
+        tokenize_and_group(tok, ["tiny"], block_size=4096)
+
+
+def test_block_dataset_labels_are_the_inputs():
+    blocks = torch.arange(12).view(3, 4)
+    ds = LMBlockDataset(blocks)
+    assert len(ds) == 3
+    item = ds[1]
+    assert item["input_ids"].tolist() == [4, 5, 6, 7]
+    assert item["labels"].tolist() == [4, 5, 6, 7]
+
+
+# --- embedded corpus -------------------------------------------------------------------------
+
+def test_embedded_split_is_by_whole_work():
+    titles = {s: data.embedded_titles(s) for s in data.SPLITS}
+    assert set(titles["validation"]) == {"Macbeth", "Twelfth Night", "Julius Caesar"}
+    assert set(titles["test"]) == {"Hamlet", "The Tempest", "A Midsummer Night's Dream"}
+    all_titles = [t for s in data.SPLITS for t in titles[s]]
+    assert len(all_titles) == len(set(all_titles)) == 42  # one edition per work, no work in two splits
+
+
+def test_embedded_held_out_shares_and_no_boilerplate():
+    sizes = {s: sum(map(len, load_split_texts("shakespeare", s))) for s in data.SPLITS}
+    total = sum(sizes.values())
+    assert 0.05 <= sizes["validation"] / total <= 0.08
+    assert 0.05 <= sizes["test"] / total <= 0.08
+    for text in load_split_texts("shakespeare", "train"):
+        assert "Project Gutenberg" not in text and "\n\n\n" not in text
+
+
+def test_gutenberg_stripping():
+    spec = importlib.util.spec_from_file_location("build_corpus", ROOT / "scripts" / "build_corpus.py")
+    build_corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_corpus)
+    raw = ("The Project Gutenberg EBook of Hamlet\nlicence blah\n"
+           "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nWho's there?\n"
+           "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nmore licence\n")
+    assert build_corpus.strip_gutenberg(raw).strip() == "Who's there?"
+    assert build_corpus.normalize("a  \r\n\r\n\r\n\r\nb\n") == "a\n\nb\n"
+
+
+# --- local files -----------------------------------------------------------------------------
+
+def test_one_local_file_is_cut_by_lines_90_5_5(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("".join(f"line {i}\n" for i in range(100)))
+    train, = load_split_texts(str(f), "train")
+    val, = load_split_texts(str(f), "validation")
+    test, = load_split_texts(str(f), "test")
+    assert train.count("\n") == 90 and val.count("\n") == 5 and test.count("\n") == 5
+    assert val.startswith("line 90\n") and test.endswith("line 99\n")
+
+
+def test_three_local_files_split_by_whole_file_in_sorted_order(tmp_path):
+    for name in ("c.txt", "a.txt", "b.txt", "d.txt"):
+        (tmp_path / name).write_text(f"text of {name}\n")
+    spec = f"{tmp_path}/*.txt"
+    assert load_split_texts(spec, "train") == ["text of a.txt\n", "text of b.txt\n"]
+    assert load_split_texts(spec, "validation") == ["text of c.txt\n"]
+    assert load_split_texts(spec, "test") == ["text of d.txt\n"]
+    # comma-separated paths are the same files, deduplicated
+    listed = ",".join(str(tmp_path / n) for n in ("d.txt", "a.txt", "b.txt", "c.txt", "a.txt"))
+    assert load_split_texts(listed, "test") == ["text of d.txt\n"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: str(d / "missing.txt"), "dataset file not found: .*missing.txt"),
+    (lambda d: str(d / "*.nothing"), "glob .* matches no files"),
+    (lambda d: (d / "empty.txt").write_text("  \n\n") and str(d / "empty.txt"), "dataset file is empty: .*empty.txt"),
+])
+def test_bad_local_files_are_usage_errors(tmp_path, make, message):
+    with pytest.raises(UsageError, match=message):
+        load_split_texts(make(tmp_path), "train")
+
+
+def test_unknown_split_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown split 'dev'"):
+        load_split_texts("shakespeare", "dev")
+
+
+# --- Hugging Face datasets (offline: only the split logic and the error) ---------------------
+
+def test_hf_dataset_without_held_out_splits_is_carved_deterministically():
+    datasets = pytest.importorskip("datasets")
+    from pdp_gpt2.hf_datasets import select_split
+
+    rows = [f"doc {i}" for i in range(400)]
+    dsd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"id": list(range(400)), "body": rows})})
+    assert select_split(dsd, "validation", "x") == ["doc 0", "doc 200"]
+    assert select_split(dsd, "test", "x") == ["doc 1", "doc 201"]
+    train = select_split(dsd, "train", "x")
+    assert len(train) == 396 and "doc 0" not in train and "doc 2" in train
+
+
+def test_hf_line_per_row_datasets_become_one_document():
+    from pdp_gpt2.hf_datasets import rows_to_documents
+
+    wikitext_like = ["", " = Title = \n", "", " Some text .\n", " More .\n"]
+    assert rows_to_documents(wikitext_like) == [" = Title = \n Some text .\n More .\n"]
+    assert rows_to_documents(["doc one", "", "doc two"]) == ["doc one", "doc two"]
+
+
+def test_unreachable_hub_dataset_is_a_usage_error(monkeypatch):
+    from pdp_gpt2 import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.hub_reachable.cache_clear()
+    try:
+        with pytest.raises(UsageError, match="cannot reach the Hugging Face hub for dataset 'no-such-dataset-x1'"):
+            load_split_texts("no-such-dataset-x1", "test")
+    finally:
+        hub.hub_reachable.cache_clear()
