@@ -82,7 +82,9 @@ class PDPConfig:
         return asdict(self)
 
 
-METHODS = ("pdp", "dense")  # the baselines issue extends this tuple
+# pdp: soft masks (the paper); dense: fine-tune only; magnitude / wanda: one-shot hard mask at the
+# target, then frozen; gmp: hard magnitude mask on the same schedule as pdp (see pdp/baselines.py).
+METHODS = ("pdp", "dense", "magnitude", "gmp", "wanda")
 
 
 @dataclass
@@ -91,7 +93,7 @@ class TrainConfig:
 
     model: str = field(default="embedded", metadata={"help": "'embedded' (bundled small GPT-2), a local HF model directory, or a hub id such as gpt2"})
     dataset: str = field(default="shakespeare", metadata={"help": "'shakespeare' (bundled), a HF dataset 'name[:config]' such as wikitext:wikitext-2-raw-v1, or local .txt files/globs (comma-separated)"})
-    method: str = field(default="pdp", metadata={"help": "pruning method"})
+    method: str = field(default="pdp", metadata={"help": "pdp (default), dense (fine-tune only), magnitude / wanda (one-shot, mask frozen), gmp (gradual magnitude on --schedule)"})
     output_dir: str | None = field(default=None, metadata={"help": "where the run is written (default: runs/<run_name>-<time>)"})
     run_name: str | None = field(default=None, metadata={"help": "name of the run (W&B and default output_dir)"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a different run already in --output_dir"})

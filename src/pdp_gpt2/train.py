@@ -91,6 +91,11 @@ def build_pruner(model, cfg: TrainConfig):
     """The mask driver for cfg.method (None for dense fine-tuning)."""
     if cfg.method == "dense":
         return None
+    if cfg.method != "pdp":  # magnitude, gmp, wanda: hard-mask drivers with the same interface
+        from pdp_gpt2.pdp import baselines
+
+        calib = baselines.calibration_blocks(cfg) if cfg.method == "wanda" else None
+        return baselines.attach_baseline(model, cfg.method, cfg.pdp, calibration=calib)
     from pdp_gpt2.pdp.attach import attach
 
     return attach(model, cfg.pdp)
@@ -146,6 +151,8 @@ def run(cfg: TrainConfig) -> dict:
     trainer = Trainer(model=model, args=training_args(cfg, out, total), data_collator=default_data_collator,
                       train_dataset=LMBlockDataset(prep.train_blocks), callbacks=[callback],
                       optimizer_cls_and_kwargs=opt)
+    from pdp_gpt2.mask_hist import MaskHistCallback  # soft-mask histograms for the report
+    trainer.add_callback(MaskHistCallback())  # after PDPCallback, so it sees each step's thresholds
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     train_seconds = time.time() - t0
