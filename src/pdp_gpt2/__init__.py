@@ -9,6 +9,7 @@ The public API::
     pruner.finalize()                      # exact zeros, plain model again
     pdp_gpt2.sparsity_report(model)
 """
+from pdp_gpt2.compressed import load_compressed
 from pdp_gpt2.config import PDPConfig
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.attach import Pruner, attach, sparsity_report
@@ -20,5 +21,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PDPConfig", "Pruner", "attach", "soft_mask", "hard_mask", "threshold", "sparsity_report",
-    "sparsity_at", "MaskAwareAdamW", "UsageError", "__version__",
+    "sparsity_at", "MaskAwareAdamW", "UsageError", "__version__", "load_compressed",
 ]

@@ -1,0 +1,39 @@
+"""`pdp-gpt2 export`: write a finalized sparse model as dense, compressed or 2:4, with its size table."""
+from __future__ import annotations
+
+import argparse
+
+from pdp_gpt2.export import FORMATS, VALUES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL_OR_RUN_DIR",
+                        help="a finalized HF model directory (config.json + *.safetensors), "
+                             "or a training run directory that contains final/")
+    parser.add_argument("--format", default="compressed", choices=FORMATS,
+                        help="dense: copy of the finalized HF directory; compressed: bitmask + nonzero values "
+                             "(or b-bit codes + scales for quantization-masked weights); 2:4: kept values + "
+                             "2-bit indices, for 2:4-pruned models only (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="output directory; must not exist or be empty")
+    parser.add_argument("--values", default="auto", choices=list(VALUES),
+                        help="dtype of the stored nonzero values: auto = the model's own (exact round trip); "
+                             "fp16 halves them but rounds, so the loaded model is no longer identical "
+                             "(default: %(default)s)")
+    parser.add_argument("--no_codes", action="store_true",
+                        help="store raw values even where the weights lie on a b-bit quantization grid")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from pdp_gpt2.export import export, markdown_table
+
+    hf_logging.disable_progress_bar()  # the size table is the output; no loading bars around it
+    report = export(args.model, args.out, args.format, values=args.values, codes=not args.no_codes,
+                    overwrite=args.overwrite)
+    encodings = ", ".join(f"{n} {enc}" for enc, n in report["encodings"].items())
+    print(f"pdp-gpt2 export: {report['source']} -> {report['out']} ({args.format}; {encodings})")
+    print(markdown_table(report))
+    print(f"size report: {report['out']}/size_report.json")
+    return 0

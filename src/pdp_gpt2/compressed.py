@@ -1,0 +1,330 @@
+"""The compressed file format, read side: per-tensor codecs, the container, the loader.
+
+Three layers, each built on the one before:
+
+* codecs (pure: tensors in, tensors/arrays out): bitmask + values, bitmask +
+  b-bit codes + per-channel scales (2:4 lives in nm24.py);
+* the container: one safetensors file whose metadata holds a JSON header with
+  every tensor's layout, lengths and sha256, checked before anything is decoded;
+* :func:`load_compressed`: a plain HF model from an export directory.
+
+``docs/format.md`` specifies the bytes; this module is its reference reader.
+Conventions shared by every encoding:
+
+* A tensor is flattened in row-major (C) order of its *stored* shape, the shape
+  in the model's state_dict (GPT-2's Conv1D is (in, out), Linear is (out, in)).
+* Bit streams are little-endian at the bit level: stream bit k is bit (k % 8) of
+  byte k // 8 (``np.packbits(..., bitorder="little")``).  A b-bit field j occupies
+  stream bits [j*b, (j+1)*b), least significant bit first.
+* The mask bit of an entry is 1 iff the entry compares != 0.  Zeros decode to
+  +0.0: a -0.0 in the dense tensor (finalize's ``w * keep`` makes them) comes back
+  as +0.0, which compares equal and gives the same matmul results.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pdp_gpt2.errors import UsageError
+
+# Candidate scales are s0 = amax / qmax and its neighbours a few ulps away: the
+# weights were put on the grid by training with a scale computed from the
+# weights *before* the last rounding, so amax / qmax recomputed from the rounded
+# weights can be off by an ulp.
+_ULP_STEPS = (0, 1, -1, 2, -2, 3, -3)
+
+
+# ---- bit streams ----------------------------------------------------------------
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned integers < 2**bits -> uint8 little-endian bit stream of len ceil(n*bits/8)."""
+    v = np.ascontiguousarray(values, dtype=np.uint8).reshape(-1)
+    if bits == 8:
+        return v.copy()
+    planes = (v[:, None] >> np.arange(bits, dtype=np.uint8)) & 1  # (n, bits), LSB first
+    return np.packbits(planes.reshape(-1), bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: the first ``count`` fields as uint8."""
+    packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+    if bits == 8:
+        return packed[:count].copy()
+    planes = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
+    return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+
+
+def packed_len(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+def pack_mask(w: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(packed bitmask of w != 0, the boolean mask itself, flattened)."""
+    nz = (w != 0).reshape(-1)
+    return np.packbits(nz.cpu().numpy(), bitorder="little"), nz
+
+
+def unpack_mask(packed: np.ndarray, numel: int) -> torch.Tensor:
+    return torch.from_numpy(np.unpackbits(np.asarray(packed, dtype=np.uint8), count=numel,
+                                          bitorder="little").astype(bool))
+
+
+# ---- bitmask + values -------------------------------------------------------------
+
+
+def encode_bitmask(w: torch.Tensor, values_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """{'mask': uint8 bitmask, 'values': nonzero entries in flat order, as values_dtype}."""
+    packed, nz = pack_mask(w)
+    return {"mask": torch.from_numpy(packed), "values": w.reshape(-1)[nz].to(values_dtype).contiguous()}
+
+
+def decode_bitmask(mask: torch.Tensor, values: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
+    numel = int(np.prod(shape))
+    nz = unpack_mask(mask.numpy(), numel)
+    if int(nz.sum()) != values.numel():
+        raise ValueError(f"bitmask has {int(nz.sum())} ones but {values.numel()} values are stored")
+    out = torch.zeros(numel, dtype=dtype)
+    out[nz] = values.to(dtype)
+    return out.view(*shape)
+
+
+# ---- bitmask + b-bit codes + per-channel scales -------------------------------------
+
+
+def _nudge(s: torch.Tensor, steps: int) -> torch.Tensor:
+    toward = torch.full_like(s, float("inf") if steps > 0 else 0.0)
+    for _ in range(abs(steps)):
+        s = torch.nextafter(s, toward)
+    return s
+
+
+def _channels_first(w: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    return w.movedim(channel_dim, 0).reshape(w.shape[channel_dim], -1)
+
+
+def grid_scales(w: torch.Tensor, bits: int, channel_dim: int) -> torch.Tensor | None:
+    """Per-channel scales s with round(w/s)*s == w exactly for every entry, else None.
+
+    The grid is symmetric b-bit per output channel (codes in [-(2^(b-1)-1), 2^(b-1)-1]),
+    the grid quantization masking trains on (pdp/mask.py:fake_quant).  The check
+    runs in w's own dtype with the same multiply the decoder uses, so a success
+    here is a bit-exact round trip.
+    """
+    if not w.is_floating_point() or w.dim() < 1:
+        return None
+    qmax = 2 ** (bits - 1) - 1
+    c = _channels_first(w, channel_dim)
+    amax = c.abs().amax(dim=1)
+    s0 = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    best = s0.clone()
+    found = torch.zeros(s0.shape, dtype=torch.bool)
+    for steps in _ULP_STEPS:
+        s = _nudge(s0, steps)
+        codes = torch.round(c / s[:, None]).clamp(-qmax, qmax)
+        ok = (codes * s[:, None] == c).all(dim=1) & ~found
+        best[ok], found = s[ok], found | ok
+        if bool(found.all()):
+            return best
+    return None
+
+
+def _scale_per_entry(scales: torch.Tensor, shape, channel_dim: int) -> torch.Tensor:
+    view = [1] * len(shape)
+    view[channel_dim] = -1
+    return scales.view(view).expand(*shape).reshape(-1)
+
+
+def encode_qcodes(w: torch.Tensor, bits: int, channel_dim: int, scales: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{'mask', 'codes' (offset binary code + 2^(b-1), packed), 'scales' (w.dtype, one per channel)}.
+
+    Only nonzero entries get a code; their codes are never 0, so the stored
+    unsigned field u = code + 2^(b-1) lies in [1, 2^b - 1] and fits b bits.
+    """
+    packed, nz = pack_mask(w)
+    s = _scale_per_entry(scales, w.shape, channel_dim)[nz]
+    codes = torch.round(w.reshape(-1)[nz] / s).to(torch.int16) + 2 ** (bits - 1)
+    return {"mask": torch.from_numpy(packed),
+            "codes": torch.from_numpy(pack_bits(codes.numpy().astype(np.uint8), bits)),
+            "scales": scales.to(w.dtype).contiguous()}
+
+
+def decode_qcodes(mask: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, shape, dtype: torch.dtype,
+                  bits: int, channel_dim: int) -> torch.Tensor:
+    numel = int(np.prod(shape))
+    nz = unpack_mask(mask.numpy(), numel)
+    nnz = int(nz.sum())
+    if codes.numel() != packed_len(nnz, bits):
+        raise ValueError(f"{codes.numel()} code bytes stored, {packed_len(nnz, bits)} expected for {nnz} nonzeros")
+    q = torch.from_numpy(unpack_bits(codes.numpy(), nnz, bits).astype(np.int16)) - 2 ** (bits - 1)
+    out = torch.zeros(numel, dtype=dtype)
+    # Same dtype, same single multiply as grid_scales' check: bit-exact by construction.
+    out[nz] = q.to(dtype) * _scale_per_entry(scales.to(dtype), shape, channel_dim)[nz]
+    return out.view(*shape)
+
+
+# ---- the file container: one safetensors file + a JSON header in its metadata -------------
+
+FORMAT, VERSION = "pdp-gpt2-sparse", 1
+WEIGHTS_FILE = "model.pdp.safetensors"  # not model.safetensors: plain from_pretrained must not half-read it
+META_KEY = "pdp"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_of(name: str) -> torch.dtype:
+    dt = getattr(torch, str(name), None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dt
+
+
+def header_digest(meta: dict) -> str:
+    """sha256 of the header's canonical JSON (sorted keys, no spaces), ``header_sha256`` left out."""
+    body = {k: v for k, v in meta.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def payload_entry(key: str, t: torch.Tensor) -> dict:
+    """Header entry of one stored tensor: where it is, what it is, and its sha256."""
+    raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()  # the exact bytes safetensors writes (LE)
+    return {"key": key, "dtype": dtype_name(t.dtype), "shape": list(t.shape), "nbytes": int(raw.nbytes),
+            "sha256": hashlib.sha256(raw.tobytes()).hexdigest()}
+
+
+def parse_container(data: bytes) -> tuple[dict, int]:
+    """(safetensors JSON header, offset of the data region); ValueError unless the lengths add up."""
+    if len(data) < 8:
+        raise ValueError("shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if 8 + n > len(data):
+        raise ValueError(f"header length {n} runs past the end of the {len(data)}-byte file (truncated?)")
+    try:
+        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"unreadable header ({e})") from None
+    if 8 + n + end != len(data):
+        raise ValueError(f"data region is {len(data) - 8 - n} bytes but the header describes {end} (truncated?)")
+    return header, 8 + n
+
+
+def read_compressed(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(decoded state_dict without tied aliases, pdp header), after checking every length and checksum.
+
+    Any inconsistency raises UsageError naming the file; nothing is decoded
+    before all checks pass, so a caller never sees a partial model.
+    """
+    from safetensors.torch import load
+
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        st_header, start = parse_container(data)
+        meta = json.loads(st_header.get("__metadata__", {}).get(META_KEY, "null"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"no {FORMAT!r} header in the safetensors metadata")
+        if int(meta.get("version", 0)) > VERSION:
+            raise UsageError(f"{path} is format version {meta['version']}; this pdp-gpt2 reads up to {VERSION}")
+        if meta.get("header_sha256") != header_digest(meta):
+            raise ValueError("header sha256 mismatch (bit flip in the JSON header)")
+        view, referenced = memoryview(data), set()
+        for name, spec in meta["tensors"].items():
+            for role, p in spec["payloads"].items():
+                b, e = st_header[p["key"]]["data_offsets"]
+                if e - b != p["nbytes"]:
+                    raise ValueError(f"{name} {role}: {e - b} bytes stored, header says {p['nbytes']}")
+                if hashlib.sha256(view[start + b:start + e]).hexdigest() != p["sha256"]:
+                    raise ValueError(f"{name} {role}: sha256 mismatch (bit flip or overwrite)")
+                referenced.add(p["key"])
+        if referenced != set(st_header) - {"__metadata__"}:
+            raise ValueError("tensors in the file and in the pdp header differ")
+        try:
+            payloads = load(data)
+        except Exception as e:  # safetensors' own error type is not a ValueError
+            raise ValueError(str(e)) from None
+        state = {name: decode_tensor(spec, payloads) for name, spec in meta["tensors"].items()}
+    except UsageError:
+        raise
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        why = f"missing entry {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+        raise UsageError(f"{path} is corrupt or not a pdp-gpt2 compressed model: {why}") from None
+    return state, meta
+
+
+def decode_tensor(spec: dict, payloads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One dense tensor from its header entry and its stored payloads."""
+    from pdp_gpt2.nm24 import decode_nm  # nm24 imports this module's bit packing
+
+    enc, shape, dtype = spec["encoding"], [int(s) for s in spec["shape"]], dtype_of(spec["dtype"])
+    p = {role: payloads[e["key"]] for role, e in spec["payloads"].items()}
+    if enc == "raw":
+        out = p["data"]
+    elif enc == "bitmask":
+        if p["mask"].numel() != packed_len(int(np.prod(shape)), 1):
+            raise ValueError(f"bitmask of {p['mask'].numel()} bytes does not fit shape {shape}")
+        out = decode_bitmask(p["mask"], p["values"], shape, dtype)
+    elif enc == "bitmask-qcodes":
+        out = decode_qcodes(p["mask"], p["codes"], p["scales"], shape, dtype, int(spec["bits"]),
+                            int(spec["channel_dim"]))
+    elif enc == "nm":
+        out = decode_nm(p["values"], p["indices"], shape, dtype, int(spec["group_dim"]), int(spec["n"]),
+                        int(spec["m"]))
+    else:
+        raise UsageError(f"unknown tensor encoding {enc!r} (written by a newer pdp-gpt2?)")
+    if list(out.shape) != shape or out.dtype != dtype:
+        raise ValueError(f"decoded {list(out.shape)} {out.dtype}, header says {shape} {dtype}")
+    return out
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+
+def load_compressed(path: str | Path, *, semi_structured: bool = False, device: str | None = None) -> nn.Module:
+    """A plain HF causal LM from a ``compressed`` or ``2:4`` export, equal to the dense finalized one.
+
+    Every length and checksum is verified before anything is decoded.  With
+    ``semi_structured=True`` on a CUDA machine the 2:4 layers get
+    ``torch.sparse.to_sparse_semi_structured`` weights (model moved to ``device``
+    or cuda); without CUDA the model simply stays dense.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pdp_gpt2.nm24 import to_semi_structured
+
+    path = Path(path).expanduser()
+    f = path / WEIGHTS_FILE
+    if not f.is_file():
+        raise UsageError(f"{path}: no {WEIGHTS_FILE} (not a pdp-gpt2 compressed or 2:4 export)")
+    state, header = read_compressed(f)
+    for alias, first in header["tied"].items():
+        state[alias] = state[first]
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype_of(header["torch_dtype"]))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot build the model from {path / 'config.json'}: {str(e).splitlines()[0]}") from None
+    want = set(model.state_dict())
+    if want != set(state):
+        raise UsageError(f"{f} does not match {path / 'config.json'}: "
+                         f"{len(want - set(state))} tensors missing, {len(set(state) - want)} unexpected")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    if semi_structured:
+        if not torch.cuda.is_available():
+            warnings.warn("no CUDA device: 2:4 layers stay dense", stacklevel=2)
+        else:
+            model.to(device or "cuda")
+            names = [n.removesuffix(".weight") for n, s in header["tensors"].items() if s["encoding"] == "nm"]
+            to_semi_structured(model, names)
+    elif device is not None:
+        model.to(device)
+    return model

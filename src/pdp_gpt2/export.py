@@ -1,0 +1,345 @@
+"""Export a finalized sparse model so it is really smaller, and load it back.
+
+``export(src, out, fmt)`` reads a finalized HF directory (or a training run
+directory holding ``final/``) and writes one of:
+
+* ``dense``: a copy of the finalized HF directory, for any consumer;
+* ``compressed``: every pruned tensor as bitmask + nonzero values (or b-bit
+  codes + per-channel scales when the weights lie on a quantization grid);
+* ``2:4``: every pruned tensor as kept values + 2-bit in-group indices.
+
+Both sparse layouts are one safetensors file described in docs/format.md and
+read back by :func:`pdp_gpt2.compressed.load_compressed`.  Output is built in a temporary sibling
+directory and renamed into place only when complete and verified, so a failed
+export leaves nothing behind.  Every export writes ``size_report.json`` with
+sizes read from the real files on disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pdp_gpt2 import compressed as C
+from pdp_gpt2 import nm24
+from pdp_gpt2.compressed import load_compressed  # noqa: F401  (the reader, next to the writer)
+from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D, find_targets
+
+FORMATS = ("dense", "compressed", "2:4")
+VALUES = {"auto": None, "fp16": torch.float16, "fp32": torch.float32}
+# A Linear/Conv1D outside the default targets counts as pruned from this share of exact zeros
+# (well above what a trained dense weight has by chance, well below any useful sparsity).
+PRUNED_ZERO_SHARE = 0.25
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".safetensors.index.json", ".bin.index.json")
+
+
+@dataclass
+class Source:
+    model_dir: Path
+    summary: dict | None  # the training run's summary.json, when src was a run directory
+
+
+def resolve_source(src: str | Path) -> Source:
+    """A run directory (has final/) or a plain HF model directory with safetensors weights."""
+    path = Path(src).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"{src}: no such directory")
+    summary = None
+    if (path / "final").is_dir():
+        if (path / "summary.json").is_file():
+            try:
+                summary = json.loads((path / "summary.json").read_text())
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path / 'summary.json'} is not valid JSON: {e}") from None
+        path = path / "final"
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{path} is neither a model directory (no config.json) nor a run directory (no final/)")
+    if not list(path.glob("*.safetensors")):
+        raise UsageError(f"{path} has no .safetensors weights (export reads finalized safetensors models)")
+    return Source(path, summary)
+
+
+def quant_bits_hint(summary) -> int | None:
+    """bits from a training summary that used quantization masking (any nesting), else None."""
+    if isinstance(summary, dict):
+        if summary.get("quantize") is True and isinstance(summary.get("bits"), int):
+            return summary["bits"]
+        if isinstance(summary.get("quantize/bits"), int):
+            return summary["quantize/bits"]
+        for v in summary.values():
+            if (b := quant_bits_hint(v)) is not None:
+                return b
+    return None
+
+
+def st_header(f: Path) -> dict:
+    """The JSON header of a safetensors file (names, dtypes, shapes, byte offsets), data unread."""
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        head = fh.read(n)
+    try:
+        return json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"{f} is not a readable safetensors file") from None
+
+
+def load_finalized(model_dir: Path) -> nn.Module:
+    """The model in its stored dtype; refuses one that still carries PDP parametrizations."""
+    from transformers import AutoModelForCausalLM
+
+    for f in model_dir.glob("*.safetensors"):
+        if any("parametrizations" in k for k in st_header(f)):
+            raise UsageError(f"{model_dir} is not finalized: it still has PDP masks (parametrizations keys); "
+                             "call Pruner.finalize() before saving")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", use_safetensors=True,
+                                                     trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model from {model_dir}: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def pruned_tensors(model: nn.Module) -> dict[str, int]:
+    """{weight name: output-channel axis} of the pruned targets.
+
+    The default PDP targets that hold any exact zeros, plus any Linear/Conv1D
+    weight with at least PRUNED_ZERO_SHARE exact zeros (custom target patterns).
+    """
+    try:
+        default = {t.name for t in find_targets(model)}
+    except UsageError:  # no numbered blocks, or a tied weight: fall back to the zero share alone
+        default = set()
+    out = {}
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if not isinstance(module, PRUNABLE) or w is None or w.dim() != 2:
+            continue
+        share = float((w == 0).float().mean())
+        if (name in default and share > 0) or share >= PRUNED_ZERO_SHARE:
+            out[f"{name}.weight" if name else "weight"] = 1 if Conv1D and isinstance(module, Conv1D) else 0
+    return out
+
+
+def tied_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{later name: first name} for state_dict entries sharing storage (GPT-2's lm_head = wte)."""
+    first, aliases = {}, {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in first:
+            aliases[name] = first[key]
+        else:
+            first.setdefault(key, name)
+    return aliases
+
+
+def pick_bits(w: torch.Tensor, channel_dim: int, hint: int | None) -> tuple[int, torch.Tensor] | None:
+    """(bits, scales) of the smallest symmetric per-channel grid w lies on exactly, or None."""
+    order = ([hint] if hint else []) + [b for b in range(2, 9) if b != hint]
+    probe = w.narrow(channel_dim, 0, min(4, w.shape[channel_dim]))  # cheap rejection of off-grid tensors
+    for bits in order:
+        if C.grid_scales(probe, bits, channel_dim) is not None:
+            scales = C.grid_scales(w, bits, channel_dim)
+            if scales is not None:
+                return bits, scales
+    return None
+
+
+def encode_tensor(name: str, w: torch.Tensor, fmt: str, channel_dim: int | None, values_dtype, hint,
+                  codes: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(header entry, {payload key: tensor}) of one state_dict tensor."""
+    w = w.detach().cpu().contiguous()
+    spec = {"shape": list(w.shape), "dtype": C.dtype_name(w.dtype)}
+    if channel_dim is None:
+        spec["encoding"], parts = "raw", {"data": w}
+    elif fmt == "2:4":
+        vd = values_dtype or w.dtype
+        spec.update(encoding="nm", n=2, m=4, group_dim=1 - channel_dim, values_dtype=C.dtype_name(vd))
+        parts = nm24.encode_nm(w.to(vd), 1 - channel_dim)
+    else:
+        nnz, vd = int((w != 0).sum()), values_dtype or w.dtype
+        grid = pick_bits(w, channel_dim, hint) if codes else None
+        sizes = {"raw": w.numel() * w.element_size(),
+                 "bitmask": (w.numel() + 7) // 8 + nnz * torch.finfo(vd).bits // 8}
+        if grid is not None:
+            sizes["bitmask-qcodes"] = (w.numel() + 7) // 8 + C.packed_len(nnz, grid[0]) + w.shape[channel_dim] * w.element_size()
+        spec["encoding"] = min(sizes, key=sizes.get)
+        spec["nnz"] = nnz
+        if spec["encoding"] == "raw":
+            parts = {"data": w}
+        elif spec["encoding"] == "bitmask":
+            spec["values_dtype"] = C.dtype_name(vd)
+            parts = C.encode_bitmask(w, vd)
+        else:
+            spec.update(bits=grid[0], channel_dim=channel_dim)
+            parts = C.encode_qcodes(w, grid[0], channel_dim, grid[1])
+    keys = {role: name if role == "data" else f"{name}/{role}" for role in parts}
+    spec["payloads"] = {role: C.payload_entry(keys[role], t) for role, t in parts.items()}
+    return spec, {keys[role]: t for role, t in parts.items()}
+
+
+def encode_model(model: nn.Module, fmt: str, values: str = "auto", hint: int | None = None,
+                 codes: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(pdp header, safetensors payloads) of a finalized model; refuses patterns fmt can't hold."""
+    state = model.state_dict()
+    aliases = tied_aliases(state)
+    pruned = pruned_tensors(model)
+    if not pruned:
+        raise UsageError("no exact zeros in the target weights: not a pruned model (finalize a PDP run first)")
+    if fmt == "2:4":
+        for name, out_dim in pruned.items():
+            if (why := nm24.nm_violation(state[name], 1 - out_dim)) is not None:
+                raise UsageError(f"{name} is not 2:4 sparse along its input dimension ({why}); "
+                                 "use --format compressed")
+    floating = [t.dtype for t in state.values() if t.is_floating_point()]
+    header = {"format": C.FORMAT, "version": C.VERSION, "layout": fmt,
+              "torch_dtype": C.dtype_name(floating[0] if floating else torch.float32),
+              "tied": {a: aliases[a] for a in aliases}, "tensors": {}}
+    payloads = {}
+    for name, t in state.items():
+        if name in aliases:
+            continue
+        # A tied alias of a pruned weight (rare) is pruned under its first name.
+        channel_dim = pruned.get(name, next((pruned[a] for a, f in aliases.items() if f == name and a in pruned),
+                                            None))
+        spec, parts = encode_tensor(name, t, fmt, channel_dim, VALUES[values], hint, codes)
+        header["tensors"][name] = spec
+        payloads.update(parts)
+    header["header_sha256"] = C.header_digest(header)
+    return header, payloads
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values: str = "auto",
+           codes: bool = True, overwrite: bool = False) -> dict:
+    """Write ``src`` (finalized model dir or run dir) to ``out`` in ``fmt``; returns the size report.
+
+    ``values``: dtype of stored nonzeros, 'auto' = the model's own (exact);
+    'fp16' halves them at fp16 rounding (the loaded model is then not identical).
+    ``codes``: store weights that lie on a b-bit grid as codes + scales (exact).
+    """
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if values not in VALUES:
+        raise UsageError(f"unknown --values {values!r}: use one of {', '.join(VALUES)}")
+    source = resolve_source(src)
+    out = Path(out).expanduser()
+    _check_out(out, source.model_dir, overwrite)
+    model = load_finalized(source.model_dir)
+    if fmt == "dense":
+        if not pruned_tensors(model):
+            raise UsageError(f"{source.model_dir}: no exact zeros in the target weights: not a pruned model")
+        header = None
+    else:
+        header, payloads = encode_model(model, fmt, values, quant_bits_hint(source.summary), codes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise survive the rename
+        for f in sorted(source.model_dir.iterdir()):
+            if f.is_file() and f.name != "size_report.json" and (fmt == "dense" or not f.name.endswith(WEIGHT_SUFFIXES)):
+                shutil.copy2(f, tmp / f.name)
+        if header is not None:
+            from safetensors.torch import save_file
+
+            save_file(payloads, str(tmp / C.WEIGHTS_FILE), metadata={C.META_KEY: json.dumps(header)})
+            _verify(tmp, model.state_dict(), header)
+        report = size_report(source.model_dir, tmp, fmt, header, list(pruned_tensors(model)))
+        report.update(source=str(source.model_dir), out=str(out), values=values)
+        (tmp / "size_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _check_out(out: Path, model_dir: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+        src, dst = model_dir.resolve(), out.resolve()
+        if dst == src or dst in src.parents:
+            raise UsageError(f"--out {out} contains the model being exported; choose another directory")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished tmp into place; an old out is only deleted after the new one is in."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _verify(out_dir: Path, state: dict[str, torch.Tensor], header: dict) -> None:
+    """Decode the written file and compare with the model (rounded to the stored value dtype)."""
+    decoded, _ = C.read_compressed(out_dir / C.WEIGHTS_FILE)
+    for name, spec in header["tensors"].items():
+        want = state[name].detach().cpu()
+        if "values_dtype" in spec:
+            want = want.to(C.dtype_of(spec["values_dtype"])).to(want.dtype)
+        if not torch.equal(decoded[name], want):  # internal bug, not user error
+            raise RuntimeError(f"export verification failed for {name} ({spec['encoding']})")
+
+
+# ---- sizes, measured on disk -------------------------------------------------------------------
+
+
+def _tensor_bytes(files) -> dict[str, int]:
+    sizes = {}
+    for f in files:
+        for k, v in st_header(f).items():
+            if k != "__metadata__":
+                sizes[k] = v["data_offsets"][1] - v["data_offsets"][0]
+    return sizes
+
+
+def size_report(src_dir: Path, out_dir: Path, fmt: str, header: dict | None, pruned: list[str]) -> dict:
+    """Bytes of the pruned target weights and of all weight files, dense vs exported, from the files."""
+    dense_files = sorted(src_dir.glob("*.safetensors"))
+    dense = _tensor_bytes(dense_files)
+    missing = [n for n in pruned if n not in dense]
+    if missing:
+        raise RuntimeError(f"pruned tensors not found in {src_dir}: {missing[:3]}")
+    d_target, d_total = sum(dense[n] for n in pruned), sum(f.stat().st_size for f in dense_files)
+    counts: dict[str, int] = {}
+    if header is None:
+        out_files = sorted(out_dir.glob("*.safetensors"))
+        e_target, e_total = sum(_tensor_bytes(out_files)[n] for n in pruned), sum(f.stat().st_size for f in out_files)
+        counts["dense"] = len(pruned)
+    else:
+        f = out_dir / C.WEIGHTS_FILE
+        stored = _tensor_bytes([f])
+        meta = json.loads(st_header(f)["__metadata__"][C.META_KEY])
+        e_target = sum(stored[p["key"]] for n in pruned for p in meta["tensors"][n]["payloads"].values())
+        e_total = f.stat().st_size
+        for n in pruned:
+            spec = meta["tensors"][n]
+            enc = spec["encoding"] + (f"/{spec['bits']}-bit" if "bits" in spec else "")
+            counts[enc] = counts.get(enc, 0) + 1
+    return {"format": fmt, "pruned_tensors": len(pruned), "encodings": counts,
+            "target_weights": {"dense_bytes": d_target, "exported_bytes": e_target, "ratio": e_target / d_target},
+            "whole_model": {"dense_bytes": d_total, "exported_bytes": e_total, "ratio": e_total / d_total}}
+
+
+def markdown_table(report: dict) -> str:
+    rows = [("target weights (%d tensors)" % report["pruned_tensors"], report["target_weights"]),
+            ("whole model (weight files)", report["whole_model"])]
+    lines = ["| weights | dense bytes | exported bytes | ratio |", "|---|---:|---:|---:|"]
+    lines += [f"| {label} | {r['dense_bytes']:,} | {r['exported_bytes']:,} | {r['ratio']:.4f} |" for label, r in rows]
+    return "\n".join(lines)
