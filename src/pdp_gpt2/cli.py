@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "train": ("pdp_gpt2.cli_train", "fine-tune a causal LM while PDP prunes it to a target sparsity"),
     "eval": ("pdp_gpt2.cli_eval", "sliding-window perplexity of any checkpoint"),
     "pretrain": ("pdp_gpt2.cli_pretrain", "densely pretrain the small embedded GPT-2 on the bundled corpus"),
+    "sweep": ("pdp_gpt2.cli_sweep", "run a W&B sweep file locally: one subprocess per trial, sweep.csv"),
+    "report": ("pdp_gpt2.cli_report", "plots + report.md + self-contained report.html from runs or sweeps"),
     "export": ("pdp_gpt2.cli_export", "write a finalized sparse model as dense, compressed or 2:4 files, with a size table"),
 }
 

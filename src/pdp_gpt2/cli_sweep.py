@@ -1,0 +1,69 @@
+"""`pdp-gpt2 sweep`: run a W&B sweep file locally (see pdp_gpt2.sweep)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pdp_gpt2.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="W&B sweep file (YAML), e.g. sweep_config.yaml")
+    parser.add_argument("--output_dir", required=True, help="sweep directory: trial-NNN/ per trial and sweep.csv")
+    parser.add_argument("--count", type=int, default=None,
+                        help="trials to run: grid keeps the first N combinations (default: all); "
+                             "random/bayes draw N (default: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random search's draws (default: 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
+                        help="fix a train flag for every trial, overriding the file (repeatable), "
+                             "e.g. --set model=embedded --set max_length=64")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="shortcut for --set max_steps=N (quick sweeps)")
+    parser.add_argument("--trial_timeout", type=float, default=None,
+                        help="seconds before a trial is killed and recorded as failed (default: none)")
+    parser.add_argument("--dry_run", action="store_true", help="print the planned trials' flags and exit")
+
+
+def parse_overrides(items: list[str], max_steps: int | None) -> dict:
+    from pdp_gpt2.sweep import train_flags
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().lstrip("-")
+        if not sep or not name:
+            raise UsageError(f"--set expects FLAG=VALUE, got {item!r}")
+        if name not in train_flags():
+            raise UsageError(f"--set {name}: unknown train flag (see `pdp-gpt2 train --help`)")
+        out[name] = value
+    if max_steps is not None:
+        if max_steps <= 0:
+            raise UsageError(f"--max_steps must be > 0, got {max_steps}")
+        out["max_steps"] = max_steps
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from pdp_gpt2 import sweep
+
+    if args.count is not None and args.count <= 0:
+        raise UsageError(f"--count must be > 0, got {args.count}")
+    spec = sweep.load_spec(args.config)
+    overrides = parse_overrides(args.set, args.max_steps)
+    out = Path(args.output_dir)
+    if args.dry_run:
+        for i, params in enumerate(sweep.plan_trials(spec, args.count, args.seed)):
+            print(f"trial-{i:03d}", " ".join(sweep.trial_argv(sweep.trial_params(params, overrides))))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep_config.yaml").write_text(Path(args.config).read_text())
+    (out / "sweep_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    rows = sweep.run_sweep(spec, out, count=args.count, seed=args.seed, overrides=overrides,
+                           timeout=args.trial_timeout)
+    failed = sum(r["status"] != "ok" for r in rows)
+    top = sweep.best(rows, spec.metric, spec.goal)
+    print(f"pdp-gpt2 sweep: {len(rows) - failed} ok, {failed} failed; table in {out / 'sweep.csv'}")
+    if top:
+        print(f"  best ({spec.goal} {spec.metric}): {top['trial']}  {spec.metric}={top[spec.metric]:.4g}")
+    return 0 if failed < len(rows) else 1

@@ -1,0 +1,270 @@
+"""Run a W&B sweep file locally, without a W&B server.
+
+The same ``sweep_config.yaml`` works with ``wandb sweep`` + ``wandb agent`` and
+with ``pdp-gpt2 sweep``.  Locally:
+
+* ``grid`` expands every combination of ``values`` (in file order; ``--count``
+  keeps the first N); ``random`` draws ``--count`` trials from the parameter
+  distributions with a seeded RNG; ``bayes`` needs a server-side model, so it
+  falls back to ``random`` with a note.
+* Each trial runs the train CLI in its own subprocess, with the flags a W&B
+  agent would pass (``--name=value``), into ``<output_dir>/trial-NNN/``.  A crash,
+  an out-of-memory kill or a bad value therefore ends that trial only: it is
+  recorded as failed (with the last line of its log) and the sweep goes on.
+* ``sweep.csv`` (one row per trial: parameters + final metrics) is rewritten
+  after every trial, so a killed sweep still leaves its finished rows.  A trial
+  whose directory already holds a finished run with the same parameters is
+  reused, so re-running a sweep only runs what is missing or failed.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdp_gpt2.errors import UsageError
+
+METRICS = ("perplexity", "perplexity_soft", "perplexity_dense", "soft_hard_gap", "sparsity_actual",
+           "train_seconds", "train_steps")
+SEARCH_METHODS = ("grid", "random", "bayes")
+# W&B's distributions that this runner samples (the same names and arguments as W&B).
+DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform_values",
+                 "q_log_uniform_values", "log_uniform", "normal", "q_normal", "log_normal")
+
+
+@dataclass
+class SweepSpec:
+    method: str
+    metric: str
+    goal: str
+    parameters: dict[str, dict]
+    program: str = "main.py"
+
+
+def train_flags() -> set[str]:
+    """Every flag name `pdp-gpt2 train` accepts (they are generated from these dataclass fields)."""
+    from pdp_gpt2.config import PDPConfig, TrainConfig
+
+    return {f.name for f in dataclasses.fields(TrainConfig) if f.name != "pdp"} | {
+        f.name for f in dataclasses.fields(PDPConfig)}
+
+
+def parse_spec(raw: dict, source: str = "sweep config") -> SweepSpec:
+    """Validate a parsed sweep file; every user mistake is one UsageError line."""
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: expected a mapping at the top level")
+    method = raw.get("method")
+    if method not in SEARCH_METHODS:
+        raise UsageError(f"{source}: method must be one of {', '.join(SEARCH_METHODS)}, got {method!r}")
+    metric = raw.get("metric") or {"name": "perplexity", "goal": "minimize"}
+    if metric.get("goal", "minimize") not in ("minimize", "maximize"):
+        raise UsageError(f"{source}: metric.goal must be minimize or maximize, got {metric.get('goal')!r}")
+    params = raw.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise UsageError(f"{source}: 'parameters' must be a non-empty mapping")
+    unknown = sorted(set(params) - train_flags())
+    if unknown:
+        raise UsageError(f"{source}: unknown train flag(s) {', '.join(unknown)} (see `pdp-gpt2 train --help`)")
+    for name, p in params.items():
+        if not isinstance(p, dict):
+            raise UsageError(f"{source}: parameter {name} must be a mapping such as {{values: [...]}}")
+        if "parameters" in p:
+            raise UsageError(f"{source}: nested parameters ({name}) are not supported")
+        dist = distribution_of(p)
+        if dist not in DISTRIBUTIONS:
+            raise UsageError(f"{source}: parameter {name}: unknown distribution {dist!r}")
+        if method == "grid" and dist not in ("constant", "categorical"):
+            raise UsageError(f"{source}: grid search needs 'values' or 'value' for {name}, got distribution {dist}")
+    return SweepSpec(method, metric.get("name", "perplexity"), metric.get("goal", "minimize"), params,
+                     str(raw.get("program", "main.py")))
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"sweep config not found: {path}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_spec(raw, str(path))
+
+
+def distribution_of(p: dict) -> str:
+    """W&B's inference when 'distribution' is omitted: values -> categorical, value -> constant,
+    min/max integers -> int_uniform, other min/max -> uniform."""
+    if "distribution" in p:
+        return p["distribution"]
+    if "values" in p:
+        return "categorical"
+    if "value" in p:
+        return "constant"
+    if isinstance(p.get("min"), int) and isinstance(p.get("max"), int):
+        return "int_uniform"
+    return "uniform"
+
+
+def sample(p: dict, rng: random.Random):
+    """One draw of a W&B parameter spec."""
+    dist = distribution_of(p)
+    q = p.get("q", 1)
+    if dist == "constant":
+        return p["value"]
+    if dist == "categorical":
+        return rng.choices(p["values"], weights=p.get("probabilities"))[0]
+    if dist == "int_uniform":
+        return rng.randint(int(p["min"]), int(p["max"]))
+    if dist in ("uniform", "q_uniform"):
+        x = rng.uniform(p["min"], p["max"])
+    elif dist in ("log_uniform_values", "q_log_uniform_values"):
+        x = math.exp(rng.uniform(math.log(p["min"]), math.log(p["max"])))
+    elif dist == "log_uniform":  # W&B: min/max are natural logs
+        x = math.exp(rng.uniform(p["min"], p["max"]))
+    elif dist in ("normal", "q_normal"):
+        x = rng.gauss(p.get("mu", 0.0), p.get("sigma", 1.0))
+    else:  # log_normal
+        x = math.exp(rng.gauss(p.get("mu", 0.0), p.get("sigma", 1.0)))
+    # 6 significant digits: flags and sweep.csv stay readable, and no run depends on the 7th
+    return round(x / q) * q if dist.startswith("q_") else float(f"{x:.6g}")
+
+
+def grid_trials(params: dict[str, dict]) -> list[dict]:
+    """Every combination, the last parameter varying fastest."""
+    import itertools
+
+    names = list(params)
+    choices = [params[n]["values"] if "values" in params[n] else [params[n]["value"]] for n in names]
+    return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+
+
+def plan_trials(spec: SweepSpec, count: int | None, seed: int = 0) -> list[dict]:
+    if spec.method == "grid":
+        trials = grid_trials(spec.parameters)
+        return trials[:count] if count else trials
+    if spec.method == "bayes":
+        print("pdp-gpt2 sweep: note: 'bayes' needs the W&B server; sampling at random instead", file=sys.stderr)
+    rng = random.Random(seed)
+    return [{n: sample(p, rng) for n, p in spec.parameters.items()} for _ in range(count or 10)]
+
+
+def trial_params(sampled: dict, overrides: dict | None = None) -> dict:
+    """A trial's flags: the draw, then use_wandb off (the local runner logs nothing to W&B unless
+    asked; an agent-style use_wandb=true would only go offline), then the user's --set overrides."""
+    return {**sampled, "use_wandb": False, **(overrides or {})}
+
+
+def flag_value(v) -> str:
+    if isinstance(v, bool):
+        return str(v)  # True / False, as wandb agent passes them
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def trial_argv(params: dict) -> list[str]:
+    """The flags a W&B agent would pass: --name=value, one per parameter (None values are left out)."""
+    return [f"--{k}={flag_value(v)}" for k, v in params.items() if v is not None]
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or [""])[-1][:300]
+
+
+def run_trial(params: dict, trial_dir: Path, timeout: float | None = None) -> dict:
+    """Train one trial in a subprocess; returns status, returncode and the error line if it failed."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pdp_gpt2", "train", *trial_argv(params), f"--output_dir={trial_dir}",
+           "--overwrite_output_dir=True", "--progress=False"]
+    log = trial_dir / "train.log"
+    with open(log, "w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+    finished = (trial_dir / "summary.json").is_file()
+    status = "ok" if rc == 0 and finished else "failed"
+    error = "" if status == "ok" else ("timed out" if rc == 124 else last_line(log.read_text()))
+    return {"status": status, "returncode": rc, "error": error}
+
+
+def run_sweep(spec: SweepSpec, out: Path, *, count: int | None = None, seed: int = 0,
+              overrides: dict | None = None, timeout: float | None = None, runner=run_trial) -> list[dict]:
+    """Run every planned trial in turn; returns the sweep.csv rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    trials = plan_trials(spec, count, seed)
+    rows: list[dict] = []
+    for i, sampled in enumerate(trials):
+        params = trial_params(sampled, overrides)
+        tdir = out / f"trial-{i:03d}"
+        t0 = time.time()
+        cached = _finished_with(tdir, params)
+        if cached:
+            result = {"status": "ok", "returncode": 0, "error": ""}
+        else:
+            _write_params(tdir, params)
+            try:
+                result = runner(params, tdir, timeout)
+            except Exception as e:  # the runner itself failed (cannot start python, disk full...)
+                result = {"status": "failed", "returncode": -1, "error": f"{type(e).__name__}: {e}"}
+        row = {"trial": tdir.name, "status": result["status"], **params,
+               **metrics_of(tdir), "wall_seconds": round(time.time() - t0, 1), "returncode": result["returncode"],
+               "error": result["error"], "cached": bool(cached)}
+        rows.append(row)
+        write_csv(rows, out / "sweep.csv")
+        ppl = row.get(spec.metric)
+        print(f"[{i + 1}/{len(trials)}] {tdir.name} {row['status']}"
+              f"{'' if ppl in (None, '') else f'  {spec.metric}={ppl:.4g}'}"
+              f"{'  (cached)' if cached else ''}{'  ' + row['error'] if row['error'] else ''}", flush=True)
+    return rows
+
+
+def _write_params(tdir: Path, params: dict) -> None:
+    from pdp_gpt2.outputs import atomic_write_json
+
+    atomic_write_json(tdir / "params.json", params)
+
+
+def _finished_with(tdir: Path, params: dict) -> bool:
+    p, s = tdir / "params.json", tdir / "summary.json"
+    return p.is_file() and s.is_file() and json.loads(p.read_text()) == json.loads(json.dumps(params))
+
+
+def metrics_of(tdir: Path) -> dict:
+    """Final metrics from a trial's summary.json (empty cells if it did not finish)."""
+    p = tdir / "summary.json"
+    s = json.loads(p.read_text()) if p.is_file() else {}
+    return {k: s.get(k) for k in METRICS}
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    from pdp_gpt2.outputs import atomic_write_text
+
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, restval="")
+    w.writeheader()
+    w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def best(rows: list[dict], metric: str, goal: str) -> dict | None:
+    ok = [r for r in rows if r["status"] == "ok" and isinstance(r.get(metric), (int, float))]
+    if not ok:
+        return None
+    return (min if goal == "minimize" else max)(ok, key=lambda r: r[metric])

@@ -1,0 +1,136 @@
+"""Local sweeps: the shipped sweep file, grid/random planning, failure isolation, sweep.csv."""
+import argparse
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pdp_gpt2 import cli_train, sweep
+from pdp_gpt2.cli import main
+from pdp_gpt2.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train_parser():
+    p = argparse.ArgumentParser()
+    cli_train.add_arguments(p)
+    return p
+
+
+def test_shipped_sweep_config_is_wandb_format_and_names_only_train_flags():
+    raw = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    assert raw["program"] == "main.py" and (ROOT / raw["program"]).is_file()
+    assert raw["method"] in ("grid", "random", "bayes")
+    assert raw["metric"] == {"name": "perplexity", "goal": "minimize"}
+    flags = {s for a in _train_parser()._actions for s in a.option_strings}
+    for name in raw["parameters"]:
+        assert f"--{name}" in flags, name
+    for name in ("sparsity", "tau", "warmup_epochs", "learning_rate", "improved_masking", "beta", "quantize",
+                 "bits", "custom_optimizer", "method"):
+        assert name in raw["parameters"], name
+    # Every draw is a valid train command line, parsed as wandb agent passes it (--name=value).
+    spec = sweep.load_spec(ROOT / "sweep_config.yaml")
+    for params in sweep.plan_trials(spec, count=25, seed=1):
+        cfg = cli_train.config_from_args(_train_parser().parse_args(sweep.trial_argv(params)))
+        assert cfg.method == params["method"] and cfg.pdp.sparsity == params["sparsity"]
+        assert cfg.pdp.improved_masking is params["improved_masking"]
+        assert 0.005 <= cfg.pdp.tau <= 0.2 and 1e-4 <= cfg.learning_rate <= 2e-3
+
+
+def test_grid_expands_every_combination_last_parameter_fastest():
+    trials = sweep.grid_trials({"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]}, "c": {"value": 0}})
+    assert trials == [{"a": 1, "b": "x", "c": 0}, {"a": 1, "b": "y", "c": 0},
+                      {"a": 2, "b": "x", "c": 0}, {"a": 2, "b": "y", "c": 0}]
+
+
+def test_random_draws_are_seeded_and_inside_their_ranges():
+    spec = sweep.parse_spec({"method": "random", "parameters": {
+        "tau": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.1},
+        "seed": {"min": 1, "max": 3}, "method": {"values": ["pdp", "gmp"]},
+        "learning_rate": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}}})
+    a, b = sweep.plan_trials(spec, 30, seed=7), sweep.plan_trials(spec, 30, seed=7)
+    assert a == b and len(a) == 30
+    assert all(0.01 <= t["tau"] <= 0.1 for t in a)
+    assert {t["seed"] for t in a} == {1, 2, 3}  # min/max integers: int_uniform, both ends included
+    assert {t["method"] for t in a} == {"pdp", "gmp"}
+    assert {t["learning_rate"] for t in a} <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert sweep.plan_trials(spec, 30, seed=8) != a
+
+
+def test_sample_log_uniform_is_uniform_in_log_space():
+    rng = random.Random(0)
+    xs = [sweep.sample({"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}, rng) for _ in range(2000)]
+    below = sum(x < 1e-3 for x in xs) / len(xs)  # 1e-3 is the geometric midpoint
+    assert 0.45 < below < 0.55
+
+
+def test_bayes_falls_back_to_random_with_a_note(capsys):
+    spec = sweep.parse_spec({"method": "bayes", "parameters": {"tau": {"min": 0.01, "max": 0.1}}})
+    assert len(sweep.plan_trials(spec, 3)) == 3
+    assert "bayes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"method": "grid", "parameters": {"sparsity": {"values": [0.5]}, "nope": {"value": 1}}}, "nope"),
+    ({"method": "grid", "parameters": {"tau": {"distribution": "uniform", "min": 0.0, "max": 1.0}}}, "grid"),
+    ({"method": "hyperband", "parameters": {"tau": {"value": 0.1}}}, "method"),
+    ({"method": "random", "parameters": {}}, "parameters"),
+])
+def test_bad_sweep_files_are_one_line_usage_errors(raw, needle):
+    with pytest.raises(UsageError, match=needle):
+        sweep.parse_spec(raw)
+
+
+def _fake_runner(calls):
+    """Trial 0 crashes (the runner raises), later trials 'finish' with a summary.json."""
+    def runner(params, tdir, timeout):
+        calls.append(tdir.name)
+        if tdir.name == "trial-000":
+            raise RuntimeError("boom")
+        (tdir / "summary.json").write_text(json.dumps({"perplexity": 10.0 * params["sparsity"],
+                                                        "sparsity_actual": params["sparsity"]}))
+        return {"status": "ok", "returncode": 0, "error": ""}
+    return runner
+
+
+def test_a_failed_trial_is_recorded_and_the_sweep_goes_on_then_reruns_only_what_is_missing(tmp_path):
+    spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5, 0.75, 0.9]}}})
+    calls = []
+    rows = sweep.run_sweep(spec, tmp_path, overrides={"max_steps": 3}, runner=_fake_runner(calls))
+    assert [r["status"] for r in rows] == ["failed", "ok", "ok"]
+    with open(tmp_path / "sweep.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["trial"] for r in table] == ["trial-000", "trial-001", "trial-002"]
+    assert table[0]["error"] == "RuntimeError: boom" and table[0]["perplexity"] == ""
+    assert float(table[2]["perplexity"]) == pytest.approx(9.0) and table[2]["max_steps"] == "3"
+    assert json.loads((tmp_path / "trial-001" / "params.json").read_text()) == {
+        "sparsity": 0.75, "use_wandb": False, "max_steps": 3}
+    assert sweep.best(rows, "perplexity", "minimize")["trial"] == "trial-001"
+    calls.clear()
+    rows = sweep.run_sweep(spec, tmp_path, overrides={"max_steps": 3}, runner=_fake_runner(calls))
+    assert calls == ["trial-000"] and [r["cached"] for r in rows] == [False, True, True]
+
+
+@pytest.mark.slow
+def test_local_sweep_cli_end_to_end_with_a_failing_trial(tmp_path, tiny_assets):
+    model_dir, corpus = tiny_assets
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump({"program": "main.py", "method": "grid",
+                                   "metric": {"name": "perplexity", "goal": "minimize"},
+                                   "parameters": {"tau": {"values": [-1.0, 0.02]}, "method": {"value": "gmp"},
+                                                  "sparsity": {"value": 0.5}}}))
+    out = tmp_path / "sw"
+    rc = main(["sweep", str(cfg), "--output_dir", str(out), "--max_steps", "3", "--set", f"model={model_dir}",
+               "--set", f"dataset={corpus}", "--set", "max_length=32", "--set", "batch_size=4"])
+    assert rc == 0
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    assert "tau must be > 0" in rows[0]["error"] and rows[0]["returncode"] == "2"
+    s = json.loads((out / "trial-001" / "summary.json").read_text())
+    assert float(rows[1]["perplexity"]) == pytest.approx(s["perplexity"]) and s["sparsity_actual"] == 0.5
+    assert (out / "trial-001" / "final").is_dir() and (out / "trial-000" / "train.log").is_file()
