@@ -1,0 +1,272 @@
+"""Runs and sweeps -> PNG plots, ``report.md`` and a self-contained ``report.html``.
+
+Input is any mix of run directories (they hold ``summary.json``) and sweep
+directories (``sweep.csv`` + ``trial-NNN/``); every ``summary.json`` below a given
+path is one run.  Only finished runs are plotted; failed sweep trials are
+listed.  A plot whose data is missing is skipped with the reason written into
+the report, never an exception.
+
+The report is built once as a list of blocks and rendered twice (Markdown,
+HTML with the PNGs base64-embedded), so the two always say the same thing.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pdp_gpt2.errors import UsageError
+
+
+@dataclass
+class Run:
+    dir: Path
+    summary: dict
+    metrics: list[dict] = field(default_factory=list)
+    hist: dict | None = None
+
+    # the few fields the plots and tables read, with safe defaults for older summaries
+    @property
+    def method(self) -> str:
+        return self.summary.get("method", "?")
+
+    @property
+    def cfg(self) -> dict:
+        return self.summary.get("config") or {}
+
+    @property
+    def pdp(self) -> dict:
+        return self.cfg.get("pdp") or {}
+
+    @property
+    def target(self) -> float:
+        return float(self.summary.get("sparsity_target") or 0.0)
+
+    @property
+    def actual(self) -> float:
+        return float(self.summary.get("sparsity_actual") or 0.0)
+
+    @property
+    def ppl(self) -> float | None:
+        return self.summary.get("perplexity")
+
+    @property
+    def ppl_dense(self) -> float | None:
+        return self.summary.get("perplexity_dense")
+
+    @property
+    def tau(self) -> float:
+        return float(self.summary.get("tau") or self.pdp.get("tau") or 0.0)
+
+    @property
+    def split(self) -> str:
+        return self.summary.get("eval_split", "held-out")
+
+    @property
+    def layers(self) -> dict:
+        return self.summary.get("layers") or {}
+
+    @property
+    def improved(self) -> bool:
+        return bool(self.pdp.get("improved_masking"))
+
+    @property
+    def quantize(self) -> bool:
+        return bool(self.pdp.get("quantize"))
+
+    @property
+    def custom_opt(self) -> bool:
+        return bool(self.cfg.get("custom_optimizer"))
+
+    @property
+    def label(self) -> str:
+        return variant(self.summary)
+
+
+def variant(s: dict) -> str:
+    """'pdp', 'pdp+improved', 'gmp+q8', ...: the method plus the extensions that change it."""
+    method = s.get("method", "?")
+    if method == "dense":
+        return "dense"
+    cfg = s.get("config") or {}
+    p = cfg.get("pdp") or {}
+    parts = [method]
+    if method == "pdp" and p.get("improved_masking"):
+        parts.append("improved")
+    if method == "pdp" and p.get("tau_mode") == "absolute":
+        parts.append("abs-tau")
+    if p.get("quantize"):
+        parts.append(f"q{p.get('bits', 8)}")
+    if method == "pdp" and cfg.get("custom_optimizer"):  # a no-op under hard masks: only pdp is tagged
+        parts.append("maskopt")
+    if p.get("allocation") == "global":
+        parts.append("global")
+    if p.get("pattern", "unstructured") != "unstructured":
+        parts.append(p["pattern"])
+    return "+".join(parts)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: skip it, keep the rest
+    return out
+
+
+def load_run(d: Path) -> Run:
+    hist_path = d / "mask_hist.json"
+    return Run(d, json.loads((d / "summary.json").read_text()), _jsonl(d / "metrics.jsonl"),
+               json.loads(hist_path.read_text()) if hist_path.is_file() else None)
+
+
+def collect(paths: list[str | Path]) -> tuple[list[Run], list[dict]]:
+    """(finished runs, failed sweep trials) under ``paths``."""
+    runs, failed, seen = [], [], set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UsageError(f"no such run or sweep directory: {p}")
+        found = [p / "summary.json"] if (p / "summary.json").is_file() else sorted(p.rglob("summary.json"))
+        for s in found:
+            if s.parent.resolve() not in seen and s.parent.name != "final":
+                seen.add(s.parent.resolve())
+                runs.append(load_run(s.parent))
+        for sc in ([p / "sweep.csv"] if (p / "sweep.csv").is_file() else sorted(p.rglob("sweep.csv"))):
+            with open(sc) as f:
+                failed += [dict(r, sweep=str(sc.parent)) for r in csv.DictReader(f) if r.get("status") != "ok"]
+    if not runs and not failed:
+        raise UsageError(f"no finished runs (summary.json) under {', '.join(map(str, paths))}")
+    runs.sort(key=lambda r: (r.label, r.target, r.tau, str(r.dir)))
+    return runs, failed
+
+
+def _f(x, fmt="{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    dense = [r.ppl for r in runs if r.method == "dense" and r.ppl is not None]
+    ref = min(dense) if dense else None
+    head = ["run", "variant", "tau", "target %", "actual %", "perplexity (hard)", "soft", "soft-to-hard gap",
+            "vs dense fine-tuned", "steps", "train s"]
+    rows = []
+    for r in runs:
+        s = r.summary
+        gap = s.get("soft_hard_gap")
+        rows.append([r.dir.name, r.label, f"{r.tau:g}" if r.method == "pdp" else "-", f"{100 * r.target:g}",
+                     f"{100 * r.actual:.2f}", _f(r.ppl), _f(s.get("perplexity_soft")),
+                     "-" if gap is None else f"{100 * gap:+.2f}%",
+                     "-" if ref is None or r.ppl is None else f"{100 * (r.ppl / ref - 1):+.1f}%",
+                     str(s.get("train_steps", "-")), _f(s.get("train_seconds"), "{:.0f}")])
+    return head, rows
+
+
+def build(runs: list[Run], failed: list[dict], out: Path, title: str) -> list[tuple]:
+    """Write the PNGs into ``out`` and return the report as blocks."""
+    from pdp_gpt2 import plots
+
+    blocks: list[tuple] = [("h1", title)]
+    split = runs[0].split if runs else "held-out"
+    blocks.append(("p", f"{len(runs)} finished run(s), {len(failed)} failed sweep trial(s). "
+                        f"Perplexity is on the {split} split with the final hard-pruned weights; "
+                        "where several runs share a point of a plot, the best one is shown. "
+                        f"Generated {time.strftime('%Y-%m-%d %H:%M')}."))
+    if runs:
+        blocks.append(("h2", "Runs"))
+        blocks.append(("table", *runs_table(runs)))
+    if failed:
+        blocks.append(("h2", "Failed trials"))
+        blocks.append(("table", ["sweep", "trial", "returncode", "error"],
+                       [[Path(r["sweep"]).name, r.get("trial", ""), r.get("returncode", ""), r.get("error", "")]
+                        for r in failed]))
+    if not runs:
+        return blocks
+    for name, (ptitle, _, _) in plots.PLOTS.items():
+        blocks.append(("h2", ptitle))
+        reason = plots.save_plot(name, runs, out / f"{name}.png")
+        blocks.append(("p", f"Skipped: {reason}.") if reason else ("img", ptitle, f"{name}.png"))
+    blocks.append(("h2", "Dashboard"))
+    plots.save_dashboard(runs, out / "dashboard.png", title, headline(runs))
+    blocks.append(("img", "Dashboard", "dashboard.png"))
+    return blocks
+
+
+def headline(runs: list[Run]) -> list[str]:
+    """One line per target sparsity: the best variant and its perplexity."""
+    out = []
+    for t in sorted({r.target for r in runs if r.method != "dense"}):
+        best = min((r for r in runs if r.target == t and r.ppl is not None), key=lambda r: r.ppl, default=None)
+        if best:
+            out.append(f"{100 * t:g}%: best {best.label} {best.ppl:.2f}")
+    dense = [r.ppl for r in runs if r.method == "dense" and r.ppl is not None]
+    if dense:
+        out.insert(0, f"dense fine-tuned {min(dense):.2f}")
+    return out
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for b in blocks:
+        if b[0] == "h1":
+            out.append(f"# {b[1]}\n")
+        elif b[0] == "h2":
+            out.append(f"## {b[1]}\n")
+        elif b[0] == "p":
+            out.append(b[1] + "\n")
+        elif b[0] == "img":
+            out.append(f"![{b[1]}]({b[2]})\n")
+        elif b[0] == "table":
+            head, rows = b[1], b[2]
+            cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+            out.append("\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                                 + ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]) + "\n")
+    return "\n".join(out)
+
+
+CSS = ("body{font-family:sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}"
+       "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+       "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;border:1px solid #eee}")
+
+
+def to_html(blocks: list[tuple], out: Path) -> str:
+    """HTML with every PNG inlined as a data: URI, so the file can be mailed or attached alone."""
+    e = html.escape
+    body = []
+    for b in blocks:
+        if b[0] in ("h1", "h2", "p"):
+            body.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
+        elif b[0] == "img":
+            data = base64.b64encode((out / b[2]).read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{e(b[1])}" src="data:image/png;base64,{data}"></figure>')
+        elif b[0] == "table":
+            head = "".join(f"<th>{e(str(h))}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in r) + "</tr>" for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    title = e(blocks[0][1]) if blocks else "report"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_report(paths: list[str | Path], out: str | Path, title: str = "PDP pruning report") -> dict:
+    """Collect, plot and write report.md + report.html into ``out``; returns what was written."""
+    from pdp_gpt2.outputs import atomic_write_text
+
+    runs, failed = collect(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = build(runs, failed, out, title)
+    atomic_write_text(out / "report.md", to_markdown(blocks))
+    atomic_write_text(out / "report.html", to_html(blocks, out))
+    for name in ("report.md", "report.html"):
+        (out / name).chmod(0o644)  # atomic writes come out 0600; a report is meant to be shared
+    pngs = [b[2] for b in blocks if b[0] == "img"]
+    skipped = [b[1] for b in blocks if b[0] == "p" and b[1].startswith("Skipped")]
+    return {"runs": len(runs), "failed": len(failed), "pngs": pngs, "skipped": skipped, "out": str(out)}

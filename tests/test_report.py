@@ -1,0 +1,124 @@
+"""`pdp-gpt2 report`: every PNG is a real image, the HTML embeds them, missing data is a note."""
+import base64
+import csv
+import json
+import re
+
+import pytest
+
+from pdp_gpt2 import plots
+from pdp_gpt2.cli import main
+from pdp_gpt2.errors import UsageError
+from pdp_gpt2.report import collect, variant, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+LAYERS = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+
+
+def _run(root, name, method, sparsity, ppl, *, tau=0.02, improved=False, hist=True, steps=20):
+    """A run directory shaped like train.run's output (summary.json, metrics.jsonl, mask_hist.json)."""
+    d = root / name
+    d.mkdir(parents=True)
+    target = 0.0 if method == "dense" else sparsity
+    summary = {
+        "method": method, "eval_split": "test", "sparsity_target": target, "sparsity_actual": target,
+        "perplexity": ppl, "perplexity_dense": 30.0, "perplexity_soft": None if method == "dense" else ppl * 0.99,
+        "soft_hard_gap": None if method == "dense" else 1 / 0.99 - 1, "tau": tau, "train_steps": steps,
+        "train_seconds": 12.5, "layers": {n: {"zeros": int(target * 100), "numel": 100, "sparsity": target}
+                                          for n in LAYERS},
+        "config": {"custom_optimizer": False, "pdp": {"tau": tau, "improved_masking": improved, "quantize": False,
+                                                      "bits": 8, "pattern": "unstructured", "allocation": "layer"}},
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    lines = [{"step": s, "loss": 4.0 - s / 20, **({} if method == "dense" else {
+        "sparsity_target": target * min(1, s / 10), "sparsity_hard": target * min(1, s / 10)})}
+        for s in range(2, steps + 1, 2)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if hist and method != "dense":
+        moments = []
+        for step, frac_pruned in ((0, 0.0), (10, target * 0.8), (20, target)):
+            counts = [0] * 50
+            counts[0], counts[-1], counts[25] = int(frac_pruned * 900), int((1 - frac_pruned) * 900), 100
+            moments.append({"step": step, "max_steps": steps, "counts": counts, "n": 1000,
+                            "edges": [i / 50 for i in range(51)], "below_half": frac_pruned, "band": 0.1})
+        (d / "mask_hist.json").write_text(json.dumps({"bins": 50, "moments": moments}))
+    return d
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    root = tmp_path / "sweep"
+    specs = [("dense", 0.0, 25.0, {}), ("gmp", 0.5, 27.0, {}), ("gmp", 0.9, 80.0, {}),
+             ("pdp", 0.5, 26.0, {}), ("pdp", 0.9, 61.0, {}), ("pdp", 0.9, 65.5, {"tau": 0.05}),
+             ("pdp", 0.5, 26.5, {"improved": True}), ("pdp", 0.9, 58.25, {"improved": True})]
+    for i, (method, s, ppl, kw) in enumerate(specs):
+        _run(root, f"trial-{i:03d}", method, s, ppl, **kw)
+    with open(root / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["trial", "status", "returncode", "error"])
+        w.writeheader()
+        w.writerow({"trial": "trial-008", "status": "failed", "returncode": "2", "error": "tau must be > 0"})
+    return root
+
+
+def test_report_writes_every_png_and_a_self_contained_html(tmp_path, sweep_dir):
+    out = tmp_path / "rep"
+    assert main(["report", str(sweep_dir), "--out", str(out)]) == 0
+    expected = [f"{n}.png" for n in plots.PLOTS] + ["dashboard.png"]
+    for name in expected:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, name
+    md = (out / "report.md").read_text()
+    assert all(f"]({n})" in md for n in expected) and "Skipped" not in md
+    assert "| trial-004 | pdp | 0.02 | 90 | 90.00 | 61.00 |" in md  # the run table carries the numbers
+    assert "+144.0%" in md  # 61 vs the dense fine-tuned 25
+    assert "tau must be > 0" in md  # the failed trial is listed
+    html = (out / "report.html").read_text()
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) == len(expected) and not re.search(r'src="(?!data:)', html)
+    assert base64.b64decode(imgs[0]) == (out / expected[0]).read_bytes()
+
+
+def test_plots_that_lack_data_are_skipped_with_a_note(tmp_path):
+    _run(tmp_path / "runs", "dense", "dense", 0.0, 25.0)
+    _run(tmp_path / "runs", "gmp", "gmp", 0.75, 40.0, hist=False)
+    res = write_report([tmp_path / "runs"], tmp_path / "rep")
+    assert sorted(res["pngs"]) == ["dashboard.png", "layer_sparsity.png", "ppl_vs_sparsity.png",
+                                   "training_curves.png"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count("Skipped:") == 3 and "mask_hist.json" in md and "improved_masking" in md
+    assert not (tmp_path / "rep" / "tau_heatmap.png").exists()
+
+
+def test_collect_finds_runs_recursively_and_rejects_empty_input(tmp_path, sweep_dir):
+    runs, failed = collect([sweep_dir, sweep_dir / "trial-001"])  # the same run twice counts once
+    assert len(runs) == 8 and len(failed) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="no finished runs"):
+        collect([empty])
+    with pytest.raises(UsageError, match="no such"):
+        collect([tmp_path / "missing"])
+
+
+def test_variant_labels_name_the_extensions():
+    cfg = {"custom_optimizer": True, "pdp": {"improved_masking": True, "quantize": True, "bits": 4,
+                                             "pattern": "unstructured", "allocation": "global"}}
+    assert variant({"method": "pdp", "config": cfg}) == "pdp+improved+q4+maskopt+global"
+    assert variant({"method": "gmp", "config": cfg}) == "gmp+q4+global"  # improved/maskopt don't apply
+    assert variant({"method": "dense", "config": cfg}) == "dense"
+
+
+@pytest.mark.slow
+def test_report_on_real_training_runs(tmp_path, tiny_assets):
+    model_dir, corpus = tiny_assets
+    base = ["train", "--model", str(model_dir), "--dataset", str(corpus), "--max_steps", "6", "--warmup_steps",
+            "3", "--batch_size", "4", "--max_length", "32", "--log_interval", "1", "--progress", "false"]
+    runs = {"pdp-a": ["--tau", "0.02"], "pdp-b": ["--tau", "0.05"], "pdp-imp": ["--improved_masking"],
+            "gmp": ["--method", "gmp"], "dense": ["--method", "dense"]}
+    for name, extra in runs.items():
+        assert main([*base, "--sparsity", "0.5", "--output_dir", str(tmp_path / "runs" / name), *extra]) == 0
+    res = write_report([tmp_path / "runs"], tmp_path / "rep")
+    assert res["runs"] == 5 and res["skipped"] == [] and len(res["pngs"]) == len(plots.PLOTS) + 1
+    for name in res["pngs"]:
+        data = (tmp_path / "rep" / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, name
