@@ -204,38 +204,52 @@ def run_trial(params: dict, trial_dir: Path, timeout: float | None = None) -> di
 def run_sweep(spec: SweepSpec, out: Path, *, count: int | None = None, seed: int = 0,
               overrides: dict | None = None, timeout: float | None = None, runner=run_trial) -> list[dict]:
     """Run every planned trial in turn; returns the sweep.csv rows."""
+    trials = [(f"trial-{i:03d}", trial_params(sampled, overrides))
+              for i, sampled in enumerate(plan_trials(spec, count, seed))]
+    return run_trials(trials, out, metric=spec.metric, timeout=timeout, runner=runner)
+
+
+def run_trials(trials: list[tuple[str, dict]], out: Path, *, metric: str = "perplexity",
+               timeout: float | None = None, runner=run_trial) -> list[dict]:
+    """Run named trials (name -> train flags) into ``out/<name>/``, one after the other; writes
+    ``out/sweep.csv`` after each and returns its rows.  Finished trials with the same flags are reused."""
     out.mkdir(parents=True, exist_ok=True)
-    trials = plan_trials(spec, count, seed)
     rows: list[dict] = []
-    for i, sampled in enumerate(trials):
-        params = trial_params(sampled, overrides)
-        tdir = out / f"trial-{i:03d}"
-        t0 = time.time()
+    for i, (name, params) in enumerate(trials):
+        tdir = out / name
         cached = _finished_with(tdir, params)
         if cached:
-            result = {"status": "ok", "returncode": 0, "error": ""}
+            result = json.loads((tdir / "trial.json").read_text()) if (tdir / "trial.json").is_file() else {
+                "status": "ok", "returncode": 0, "error": "", "wall_seconds": None}
         else:
             _write_params(tdir, params)
+            t0 = time.time()
             try:
                 result = runner(params, tdir, timeout)
             except Exception as e:  # the runner itself failed (cannot start python, disk full...)
                 result = {"status": "failed", "returncode": -1, "error": f"{type(e).__name__}: {e}"}
-        row = {"trial": tdir.name, "status": result["status"], **params,
-               **metrics_of(tdir), "wall_seconds": round(time.time() - t0, 1), "returncode": result["returncode"],
+            result = {**result, "wall_seconds": round(time.time() - t0, 1)}
+            _write_json(tdir / "trial.json", result)
+        row = {"trial": name, "status": result["status"], **params, **metrics_of(tdir),
+               "wall_seconds": result.get("wall_seconds"), "returncode": result["returncode"],
                "error": result["error"], "cached": bool(cached)}
         rows.append(row)
         write_csv(rows, out / "sweep.csv")
-        ppl = row.get(spec.metric)
-        print(f"[{i + 1}/{len(trials)}] {tdir.name} {row['status']}"
-              f"{'' if ppl in (None, '') else f'  {spec.metric}={ppl:.4g}'}"
+        value = row.get(metric)
+        print(f"[{i + 1}/{len(trials)}] {name} {row['status']}"
+              f"{'' if value in (None, '') else f'  {metric}={value:.4g}'}"
               f"{'  (cached)' if cached else ''}{'  ' + row['error'] if row['error'] else ''}", flush=True)
     return rows
 
 
-def _write_params(tdir: Path, params: dict) -> None:
+def _write_json(path: Path, obj) -> None:
     from pdp_gpt2.outputs import atomic_write_json
 
-    atomic_write_json(tdir / "params.json", params)
+    atomic_write_json(path, obj)
+
+
+def _write_params(tdir: Path, params: dict) -> None:
+    _write_json(tdir / "params.json", params)
 
 
 def _finished_with(tdir: Path, params: dict) -> bool:
