@@ -12,9 +12,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from pdp_gpt2.distributed import barrier
+from pdp_gpt2.outputs import PDP_STATE, atomic_write_json
 from pdp_gpt2.pdp.schedule import sparsity_at
-
-PDP_STATE = "pdp_state.json"
 
 
 class PDPCallback(TrainerCallback):
@@ -55,13 +55,15 @@ class PDPCallback(TrainerCallback):
                              step=state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
-        if self.pruner is None or not self.is_main:
-            return
+        # pdp_state.json is the checkpoint's completion marker (outputs.is_complete), so it is
+        # written last, atomically, and only once every rank has written its rng_state_<rank>.pth.
+        barrier()
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if ckpt.is_dir():
-            (ckpt / PDP_STATE).write_text(json.dumps(self.pruner.state_dict(), indent=2))
+        if self.is_main and ckpt.is_dir():
+            atomic_write_json(ckpt / PDP_STATE, self.pruner.state_dict() if self.pruner is not None else {})
 
 
 def load_pdp_state(checkpoint: Path) -> dict | None:
+    """The pruner state of a checkpoint ({} for dense fine-tuning, None if absent)."""
     p = Path(checkpoint) / PDP_STATE
     return json.loads(p.read_text()) if p.exists() else None

@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"pdp-gpt2 {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from pdp_gpt2.guard import RunStopped  # diverged: 3; SIGINT/SIGTERM: 128 + signal, checkpoint saved
+
+        if not isinstance(e, RunStopped):
+            raise
+        print(f"pdp-gpt2 {args.command}: {e}", file=sys.stderr)
+        return e.exit_status
 
 
 if __name__ == "__main__":

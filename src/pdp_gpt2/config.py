@@ -93,6 +93,8 @@ class TrainConfig:
 
     model: str = field(default="embedded", metadata={"help": "'embedded' (bundled small GPT-2), a local HF model directory, or a hub id such as gpt2"})
     dataset: str = field(default="shakespeare", metadata={"help": "'shakespeare' (bundled), a HF dataset 'name[:config]' such as wikitext:wikitext-2-raw-v1, or local .txt files/globs (comma-separated)"})
+    streaming: bool = field(default=False, metadata={"help": "read --dataset (HF or local .txt) as a stream of blocks, never whole in memory; needs --max_steps, and --warmup_epochs then counts fractions of --max_steps (a stream has no epochs)"})
+    streaming_eval_tokens: int = field(default=1_000_000, metadata={"help": "with --streaming: evaluate on the first N tokens of the held-out split"})
     method: str = field(default="pdp", metadata={"help": "pdp (default), dense (fine-tune only), magnitude / wanda (one-shot, mask frozen), gmp (gradual magnitude on --schedule)"})
     output_dir: str | None = field(default=None, metadata={"help": "where the run is written (default: runs/<run_name>-<time>)"})
     run_name: str | None = field(default=None, metadata={"help": "name of the run (W&B and default output_dir)"})
@@ -150,6 +152,8 @@ class TrainConfig:
             (self.eval_batch_size > 0, f"eval_batch_size must be > 0, got {self.eval_batch_size}"),
             (self.log_interval > 0, f"log_interval must be > 0, got {self.log_interval}"),
             (self.save_steps >= 0, f"save_steps must be >= 0, got {self.save_steps}"),
+            (not self.streaming or self.max_steps > 0, "--streaming needs --max_steps: a stream has no length to count epochs in"),
+            (self.streaming_eval_tokens >= 2, f"streaming_eval_tokens must be >= 2, got {self.streaming_eval_tokens}"),
         ]
         for ok, msg in checks:
             if not ok:

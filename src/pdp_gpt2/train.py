@@ -5,19 +5,24 @@
 
 The engine is Hugging Face ``Trainer``: mixed precision, gradient accumulation,
 checkpoints and ``torchrun``/``accelerate launch`` come from it, not from us.
+Under several processes every rank trains and evaluates, rank 0 alone writes files
+(distributed.py says why the masks agree).  ``guard.RunGuard`` turns a signal into a
+checkpoint and a NaN loss into DivergedError; a resumed run continues bit-identically
+(tests/test_resume.py).
 """
 from __future__ import annotations
 
+import json
 import math
-import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.utils import parametrize
 
-from pdp_gpt2 import outputs
+from pdp_gpt2 import distributed, outputs
 from pdp_gpt2.callbacks import PDPCallback, load_pdp_state
 from pdp_gpt2.config import TrainConfig
 from pdp_gpt2.errors import UsageError
@@ -28,7 +33,7 @@ from pdp_gpt2.tracking import make_tracker
 class Prepared:
     model: torch.nn.Module
     tokenizer: object
-    train_blocks: torch.Tensor
+    train_data: torch.utils.data.Dataset  # LMBlockDataset, or StreamingBlocks with --streaming
     eval_tokens: torch.Tensor
     output_dir: Path
     resume_from: Path | None
@@ -47,22 +52,58 @@ def run_name(cfg: TrainConfig) -> str:
 
 def prepare(cfg: TrainConfig) -> Prepared:
     """Everything that can fail on bad input, before anything is written."""
-    from pdp_gpt2.data import load_split_texts, token_stream, tokenize_and_group
+    from pdp_gpt2.data import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.models import load_model_and_tokenizer
 
-    output_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    distributed.refuse_sharded()
+    if cfg.output_dir:
+        output_dir = Path(cfg.output_dir)
+    elif cfg.resume and cfg.resume != "latest":
+        output_dir = Path(cfg.resume).parent  # --resume run/checkpoint-N continues run/, not a new directory
+    else:
+        output_dir = default_output_dir(cfg)
     resume_from = outputs.check_output_dir(output_dir, overwrite=cfg.overwrite_output_dir, resume=cfg.resume)
+    if resume_from is not None:
+        check_resume_config(cfg, output_dir)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if context and cfg.max_length > context:
         raise UsageError(f"--max_length {cfg.max_length} exceeds the model's context of {context} tokens")
-    train_blocks = tokenize_and_group(tokenizer, load_split_texts(cfg.dataset, "train"), cfg.max_length)
-    if len(train_blocks) == 0:
-        raise UsageError(f"dataset {cfg.dataset!r} has fewer than {cfg.max_length} training tokens")
-    eval_tokens = token_stream(tokenizer, load_split_texts(cfg.dataset, cfg.eval_split))
+    if cfg.streaming:
+        from pdp_gpt2.streaming import open_stream
+
+        train_data, eval_tokens = open_stream(cfg, tokenizer)
+    else:
+        train_blocks = tokenize_and_group(tokenizer, load_split_texts(cfg.dataset, "train"), cfg.max_length)
+        if len(train_blocks) == 0:
+            raise UsageError(f"dataset {cfg.dataset!r} has fewer than {cfg.max_length} training tokens")
+        train_data = LMBlockDataset(train_blocks)
+        eval_tokens = token_stream(tokenizer, load_split_texts(cfg.dataset, cfg.eval_split))
     if len(eval_tokens) < 2:
         raise UsageError(f"dataset {cfg.dataset!r} has no {cfg.eval_split} text to evaluate on")
-    return Prepared(model, tokenizer, train_blocks, eval_tokens, output_dir, resume_from)
+    return Prepared(model, tokenizer, train_data, eval_tokens, output_dir, resume_from)
+
+
+# Flags that change what a run computes: a resume must not change them (the masks, the data
+# order and the optimizer state in the checkpoint belong to the old values).
+SAME_ON_RESUME = ("model", "dataset", "streaming", "method", "seed", "batch_size", "gradient_accumulation_steps",
+                  "max_length", "learning_rate", "weight_decay", "lr_scheduler", "lr_warmup_steps", "max_grad_norm",
+                  "custom_optimizer", "precision", "schedule", "pdp")
+
+
+def check_resume_config(cfg: TrainConfig, output_dir: Path) -> None:
+    path = output_dir / "run_config.json"
+    if not path.is_file():
+        return
+
+    def flat(d: dict) -> dict:  # PDP fields are flags too (--sparsity, --tau, ...)
+        return {**{k: v for k, v in d.items() if k in SAME_ON_RESUME and k != "pdp"}, **d.get("pdp", {})}
+
+    old, new = flat(json.loads(path.read_text())), flat(cfg.to_dict())
+    changed = [k for k in new if k in old and old[k] != new[k]]
+    if changed:
+        raise UsageError(f"--resume with different {', '.join('--' + k for k in changed)} than the run in "
+                         f"{output_dir} (see its run_config.json); resume with the same flags")
 
 
 def steps_per_epoch(n_blocks: int, cfg: TrainConfig, world: int) -> int:
@@ -70,9 +111,9 @@ def steps_per_epoch(n_blocks: int, cfg: TrainConfig, world: int) -> int:
     return max(1, micro // cfg.gradient_accumulation_steps)
 
 
-def plan_steps(n_blocks: int, cfg: TrainConfig, world: int) -> tuple[int, int]:
-    """(total optimizer steps, sparsity-ramp steps)."""
-    per_epoch = steps_per_epoch(n_blocks, cfg, world)
+def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int) -> tuple[int, int]:
+    """(total optimizer steps, sparsity-ramp steps).  A stream (n_blocks None) counts --max_steps as its epoch."""
+    per_epoch = steps_per_epoch(n_blocks, cfg, world) if n_blocks is not None else cfg.max_steps
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * per_epoch)
     ramp = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * per_epoch)
     return total, min(ramp, total)
@@ -104,6 +145,10 @@ def build_pruner(model, cfg: TrainConfig):
 def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
     from transformers import TrainingArguments
 
+    # accelerate deprecates broadcast_buffers in favour of an option Trainer does not expose yet;
+    # False is still what we mean (see below), so its warning is noise in every DDP run.
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+
     return TrainingArguments(
         output_dir=str(output_dir), max_steps=total_steps, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
@@ -113,33 +158,40 @@ def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
         report_to="none", disable_tqdm=not cfg.progress, eval_strategy="no", remove_unused_columns=False,
         bf16=cfg.precision == "bf16", fp16=cfg.precision == "fp16", use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, optim="adamw_torch",
+        # Masks are recomputed from identical weights on every rank (distributed.py); broadcasting
+        # the mask buffers before every forward would only cost bandwidth (a baseline's keep-mask
+        # is as large as its weight) and would hide a rank that disagreed.
+        ddp_broadcast_buffers=False, ddp_find_unused_parameters=False,  # every weight takes part in forward
     )
 
 
 def run(cfg: TrainConfig) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
 
-    from pdp_gpt2.data import LMBlockDataset
+    from pdp_gpt2.guard import RunGuard
     from pdp_gpt2.run_summary import finish_run
 
     prep = prepare(cfg)
     out = prep.output_dir
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    total, ramp = plan_steps(len(prep.train_blocks), cfg, world)
+    is_main = distributed.is_main()
+    n_blocks = len(prep.train_data) if not cfg.streaming else None
+    total, ramp = plan_steps(n_blocks, cfg, distributed.world_size())
+    args = training_args(cfg, out, total)  # under torchrun this joins the process group
+    distributed.barrier()  # every rank has read the run directory (prepare) before rank 0 changes it
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite_output_dir and not prep.resume_from:
             outputs.clear_run(out)
+        outputs.drop_incomplete_checkpoints(out)
         outputs.atomic_write_json(out / "run_config.json", cfg.to_dict())
     set_seed(cfg.seed)
     model = prep.model
-    ppl_dense = evaluate(model, prep.eval_tokens, cfg, "eval dense")
+    ppl_dense = dense_perplexity(model, prep, cfg, is_main)
 
     pruner = build_pruner(model, cfg)
     if pruner is not None and prep.resume_from is not None and (state := load_pdp_state(prep.resume_from)):
         pruner.load_state_dict(state)  # global budgets are from the original dense weights
-    metrics = outputs.MetricsLog(out / "metrics.jsonl", resume_step=_step_of(prep.resume_from)) if is_main else None
+    metrics = outputs.MetricsLog(out / "metrics.jsonl", resume_step=outputs.step_of(prep.resume_from)) if is_main else None
     tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
     callback = PDPCallback(pruner, final_sparsity=cfg.pdp.sparsity, ramp_steps=ramp, schedule=cfg.schedule,
                            metrics=metrics, tracker=tracker, is_main=is_main)
@@ -148,14 +200,23 @@ def run(cfg: TrainConfig) -> dict:
         from pdp_gpt2.pdp.optim import MaskAwareAdamW
 
         opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate})
-    trainer = Trainer(model=model, args=training_args(cfg, out, total), data_collator=default_data_collator,
-                      train_dataset=LMBlockDataset(prep.train_blocks), callbacks=[callback],
+    guard = RunGuard()
+    trainer = Trainer(model=model, args=args, data_collator=default_data_collator,
+                      train_dataset=prep.train_data, callbacks=[callback, guard],
                       optimizer_cls_and_kwargs=opt)
     from pdp_gpt2.mask_hist import MaskHistCallback  # soft-mask histograms for the report
     trainer.add_callback(MaskHistCallback())  # after PDPCallback, so it sees each step's thresholds
+    if (digest := distributed.digest_callback()) is not None:
+        trainer.add_callback(digest)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     train_seconds = time.time() - t0
+    if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
+        tracker.finish()
+        raise stopped
+    if not is_main:  # the other ranks hold the same weights; rank 0 evaluates and writes
+        tracker.finish()
+        return {}
 
     ppl_soft, stats = None, None
     if pruner is not None:
@@ -167,10 +228,21 @@ def run(cfg: TrainConfig) -> dict:
     result = dict(ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
                   train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
                   eval_tokens=int(len(prep.eval_tokens)))
-    summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker) if is_main else {}
+    summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
     tracker.finish()
     return summary
 
 
-def _step_of(ckpt: Path | None) -> int | None:
-    return int(ckpt.name.split("-")[-1]) if ckpt is not None and ckpt.name.startswith("checkpoint-") else None
+def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> float:
+    """The dense model's perplexity, computed once per run and read back on resume (dense_eval.json)."""
+    path = prep.output_dir / outputs.DENSE_EVAL
+    key = {"model": cfg.model, "dataset": cfg.dataset, "eval_split": cfg.eval_split, "window": cfg.max_length,
+           "stride": cfg.stride, "eval_tokens": int(len(prep.eval_tokens))}
+    if prep.resume_from is not None and path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return float(cached["perplexity"])
+    ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense")
+    if is_main:
+        outputs.atomic_write_json(path, {"perplexity": ppl, "key": key})
+    return ppl

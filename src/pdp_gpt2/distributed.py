@@ -1,0 +1,110 @@
+"""Several processes, one run: who writes, when ranks wait for each other, what is refused.
+
+Under DDP (``torchrun`` / ``accelerate launch``) every rank holds the whole model and
+DDP all-reduces gradients, so after each optimizer step the weights are bitwise equal
+on all ranks, and PDP thresholds computed from them locally are equal too: no
+communication is needed for masks.  Two things do need the ranks to agree:
+
+* files: only rank 0 writes, and ``barrier()`` orders "everyone has read the run
+  directory" before "rank 0 changes it";
+* stopping: a signal or a NaN loss may reach one rank only; ``max_over_ranks`` makes the
+  decision collective, or one rank would wait forever in the next all-reduce.
+
+FSDP and DeepSpeed shard each weight across ranks, so a threshold computed on a shard
+ranks the shard, not the tensor, and every rank would prune differently.  We refuse
+them (``refuse_sharded``) rather than silently prune the wrong weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from pdp_gpt2.errors import UsageError
+
+# Set to a directory to make every rank write its per-step mask digests there (tests/test_ddp.py).
+DIGEST_ENV = "PDP_GPT2_MASK_DIGEST_DIR"
+_SHARDING_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                 "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def refuse_sharded() -> None:
+    """One clear line instead of wrong masks when a launcher asks for sharded parameters."""
+    for var, name in _SHARDING_ENV.items():
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            raise UsageError(f"{name} is not supported ({var} is set): PDP thresholds need each weight "
+                             "whole on every rank; launch with plain DDP (torchrun, or accelerate launch "
+                             "without --use_fsdp/--use_deepspeed)")
+
+
+def _active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and world_size() > 1
+
+
+def barrier() -> None:
+    if _active():
+        torch.distributed.barrier()
+
+
+def max_over_ranks(*values: float) -> list[float]:
+    """Each value's maximum over all ranks (the values themselves in one process)."""
+    if not _active():
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values])
+    if "nccl" in str(torch.distributed.get_backend()):
+        t = t.cuda()
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
+@torch.no_grad()
+def mask_digest(model: torch.nn.Module) -> str:
+    """sha256 over every mask parametrization's buffers (PDP thresholds, baseline keep-masks)."""
+    h = hashlib.sha256()
+    for name, module in model.named_modules():
+        plist = getattr(getattr(module, "parametrizations", None), "weight", None)
+        if plist is None:
+            continue
+        for bname, buf in plist[0].named_buffers():
+            h.update(f"{name}.{bname}".encode())
+            h.update(buf.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def digest_callback():
+    """A TrainerCallback writing ``rank<r>.json`` ({step: mask digest}) if DIGEST_ENV is set, else None."""
+    where = os.environ.get(DIGEST_ENV)
+    if not where:
+        return None
+    from transformers import TrainerCallback
+
+    class MaskDigest(TrainerCallback):
+        # Runs after PDPCallback, i.e. on the thresholds just refreshed from this step's weights
+        # and before any later forward (ddp_broadcast_buffers is off, so nothing overwrites them).
+        def __init__(self):
+            self.steps: dict[int, str] = {}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.steps[state.global_step] = mask_digest(model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            Path(where).mkdir(parents=True, exist_ok=True)
+            (Path(where) / f"rank{rank()}.json").write_text(json.dumps({"world_size": world_size(),
+                                                                        "steps": self.steps}))
+
+    return MaskDigest()
