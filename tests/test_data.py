@@ -149,13 +149,14 @@ def test_hf_line_per_row_datasets_become_one_document():
     assert rows_to_documents(["doc one", "", "doc two"]) == ["doc one", "doc two"]
 
 
-def test_unreachable_hub_dataset_is_a_usage_error(monkeypatch):
+@pytest.mark.parametrize("spec", ["no-such-dataset-x1", "some-org/no-such-dataset:cfg"])
+def test_unreachable_hub_dataset_is_a_usage_error(monkeypatch, spec):
     from pdp_gpt2 import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.hub_reachable.cache_clear()
     try:
-        with pytest.raises(UsageError, match="cannot reach the Hugging Face hub for dataset 'no-such-dataset-x1'"):
-            load_split_texts("no-such-dataset-x1", "test")
+        with pytest.raises(UsageError, match=f"cannot reach the Hugging Face hub for dataset '{spec}'"):
+            load_split_texts(spec, "test")
     finally:
         hub.hub_reachable.cache_clear()

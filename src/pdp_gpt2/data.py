@@ -70,8 +70,11 @@ def embedded_titles(split: str) -> list[str]:
 
 
 def _looks_local(spec: str) -> bool:
-    return any(p.strip().endswith(".txt") or any(c in p for c in "*?[/\\") or Path(p.strip()).exists()
-               for p in spec.split(","))
+    """Paths, globs and .txt names are local; ``name``, ``org/name`` and ``name:config`` are hub datasets."""
+    def local(p: str) -> bool:
+        return (p.endswith(".txt") or any(c in p for c in "*?[\\") or p.startswith((".", "/", "~"))
+                or p.count("/") > 1 or Path(p).exists())
+    return any(local(p.strip()) for p in spec.split(","))
 
 
 def _expand_paths(spec: str) -> list[Path]:
@@ -81,12 +84,12 @@ def _expand_paths(spec: str) -> list[Path]:
         if not part:
             continue
         if any(c in part for c in "*?["):
-            matches = [Path(m) for m in glob.glob(part, recursive=True) if Path(m).is_file()]
+            matches = [Path(m) for m in glob.glob(str(Path(part).expanduser()), recursive=True) if Path(m).is_file()]
             if not matches:
                 raise UsageError(f"glob {part!r} matches no files")
             paths.update(matches)
-        elif Path(part).is_file():
-            paths.add(Path(part))
+        elif Path(part).expanduser().is_file():
+            paths.add(Path(part).expanduser())
         else:
             raise UsageError(f"dataset file not found: {part}")
     if not paths:

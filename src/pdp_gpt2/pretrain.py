@@ -148,7 +148,7 @@ def pretrain(cfg: PretrainConfig, output_dir: Path, command: str = "") -> dict:
         "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
         "eval": results,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+                   f"{torch.get_num_threads()} CPU thread(s)",
     }
     (output_dir / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
     (output_dir / "PRETRAIN.md").write_text(render_markdown(record))
