@@ -1,0 +1,189 @@
+"""Training-step overhead of PDP versus a dense step, and the peak memory of each.
+
+Builds a randomly initialised GPT-2 from its config (no download: the timing of
+random and pretrained weights is the same), then runs full training steps
+(forward, backward, AdamW step, zero_grad, and for PDP ``pruner.step()``).
+
+Time: one process holds a dense model and a PDP model (same init), warms both
+up, then alternates them in ABBA order (dense, pdp, pdp, dense, ...) so slow
+drift of a shared machine hits both alike.  It prints the median step time of
+each, the ratio of medians, and the median of the per-round ratios.
+
+Memory: each variant is rerun in its own fresh Python subprocess that builds
+the model, does ``--mem-steps`` steps and reports its peak.  On CPU the peak is
+the process's resident-set high-water mark (``VmHWM`` in /proc/self/status),
+which counts everything torch allocates, including the Python/torch baseline
+both variants share; on CUDA it is ``torch.cuda.max_memory_allocated``.
+Memory runs first, before the timing process has built any model.
+
+    python benchmarks/step_overhead.py                          # GPT-2 small, batch 4 x 128, CPU
+    python benchmarks/step_overhead.py --batch 8 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SHAPES = {
+    "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
+    "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
+}
+VARIANTS = ("dense", "pdp")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(SHAPES), default="gpt2", help="model shape (random init)")
+    p.add_argument("--batch", type=int, default=4, help="sequences per step")
+    p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--steps", type=int, default=12, help="timed steps per variant (after warm-up; 0: skip timing)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    p.add_argument("--sparsity", type=float, default=0.9, help="PDP target sparsity")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--mem-steps", type=int, default=3, help="steps in each memory subprocess (0: skip memory)")
+    p.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
+    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: memory subprocess
+    return p.parse_args(argv)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(variant: str, args: argparse.Namespace, device: torch.device):
+    """A model, its AdamW and a step function for one variant (same seed, same init)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import pdp_gpt2
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**SHAPES[args.model])).to(device).train()
+    pruner = pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=args.sparsity)) if variant == "pdp" else None
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=g).to(device)
+
+    def step() -> None:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if pruner is not None:
+            pruner.step()
+
+    return step
+
+
+def timed(step, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def measure_time(args: argparse.Namespace, device: torch.device) -> dict:
+    steps = {v: build(v, args, device) for v in VARIANTS}
+    for _ in range(args.warmup):
+        for v in VARIANTS:
+            steps[v]()
+    times = {v: [] for v in VARIANTS}
+    for i in range(args.steps):
+        order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]  # ABBA
+        for v in order:
+            times[v].append(timed(steps[v], device))
+        print(f"  round {i + 1}/{args.steps}: dense {times['dense'][-1]:.3f}s  pdp {times['pdp'][-1]:.3f}s",
+              file=sys.stderr, flush=True)
+    med = {v: statistics.median(times[v]) for v in VARIANTS}
+    pair = statistics.median(p / d for d, p in zip(times["dense"], times["pdp"]))
+    return {"times_s": times, "median_s": med, "ratio": med["pdp"] / med["dense"], "ratio_paired": pair}
+
+
+def child(args: argparse.Namespace) -> None:
+    """Memory subprocess: build one variant, run a few steps, print its peak as JSON."""
+    device = torch.device(args.device)
+    step = build(args.child, args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(args.mem_steps):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = peak_rss()
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def peak_rss() -> int:
+    """This process's resident-set high-water mark in bytes.
+
+    VmHWM belongs to the process's own address space, so it starts fresh at exec.
+    ru_maxrss does not: Linux carries the parent's high-water mark across
+    fork/vfork + exec, so a child of a big parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; macOS: bytes
+
+
+def measure_memory(args: argparse.Namespace) -> dict:
+    peaks = {}
+    for v in VARIANTS:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", v, "--model", args.model,
+               "--batch", str(args.batch), "--seq", str(args.seq), "--device", args.device,
+               "--sparsity", str(args.sparsity), "--threads", str(args.threads),
+               "--mem-steps", str(args.mem_steps)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        peaks[v] = json.loads(out.strip().splitlines()[-1])["peak_bytes"]
+    kind = "cuda max_memory_allocated" if args.device.startswith("cuda") else "process peak RSS (VmHWM)"
+    return {"kind": kind, "peak_bytes": peaks, "ratio": peaks["pdp"] / peaks["dense"]}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        return child(args)
+    device = torch.device(args.device)
+    print(f"{args.model} batch {args.batch} x {args.seq} on {device} ({torch.get_num_threads()} threads), "
+          f"PDP sparsity {args.sparsity}; {args.warmup} warm-up + {args.steps} timed steps each, ABBA",
+          file=sys.stderr, flush=True)
+    res = {"model": args.model, "batch": args.batch, "seq": args.seq, "device": str(device),
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+           "sparsity": args.sparsity, "steps": args.steps, "warmup": args.warmup}
+    if args.mem_steps > 0:  # first, while this process is still small
+        res["memory"] = measure_memory(args)
+    if args.steps > 0:
+        res["time"] = measure_time(args, device)
+        t = res["time"]
+        print(f"median step: dense {t['median_s']['dense']:.3f}s  pdp {t['median_s']['pdp']:.3f}s  "
+              f"ratio {t['ratio']:.3f}  (median of paired ratios {t['ratio_paired']:.3f})")
+    if args.mem_steps > 0:
+        m = res["memory"]
+        print(f"peak memory [{m['kind']}]: dense {m['peak_bytes']['dense'] / 2**20:.0f} MiB  "
+              f"pdp {m['peak_bytes']['pdp'] / 2**20:.0f} MiB  ratio {m['ratio']:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
