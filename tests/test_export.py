@@ -24,13 +24,13 @@ def _ids(seed=1):
     return torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(seed))
 
 
-def _finalized(tmp_path, kind="gpt2", name="src", **cfg):
+def _finalized(tmp_path, kind="gpt2", name="src", bf16=False, **cfg):
     """(directory, dense reloaded model) of a tiny model pruned and finalized with the core API."""
-    model = MAKERS[kind]()
+    model = MAKERS[kind]().to(torch.bfloat16 if bf16 else torch.float32)
     pdp_gpt2.attach(model, PDPConfig(**(cfg or {"sparsity": 0.9}))).finalize()
     path = tmp_path / name
     model.save_pretrained(path)
-    return path, AutoModelForCausalLM.from_pretrained(path).eval()
+    return path, AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
 
 
 def _same_logits(a, b):
@@ -130,6 +130,19 @@ def test_quantized_codes_round_trip_exact(tmp_path, bits):
     assert rep["target_weights"]["exported_bytes"] < raw["target_weights"]["exported_bytes"]
 
 
+def test_bf16_quantized_codes_round_trip_exact(tmp_path):
+    # bf16 rounds w/s = 127.5 up to 128: codes must be clamped to the grid like training clamps them
+    src, dense = _finalized(tmp_path, "llama", bf16=True, sparsity=0.9, quantize=True, bits=8)
+    assert dense.dtype == torch.bfloat16
+    rep = export(src, tmp_path / "out")
+    assert rep["encodings"] == {"bitmask-qcodes/8-bit": 14}
+    loaded = pdp_gpt2.load_compressed(tmp_path / "out")
+    assert loaded.dtype == torch.bfloat16
+    ids = _ids()
+    with torch.no_grad():
+        assert torch.equal(dense(ids).logits, loaded(ids).logits)
+
+
 def test_summary_bits_are_used_from_a_run_dir(tmp_path):
     src, dense = _finalized(tmp_path, "llama", name="run/final", sparsity=0.9, quantize=True, bits=4)
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"config": {"pdp": {"quantize": True, "bits": 4}}}))
@@ -180,6 +193,27 @@ def test_size_ratio_comes_from_the_files(tmp_path):
     assert rep["target_weights"]["exported_bytes"] == want
     assert rep["target_weights"]["dense_bytes"] == dense_bytes
     assert rep["target_weights"]["ratio"] == pytest.approx(1 / 32 + 0.1, abs=0.002)
+
+
+def test_reader_in_format_md_decodes_the_same_tensors(tmp_path):
+    """docs/format.md's numpy-only reader is the spec: it must agree with the writer."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
+    ns = {}
+    exec(re.findall(r"```python\n(.*?)```", doc, re.S)[-1], ns)
+    cases = [("compressed", {"sparsity": 0.9}), ("compressed", {"sparsity": 0.9, "quantize": True, "bits": 3}),
+             ("2:4", {"sparsity": 0.5, "pattern": "2:4"})]
+    for i, (fmt, cfg) in enumerate(cases):
+        src, dense = _finalized(tmp_path, "gpt2", name=f"src{i}", **cfg)
+        out = tmp_path / f"out{i}"
+        export(src, out, fmt)
+        got = ns["read_pdp"](out / C.WEIGHTS_FILE)
+        want = dense.state_dict()
+        assert set(got) == set(want)
+        for k, v in want.items():
+            assert np.array_equal(got[k], v.numpy()), (fmt, k)
 
 
 # ---- corruption -------------------------------------------------------------------------------
@@ -252,6 +286,9 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys):
     sd["transformer.h.0.mlp.c_fc.parametrizations.weight.original"] = sd.pop("transformer.h.0.mlp.c_fc.weight")
     save_file(sd, str(masked / "model.safetensors"))
     _cli_fails(capsys, [str(masked), "--out", str(out)], "not finalized", out)
+    del sd["transformer.h.0.mlp.c_fc.parametrizations.weight.original"]  # a weight missing altogether
+    save_file(sd, str(masked / "model.safetensors"))
+    _cli_fails(capsys, [str(masked), "--out", str(out)], "incomplete", out)
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     _cli_fails(capsys, [str(src), "--out", str(out)], "not empty", out)

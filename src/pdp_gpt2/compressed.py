@@ -109,6 +109,12 @@ def _channels_first(w: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return w.movedim(channel_dim, 0).reshape(w.shape[channel_dim], -1)
 
 
+def codes_of(x: torch.Tensor, s: torch.Tensor, bits: int) -> torch.Tensor:
+    """round(x / s) clamped to the symmetric b-bit range (the clamp matters in bf16: 127.5 rounds to 128)."""
+    qmax = 2 ** (bits - 1) - 1
+    return torch.round(x / s).clamp(-qmax, qmax)
+
+
 def grid_scales(w: torch.Tensor, bits: int, channel_dim: int) -> torch.Tensor | None:
     """Per-channel scales s with round(w/s)*s == w exactly for every entry, else None.
 
@@ -127,7 +133,7 @@ def grid_scales(w: torch.Tensor, bits: int, channel_dim: int) -> torch.Tensor | 
     found = torch.zeros(s0.shape, dtype=torch.bool)
     for steps in _ULP_STEPS:
         s = _nudge(s0, steps)
-        codes = torch.round(c / s[:, None]).clamp(-qmax, qmax)
+        codes = codes_of(c, s[:, None], bits)
         ok = (codes * s[:, None] == c).all(dim=1) & ~found
         best[ok], found = s[ok], found | ok
         if bool(found.all()):
@@ -149,7 +155,7 @@ def encode_qcodes(w: torch.Tensor, bits: int, channel_dim: int, scales: torch.Te
     """
     packed, nz = pack_mask(w)
     s = _scale_per_entry(scales, w.shape, channel_dim)[nz]
-    codes = torch.round(w.reshape(-1)[nz] / s).to(torch.int16) + 2 ** (bits - 1)
+    codes = codes_of(w.reshape(-1)[nz], s, bits).to(torch.int16) + 2 ** (bits - 1)
     return {"mask": torch.from_numpy(packed),
             "codes": torch.from_numpy(pack_bits(codes.numpy().astype(np.uint8), bits)),
             "scales": scales.to(w.dtype).contiguous()}

@@ -99,10 +99,14 @@ def load_finalized(model_dir: Path) -> nn.Module:
             raise UsageError(f"{model_dir} is not finalized: it still has PDP masks (parametrizations keys); "
                              "call Pruner.finalize() before saving")
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", use_safetensors=True,
-                                                     trust_remote_code=False)
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", use_safetensors=True,
+                                                           trust_remote_code=False, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model from {model_dir}: {str(e).splitlines()[0]}") from None
+    # Missing weights would be random-initialized and then exported as if they were the model.
+    if info["missing_keys"] or info["mismatched_keys"]:
+        bad = sorted(info["missing_keys"] or info["mismatched_keys"])
+        raise UsageError(f"{model_dir} is incomplete: {len(bad)} weights missing or mis-shaped (first: {bad[0]})")
     return model.eval()
 
 
