@@ -49,7 +49,8 @@ def _wait_for(predicate, proc, timeout=180.0):
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("extra", [pytest.param((), id="in_memory"), pytest.param(("--streaming",), marks=pytest.mark.slow, id="streaming")])
+@pytest.mark.parametrize("extra", [pytest.param((), id="in_memory"),
+                                   pytest.param(("--streaming",), marks=pytest.mark.slow, id="streaming")])
 def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, dropout_model, extra):
     model, corpus = dropout_model
     a, b = tmp_path / "a", tmp_path / "b"

@@ -16,6 +16,7 @@ shuffles, so a resumed run, which skips the batches already seen, sees the same 
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -71,10 +72,17 @@ def _local_pieces(paths: list[Path], split: str) -> Iterator[Piece]:
             yield from _doc_lines(_lines(p))
         return
     for p in paths:  # each file cut by lines at 90 % / 95 % (data.split_lines): count first, then read
-        n = sum(1 for _ in _lines(p))
+        st = p.stat()
+        n = _count_lines(p, st.st_size, st.st_mtime_ns)
         a, b = round(n * (1 - 2 * HELD_OUT_FRACTION)), round(n * (1 - HELD_OUT_FRACTION))
         lo, hi = {"train": (0, a), "validation": (a, b), "test": (b, n)}[split]
         yield from _doc_lines(islice(_lines(p), lo, hi))
+
+
+@functools.lru_cache(maxsize=64)
+def _count_lines(path: Path, size: int, mtime_ns: int) -> int:
+    """Lines in a file (size and mtime in the key: an edited file is counted again), once per process."""
+    return sum(1 for _ in _lines(path))
 
 
 def _hf_pieces(spec: str, split: str) -> Iterator[Piece]:
@@ -88,7 +96,8 @@ def _hf_pieces(spec: str, split: str) -> Iterator[Piece]:
         with offline_unless_reachable():
             dsd = datasets.load_dataset(name, config, streaming=True)
     except Exception as e:  # noqa: BLE001 - not-found/offline errors vary by datasets version
-        raise UsageError(f"cannot stream dataset {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"cannot stream dataset {spec!r}: {why}") from None
     carved = [s for s in ("validation", "test") if not any(a in dsd for a in ALIASES[s])]
     if split == "train" or split in carved:  # held-out rows carved out of train by index, as hf_datasets does
         if "train" not in dsd:

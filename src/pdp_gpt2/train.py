@@ -191,7 +191,9 @@ def run(cfg: TrainConfig) -> dict:
     pruner = build_pruner(model, cfg)
     if pruner is not None and prep.resume_from is not None and (state := load_pdp_state(prep.resume_from)):
         pruner.load_state_dict(state)  # global budgets are from the original dense weights
-    metrics = outputs.MetricsLog(out / "metrics.jsonl", resume_step=outputs.step_of(prep.resume_from)) if is_main else None
+    metrics = None
+    if is_main:  # lines past the checkpoint we resume from are dropped: they will be logged again
+        metrics = outputs.MetricsLog(out / "metrics.jsonl", resume_step=outputs.step_of(prep.resume_from))
     tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
     callback = PDPCallback(pruner, final_sparsity=cfg.pdp.sparsity, ramp_steps=ramp, schedule=cfg.schedule,
                            metrics=metrics, tracker=tracker, is_main=is_main)
