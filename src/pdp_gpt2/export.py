@@ -172,7 +172,8 @@ def encode_tensor(name: str, w: torch.Tensor, fmt: str, channel_dim: int | None,
         sizes = {"raw": w.numel() * w.element_size(),
                  "bitmask": (w.numel() + 7) // 8 + nnz * torch.finfo(vd).bits // 8}
         if grid is not None:
-            sizes["bitmask-qcodes"] = (w.numel() + 7) // 8 + C.packed_len(nnz, grid[0]) + w.shape[channel_dim] * w.element_size()
+            sizes["bitmask-qcodes"] = ((w.numel() + 7) // 8 + C.packed_len(nnz, grid[0])
+                                       + w.shape[channel_dim] * w.element_size())
         spec["encoding"] = min(sizes, key=sizes.get)
         spec["nnz"] = nnz
         if spec["encoding"] == "raw":
@@ -251,14 +252,17 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise survive the rename
         for f in sorted(source.model_dir.iterdir()):
-            if f.is_file() and f.name != "size_report.json" and (fmt == "dense" or not f.name.endswith(WEIGHT_SUFFIXES)):
+            weights = f.name.endswith(WEIGHT_SUFFIXES)
+            if f.is_file() and f.name != "size_report.json" and (fmt == "dense" or not weights):
                 shutil.copy2(f, tmp / f.name)
         if header is not None:
             from safetensors.torch import save_file
 
             save_file(payloads, str(tmp / C.WEIGHTS_FILE), metadata={C.META_KEY: json.dumps(header)})
             _verify(tmp, model.state_dict(), header)
-        report = size_report(source.model_dir, tmp, fmt, header, list(pruned_tensors(model)))
+        aliases = tied_aliases(model.state_dict())
+        pruned = sorted({aliases.get(n, n) for n in pruned_tensors(model)})  # a tied tensor counts once
+        report = size_report(source.model_dir, tmp, fmt, header, pruned, aliases)
         report.update(source=str(source.model_dir), out=str(out), values=values)
         (tmp / "size_report.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out)
@@ -313,18 +317,27 @@ def _tensor_bytes(files) -> dict[str, int]:
     return sizes
 
 
-def size_report(src_dir: Path, out_dir: Path, fmt: str, header: dict | None, pruned: list[str]) -> dict:
+def _stored_bytes(sizes: dict[str, int], name: str, aliases: dict[str, str]) -> int:
+    """Bytes of `name` in a HF safetensors file, which holds a tied tensor under one of its names."""
+    for n in [name] + [a for a, f in aliases.items() if f == name]:
+        if n in sizes:
+            return sizes[n]
+    raise RuntimeError(f"{name} not found in the safetensors files")
+
+
+def size_report(src_dir: Path, out_dir: Path, fmt: str, header: dict | None, pruned: list[str],
+                aliases: dict[str, str]) -> dict:
     """Bytes of the pruned target weights and of all weight files, dense vs exported, from the files."""
     dense_files = sorted(src_dir.glob("*.safetensors"))
     dense = _tensor_bytes(dense_files)
-    missing = [n for n in pruned if n not in dense]
-    if missing:
-        raise RuntimeError(f"pruned tensors not found in {src_dir}: {missing[:3]}")
-    d_target, d_total = sum(dense[n] for n in pruned), sum(f.stat().st_size for f in dense_files)
+    d_target = sum(_stored_bytes(dense, n, aliases) for n in pruned)
+    d_total = sum(f.stat().st_size for f in dense_files)
     counts: dict[str, int] = {}
     if header is None:
         out_files = sorted(out_dir.glob("*.safetensors"))
-        e_target, e_total = sum(_tensor_bytes(out_files)[n] for n in pruned), sum(f.stat().st_size for f in out_files)
+        out = _tensor_bytes(out_files)
+        e_target = sum(_stored_bytes(out, n, aliases) for n in pruned)
+        e_total = sum(f.stat().st_size for f in out_files)
         counts["dense"] = len(pruned)
     else:
         f = out_dir / C.WEIGHTS_FILE
