@@ -242,7 +242,10 @@ def eval_tokens(spec: str, split: str, tokenizer, max_tokens: int, chunk_chars: 
 def open_stream(cfg, tokenizer) -> tuple[StreamingBlocks, torch.Tensor]:
     """(train blocks, eval tokens) for ``--streaming``; fails here, before training, on an empty stream."""
     train = StreamingBlocks(lambda: pieces(cfg.dataset, "train"), tokenizer, cfg.max_length)
-    if next(train.blocks(), None) is None:
+    peek = train.blocks()
+    empty = next(peek, None) is None
+    peek.close()  # closes the file or HF stream it opened
+    if empty:
         raise UsageError(f"dataset {cfg.dataset!r} has fewer than {cfg.max_length} training tokens")
     train.peak_tokens = 0
     return train, eval_tokens(cfg.dataset, cfg.eval_split, tokenizer, cfg.streaming_eval_tokens)
