@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.fused import soft_masked_weight
+from pdp_gpt2.pdp.fused import OutBuffer, soft_masked_weight
 from pdp_gpt2.pdp.targets import from_in_last, in_last
 
 
@@ -31,6 +31,10 @@ class PDPMask(nn.Module):
         # Python-side copy of "is anything pruned?", so forward never syncs with the device.
         self.active = False
         self.sparsity = 0.0  # this tensor's current target sparsity
+        # Warm start for the next unstructured threshold (where the last one was);
+        # it only speeds the search up, the threshold is exact whatever it holds.
+        self._hint: M.Hint | None = None
+        self._out = OutBuffer()  # where the masked weight is written, reused across steps
 
     # ---- scores and thresholds -------------------------------------------------
     def _row_sq(self, w: torch.Tensor) -> torch.Tensor:
@@ -56,7 +60,7 @@ class PDPMask(nn.Module):
         elif self.pattern == "row":
             t = M.threshold(self._row_sq(w).sqrt(), k)
         else:
-            t = M.threshold(w.abs(), k)
+            t, self._hint = M.abs_threshold(w, k, self._hint)
         self.t.copy_(t.to(self.t.dtype))
         self.active = k > 0 and bool((self.t > 0).any())
 
@@ -76,7 +80,7 @@ class PDPMask(nn.Module):
         if self.pattern == "row":
             m = M.mask_from_gap(M.normalized_gap(self._row_sq(w), t, self.tau_mode), self.tau, self.beta)
             return w * m
-        return soft_masked_weight(w, t, self.tau, self.tau_mode, self.beta)
+        return soft_masked_weight(w, t, self.tau, self.tau_mode, self.beta, buffer=self._out)
 
     @torch.no_grad()
     def soft_mask(self, w: torch.Tensor) -> torch.Tensor:

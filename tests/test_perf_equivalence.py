@@ -1,0 +1,290 @@
+"""The fast paths (issue 5) give the same results as the definitions they replace.
+
+* mask.abs_threshold == mask.threshold(w.abs(), k), bit for bit, whatever the hint;
+* the masked weight and its gradient equal plain autograd of w * soft_mask(w),
+  also when the output buffer is reused and the gradient is overwritten in place,
+  and never when someone else still holds either;
+* the compiled kernels (slow: they compile) equal the eager ones.
+"""
+import pytest
+import torch
+from torch import nn
+
+import pdp_gpt2
+from pdp_gpt2 import PDPConfig
+from pdp_gpt2.pdp import fused as F
+from pdp_gpt2.pdp import mask as M
+
+
+def _check(w, k, hint=None):
+    t, h = M.abs_threshold(w, k, hint)
+    ref = M.threshold(w.abs(), k)
+    assert t.dtype == ref.dtype and torch.equal(t, ref), (k, hint, t, ref)
+    return h
+
+
+# ---- thresholds ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_abs_threshold_equals_definition_on_random_tensors(dtype):
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(50_003, generator=g) * 0.02).to(dtype)  # not a multiple of the block size
+    n = w.numel()
+    for k in (0, 1, 2, 17, n // 2, M.num_pruned(n, 0.9), n - 2, n - 1, n):
+        _check(w, k)
+
+
+def test_abs_threshold_with_ties_and_zeros():
+    g = torch.Generator().manual_seed(1)
+    levels = torch.randint(0, 12, (40_000,), generator=g).float() / 8  # many exact ties, 1/12 zeros
+    w = levels * (torch.randint(0, 2, (40_000,), generator=g) * 2 - 1)  # +-: |w| ties across signs
+    sorted_abs = w.abs().sort().values
+    # k right at, just before and just after tie boundaries, inside the block of zeros too
+    boundaries = (sorted_abs[1:] != sorted_abs[:-1]).nonzero().squeeze(1) + 1
+    ks = {1, 5, 100, 20_000, 39_999}
+    for b in boundaries.tolist():
+        ks |= {b - 1, b, b + 1}
+    for k in sorted(ks):
+        if 0 < k < w.numel():
+            _check(w, k)
+
+
+def test_abs_threshold_any_hint_gives_the_same_answer():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(64, 1024, generator=g) * 0.05
+    k = M.num_pruned(w.numel(), 0.8)
+    good = _check(w, k)
+    assert good is not None and good.k == k and good.density > 0
+    bad_hints = [
+        good,
+        M.Hint(k, -5.0, 1e-9, 0.0),  # far below, density absurdly low
+        M.Hint(k, 100.0, 1e12, 0.0),  # far above, density absurdly high
+        M.Hint(k, good.value, 0.0, 0.0),  # density unknown
+        M.Hint(1, good.value, good.density, 1.0),  # another k, a huge miss
+        M.Hint(w.numel() - 1, 0.0, good.density, 0.0),
+    ]
+    for h in bad_hints:
+        _check(w, k, h)
+    for k2 in (1, 10, k - 5000, k + 5000, w.numel() - 1):  # a stale hint for another k
+        _check(w, k2, good)
+
+
+def test_abs_threshold_follows_drifting_weights_and_a_ramp():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(300, 700, generator=g) * 0.02
+    hint = None
+    for step in range(30):
+        w += torch.randn(w.shape, generator=g) * 1e-4  # an optimizer step
+        k = M.num_pruned(w.numel(), min(0.9, 0.05 * step))  # the sparsity ramp moves k too
+        hint = _check(w, k, hint)
+
+
+def test_abs_threshold_non_contiguous_and_small_inputs():
+    w = torch.randn(512, 96).t()  # a transposed view
+    _check(w, M.num_pruned(w.numel(), 0.7))
+    small = torch.randn(10, 10)  # below FAST_MIN_NUMEL: the definition itself
+    t, h = M.abs_threshold(small, 37)
+    assert h is None and torch.equal(t, M.threshold(small.abs(), 37))
+
+
+def test_pruner_thresholds_stay_exact_across_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.Linear(512, 256))
+    pruner = pdp_gpt2.attach(model, PDPConfig(sparsity=0.9, targets=["0", "1"]))
+    for step in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 1e-4)
+        pruner.set_sparsity(0.9 - 0.1 * (step % 2))
+        pruner.step()
+        for t in pruner.targets:
+            w = pruner.original(t)
+            ref = M.threshold(w.abs(), M.num_pruned(w.numel(), pruner.layer_sparsity(t.name)))
+            assert torch.equal(pruner.mask_of(t).t, ref)
+            assert pruner.mask_of(t)._hint is not None  # the fast path ran
+
+
+# ---- the masked weight and its gradient ------------------------------------------------------
+
+
+def _reference(w, t, tau=0.05, mode="relative", beta=None):
+    w = w.detach().clone().requires_grad_()
+    out = w * M.soft_mask(w, 0.0, tau, beta=beta, tau_mode=mode, t=t)
+    return w, out
+
+
+@pytest.mark.parametrize("beta", [None, 3.0])
+def test_reused_buffer_and_in_place_gradient_equal_plain_autograd(beta):
+    torch.manual_seed(0)
+    w0 = torch.randn(64, 48) * 0.05
+    t = M.threshold(w0.abs(), M.num_pruned(w0.numel(), 0.6))
+    x = torch.randn(5, 64)
+    buf = F.OutBuffer()
+    before = dict(F.counts)
+    for step in range(3):  # the buffer is reused from the second step on
+        w_ref, out_ref = _reference(w0, t, beta=beta)
+        (x @ out_ref).square().sum().backward()
+        w = w0.clone().requires_grad_()
+        out = F.soft_masked_weight(w, t, 0.05, "relative", beta, buffer=buf)
+        (x @ out).square().sum().backward()
+        assert torch.allclose(out, out_ref, atol=1e-6)
+        assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+        w0 = w0 + 1e-3 * torch.randn_like(w0)
+        del out  # as a training loop does: nothing holds last step's masked weight
+    assert F.counts["out_reused"] - before["out_reused"] == 2
+    assert F.counts["grad_in_place"] - before["grad_in_place"] == 3
+
+
+def test_buffer_is_not_overwritten_while_a_graph_or_caller_holds_it():
+    torch.manual_seed(0)
+    w0 = torch.randn(32, 16) * 0.05
+    t = M.threshold(w0.abs(), 300)
+    buf = F.OutBuffer()
+    x1 = torch.randn(3, 32, requires_grad=True)  # so the matmuls save the masked weight
+    x2 = torch.randn(3, 32, requires_grad=True)
+    w = w0.clone().requires_grad_()
+    out1 = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+    loss1 = (x1 @ out1).square().sum()
+    del out1  # only loss1's graph holds it now
+    out2 = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)  # two forwards, one backward
+    assert out2.untyped_storage().data_ptr() != buf.tensor.untyped_storage().data_ptr()
+    (loss1 + (x2 @ out2).square().sum()).backward()
+    w_ref, out_ref = _reference(w0, t)
+    ((x1.detach() @ out_ref).square().sum() + (x2.detach() @ out_ref).square().sum()).backward()
+    assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        held = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)  # a caller keeps it
+        again = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+    assert held.untyped_storage().data_ptr() != again.untyped_storage().data_ptr()
+    assert torch.equal(held, again)
+
+
+def test_gradient_held_elsewhere_is_not_overwritten():
+    torch.manual_seed(0)
+    w0 = torch.randn(16, 8) * 0.05
+    t = M.threshold(w0.abs(), 64)
+    x = torch.randn(4, 16)
+    w = w0.clone().requires_grad_()
+    out = F.soft_masked_weight(w, t, 0.05, "relative", None)
+    seen = []
+    out.register_hook(lambda g: seen.append(g))  # keeps the incoming gradient
+    (x @ out).pow(2).sum().backward()
+    w_ref, out_ref = _reference(w0, t)
+    out_ref.retain_grad()
+    (x @ out_ref).pow(2).sum().backward()
+    assert torch.allclose(seen[0], out_ref.grad, rtol=1e-4, atol=1e-6)  # the hook's tensor was left alone
+    assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+    # a gradient shared with another input (add passes one tensor to both sides)
+    w = w0.clone().requires_grad_()
+    other = torch.zeros_like(w0, requires_grad=True)
+    (F.soft_masked_weight(w, t, 0.05, "relative", None) + other).pow(2).sum().backward()
+    w_ref, out_ref = _reference(w0, t)
+    other_ref = torch.zeros_like(w0, requires_grad=True)
+    (out_ref + other_ref).pow(2).sum().backward()
+    assert torch.allclose(other.grad, other_ref.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_underflowing_gradients_are_flushed_and_nothing_else():
+    level = F.underflow_level(torch.float32)
+    assert 1e-17 < level < 2e-17
+    assert F.underflow_level(torch.float16) == 0.0
+    w = torch.tensor([0.001, 0.2, 0.3, 1.0], requires_grad=True)  # t = 0.25: w[0] deep in the pruned zone
+    t = torch.tensor(0.25)
+    g = torch.tensor([1.0, 1e-18, 1.0, 1e-3])
+    F.soft_masked_weight(w, t, 0.02, "relative", None).backward(g)
+    ref_w, ref = _reference(w.detach(), t, tau=0.02)
+    ref.backward(g)
+    assert ref_w.grad[0] != 0 and abs(ref_w.grad[0]) < level  # ~2e-22: would underflow Adam's moment
+    assert w.grad[0] == 0
+    assert w.grad[1] == 0 and ref_w.grad[1] != 0  # a kept weight whose gradient underflows too
+    assert torch.equal(w.grad[2:], ref_w.grad[2:])
+
+
+def test_flush_leaves_adamw_training_unchanged():
+    """Train a model with and without the flush: the weights come out the same."""
+    def train(flush: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 8))
+        pruner = pdp_gpt2.attach(model, PDPConfig(sparsity=0.9, targets=["0", "2"]))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x, y = torch.randn(32, 64), torch.randn(32, 8)
+        old = F._flush_ok
+        F._flush_ok = flush
+        try:
+            for _ in range(20):
+                (model(x) - y).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+                pruner.step()
+        finally:
+            F._flush_ok = old
+        return [p.detach().clone() for p in model.parameters()]
+
+    a, b = train(True), train(False)
+    for p, q in zip(a, b):
+        assert torch.allclose(p, q, rtol=0, atol=1e-9)
+
+
+# ---- compiling ----------------------------------------------------------------------------
+
+
+def test_failed_compile_warns_once_and_falls_back(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(F, "_compile_ok", True)
+    monkeypatch.setattr(F, "_compiled", {})
+    monkeypatch.setattr(F, "COMPILE_MIN_NUMEL", 0)
+    w = torch.randn(8, 8, requires_grad=True)
+    t = M.threshold(w.detach().abs(), 32)
+    with pytest.warns(RuntimeWarning, match="torch.compile"):
+        out = F.soft_masked_weight(w, t, 0.05, "relative", None)
+    assert F._compile_ok is False
+    _, ref = _reference(w, t)
+    assert torch.allclose(out, ref, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beta", [None, 3.0])
+@pytest.mark.parametrize("mode", ["relative", "absolute"])
+def test_compiled_kernels_equal_the_definition(monkeypatch, beta, mode):
+    if not F._compile_ok:
+        pytest.skip("compiling is off (PDP_GPT2_COMPILE=0 or it failed earlier)")
+    monkeypatch.setattr(F, "COMPILE_MIN_NUMEL", 1 << 12)
+    torch.manual_seed(0)
+    w0 = torch.randn(96, 80) * 0.05  # 7680 entries: compiled
+    t = M.threshold(w0.abs(), M.num_pruned(w0.numel(), 0.6))
+    tau = 0.05 if mode == "relative" else 1e-4
+    g = torch.randn(96, 80)
+    w_ref = w0.clone().requires_grad_()
+    ref = w_ref * M.soft_mask(w_ref, 0.6, tau, beta=beta, tau_mode=mode, t=t)
+    (ref * g).sum().backward()
+    w = w0.clone().requires_grad_()
+    out = F.soft_masked_weight(w, t, tau, mode, beta, buffer=F.OutBuffer())
+    (out * g).sum().backward()
+    assert "forward" in F._compiled and "backward" in F._compiled
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_counting_gives_exact_thresholds(monkeypatch):
+    if not F._compile_ok:
+        pytest.skip("compiling is off (PDP_GPT2_COMPILE=0 or it failed earlier)")
+    monkeypatch.setattr(F, "COMPILE_MIN_NUMEL", 1 << 12)
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(200, 333, generator=g) * 0.02
+    lo, hi = torch.tensor(0.01), torch.tensor(0.02)
+    n_body = w.numel() - w.numel() % F.BLOCK
+    eager = F._block_counts_expr(w.reshape(-1)[:n_body], lo, hi)
+    compiled = F.block_counts(w.reshape(-1)[:n_body], lo, hi)
+    assert "block_counts" in F._compiled
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+    hint = None
+    for k in (1, 1000, M.num_pruned(w.numel(), 0.9), w.numel() - 1):
+        hint = _check(w, k, hint)
