@@ -215,3 +215,10 @@ def test_pruner_state_round_trip(gpt2):
     assert p2.sparsity == 0.4 and p2.steps == 1 and p2.budgets == pruner.budgets
     for a, b in zip(pruner.targets, p2.targets):
         assert torch.equal(pruner.mask_of(a).t, p2.mask_of(b).t)
+
+
+def test_finalized_zeros_are_positive_zeros(gpt2):
+    pdp_gpt2.attach(gpt2, PDPConfig(sparsity=0.8)).finalize()
+    w = gpt2.transformer.h[0].mlp.c_fc.weight
+    zeros = w[w == 0]
+    assert zeros.numel() == int(0.8 * w.numel()) and not torch.signbit(zeros).any()

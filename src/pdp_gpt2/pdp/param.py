@@ -114,7 +114,9 @@ class PDPMask(nn.Module):
     @torch.no_grad()
     def final_weight(self, w: torch.Tensor) -> torch.Tensor:
         """Dense weight with exact zeros (and on the quantization grid if quantizing)."""
-        out = w * self.hard_keep(w)
+        # where(), not w * keep: a product leaves -0.0 for negative pruned weights, and a
+        # checkpoint's bytes should not depend on the signs of weights that are gone.
+        out = torch.where(self.hard_keep(w), w, torch.zeros((), dtype=w.dtype, device=w.device))
         if self.bits is not None:
             out = M.fake_quant(out, self.bits, self.out_dim)
         return out.detach()
