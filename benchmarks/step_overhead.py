@@ -5,9 +5,13 @@ random and pretrained weights is the same), then runs full training steps
 (forward, backward, AdamW step, zero_grad, and for PDP ``pruner.step()``).
 
 Time: one process holds a dense model and a PDP model (same init), warms both
-up, then alternates them in ABBA order (dense, pdp, pdp, dense, ...) so slow
-drift of a shared machine hits both alike.  It prints the median step time of
-each, the ratio of medians, and the median of the per-round ratios.
+up (the first PDP steps also compile its kernels), then alternates them in ABBA
+order (dense, pdp, pdp, dense, ...) so slow drift of a shared machine hits both
+alike.  It prints the median wall-clock step time of each, the ratio of the
+medians and the median of the per-round ratios; and the same for the process's
+CPU time per step (user + system, all threads), which other processes on a
+shared machine disturb less than wall-clock time (but which counts threads
+spinning at barriers, so with several threads on a busy machine it inflates).
 
 Memory: each variant is rerun in its own fresh Python subprocess that builds
 the model, does ``--mem-steps`` steps and reports its peak.  On CPU the peak is
@@ -38,6 +42,11 @@ SHAPES = {
     "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
 }
 VARIANTS = ("dense", "pdp")
+OPTIMIZERS = {  # all torch.optim.AdamW; they differ only in implementation
+    "adamw": {},  # torch's default choice
+    "adamw-foreach": {"foreach": True},
+    "adamw-fused": {"fused": True},
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12, help="timed steps per variant (after warm-up; 0: skip timing)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--sparsity", type=float, default=0.9, help="PDP target sparsity")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw",
+                   help="AdamW implementation: torch's default, foreach=True or fused=True")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--mem-steps", type=int, default=3, help="steps in each memory subprocess (0: skip memory)")
     p.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
@@ -70,7 +81,7 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(**SHAPES[args.model])).to(device).train()
     pruner = pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=args.sparsity)) if variant == "pdp" else None
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **OPTIMIZERS[args.optimizer])
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=g).to(device)
 
@@ -85,12 +96,19 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
     return step
 
 
-def timed(step, device: torch.device) -> float:
+def timed(step, device: torch.device) -> tuple[float, float]:
+    """(wall-clock seconds, process CPU seconds) of one step."""
     sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     step()
     sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _summary(a: list[float], b: list[float]) -> dict:
+    med = {"dense": statistics.median(a), "pdp": statistics.median(b)}
+    return {"median_s": med, "ratio": med["pdp"] / med["dense"],
+            "ratio_paired": statistics.median(y / x for x, y in zip(a, b))}
 
 
 def measure_time(args: argparse.Namespace, device: torch.device) -> dict:
@@ -98,32 +116,18 @@ def measure_time(args: argparse.Namespace, device: torch.device) -> dict:
     for _ in range(args.warmup):
         for v in VARIANTS:
             steps[v]()
-    times = {v: [] for v in VARIANTS}
+    wall = {v: [] for v in VARIANTS}
+    cpu = {v: [] for v in VARIANTS}
     for i in range(args.steps):
         order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]  # ABBA
         for v in order:
-            times[v].append(timed(steps[v], device))
-        print(f"  round {i + 1}/{args.steps}: dense {times['dense'][-1]:.3f}s  pdp {times['pdp'][-1]:.3f}s",
+            w, c = timed(steps[v], device)
+            wall[v].append(w)
+            cpu[v].append(c)
+        print(f"  round {i + 1}/{args.steps}: dense {wall['dense'][-1]:.3f}s  pdp {wall['pdp'][-1]:.3f}s",
               file=sys.stderr, flush=True)
-    med = {v: statistics.median(times[v]) for v in VARIANTS}
-    pair = statistics.median(p / d for d, p in zip(times["dense"], times["pdp"]))
-    return {"times_s": times, "median_s": med, "ratio": med["pdp"] / med["dense"], "ratio_paired": pair}
-
-
-def child(args: argparse.Namespace) -> None:
-    """Memory subprocess: build one variant, run a few steps, print its peak as JSON."""
-    device = torch.device(args.device)
-    step = build(args.child, args, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.mem_steps):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = peak_rss()
-    print(json.dumps({"peak_bytes": peak}))
+    return {"wall_s": wall, "cpu_s": cpu,
+            "wall": _summary(wall["dense"], wall["pdp"]), "cpu": _summary(cpu["dense"], cpu["pdp"])}
 
 
 def peak_rss() -> int:
@@ -143,17 +147,45 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; macOS: bytes
 
 
+def child(args: argparse.Namespace) -> None:
+    """Memory subprocess: build one variant, run a few steps, print its peak as JSON."""
+    device = torch.device(args.device)
+    step = build(args.child, args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(args.mem_steps):
+        step()
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
+    print(json.dumps({"peak_bytes": peak}))
+
+
 def measure_memory(args: argparse.Namespace) -> dict:
     peaks = {}
     for v in VARIANTS:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", v, "--model", args.model,
                "--batch", str(args.batch), "--seq", str(args.seq), "--device", args.device,
                "--sparsity", str(args.sparsity), "--threads", str(args.threads),
-               "--mem-steps", str(args.mem_steps)]
+               "--optimizer", args.optimizer, "--mem-steps", str(args.mem_steps)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         peaks[v] = json.loads(out.strip().splitlines()[-1])["peak_bytes"]
     kind = "cuda max_memory_allocated" if args.device.startswith("cuda") else "process peak RSS (VmHWM)"
     return {"kind": kind, "peak_bytes": peaks, "ratio": peaks["pdp"] / peaks["dense"]}
+
+
+def _provenance() -> dict:
+    import pdp_gpt2
+
+    src = os.path.dirname(pdp_gpt2.__file__)
+    try:
+        rev = subprocess.run(["git", "-C", src, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", src, "status", "--porcelain", "--", "."],
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        rev, dirty = None, None
+    return {"pdp_gpt2": src, "git": rev, "pdp_gpt2_modified": dirty, "torch": torch.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
 def main(argv=None) -> None:
@@ -164,18 +196,19 @@ def main(argv=None) -> None:
         return child(args)
     device = torch.device(args.device)
     print(f"{args.model} batch {args.batch} x {args.seq} on {device} ({torch.get_num_threads()} threads), "
-          f"PDP sparsity {args.sparsity}; {args.warmup} warm-up + {args.steps} timed steps each, ABBA",
-          file=sys.stderr, flush=True)
+          f"{args.optimizer}, PDP sparsity {args.sparsity}; {args.warmup} warm-up + {args.steps} timed steps "
+          "each, ABBA", file=sys.stderr, flush=True)
     res = {"model": args.model, "batch": args.batch, "seq": args.seq, "device": str(device),
-           "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-           "sparsity": args.sparsity, "steps": args.steps, "warmup": args.warmup}
+           "threads": torch.get_num_threads(), "optimizer": args.optimizer, "sparsity": args.sparsity,
+           "steps": args.steps, "warmup": args.warmup, "mem_steps": args.mem_steps, **_provenance()}
     if args.mem_steps > 0:  # first, while this process is still small
         res["memory"] = measure_memory(args)
     if args.steps > 0:
         res["time"] = measure_time(args, device)
-        t = res["time"]
-        print(f"median step: dense {t['median_s']['dense']:.3f}s  pdp {t['median_s']['pdp']:.3f}s  "
-              f"ratio {t['ratio']:.3f}  (median of paired ratios {t['ratio_paired']:.3f})")
+        for kind in ("wall", "cpu"):
+            t = res["time"][kind]
+            print(f"median step ({kind:4s}): dense {t['median_s']['dense']:.3f}s  pdp {t['median_s']['pdp']:.3f}s  "
+                  f"ratio {t['ratio']:.3f}  (median of paired ratios {t['ratio_paired']:.3f})")
     if args.mem_steps > 0:
         m = res["memory"]
         print(f"peak memory [{m['kind']}]: dense {m['peak_bytes']['dense'] / 2**20:.0f} MiB  "
