@@ -8,7 +8,7 @@ optimizer, learning-rate schedule and evaluation):
 
     dense (once), magnitude, gmp, pdp (default tau), pdp + each extension
     (--improved_masking, --quantize 8 bits, --custom_optimizer), and with
-    --tau_grid a few more pdp runs for the tau x sparsity heatmap.
+    pdp at a few more taus at 90% (the tau x sparsity heatmap).
 
 Each run is one `pdp-gpt2 train` subprocess (pdp_gpt2.sweep.run_trials), so a
 finished run is reused when the script is re-run with the same flags: an
@@ -37,11 +37,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/results", help="where the runs and the report go")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
-    p.add_argument("--max_steps", type=int, default=400, help="optimizer steps per run (the equal budget)")
+    p.add_argument("--max_steps", type=int, default=200, help="optimizer steps per run (the equal budget)")
     p.add_argument("--warmup_steps", type=int, default=None, help="sparsity ramp length (default: max_steps // 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tau_grid", type=float, nargs="*", default=[0.005, 0.08],
-                   help="extra pdp taus, run at every sparsity, for the heatmap (none: skip)")
+    p.add_argument("--tau_grid", type=float, nargs="*", default=[0.005, 0.08, 0.3],
+                   help="extra pdp taus (besides the default 0.02) for the tau x sparsity heatmap")
+    p.add_argument("--tau_sparsities", type=float, nargs="*", default=[0.9],
+                   help="the sparsities at which the --tau_grid runs are made")
     p.add_argument("--wanda", action="store_true", help="also run the one-shot wanda baseline")
     p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
                    help="any other train flag for every run, e.g. --set learning_rate=1e-3")
@@ -53,18 +55,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 def plan(args) -> list[tuple[str, dict]]:
     common = {"model": "embedded", "dataset": "shakespeare", "eval_split": "test", "seed": args.seed,
               "max_steps": args.max_steps, "warmup_steps": args.warmup_steps or args.max_steps // 2,
-              "log_interval": max(1, args.max_steps // 40)}
+              "log_interval": max(1, args.max_steps // 40),
+              # Non-overlapping windows: every run scores the whole test split at half the default cost
+              # (three evaluations per run dominate a short run on two CPU cores).
+              "eval_stride": 128}
     for item in args.set:
         k, _, v = item.partition("=")
         common[k.strip().lstrip("-")] = v
     runs = [("dense", {**common, "method": "dense"})]
-    for s in args.sparsities:
+    for s in sorted(args.sparsities, reverse=True):  # the hardest target first: its numbers matter most
         tag = f"s{round(100 * s)}"
         base = {**common, "sparsity": s}
         methods = ["magnitude", "gmp"] + (["wanda"] if args.wanda else [])
         runs += [(f"{m}-{tag}", {**base, "method": m}) for m in methods]
         runs += [(f"{name}-{tag}", {**base, "method": "pdp", **flags}) for name, flags in EXTENSIONS.items()]
-        runs += [(f"pdp-tau{t:g}-{tag}", {**base, "method": "pdp", "tau": t}) for t in args.tau_grid]
+        if s in args.tau_sparsities:
+            runs += [(f"pdp-tau{t:g}-{tag}", {**base, "method": "pdp", "tau": t}) for t in args.tau_grid]
     return runs
 
 
@@ -107,7 +113,8 @@ def targets(rows: list[dict]) -> list[str]:
     """The issue's three targets, checked on these numbers."""
     by = {r["trial"]: _num(r.get("perplexity")) for r in rows if r.get("status") == "ok"}
     gaps = {r["trial"]: _num(r.get("soft_hard_gap")) for r in rows
-            if r.get("status") == "ok" and r["trial"].startswith("pdp") and _num(r.get("soft_hard_gap")) is not None}
+            if r.get("status") == "ok" and r["trial"].startswith("pdp") and "-tau" not in r["trial"]
+            and _num(r.get("soft_hard_gap")) is not None}  # the target is for the default tau
     out = []
     if by.get("pdp-s90") and by.get("gmp-s90"):
         d = 1 - by["pdp-s90"] / by["gmp-s90"]
@@ -119,7 +126,7 @@ def targets(rows: list[dict]) -> list[str]:
                    f"(target: within 3%) - {'met' if d <= 0.03 else 'NOT met'}")
     if gaps:
         worst = max(gaps, key=gaps.get)
-        out.append(f"- soft-to-hard gap over all pdp runs: at most {100 * gaps[worst]:+.2f}% ({worst}) "
+        out.append(f"- soft-to-hard gap over the pdp runs at the default tau: at most {100 * gaps[worst]:+.2f}% ({worst}) "
                    f"(target: under 2%) - {'met' if gaps[worst] < 0.02 else 'NOT met'}")
     return out
 
@@ -154,8 +161,8 @@ def main(argv=None) -> int:
     block = [f"Budget: {steps['max_steps']} optimizer steps per run (sparsity ramp {steps['warmup_steps']} steps, "
              f"{runs[1][1].get('schedule', 'cubic')} schedule), seed {args.seed}, batch 8 x 128 tokens, "
              f"default learning rate and schedule; test split of the embedded corpus.",
-             f"Generated {time.strftime('%Y-%m-%d')} by `python benchmarks/results.py "
-             f"{' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip() + "` "
+             f"Generated {time.strftime('%Y-%m-%d')} by "
+             f"`{' '.join(['python benchmarks/results.py', *(sys.argv[1:] if argv is None else argv)])}` "
              f"({len(runs)} runs, {sum(r['status'] == 'ok' for r in rows)} finished).", "",
              *results_table(rows, args.sparsities), "", "Targets from the issue:", "", *targets(rows), ""]
     if args.docs:

@@ -71,6 +71,7 @@ def test_report_writes_every_png_and_a_self_contained_html(tmp_path, sweep_dir):
     assert all(f"]({n})" in md for n in expected) and "Skipped" not in md
     assert "| trial-004 | pdp | 0.02 | 90 | 90.00 | 61.00 |" in md  # the run table carries the numbers
     assert "+144.0%" in md  # 61 vs the dense fine-tuned 25
+    assert "| trial-005 | pdp@tau=0.05 | 0.05 | 90 |" in md  # a non-default tau is its own variant
     assert "tau must be > 0" in md  # the failed trial is listed
     html = (out / "report.html").read_text()
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)

@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-MAX_CURVES = 8  # more lines than this on one axis is unreadable
+MAX_CURVES = 8  # more curves than this on one axis is unreadable
+MAX_LINES = 10  # perplexity-vs-sparsity lines (few points each, with markers)
 COLORS = plt.get_cmap("tab10").colors
 
 
@@ -39,18 +40,19 @@ def pruned(runs):
 
 
 def focus_runs(runs) -> list:
-    """The runs worth a curve: at the highest target sparsity one per variant, plus one dense run."""
+    """The runs worth a curve: at the highest target sparsity one per variant (default tau
+    first), plus one dense run; at most MAX_CURVES."""
     p = pruned(runs)
     out = []
     if p:
         top = max(r.target for r in p)
         seen = set()
-        for r in sorted(p, key=lambda r: (r.label, r.ppl)):
+        for r in sorted(p, key=lambda r: (r.label != r.family, r.label, r.ppl)):
             if abs(r.target - top) < 1e-9 and r.label not in seen:
                 seen.add(r.label)
                 out.append(r)
-    dense = [r for r in runs if r.method == "dense"]
-    return (out + dense[:1])[:MAX_CURVES]
+    dense = [r for r in runs if r.method == "dense"][:1]
+    return out[:MAX_CURVES - len(dense)] + dense
 
 
 def _color(label: str, labels: list[str]):
@@ -61,11 +63,15 @@ def draw_ppl_vs_sparsity(ax, runs):
     p = [r for r in pruned(runs) if r.ppl is not None]
     if not p:
         return "no pruned runs with a final perplexity"
-    by = defaultdict(dict)  # label -> target -> best run
+    # One line per variant; a sweep with many taus would give one line per tau, so past
+    # MAX_LINES the taus are merged and each point is the best run over them.
+    merged = len({r.label for r in p}) > MAX_LINES
+    by = defaultdict(dict)  # variant -> target -> best run
     for r in p:
-        cur = by[r.label].get(r.target)
+        key = r.family if merged else r.label
+        cur = by[key].get(r.target)
         if cur is None or r.ppl < cur.ppl:
-            by[r.label][r.target] = r
+            by[key][r.target] = r
     labels = sorted(by)
     for lab in labels:
         pts = sorted(by[lab].values(), key=lambda r: r.target)
@@ -79,7 +85,7 @@ def draw_ppl_vs_sparsity(ax, runs):
     _log_y(ax)
     ax.set_xlabel("sparsity of the pruned weights (%)")
     ax.set_ylabel(f"{runs[0].split} perplexity, hard masks (log scale)")
-    ax.set_title("Perplexity vs sparsity per method")
+    ax.set_title("Perplexity vs sparsity per method" + (" (best over tau)" if merged else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return None
@@ -91,7 +97,7 @@ def _tau_key(taus: list[float]):
 
 
 def draw_tau_heatmap(ax, runs):
-    p = [r for r in runs if r.method == "pdp" and r.label == "pdp" and r.ppl is not None]
+    p = [r for r in runs if r.family == "pdp" and r.ppl is not None]
     key = _tau_key([r.tau for r in p])
     cells = {}
     for r in p:
@@ -110,7 +116,7 @@ def draw_tau_heatmap(ax, runs):
         for j, v in enumerate(row):
             if math.isfinite(v):
                 dark = hi > lo and (math.log10(v) - lo) / (hi - lo) > 0.5
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+                ax.text(j, i, f"{v:.4g}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(sps)), [f"{_pct(s):g}" for s in sps])
     ax.set_yticks(range(len(taus)), [f"{t:g}" for t in taus])
     ax.set_xlabel("target sparsity (%)")
@@ -164,7 +170,7 @@ def draw_layer_bars(ax, runs):
     ax.set_xlabel("layer")
     ax.set_ylabel("zeros in the saved weight (%)")
     ax.set_title(f"Per-layer sparsity at {_pct(rs[0].target):g}% target")
-    ax.legend(fontsize=7, loc="upper center", ncol=min(6, len(rs) + 1))
+    ax.legend(fontsize=6, loc="upper center", ncol=3)
     return None
 
 
@@ -173,7 +179,7 @@ def hist_run(runs):
     with_hist = [r for r in runs if r.hist and r.hist.get("moments")]
     if not with_hist:
         return None
-    return max(with_hist, key=lambda r: (r.label == "pdp", r.method == "pdp", r.target))
+    return max(with_hist, key=lambda r: (r.label == "pdp", r.family == "pdp", r.method == "pdp", r.target))
 
 
 def draw_mask_hist(ax, runs):

@@ -19,7 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdp_gpt2.config import PDPConfig
 from pdp_gpt2.errors import UsageError
+
+DEFAULT_TAU = PDPConfig.__dataclass_fields__["tau"].default
 
 
 @dataclass
@@ -83,8 +86,16 @@ class Run:
         return bool(self.cfg.get("custom_optimizer"))
 
     @property
-    def label(self) -> str:
+    def family(self) -> str:
+        """The variant without tau: 'pdp', 'pdp+improved', 'gmp', ..."""
         return variant(self.summary)
+
+    @property
+    def label(self) -> str:
+        """The family, plus '@tau=X' for a pdp run whose tau is not the default."""
+        if self.method == "pdp" and self.tau and abs(self.tau - DEFAULT_TAU) > 1e-12:
+            return f"{self.family}@tau={self.tau:g}"
+        return self.family
 
 
 def variant(s: dict) -> str:
