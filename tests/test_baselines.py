@@ -138,3 +138,22 @@ def test_cli_baseline_writes_contract_with_exact_zeros(tmp_path, tiny_assets, me
     hist = json.loads((out / "mask_hist.json").read_text())["moments"]
     assert hist[-1]["step"] == 8 and hist[-1]["below_half"] == pytest.approx(0.75)
     assert hist[-1]["band"] == 0.0  # hard masks are only 0 or 1
+
+
+@pytest.mark.slow
+def test_resumed_gmp_run_ends_bit_identical(tmp_path, tiny_assets):
+    """The keep-masks travel in Trainer checkpoints: resuming from step 3 gives the same final model."""
+    import shutil
+
+    extra = ("--sparsity", "0.75", "--save_steps", "3", "--max_steps", "6")
+    rc, full = _train(tmp_path / "a", tiny_assets, "gmp", *extra)
+    assert rc == 0
+    part = tmp_path / "b" / "gmp"
+    part.mkdir(parents=True)
+    for name in ("checkpoint-3", "run_config.json", "metrics.jsonl"):  # as if killed after step 3
+        (shutil.copytree if (full / name).is_dir() else shutil.copy2)(full / name, part / name)
+    rc, resumed = _train(tmp_path / "b", tiny_assets, "gmp", *extra, "--resume")
+    assert rc == 0 and resumed == part
+    a = AutoModelForCausalLM.from_pretrained(full / "final").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
