@@ -157,3 +157,11 @@ def test_resumed_gmp_run_ends_bit_identical(tmp_path, tiny_assets):
     a = AutoModelForCausalLM.from_pretrained(full / "final").state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed / "final").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finalize_writes_positive_zeros():
+    hm = HardMask((1, 4), out_dim=0)
+    hm.keep.copy_(torch.tensor([[False, True, False, True]]))
+    w = hm.final_weight(torch.tensor([[-1.0, -2.0, 3.0, 4.0]]))
+    assert w.tolist() == [[0.0, -2.0, 0.0, 4.0]]
+    assert not torch.signbit(w[0, 0])  # +0.0, not -0.0: saved bytes do not depend on pruned signs

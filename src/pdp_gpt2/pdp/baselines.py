@@ -78,7 +78,10 @@ class HardMask(nn.Module):
 
     @torch.no_grad()
     def final_weight(self, w: torch.Tensor) -> torch.Tensor:
-        return self.forward(w).detach()
+        """Exact zeros as +0.0 (a product leaves -0.0 for negative pruned weights, and saved bytes
+        should not depend on the signs of weights that are gone), as PDPMask.final_weight."""
+        out = torch.where(self.keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
+        return (M.fake_quant(out, self.bits, self.out_dim) if self.bits is not None else out).detach()
 
 
 class HardPruner:
