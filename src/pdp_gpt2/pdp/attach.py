@@ -22,8 +22,9 @@ from pdp_gpt2.pdp.param import PDPMask
 from pdp_gpt2.pdp.targets import Target, find_targets
 
 
-class Pruner:
-    """State of one PDP run on one model: targets, per-layer budgets, current sparsity."""
+class MaskDriver:
+    """What every mask driver shares (PDP here, the hard-mask baselines in baselines.py):
+    access to each target's parametrization, per-layer sparsity, finalize and remove."""
 
     def __init__(self, model: nn.Module, config: PDPConfig, targets: list[Target]):
         self.model, self.config, self.targets = model, config, targets
@@ -32,8 +33,7 @@ class Pruner:
         # Fraction of the global target each tensor takes (1.0 each under 'layer').
         self.budgets: dict[str, float] = {t.name: 1.0 for t in targets}
 
-    # ---- access ------------------------------------------------------------------
-    def mask_of(self, t: Target) -> PDPMask:
+    def mask_of(self, t: Target) -> nn.Module:
         return t.module.parametrizations.weight[0]
 
     def original(self, t: Target) -> nn.Parameter:
@@ -44,24 +44,6 @@ class Pruner:
         if self.config.sparsity == 0:
             return 0.0
         return min(self.config.max_layer_sparsity, s * self.budgets[name])
-
-    # ---- lifecycle -----------------------------------------------------------------
-    def set_sparsity(self, sparsity: float) -> None:
-        """Move every target to ``sparsity`` (global meaning) and refresh thresholds."""
-        if not (0.0 <= sparsity < 1.0):
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-        self.sparsity = float(sparsity)
-        self.refresh()
-
-    def step(self) -> None:
-        """Call once after each optimizer step: thresholds follow the updated weights."""
-        self.steps += 1
-        self.refresh()
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        for t in self.targets:
-            self.mask_of(t).refresh(self.original(t), self.layer_sparsity(t.name))
 
     @torch.no_grad()
     def finalize(self) -> nn.Module:
@@ -81,12 +63,34 @@ class Pruner:
         self.targets = []
         return self.model
 
-    # ---- introspection ---------------------------------------------------------------
     @torch.no_grad()
     def masks(self) -> dict[str, torch.Tensor]:
-        """Current soft masks by module name, each the shape of its weight."""
+        """Current masks by module name, each the shape of its weight."""
         return {t.name: self.mask_of(t).soft_mask(self.original(t)) for t in self.targets}
 
+
+class Pruner(MaskDriver):
+    """State of one PDP run on one model: targets, per-layer budgets, current sparsity."""
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def set_sparsity(self, sparsity: float) -> None:
+        """Move every target to ``sparsity`` (global meaning) and refresh thresholds."""
+        if not (0.0 <= sparsity < 1.0):
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        self.sparsity = float(sparsity)
+        self.refresh()
+
+    def step(self) -> None:
+        """Call once after each optimizer step: thresholds follow the updated weights."""
+        self.steps += 1
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        for t in self.targets:
+            self.mask_of(t).refresh(self.original(t), self.layer_sparsity(t.name))
+
+    # ---- introspection ---------------------------------------------------------------
     @torch.no_grad()
     def stats(self) -> dict:
         """Per-layer target sparsity, hard sparsity and soft band, from the current masks.

@@ -34,6 +34,7 @@ from torch.nn.utils import parametrize
 
 from pdp_gpt2.config import PDPConfig
 from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp.attach import MaskDriver
 from pdp_gpt2.pdp.targets import Target, find_targets, from_in_last, in_last
 
 BASELINES = ("magnitude", "gmp", "wanda")
@@ -84,32 +85,21 @@ class HardMask(nn.Module):
         return (M.fake_quant(out, self.bits, self.out_dim) if self.bits is not None else out).detach()
 
 
-class HardPruner:
-    """Hard-mask driver: one-shot (mask frozen at attach) or gradual (mask follows the schedule)."""
+class HardPruner(MaskDriver):
+    """Hard-mask driver: one-shot (mask frozen at attach) or gradual (mask follows the schedule).
+
+    Access, finalize, remove and masks come from MaskDriver (the same as PDP's Pruner),
+    so optim.MaskAwareAdamW and the training callback work unchanged.
+    """
 
     def __init__(self, model: nn.Module, config: PDPConfig, targets: list[Target], *, method: str,
                  scores: dict[str, torch.Tensor] | None = None):
         if method not in BASELINES:
             raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
-        self.model, self.config, self.targets, self.method = model, config, targets, method
+        super().__init__(model, config, targets)
+        self.method = method
         self.one_shot = method in ONE_SHOT
         self.scores = scores  # wanda's fixed scores by target name (None: magnitudes)
-        self.sparsity = 0.0
-        self.steps = 0
-        self.budgets: dict[str, float] = {t.name: 1.0 for t in targets}
-
-    # ---- access (same names as Pruner, so optim.MaskAwareAdamW works unchanged) ----
-    def mask_of(self, t: Target) -> HardMask:
-        return t.module.parametrizations.weight[0]
-
-    def original(self, t: Target) -> nn.Parameter:
-        return t.module.parametrizations.weight.original
-
-    def layer_sparsity(self, name: str, sparsity: float | None = None) -> float:
-        s = self.sparsity if sparsity is None else sparsity
-        if self.config.sparsity == 0:
-            return 0.0
-        return min(self.config.max_layer_sparsity, s * self.budgets[name])
 
     # ---- lifecycle -------------------------------------------------------------------
     def set_sparsity(self, sparsity: float) -> None:
@@ -142,28 +132,6 @@ class HardPruner:
                     score = score * hm.keep
             hm.keep.copy_(keep_from_scores(score, s, pattern=self.config.pattern, nm=self.config.nm,
                                            out_dim=t.out_dim))
-
-    @torch.no_grad()
-    def finalize(self) -> nn.Module:
-        """Exact zeros, plain modules, original state_dict keys (as Pruner.finalize)."""
-        for t in self.targets:
-            final = self.mask_of(t).final_weight(self.original(t))
-            parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
-            t.module.weight.copy_(final)
-        self.targets = []
-        return self.model
-
-    @torch.no_grad()
-    def remove(self) -> nn.Module:
-        for t in self.targets:
-            parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
-        self.targets = []
-        return self.model
-
-    # ---- introspection -------------------------------------------------------------------
-    @torch.no_grad()
-    def masks(self) -> dict[str, torch.Tensor]:
-        return {t.name: self.mask_of(t).soft_mask(self.original(t)) for t in self.targets}
 
     @torch.no_grad()
     def stats(self) -> dict:
