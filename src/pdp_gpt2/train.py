@@ -115,8 +115,16 @@ def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int) -> tuple[int,
     """(total optimizer steps, sparsity-ramp steps).  A stream (n_blocks None) counts --max_steps as its epoch."""
     per_epoch = steps_per_epoch(n_blocks, cfg, world) if n_blocks is not None else cfg.max_steps
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * per_epoch)
-    ramp = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * per_epoch)
-    return total, min(ramp, total)
+    if cfg.warmup_steps is not None:
+        return total, min(cfg.warmup_steps, total)  # asked for explicitly: as given
+    ramp = round(cfg.warmup_epochs * per_epoch)
+    if ramp >= total and total > 1:
+        # A --max_steps shorter than --warmup_epochs would reach the target only on the
+        # last step, with no steps left to recover at it: ramp over the first half instead.
+        print(f"pdp-gpt2: --warmup_epochs {cfg.warmup_epochs:g} is longer than the run ({total} steps); "
+              f"ramping sparsity over the first {total // 2} steps (set --warmup_steps to choose)", flush=True)
+        ramp = total // 2
+    return total, ramp
 
 
 def evaluate(model, tokens, cfg: TrainConfig, desc: str) -> float:
