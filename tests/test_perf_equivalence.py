@@ -186,6 +186,53 @@ def test_gradient_held_elsewhere_is_not_overwritten():
     assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_retain_grad_and_inference_mode_interleaved_with_training():
+    torch.manual_seed(0)
+    w0 = torch.randn(16, 8) * 0.05
+    t = M.threshold(w0.abs(), 64)
+    x = torch.randn(4, 16, requires_grad=True)
+    buf = F.OutBuffer()
+    w = w0.clone().requires_grad_()
+    with torch.inference_mode():  # an evaluation before training: the buffer is an inference tensor
+        F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+    for _ in range(2):
+        w.grad = None
+        out = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+        out.retain_grad()
+        (x @ out).pow(2).sum().backward()
+        w_ref, out_ref = _reference(w0, t)
+        out_ref.retain_grad()
+        (x.detach() @ out_ref).pow(2).sum().backward()
+        assert torch.allclose(out.grad, out_ref.grad, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+        del out
+        with torch.inference_mode():
+            ev = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+        assert torch.allclose(ev, out_ref.detach(), atol=1e-6)
+        del ev
+
+
+def test_without_the_reference_count_internals_it_allocates(monkeypatch):
+    monkeypatch.setitem(F._BASE, "storage", -1)
+    monkeypatch.setitem(F._BASE, "python", -1)
+    monkeypatch.setattr(F, "_measured", True)
+    torch.manual_seed(0)
+    w0 = torch.randn(16, 8) * 0.05
+    t = M.threshold(w0.abs(), 64)
+    buf = F.OutBuffer()
+    before = dict(F.counts)
+    for _ in range(2):
+        w = w0.clone().requires_grad_()
+        out = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+        out.sum().backward()
+        del out
+    assert F.counts["out_reused"] == before["out_reused"]
+    assert F.counts["grad_in_place"] == before["grad_in_place"]
+    w_ref, out_ref = _reference(w0, t)
+    out_ref.sum().backward()
+    assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_underflowing_gradients_are_flushed_and_nothing_else():
     level = F.underflow_level(torch.float32)
     assert 1e-17 < level < 2e-17
@@ -288,3 +335,20 @@ def test_compiled_counting_gives_exact_thresholds(monkeypatch):
     hint = None
     for k in (1, 1000, M.num_pruned(w.numel(), 0.9), w.numel() - 1):
         hint = _check(w, k, hint)
+
+
+@pytest.mark.slow
+def test_inside_a_callers_torch_compile():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 4))
+    pdp_gpt2.attach(model, PDPConfig(sparsity=0.8, targets=["0", "2"]))
+    x = torch.randn(8, 32)
+    ref = model(x)
+    ref.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out = torch.compile(model)(x)
+    out.sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    for p, g in zip(model.parameters(), grads):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6)

@@ -15,7 +15,7 @@ a, b are 0-d tensors: (1/t^2, 1) in relative mode, (1, t^2) in absolute mode,
 so z = (w^2 a - b) / tau covers both without a host sync.
 
 Time.  Both directions are memory-bound: read w (and the incoming gradient),
-write one tensor.  Three things made them cost far more than that:
+write one tensor.  These things made a PDP step cost far more than that:
 
 * Eager PyTorch runs each elementwise op as its own pass (about six forward,
   ten backward).  On large tensors we run a ``torch.compile``'d version of the
@@ -31,7 +31,12 @@ write one tensor.  Three things made them cost far more than that:
   else still holds the previous one, and the gradient is computed in place in
   the incoming gradient when this backward is its only user.  Both checks are
   reference counts; whenever they fail we allocate, as before.
+* Subnormal optimizer state: gradients too small to square are flushed to 0
+  (:func:`underflow_level`), which leaves the trained weights the same.
 * Thresholds: see ``mask.abs_threshold`` (the counting kernel lives here).
+
+Inside a caller's own ``torch.compile`` none of this runs: the masked weight is
+then plain differentiable ops, which that compiler fuses itself.
 """
 from __future__ import annotations
 
@@ -81,19 +86,27 @@ def _storage_refs(t: torch.Tensor) -> int:
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
 
-_BASE: dict = {}  # reference counts of a tensor nobody else holds, measured once
+# Reference counts of a tensor nobody else holds, measured once by _measure_bases().
+# -1 means "unknown": never reuse, never overwrite (the private APIs these counts
+# come from are missing, or the probe could not run).
+_BASE = {"storage": -1, "use": -1, "python": -1}
+_measured = False
 # How often each path was taken (tests check that the memory-saving ones are).
 counts = {"out_reused": 0, "out_fresh": 0, "grad_in_place": 0, "grad_copied": 0}
 
 
-def _base(key: str) -> int:
-    if not _BASE:
+def _measure_bases() -> None:
+    global _measured
+    if _measured:
+        return
+    _measured = True
+    try:
         _BASE["storage"] = _storage_refs(torch.empty(1))
-        _BASE["use"] = _BASE["python"] = -1  # set by the probe; -1: never overwrite a gradient
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             w = torch.zeros(2, requires_grad=True)
             (torch.ones(1, 2) @ _Probe.apply(w)).sum().backward()
-    return _BASE[key]
+    except Exception:  # an older or newer torch without these internals: just allocate
+        _BASE.update(storage=-1, use=-1, python=-1)
 
 
 class _Probe(torch.autograd.Function):
@@ -123,8 +136,9 @@ class OutBuffer:
 
     def take(self, like: torch.Tensor) -> torch.Tensor:
         t = self.tensor
-        usable = t is not None and t.shape == like.shape and t.dtype == like.dtype and t.device == like.device
-        if usable and _storage_refs(t) <= _base("storage"):
+        usable = (t is not None and t.shape == like.shape and t.dtype == like.dtype
+                  and t.device == like.device and t.is_inference() == torch.is_inference_mode_enabled())
+        if usable and _BASE["storage"] > 0 and _storage_refs(t) <= _BASE["storage"]:
             counts["out_reused"] += 1
             return t
         counts["out_fresh"] += 1
@@ -143,9 +157,10 @@ def _grad_is_ours(grad: torch.Tensor, like: torch.Tensor | None, probe: bool = F
     if probe:
         _BASE["use"], _BASE["python"] = grad._use_count(), sys.getrefcount(grad)
         return False
-    return (grad.dtype == like.dtype and grad.device == like.device and grad.is_contiguous()
-            and not grad._is_view() and grad._use_count() <= _base("use")
-            and _storage_refs(grad) <= _base("storage") and sys.getrefcount(grad) <= _base("python"))
+    return (_BASE["python"] > 0 and grad.dtype == like.dtype and grad.device == like.device
+            and grad.is_contiguous() and not grad._is_view() and not grad.is_inference()
+            and grad._use_count() <= _BASE["use"] and _storage_refs(grad) <= _BASE["storage"]
+            and sys.getrefcount(grad) <= _BASE["python"])
 
 
 # ---- the masked weight ----------------------------------------------------------------
@@ -170,15 +185,17 @@ def underflow_level(dtype: torch.dtype) -> float:
 
     A pruned weight's gradient is its upstream gradient times m ~ sigmoid(-1/tau)
     (e^-50 ~ 2e-22 at tau = 0.02), so ~1e-27.  Adam squares it into its second
-    moment, (1 - beta2) g^2, which lands among float32's subnormal numbers (below
-    1.2e-38); the optimizer's sqrt over subnormals runs ~35x slower on x86, and
-    that alone was most of PDP's step overhead on CPU.  So an entry with
-    (1 - beta2) g^2 below the normal range for any beta2 <= 0.9999, i.e.
-    |g| < 2^7 sqrt(tiny) (1.4e-17 for float32 and bfloat16), is returned as 0.
-    Under AdamW such an entry would move its weight by at most
-    lr * 1.4e-17 / eps (eps = 1e-8), under SGD by lr * 1.4e-17: below half an ulp
-    of any weight larger than ~1e-5 at lr = 1e-3, so the weights come out the same
-    (tests/test_perf_equivalence.py trains both ways and compares).  float16
+    moment v, where (1 - beta2) g^2 lands among float32's subnormal numbers
+    (below 1.2e-38) or underflows to 0.  torch.optim.AdamW's default CPU path
+    takes sqrt(v) with MKL, which runs ~30x slower on subnormals (and ~4x on
+    zeros) than on normal numbers: with exact gradients that was ~0.5 s of a
+    6 s GPT-2-small step on one thread.  So an entry with (1 - beta2) g^2 below
+    the normal range for any beta2 <= 0.9999, i.e. |g| < 2^7 sqrt(tiny)
+    (1.4e-17 for float32 and bfloat16), is returned as 0, and v gets a 0 instead
+    of a subnormal.  Under AdamW such an entry moves its weight by at most
+    lr * 1.4e-17 / eps (eps = 1e-8), under SGD by lr * 1.4e-17: at lr = 1e-3
+    below half an ulp of any weight larger than ~1e-4, so the weights come out the
+    same (tests/test_perf_equivalence.py trains both ways and compares).  float16
     gradients (whose sqrt(tiny) is 0.008) are never flushed; ``PDP_GPT2_FLUSH=0``
     turns the flush off.
     """
@@ -224,7 +241,7 @@ def _backward_into_eager(grad, w, a, b, tau: float, beta: float | None, flush: f
 class SoftMaskedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, a, b, tau: float, beta, buffer: OutBuffer | None):
-        _base("storage")  # measure the reference-count baselines once, outside any backward
+        _measure_bases()  # once, here rather than inside a backward
         with torch.no_grad():
             out = buffer.take(w) if buffer is not None else torch.empty_like(w, memory_format=torch.contiguous_format)
             if w.is_contiguous():
@@ -264,7 +281,13 @@ def soft_masked_weight(w, t, tau: float, tau_mode: str, beta: float | None, buff
         a, b = 1.0 / t2, torch.ones_like(t2)
     else:
         a, b = torch.ones_like(t2), t2
-    return SoftMaskedWeight.apply(w, a.to(w.dtype), b.to(w.dtype), tau, beta, buffer)
+    a, b = a.to(w.dtype), b.to(w.dtype)
+    if torch.compiler.is_compiling():
+        # Inside a caller's torch.compile: plain ops, which that compiler fuses itself
+        # (the reference counting and nested compile above are not traceable).
+        m, _ = _mask_and_slope(w, a, b, tau, beta)
+        return w * m
+    return SoftMaskedWeight.apply(w, a, b, tau, beta, buffer)
 
 
 # ---- counting for threshold selection ---------------------------------------------------
