@@ -4,14 +4,32 @@ Builds a randomly initialised GPT-2 from its config (no download: the timing of
 random and pretrained weights is the same), then runs full training steps
 (forward, backward, AdamW step, zero_grad, and for PDP ``pruner.step()``).
 
-Time: one process holds a dense model and a PDP model (same init), warms both
-up (the first PDP steps also compile its kernels), then alternates them in ABBA
-order (dense, pdp, pdp, dense, ...) so slow drift of a shared machine hits both
-alike.  It prints the median wall-clock step time of each, the ratio of the
-medians and the median of the per-round ratios; and the same for the process's
-CPU time per step (user + system, all threads), which other processes on a
-shared machine disturb less than wall-clock time (but which counts threads
-spinning at barriers, so with several threads on a busy machine it inflates).
+Variants (``--variants``, default ``dense,pdp``):
+
+* ``dense``: plain fine-tuning, the reference every ratio is taken against.
+* ``pdp``: ``pdp_gpt2.attach`` (the library as shipped).
+* ``naive``: the straightforward PDP this library started from, kept here as the
+  "before" of docs/performance.md: a parametrization computing
+  ``w * sigmoid(((w/t)^2 - 1) / tau)`` as separate autograd ops, and thresholds
+  by a fresh ``kthvalue`` per tensor after every step.  Same masks, same math.
+* ``gmp``: gradual magnitude pruning (``attach_baseline(model, "gmp")``), a hard
+  0/1 mask, for what any pruning method pays (see the note on AdamW below).
+
+Time: one process holds one model per variant (same init), warms each up (the
+first PDP steps also compile its kernels), then runs them in alternating order
+(A B C, C B A, ...) so slow drift of a shared machine hits all alike.  It
+prints the median wall-clock step time of each, its ratio to dense and the
+median of the per-round ratios; and the same for the process's CPU time per
+step (user + system, all threads), which other processes on a shared machine
+disturb less than wall-clock time (but which counts threads spinning at
+barriers, so with several threads on a busy machine it inflates).
+
+AdamW: ``--optimizer adamw-fused`` (the default; what ``pdp-gpt2 train`` and
+Hugging Face's Trainer use) is one vectorized kernel.  ``--optimizer adamw`` is
+torch's per-tensor loop, whose CPU ``sqrt`` of the second moment is several
+times slower on exact zeros; pruned weights (gradient 0 under a hard mask,
+~1e-27 under PDP) fill it with zeros, so on that path every pruning method pays
+~0.15 s a step on GPT-2 small that dense training does not.
 
 Memory: each variant is rerun in its own fresh Python subprocess that builds
 the model, does ``--mem-steps`` steps and reports its peak.  On CPU the peak is
@@ -38,10 +56,12 @@ import time
 import torch
 
 SHAPES = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=128, bos_token_id=0,
+                 eos_token_id=0),  # for the tests
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
     "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
 }
-VARIANTS = ("dense", "pdp")
+VARIANTS = ("dense", "pdp", "naive", "gmp")
 OPTIMIZERS = {  # all torch.optim.AdamW; they differ only in implementation
     "adamw": {},  # torch's default choice
     "adamw-foreach": {"foreach": True},
@@ -58,13 +78,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12, help="timed steps per variant (after warm-up; 0: skip timing)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--sparsity", type=float, default=0.9, help="PDP target sparsity")
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw",
-                   help="AdamW implementation: torch's default, foreach=True or fused=True")
+    p.add_argument("--variants", default="dense,pdp",
+                   help=f"comma-separated, from {', '.join(VARIANTS)}; ratios are to dense (always run)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw-fused",
+                   help="AdamW implementation: fused=True (default), torch's per-tensor loop, or foreach=True")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--mem-steps", type=int, default=3, help="steps in each memory subprocess (0: skip memory)")
     p.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: memory subprocess
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in chosen if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    args.variants = ["dense"] + [v for v in dict.fromkeys(chosen) if v != "dense"]
+    return args
 
 
 def sync(device: torch.device) -> None:
@@ -80,7 +108,16 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(**SHAPES[args.model])).to(device).train()
-    pruner = pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=args.sparsity)) if variant == "pdp" else None
+    pruner = None
+    if variant == "pdp":
+        pruner = pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=args.sparsity))
+    elif variant == "naive":
+        pruner = NaivePDP(model, args.sparsity)
+    elif variant == "gmp":
+        from pdp_gpt2.pdp.baselines import attach_baseline
+
+        pruner = attach_baseline(model, "gmp", pdp_gpt2.PDPConfig(sparsity=args.sparsity))
+        pruner.set_sparsity(args.sparsity)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **OPTIMIZERS[args.optimizer])
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=g).to(device)
@@ -96,6 +133,43 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
     return step
 
 
+class _NaiveMask(torch.nn.Module):
+    """The "before": PDP's soft mask as plain autograd ops (each its own pass, each
+    intermediate kept for backward), threshold in a buffer."""
+
+    def __init__(self, tau: float):
+        super().__init__()
+        self.tau = tau
+        self.register_buffer("t2", torch.ones(()))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * torch.sigmoid((w * w / self.t2 - 1) / self.tau)
+
+
+class NaivePDP:
+    """Attach _NaiveMask to the same targets as pdp_gpt2.attach; step() recomputes every
+    threshold from scratch (kthvalue on |w|, midpoint of the k-th and k+1-th)."""
+
+    def __init__(self, model: torch.nn.Module, sparsity: float, tau: float = 0.02):
+        from torch.nn.utils import parametrize
+
+        from pdp_gpt2.pdp.targets import find_targets
+
+        self.sparsity, self.modules = sparsity, [t.module for t in find_targets(model)]
+        for m in self.modules:
+            parametrize.register_parametrization(m, "weight", _NaiveMask(tau).to(m.weight.device))
+        self.step()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for m in self.modules:
+            a = m.parametrizations.weight.original.detach().abs().reshape(-1)
+            k = int(self.sparsity * a.numel())
+            lo_hi = a.kthvalue(k).values, a.kthvalue(k + 1).values  # two fresh selections, as it was
+            t = (lo_hi[0] + lo_hi[1]) / 2
+            m.parametrizations.weight[0].t2.copy_(t * t)
+
+
 def timed(step, device: torch.device) -> tuple[float, float]:
     """(wall-clock seconds, process CPU seconds) of one step."""
     sync(device)
@@ -105,29 +179,31 @@ def timed(step, device: torch.device) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _summary(a: list[float], b: list[float]) -> dict:
-    med = {"dense": statistics.median(a), "pdp": statistics.median(b)}
-    return {"median_s": med, "ratio": med["pdp"] / med["dense"],
-            "ratio_paired": statistics.median(y / x for x, y in zip(a, b))}
+def _summary(times: dict[str, list[float]]) -> dict:
+    """Medians, ratio of each median to dense's, and the median of per-round ratios."""
+    med = {v: statistics.median(ts) for v, ts in times.items()}
+    base = times["dense"]
+    return {"median_s": med, "ratio": {v: med[v] / med["dense"] for v in times if v != "dense"},
+            "ratio_paired": {v: statistics.median(y / x for x, y in zip(base, ts))
+                             for v, ts in times.items() if v != "dense"}}
 
 
 def measure_time(args: argparse.Namespace, device: torch.device) -> dict:
-    steps = {v: build(v, args, device) for v in VARIANTS}
+    variants = args.variants
+    steps = {v: build(v, args, device) for v in variants}
     for _ in range(args.warmup):
-        for v in VARIANTS:
+        for v in variants:
             steps[v]()
-    wall = {v: [] for v in VARIANTS}
-    cpu = {v: [] for v in VARIANTS}
+    wall = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
     for i in range(args.steps):
-        order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]  # ABBA
-        for v in order:
+        for v in (variants if i % 2 == 0 else variants[::-1]):  # A B C, C B A, ...
             w, c = timed(steps[v], device)
             wall[v].append(w)
             cpu[v].append(c)
-        print(f"  round {i + 1}/{args.steps}: dense {wall['dense'][-1]:.3f}s  pdp {wall['pdp'][-1]:.3f}s",
-              file=sys.stderr, flush=True)
-    return {"wall_s": wall, "cpu_s": cpu,
-            "wall": _summary(wall["dense"], wall["pdp"]), "cpu": _summary(cpu["dense"], cpu["pdp"])}
+        line = "  ".join(f"{v} {wall[v][-1]:.3f}s" for v in variants)
+        print(f"  round {i + 1}/{args.steps}: {line}", file=sys.stderr, flush=True)
+    return {"wall_s": wall, "cpu_s": cpu, "wall": _summary(wall), "cpu": _summary(cpu)}
 
 
 def peak_rss() -> int:
@@ -162,7 +238,7 @@ def child(args: argparse.Namespace) -> None:
 
 def measure_memory(args: argparse.Namespace) -> dict:
     peaks = {}
-    for v in VARIANTS:
+    for v in args.variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", v, "--model", args.model,
                "--batch", str(args.batch), "--seq", str(args.seq), "--device", args.device,
                "--sparsity", str(args.sparsity), "--threads", str(args.threads),
@@ -170,7 +246,8 @@ def measure_memory(args: argparse.Namespace) -> dict:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         peaks[v] = json.loads(out.strip().splitlines()[-1])["peak_bytes"]
     kind = "cuda max_memory_allocated" if args.device.startswith("cuda") else "process peak RSS (VmHWM)"
-    return {"kind": kind, "peak_bytes": peaks, "ratio": peaks["pdp"] / peaks["dense"]}
+    return {"kind": kind, "peak_bytes": peaks,
+            "ratio": {v: peaks[v] / peaks["dense"] for v in args.variants if v != "dense"}}
 
 
 def _provenance() -> dict:
@@ -196,9 +273,10 @@ def main(argv=None) -> None:
         return child(args)
     device = torch.device(args.device)
     print(f"{args.model} batch {args.batch} x {args.seq} on {device} ({torch.get_num_threads()} threads), "
-          f"{args.optimizer}, PDP sparsity {args.sparsity}; {args.warmup} warm-up + {args.steps} timed steps "
-          "each, ABBA", file=sys.stderr, flush=True)
+          f"{args.optimizer}, sparsity {args.sparsity}; {', '.join(args.variants)}; {args.warmup} warm-up + "
+          f"{args.steps} timed steps each, alternating order", file=sys.stderr, flush=True)
     res = {"model": args.model, "batch": args.batch, "seq": args.seq, "device": str(device),
+           "variants": args.variants,
            "threads": torch.get_num_threads(), "optimizer": args.optimizer, "sparsity": args.sparsity,
            "steps": args.steps, "warmup": args.warmup, "mem_steps": args.mem_steps, **_provenance()}
     if args.mem_steps > 0:  # first, while this process is still small
@@ -207,12 +285,15 @@ def main(argv=None) -> None:
         res["time"] = measure_time(args, device)
         for kind in ("wall", "cpu"):
             t = res["time"][kind]
-            print(f"median step ({kind:4s}): dense {t['median_s']['dense']:.3f}s  pdp {t['median_s']['pdp']:.3f}s  "
-                  f"ratio {t['ratio']:.3f}  (median of paired ratios {t['ratio_paired']:.3f})")
+            print(f"median step ({kind}): dense {t['median_s']['dense']:.3f}s")
+            for v in args.variants[1:]:
+                print(f"  {v:6s} {t['median_s'][v]:.3f}s  ratio {t['ratio'][v]:.3f}  "
+                      f"(median of paired ratios {t['ratio_paired'][v]:.3f})")
     if args.mem_steps > 0:
         m = res["memory"]
-        print(f"peak memory [{m['kind']}]: dense {m['peak_bytes']['dense'] / 2**20:.0f} MiB  "
-              f"pdp {m['peak_bytes']['pdp'] / 2**20:.0f} MiB  ratio {m['ratio']:.3f}")
+        print(f"peak memory [{m['kind']}]: dense {m['peak_bytes']['dense'] / 2**20:.0f} MiB")
+        for v in args.variants[1:]:
+            print(f"  {v:6s} {m['peak_bytes'][v] / 2**20:.0f} MiB  ratio {m['ratio'][v]:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -56,6 +56,7 @@ _compiled: dict = {}
 _OFF = ("0", "false", "no", "off")
 _compile_ok = os.environ.get("PDP_GPT2_COMPILE", "1").strip().lower() not in _OFF
 _flush_ok = os.environ.get("PDP_GPT2_FLUSH", "1").strip().lower() not in _OFF
+_reuse_ok = os.environ.get("PDP_GPT2_REUSE", "1").strip().lower() not in _OFF
 
 
 def _fast(name: str, expr, eager, *args):
@@ -100,6 +101,8 @@ def _measure_bases() -> None:
     if _measured:
         return
     _measured = True
+    if not _reuse_ok:  # PDP_GPT2_REUSE=0: baselines stay unknown, so nothing is reused or overwritten
+        return
     try:
         _BASE["storage"] = _storage_refs(torch.empty(1))
         with torch.inference_mode(False), torch.enable_grad():
