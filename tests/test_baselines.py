@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pdp_gpt2.cli import main
+from pdp_gpt2.pdp import mask as M
 from pdp_gpt2.pdp.baselines import HardMask, attach_baseline, keep_from_scores, wanda_scores
 from pdp_gpt2.pdp.targets import find_targets
 
@@ -73,6 +74,26 @@ def test_gmp_follows_the_schedule_and_pruned_weights_stay_pruned(gpt2):
     keep = pruner.mask_of(t).keep
     assert not keep[pruned].any()  # ... and still stays pruned
     assert int((~keep).sum()) == int(0.6 * keep.numel())
+
+
+def test_gmp_skips_unchanged_masks_but_prunes_a_kept_zero(gpt2):
+    pruner = attach_baseline(gpt2, "gmp", sparsity=0.5)
+    pruner.set_sparsity(0.5)
+    a, b = pruner.targets[:2]
+    before = {t.name: pruner.mask_of(t).keep.clone() for t in (a, b)}
+    with torch.no_grad():
+        wa = pruner.original(a)
+        wa.mul_(1.5)  # every kept weight still > 0: same mask
+        wb = pruner.original(b)
+        kept_idx = before[b.name].view(-1).nonzero()[0]
+        wb.view(-1)[kept_idx] = 0.0  # a kept weight hits exactly 0: k + 1 zero scores
+    pruner.step()
+    assert torch.equal(pruner.mask_of(a).keep, before[a.name])
+    keep_b = pruner.mask_of(b).keep
+    # The full recomputation decides b: k+1 zero scores, ties broken by index as a stable sort.
+    score = pruner.original(b).detach().abs() * before[b.name]
+    assert torch.equal(keep_b, M.hard_mask_from_scores(score, int(0.5 * score.numel())))
+    assert int((~keep_b).sum()) == int(0.5 * keep_b.numel())
 
 
 def test_finalize_exact_zeros_and_plain_state_dict(gpt2):

@@ -119,6 +119,28 @@ def test_hard_mask_exact_count_with_ties():
     assert (w * M.hard_mask(w, 0.5)).tolist() == [0.0, 0.0, 3.0, 4.0]
 
 
+def _stable_sort_keep(scores, k):
+    """The definition hard_mask_from_scores implements: prune the first k of a stable sort."""
+    flat = scores.reshape(-1)
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[torch.sort(flat, stable=True).indices[:k]] = False
+    return keep.view_as(scores)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hard_mask_from_scores_equals_stable_sort_with_heavy_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    # few distinct values, so the k-th smallest is almost always tied across the cut
+    scores = torch.randint(0, 7, (37, 29), generator=g).float() / 4
+    if seed % 2:
+        scores.view(-1)[torch.randint(0, scores.numel(), (5,), generator=g)] = float("nan")
+    n = scores.numel()
+    for k in (0, 1, 2, n // 3, n // 2, n - 6, n - 1, n):
+        got = M.hard_mask_from_scores(scores, k)
+        assert torch.equal(got, _stable_sort_keep(scores, k)), k
+        assert int((~got).sum()) == k
+
+
 def test_nm_two_of_four_groups():
     w = torch.tensor([[1.0, -4.0, 3.0, 2.0, 0.5, 0.1, -0.2, 0.3]])
     keep = M.nm_hard_mask(w, 2, 4)

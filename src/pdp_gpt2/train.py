@@ -150,6 +150,20 @@ def build_pruner(model, cfg: TrainConfig):
     return attach(model, cfg.pdp)
 
 
+def fused_adamw_ok() -> bool:
+    """Whether AdamW(fused=True) runs here (CPU and CUDA; Trainer's own default where it can).
+
+    Beyond being one kernel instead of a dozen per tensor, the fused CPU kernel avoids
+    a slow path of the per-tensor loop: its sqrt of the second moment is several times
+    slower on exact zeros, which pruned weights put there (docs/performance.md).
+    """
+    return torch.cuda.is_available() or not (torch.backends.mps.is_available() or _has_xpu())
+
+
+def _has_xpu() -> bool:
+    return bool(getattr(torch, "xpu", None)) and torch.xpu.is_available()
+
+
 def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
     from transformers import TrainingArguments
 
@@ -165,7 +179,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
         report_to="none", disable_tqdm=not cfg.progress, eval_strategy="no", remove_unused_columns=False,
         bf16=cfg.precision == "bf16", fp16=cfg.precision == "fp16", use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, optim="adamw_torch",
+        dataloader_num_workers=0, optim="adamw_torch_fused" if fused_adamw_ok() else "adamw_torch",
         # Masks are recomputed from identical weights on every rank (distributed.py); broadcasting
         # the mask buffers before every forward would only cost bandwidth (a baseline's keep-mask
         # is as large as its weight) and would hide a rank that disagreed.
@@ -209,7 +223,7 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.custom_optimizer and pruner is not None:
         from pdp_gpt2.pdp.optim import MaskAwareAdamW
 
-        opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate})
+        opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate, "fused": fused_adamw_ok() or None})
     guard = RunGuard()
     trainer = Trainer(model=model, args=args, data_collator=default_data_collator,
                       train_dataset=prep.train_data, callbacks=[callback, guard],

@@ -127,11 +127,23 @@ class HardPruner(MaskDriver):
             else:
                 score = w.abs()
                 k_new = M.num_pruned(w.numel(), s)
-                if int((~hm.keep).sum()) <= k_new:
+                pruned = int((~hm.keep).sum())
+                if pruned <= k_new:
                     # Pruned stay pruned: they score 0, so they are chosen first again.
                     score = score * hm.keep
+                    if pruned == k_new and self._unchanged(score, k_new):
+                        continue
             hm.keep.copy_(keep_from_scores(score, s, pattern=self.config.pattern, nm=self.config.nm,
                                            out_dim=t.out_dim))
+
+    def _unchanged(self, score: torch.Tensor, k: int) -> bool:
+        """Whether recomputing an unstructured magnitude mask (k weights pruned already) would
+        give it back unchanged: exactly k scores are 0 (the pruned weights) and every other
+        is positive, so the k smallest are the pruned ones.  Between sparsity changes (after
+        the ramp: every step) this one counting pass replaces a selection over the tensor."""
+        if self.config.pattern != "unstructured" or self.config.nm is not None:
+            return False
+        return int(torch.count_nonzero(score)) == score.numel() - k
 
     @torch.no_grad()
     def stats(self) -> dict:

@@ -1,0 +1,65 @@
+"""benchmarks/step_overhead.py: its "before" variant computes the same masked weights as the
+library, so the before/after table in docs/performance.md compares like with like."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import pdp_gpt2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("step_overhead", ROOT / "benchmarks" / "step_overhead.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=256, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0)).eval()  # eval: no dropout
+
+
+def test_naive_before_matches_library_masks_and_gradients(bench):
+    a, b = _tiny(), _tiny()
+    pruner = pdp_gpt2.attach(a, pdp_gpt2.PDPConfig(sparsity=0.9, tau=0.02))
+    naive = bench.NaivePDP(b, 0.9, tau=0.02)
+    assert len(naive.modules) == len(pruner.targets) == 8
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
+    for model in (a, b):
+        model(input_ids=ids, labels=ids).loss.backward()
+    for t, m in zip(pruner.targets, naive.modules):
+        wa, wb = t.module.weight, m.weight
+        torch.testing.assert_close(wa, wb, rtol=1e-5, atol=1e-7)
+        orig = t.module.parametrizations.weight.original
+        # the masks really prune: m < 1/2 exactly for the floor(0.9 n) smallest |w|
+        assert int((wa.abs() < 0.5 * orig.abs()).sum()) == int(0.9 * wa.numel())
+        ga = t.module.parametrizations.weight.original.grad
+        gb = m.parametrizations.weight.original.grad
+        torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-8)  # same math, different op order
+
+
+def test_benchmark_runs_every_variant_and_reports_ratios(bench, tmp_path):
+    out = tmp_path / "r.json"
+    bench.main(["--model", "tiny", "--seq", "16", "--batch", "2", "--steps", "2", "--warmup", "1",
+                "--mem-steps", "0", "--variants", "gmp,pdp,naive", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["variants"] == ["dense", "gmp", "pdp", "naive"]
+    for kind in ("wall", "cpu"):
+        ratios = res["time"][kind]["ratio"]
+        assert set(ratios) == {"gmp", "pdp", "naive"}
+        assert all(r > 0 for r in ratios.values())
+    assert all(len(v) == 2 for v in res["time"]["wall_s"].values())
+
+
+def test_benchmark_rejects_unknown_variant(bench):
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--variants", "pdp,bogus"])
+    assert e.value.code == 2
