@@ -57,6 +57,9 @@ def test_benchmark_runs_every_variant_and_reports_ratios(bench, tmp_path):
         assert set(ratios) == {"gmp", "pdp", "naive"}
         assert all(r > 0 for r in ratios.values())
     assert all(len(v) == 2 for v in res["time"]["wall_s"].values())
+    own = res["time"]["pdp_own_work"]
+    assert own["total_s"] == pytest.approx(own["mask_forward_s"] + own["mask_backward_s"] + own["thresholds_s"])
+    assert all(own[k] > 0 for k in own)
 
 
 def test_benchmark_rejects_unknown_variant(bench):
