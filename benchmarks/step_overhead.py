@@ -11,7 +11,8 @@ Variants (``--variants``, default ``dense,pdp``):
 * ``naive``: the straightforward PDP this library started from, kept here as the
   "before" of docs/performance.md: a parametrization computing
   ``w * sigmoid(((w/t)^2 - 1) / tau)`` as separate autograd ops, and thresholds
-  by a fresh ``kthvalue`` per tensor after every step.  Same masks, same math.
+  by a fresh selection (``kthvalue``) per tensor after every step.  Same masks,
+  same math.
 * ``gmp``: gradual magnitude pruning (``attach_baseline(model, "gmp")``), a hard
   0/1 mask, for what any pruning method pays (see the note on AdamW below).
 
@@ -176,7 +177,7 @@ class _NaiveMask(torch.nn.Module):
 
 class NaivePDP:
     """Attach _NaiveMask to the same targets as pdp_gpt2.attach; step() recomputes every
-    threshold from scratch (kthvalue on |w|, midpoint of the k-th and k+1-th)."""
+    threshold from scratch with ``mask.threshold`` (the definition the fast path must match)."""
 
     def __init__(self, model: torch.nn.Module, sparsity: float, tau: float = 0.02):
         from torch.nn.utils import parametrize
@@ -190,11 +191,12 @@ class NaivePDP:
 
     @torch.no_grad()
     def step(self) -> None:
+        from pdp_gpt2.pdp import mask as M
+
         for m in self.modules:
-            a = m.parametrizations.weight.original.detach().abs().reshape(-1)
-            k = int(self.sparsity * a.numel())
-            lo_hi = a.kthvalue(k).values, a.kthvalue(k + 1).values  # two fresh selections, as it was
-            t = (lo_hi[0] + lo_hi[1]) / 2
+            w = m.parametrizations.weight.original
+            # the definition: a fresh kthvalue on |w| (plus a count and a min for the midpoint)
+            t = M.threshold(w.abs(), M.num_pruned(w.numel(), self.sparsity))
             m.parametrizations.weight[0].t2.copy_(t * t)
 
 
