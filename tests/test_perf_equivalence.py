@@ -233,6 +233,33 @@ def test_without_the_reference_count_internals_it_allocates(monkeypatch):
     assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
 
 
+_REUSE_PROBE = """
+import json, torch
+from pdp_gpt2.pdp import fused as F, mask as M
+w0 = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+t, buf = M.threshold(w0.abs(), 64), F.OutBuffer()
+for _ in range(3):
+    w = w0.clone().requires_grad_()
+    (torch.ones(2, 16) @ F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)).sum().backward()
+print(json.dumps(F.counts))
+"""
+
+
+@pytest.mark.parametrize("env, reused", [("1", True), ("0", False)])
+def test_reuse_env_switch(env, reused):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _REUSE_PROBE], env={**os.environ, "PDP_GPT2_REUSE": env},
+                       capture_output=True, text=True, check=True)
+    counts = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (counts["out_reused"] > 0) is reused and (counts["grad_in_place"] > 0) is reused
+    if not reused:
+        assert counts["out_fresh"] == 3 and counts["grad_copied"] == 3
+
+
 def test_underflowing_gradients_are_flushed_and_nothing_else():
     level = F.underflow_level(torch.float32)
     assert 1e-17 < level < 2e-17
