@@ -82,3 +82,13 @@ def test_trainer_uses_fused_adamw_on_cpu(tmp_path):
 
     assert fused_adamw_ok()
     assert training_args(TrainConfig(), tmp_path, 10).optim == "adamw_torch_fused"
+
+
+def test_progress_bar_carries_the_loss_instead_of_printed_dicts(tmp_path, tiny_assets, capsys):
+    rc, out = _train(tmp_path, tiny_assets, "--progress", "true")
+    assert rc == 0
+    cap = capsys.readouterr()
+    both = cap.out + cap.err
+    assert "{'loss'" not in both and "'train_runtime'" not in both  # no dict lines between bar updates
+    assert "loss=" in cap.err and "sparsity=" in cap.err  # the bar's postfix (tqdm writes to stderr)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # every logged step still recorded

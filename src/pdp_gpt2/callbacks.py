@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from pdp_gpt2.distributed import barrier
 from pdp_gpt2.outputs import PDP_STATE, atomic_write_json
@@ -61,6 +62,24 @@ class PDPCallback(TrainerCallback):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if self.is_main and ckpt.is_dir():
             atomic_write_json(ckpt / PDP_STATE, self.pruner.state_dict() if self.pruner is not None else {})
+
+
+class BarProgress(ProgressCallback):
+    """Trainer's progress bar with the last logged loss and the current target sparsity in
+    the bar itself, instead of a printed dict per log step interleaved with the bar
+    (every logged value is in metrics.jsonl)."""
+
+    def __init__(self, pruner=None):
+        super().__init__()
+        self.pruner = pruner
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not (state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs):
+            return  # the end-of-training summary line is reported by run_summary instead
+        postfix = {"loss": f"{float(logs['loss']):.3f}"}
+        if self.pruner is not None:
+            postfix["sparsity"] = f"{self.pruner.sparsity:.3f}"
+        self.training_bar.set_postfix(postfix, refresh=False)
 
 
 def load_pdp_state(checkpoint: Path) -> dict | None:

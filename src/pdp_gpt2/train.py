@@ -23,7 +23,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from pdp_gpt2 import distributed, outputs
-from pdp_gpt2.callbacks import PDPCallback, load_pdp_state
+from pdp_gpt2.callbacks import BarProgress, PDPCallback, load_pdp_state
 from pdp_gpt2.config import TrainConfig
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.tracking import make_tracker
@@ -189,6 +189,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
 
 def run(cfg: TrainConfig) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
+    from transformers.trainer_callback import ProgressCallback
 
     from pdp_gpt2.guard import RunGuard
     from pdp_gpt2.run_summary import finish_run
@@ -228,6 +229,8 @@ def run(cfg: TrainConfig) -> dict:
     trainer = Trainer(model=model, args=args, data_collator=default_data_collator,
                       train_dataset=prep.train_data, callbacks=[callback, guard],
                       optimizer_cls_and_kwargs=opt)
+    if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
+        trainer.add_callback(BarProgress(pruner))
     from pdp_gpt2.mask_hist import MaskHistCallback  # soft-mask histograms for the report
     trainer.add_callback(MaskHistCallback())  # after PDPCallback, so it sees each step's thresholds
     if (digest := distributed.digest_callback()) is not None:
