@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 import pdp_gpt2
-from pdp_gpt2.export import export, pruned_tensors
+from pdp_gpt2.export.writer import export, pruned_tensors
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 hf_logging.disable_progress_bar()
@@ -199,7 +199,7 @@ def gpu_speed(root: Path, lengths: list[int], args) -> None:
     dev = torch.device("cuda")
     models = {"2:4 dense fp16": AutoModelForCausalLM.from_pretrained(src, dtype=torch.float16).to(dev).eval()}
     sparse = pdp_gpt2.load_compressed(root / "exported24").half()
-    from pdp_gpt2.nm24 import to_semi_structured
+    from pdp_gpt2.export.nm24 import to_semi_structured
 
     n = to_semi_structured(sparse.to(dev), [k.removesuffix(".weight") for k in pruned_tensors(sparse)])
     models[f"2:4 semi-structured ({n} layers)"] = sparse

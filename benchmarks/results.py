@@ -10,7 +10,7 @@ optimizer, learning-rate schedule and evaluation):
     (--improved_masking, --quantize 8 bits, --custom_optimizer), and with
     pdp at a few more taus at 90% (the tau x sparsity heatmap).
 
-Each run is one `pdp-gpt2 train` subprocess (pdp_gpt2.sweep.run_trials), so a
+Each run is one `pdp-gpt2 train` subprocess (pdp_gpt2.report.sweep.run_trials), so a
 finished run is reused when the script is re-run with the same flags: an
 interrupted benchmark continues where it stopped.  Afterwards it writes the
 report (`pdp-gpt2 report`) into <out>/report, copies its PNGs into
@@ -144,8 +144,8 @@ def update_docs(docs: Path, block: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from pdp_gpt2.report import write_report
-    from pdp_gpt2.sweep import run_trials
+    from pdp_gpt2.report.report import write_report
+    from pdp_gpt2.report.sweep import run_trials
 
     runs = plan(args)
     if args.dry_run:

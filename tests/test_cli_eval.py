@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from pdp_gpt2 import hub
+from pdp_gpt2.data import hub
 from pdp_gpt2.cli import main
-from pdp_gpt2.data import EMBEDDED_MODEL_DIR, load_split_texts, token_stream
-from pdp_gpt2.pretrain import train_tokenizer
+from pdp_gpt2.data.sources import EMBEDDED_MODEL_DIR, load_split_texts, token_stream
+from pdp_gpt2.train.pretrain import train_tokenizer
 
 LINES = [f"Line {i}: to be, or not to be, that is the question {i % 7}.\n" for i in range(200)]
 
@@ -80,7 +80,7 @@ def test_unreachable_hub_model_fails_fast_with_advice(offline, capsys):
 def test_embedded_model_loads_in_plain_transformers_and_reproduces_its_record():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pdp_gpt2.evaluate import perplexity
+    from pdp_gpt2.data.perplexity import perplexity
 
     if not (EMBEDDED_MODEL_DIR / "model.safetensors").is_file():
         pytest.skip("embedded model not built yet")

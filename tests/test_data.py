@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pdp_gpt2 import data
-from pdp_gpt2.data import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
+from pdp_gpt2.data import sources as data
+from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pretrain import train_tokenizer
+from pdp_gpt2.train.pretrain import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
@@ -131,7 +131,7 @@ def test_unknown_split_is_a_usage_error():
 
 def test_hf_dataset_without_held_out_splits_is_carved_deterministically():
     datasets = pytest.importorskip("datasets")
-    from pdp_gpt2.hf_datasets import select_split
+    from pdp_gpt2.data.hub_datasets import select_split
 
     rows = [f"doc {i}" for i in range(400)]
     dsd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"id": list(range(400)), "body": rows})})
@@ -142,7 +142,7 @@ def test_hf_dataset_without_held_out_splits_is_carved_deterministically():
 
 
 def test_hf_line_per_row_datasets_become_one_document():
-    from pdp_gpt2.hf_datasets import rows_to_documents
+    from pdp_gpt2.data.hub_datasets import rows_to_documents
 
     wikitext_like = ["", " = Title = \n", "", " Some text .\n", " More .\n"]
     assert rows_to_documents(wikitext_like) == [" = Title = \n Some text .\n More .\n"]
@@ -151,7 +151,7 @@ def test_hf_line_per_row_datasets_become_one_document():
 
 @pytest.mark.parametrize("spec", ["no-such-dataset-x1", "some-org/no-such-dataset:cfg"])
 def test_unreachable_hub_dataset_is_a_usage_error(monkeypatch, spec):
-    from pdp_gpt2 import hub
+    from pdp_gpt2.data import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.hub_reachable.cache_clear()

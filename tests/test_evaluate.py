@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pdp_gpt2.evaluate import perplexity, plan_windows, scored_tokens
+from pdp_gpt2.data.perplexity import perplexity, plan_windows, scored_tokens
 
 
 class BigramModel(torch.nn.Module):

@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig, UsageError
-from pdp_gpt2 import compressed as C
-from pdp_gpt2 import nm24
+from pdp_gpt2.export import compressed as C
+from pdp_gpt2.export import nm24
 from pdp_gpt2.cli import main
-from pdp_gpt2.export import export, pick_bits, quant_bits_hint
+from pdp_gpt2.export.writer import export, pick_bits, quant_bits_hint
 
 from conftest import tiny_gpt2, tiny_llama
 

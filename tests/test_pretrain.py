@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pdp_gpt2.cli import main
-from pdp_gpt2.pretrain import PretrainConfig, epoch_blocks, lr_at, unigram_perplexity
+from pdp_gpt2.train.pretrain import PretrainConfig, epoch_blocks, lr_at, unigram_perplexity
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():

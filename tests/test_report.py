@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from pdp_gpt2 import plots
+from pdp_gpt2.report import plots
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.report import collect, variant, write_report
+from pdp_gpt2.report.report import collect, variant, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LAYERS = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import CORPUS_LINES, _tiny_tokenizer
-from pdp_gpt2 import streaming as S
+from pdp_gpt2.data import streaming as S
 from pdp_gpt2.cli import main
-from pdp_gpt2.data import load_split_texts, token_stream, tokenize_and_group
+from pdp_gpt2.data.sources import load_split_texts, token_stream, tokenize_and_group
 
 
 def test_cut_points_by_hand():
@@ -112,7 +112,7 @@ def _docs(pieces):
 def test_hf_stream_carves_the_same_held_out_rows(monkeypatch, split):
     import datasets
 
-    from pdp_gpt2.hf_datasets import rows_to_documents, select_split
+    from pdp_gpt2.data.hub_datasets import rows_to_documents, select_split
 
     rows = [f"document {i} " * (i % 5) for i in range(1000)]  # some empty: dropped as in memory
     _fake_hub(monkeypatch, {"train": rows})

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pdp_gpt2 import cli_train, sweep
+from pdp_gpt2.cli import train as cli_train
+
+from pdp_gpt2.report import sweep
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
 

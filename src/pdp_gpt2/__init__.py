@@ -9,8 +9,8 @@ The public API::
     pruner.finalize()                      # exact zeros, plain model again
     pdp_gpt2.sparsity_report(model)
 """
-from pdp_gpt2.compressed import load_compressed
-from pdp_gpt2.config import PDPConfig
+from pdp_gpt2.export.compressed import load_compressed
+from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.attach import Pruner, attach, sparsity_report
 from pdp_gpt2.pdp.mask import hard_mask, soft_mask, threshold

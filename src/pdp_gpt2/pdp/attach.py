@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pdp_gpt2.config import PDPConfig
+from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp import mask as M
 from pdp_gpt2.pdp.param import PDPMask
 from pdp_gpt2.pdp.targets import Target, find_targets

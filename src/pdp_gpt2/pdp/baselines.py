@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pdp_gpt2.config import PDPConfig
+from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp import mask as M
 from pdp_gpt2.pdp.attach import MaskDriver
 from pdp_gpt2.pdp.targets import Target, find_targets, from_in_last, in_last
@@ -239,8 +239,8 @@ def calibration_blocks(cfg, n_blocks: int = 32) -> torch.Tensor:
     """The first ``n_blocks`` training blocks of cfg's dataset (wanda's calibration set)."""
     from transformers import AutoTokenizer
 
-    from pdp_gpt2.data import load_split_texts, tokenize_and_group
-    from pdp_gpt2.models import resolve_model_path
+    from pdp_gpt2.data.sources import load_split_texts, tokenize_and_group
+    from pdp_gpt2.data.models import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
     blocks = tokenize_and_group(tokenizer, load_split_texts(cfg.dataset, "train"), cfg.max_length)

@@ -3,7 +3,7 @@ returns None, or returns a one-line reason when the runs lack the data for it
 (the caller then skips the plot and writes the reason into the report).
 
 The same functions draw the stand-alone PNGs and the panels of the one-page
-dashboard, so the two never disagree.  Runs are :class:`pdp_gpt2.report.Run`.
+dashboard, so the two never disagree.  Runs are :class:`pdp_gpt2.report.report.Run`.
 """
 from __future__ import annotations
 

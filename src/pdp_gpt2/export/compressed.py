@@ -268,7 +268,7 @@ def read_compressed(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def decode_tensor(spec: dict, payloads: dict[str, torch.Tensor]) -> torch.Tensor:
     """One dense tensor from its header entry and its stored payloads."""
-    from pdp_gpt2.nm24 import decode_nm  # nm24 imports this module's bit packing
+    from pdp_gpt2.export.nm24 import decode_nm  # nm24 imports this module's bit packing
 
     enc, shape, dtype = spec["encoding"], [int(s) for s in spec["shape"]], dtype_of(spec["dtype"])
     p = {role: payloads[e["key"]] for role, e in spec["payloads"].items()}
@@ -304,7 +304,7 @@ def load_compressed(path: str | Path, *, semi_structured: bool = False, device: 
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from pdp_gpt2.nm24 import to_semi_structured
+    from pdp_gpt2.export.nm24 import to_semi_structured
 
     path = Path(path).expanduser()
     f = path / WEIGHTS_FILE

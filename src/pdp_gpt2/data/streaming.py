@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset
 
-from pdp_gpt2.data import (DEFAULT_DATASET, HELD_OUT_FRACTION, _encode_batch, _expand_paths, _looks_local,
+from pdp_gpt2.data.sources import (DEFAULT_DATASET, HELD_OUT_FRACTION, _encode_batch, _expand_paths, _looks_local,
                            load_embedded)
 from pdp_gpt2.errors import UsageError
 
@@ -88,8 +88,8 @@ def _count_lines(path: Path, size: int, mtime_ns: int) -> int:
 def _hf_pieces(spec: str, split: str) -> Iterator[Piece]:
     import datasets
 
-    from pdp_gpt2.hf_datasets import ALIASES, CARVE_EVERY, CARVE_SLOT, parse_spec
-    from pdp_gpt2.hub import offline_unless_reachable
+    from pdp_gpt2.data.hub_datasets import ALIASES, CARVE_EVERY, CARVE_SLOT, parse_spec
+    from pdp_gpt2.data.hub import offline_unless_reachable
 
     name, config = parse_spec(spec)
     try:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdp_gpt2.config import PDPConfig
+from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.errors import UsageError
 
 DEFAULT_TAU = PDPConfig.__dataclass_fields__["tau"].default
@@ -182,7 +182,7 @@ def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 
 def build(runs: list[Run], failed: list[dict], out: Path, title: str) -> list[tuple]:
     """Write the PNGs into ``out`` and return the report as blocks."""
-    from pdp_gpt2 import plots
+    from pdp_gpt2.report import plots
 
     blocks: list[tuple] = [("h1", title)]
     split = runs[0].split if runs else "held-out"
@@ -268,7 +268,7 @@ def to_html(blocks: list[tuple], out: Path) -> str:
 
 def write_report(paths: list[str | Path], out: str | Path, title: str = "PDP pruning report") -> dict:
     """Collect, plot and write report.md + report.html into ``out``; returns what was written."""
-    from pdp_gpt2.outputs import atomic_write_text
+    from pdp_gpt2.atomic import atomic_write_text
 
     runs, failed = collect(paths)
     out = Path(out)

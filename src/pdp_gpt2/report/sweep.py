@@ -51,7 +51,7 @@ class SweepSpec:
 
 def train_flags() -> set[str]:
     """Every flag name `pdp-gpt2 train` accepts (they are generated from these dataclass fields)."""
-    from pdp_gpt2.config import PDPConfig, TrainConfig
+    from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
     return {f.name for f in dataclasses.fields(TrainConfig) if f.name != "pdp"} | {
         f.name for f in dataclasses.fields(PDPConfig)}
@@ -243,7 +243,7 @@ def run_trials(trials: list[tuple[str, dict]], out: Path, *, metric: str = "perp
 
 
 def _write_json(path: Path, obj) -> None:
-    from pdp_gpt2.outputs import atomic_write_json
+    from pdp_gpt2.atomic import atomic_write_json
 
     atomic_write_json(path, obj)
 
@@ -265,7 +265,7 @@ def metrics_of(tdir: Path) -> dict:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    from pdp_gpt2.outputs import atomic_write_text
+    from pdp_gpt2.atomic import atomic_write_text
 
     cols: list[str] = []
     for r in rows:

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pdp_gpt2.data import DEFAULT_DATASET, DEFAULT_MODEL, SPLITS
+from pdp_gpt2.data.sources import DEFAULT_DATASET, DEFAULT_MODEL, SPLITS
 from pdp_gpt2.errors import UsageError
 
 
@@ -60,9 +60,9 @@ def pick_device(name: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pdp_gpt2.data import load_split_texts, token_stream
-    from pdp_gpt2.evaluate import perplexity
-    from pdp_gpt2.models import load_model_and_tokenizer
+    from pdp_gpt2.data.sources import load_split_texts, token_stream
+    from pdp_gpt2.data.perplexity import perplexity
+    from pdp_gpt2.data.models import load_model_and_tokenizer
 
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be positive, got {args.batch_size}")

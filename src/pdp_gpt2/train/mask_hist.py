@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from pdp_gpt2.outputs import atomic_write_json
+from pdp_gpt2.atomic import atomic_write_json
 
 FILENAME = "mask_hist.json"
 BINS = 50

@@ -11,7 +11,7 @@ loading scripts.
 from __future__ import annotations
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.hub import offline_unless_reachable
+from pdp_gpt2.data.hub import offline_unless_reachable
 
 ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
 CARVE_EVERY = 200

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from pdp_gpt2.errors import UsageError
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # src/pdp_gpt2/assets
 EMBEDDED_CORPUS = ASSETS / "corpus" / "shakespeare.jsonl.gz"
 EMBEDDED_MODEL_DIR = ASSETS / "shakespeare-gpt2"
 DEFAULT_DATASET = "shakespeare"
@@ -48,7 +48,7 @@ def load_split_texts(spec: str, split: str) -> list[str]:
     elif _looks_local(spec):
         texts = _local_split(_expand_paths(spec), split)
     else:
-        from pdp_gpt2.hf_datasets import load_hf_split  # datasets is slow to import; only when needed
+        from pdp_gpt2.data.hub_datasets import load_hf_split  # datasets is slow to import; only when needed
 
         texts = load_hf_split(spec, split)
     if not any(t.strip() for t in texts):

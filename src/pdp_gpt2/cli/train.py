@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 
 
-from pdp_gpt2.config import PDPConfig, TrainConfig, parse_nm
+from pdp_gpt2.train.config import PDPConfig, TrainConfig, parse_nm
 
 
 # Optional fields need an explicit element type; everything else takes its default's type.
@@ -71,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from pdp_gpt2.train import run as train_run
+    from pdp_gpt2.train.run import run as train_run
 
     train_run(cfg)
     return 0

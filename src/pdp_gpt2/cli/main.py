@@ -16,12 +16,12 @@ from pdp_gpt2.errors import UsageError
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "train": ("pdp_gpt2.cli_train", "fine-tune a causal LM while PDP prunes it to a target sparsity"),
-    "eval": ("pdp_gpt2.cli_eval", "sliding-window perplexity of any checkpoint"),
-    "pretrain": ("pdp_gpt2.cli_pretrain", "densely pretrain the small embedded GPT-2 on the bundled corpus"),
-    "sweep": ("pdp_gpt2.cli_sweep", "run a W&B sweep file locally: one subprocess per trial, sweep.csv"),
-    "report": ("pdp_gpt2.cli_report", "plots + report.md + self-contained report.html from runs or sweeps"),
-    "export": ("pdp_gpt2.cli_export", "write a finalized sparse model as dense, compressed or 2:4 files, with a size table"),
+    "train": ("pdp_gpt2.cli.train", "fine-tune a causal LM while PDP prunes it to a target sparsity"),
+    "eval": ("pdp_gpt2.cli.eval", "sliding-window perplexity of any checkpoint"),
+    "pretrain": ("pdp_gpt2.cli.pretrain", "densely pretrain the small embedded GPT-2 on the bundled corpus"),
+    "sweep": ("pdp_gpt2.cli.sweep", "run a W&B sweep file locally: one subprocess per trial, sweep.csv"),
+    "report": ("pdp_gpt2.cli.report", "plots + report.md + self-contained report.html from runs or sweeps"),
+    "export": ("pdp_gpt2.cli.export", "write a finalized sparse model as dense, compressed or 2:4 files, with a size table"),
 }
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pdp-gpt2 {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        from pdp_gpt2.guard import RunStopped  # diverged: 3; SIGINT/SIGTERM: 128 + signal, checkpoint saved
+        from pdp_gpt2.train.guard import RunStopped  # diverged: 3; SIGINT/SIGTERM: 128 + signal, checkpoint saved
 
         if not isinstance(e, RunStopped):
             raise

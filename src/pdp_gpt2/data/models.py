@@ -2,7 +2,7 @@
 
 A spec is ``"embedded"`` (the bundled small GPT-2), a local model directory,
 or a hub id (``gpt2``, ``distilgpt2``, ``org/name``).  Local directories are
-tried first; hub ids go through :mod:`pdp_gpt2.hub` so an offline machine
+tried first; hub ids go through :mod:`pdp_gpt2.data.hub` so an offline machine
 fails in seconds with a UsageError instead of retrying for half a minute.
 Remote code is never trusted.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from pdp_gpt2.data import DEFAULT_MODEL, EMBEDDED_MODEL_DIR
+from pdp_gpt2.data.sources import DEFAULT_MODEL, EMBEDDED_MODEL_DIR
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.hub import offline_unless_reachable
+from pdp_gpt2.data.hub import offline_unless_reachable
 
 
 def resolve_model_path(spec: str) -> Path | str:
@@ -51,7 +51,7 @@ def load_model_and_tokenizer(spec: str = DEFAULT_MODEL, dtype: torch.dtype = tor
     except (OSError, ValueError) as e:
         if isinstance(where, Path):
             raise UsageError(f"cannot load model from {where}: {str(e).splitlines()[0]}") from None
-        from pdp_gpt2.hub import hub_reachable
+        from pdp_gpt2.data.hub import hub_reachable
 
         if not hub_reachable():
             raise UsageError(f"cannot reach the Hugging Face hub for model {spec!r} and it is not cached; "

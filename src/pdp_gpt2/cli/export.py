@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pdp_gpt2.export import FORMATS, VALUES
+from pdp_gpt2.export.writer import FORMATS, VALUES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from pdp_gpt2.export import export, markdown_table
+    from pdp_gpt2.export.writer import export, markdown_table
 
     hf_logging.disable_progress_bar()  # the size table is the output; no loading bars around it
     report = export(args.model, args.out, args.format, values=args.values, codes=not args.no_codes,

@@ -1,4 +1,4 @@
-"""`pdp-gpt2 report`: plots + report.md + self-contained report.html (see pdp_gpt2.report)."""
+"""`pdp-gpt2 report`: plots + report.md + self-contained report.html (see pdp_gpt2.report.report)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pdp_gpt2.report import write_report
+    from pdp_gpt2.report.report import write_report
 
     res = write_report(args.paths, args.out, args.title)
     print(f"pdp-gpt2 report: {res['runs']} run(s), {res['failed']} failed trial(s); "

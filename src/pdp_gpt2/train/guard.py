@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from pdp_gpt2 import distributed, outputs
+from pdp_gpt2.train import distributed
+
+from pdp_gpt2.train import rundir
 
 
 class RunStopped(RuntimeError):
@@ -132,7 +134,7 @@ class RunGuard(TrainerCallback):
         """After ``trainer.train()``: the exception (for the CLI's exit status) if the run was stopped."""
         if self.diverged:
             step, what = self.diverged
-            good = outputs.checkpoints(output_dir, complete_only=True)
+            good = rundir.checkpoints(output_dir, complete_only=True)
             keep = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was saved (see --save_steps)"
             return DivergedError(f"training diverged at step {step}: {what}; stopped without saving, {keep}")
         if self.interrupted:

@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pretrain import PretrainConfig
+from pdp_gpt2.train.pretrain import PretrainConfig
 
 HELP = {
     "dataset": "dataset spec: 'shakespeare' (embedded), local .txt files/globs, or a HF dataset NAME[:CONFIG]",
@@ -28,6 +28,8 @@ HELP = {
     "grad_clip": "max gradient norm",
     "seed": "random seed (init, block offsets and order)",
     "eval_batch_size": "windows per batch in the final perplexity evaluation",
+    "eval_every": "validation perplexity every N steps (non-overlapping windows), written to pretrain_curve.jsonl; "
+                  "the model with the best one is kept (early stopping). 0 = evaluate only at the end",
 }
 
 
@@ -66,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pdp_gpt2.pretrain import pretrain
+    from pdp_gpt2.train.pretrain import pretrain
 
     import torch
 

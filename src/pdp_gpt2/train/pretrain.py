@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pdp_gpt2.data import load_split_texts, token_stream
-from pdp_gpt2.evaluate import perplexity
+from pdp_gpt2.data.sources import load_split_texts, token_stream
+from pdp_gpt2.data.perplexity import perplexity
 
 EOS = "<|endoftext|>"
 
@@ -40,6 +40,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     eval_batch_size: int = 16
+    eval_every: int = 0  # > 0: validation perplexity every N steps; the best model is kept (early stopping)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -105,6 +106,10 @@ def pretrain(cfg: PretrainConfig, output_dir: Path, command: str = "") -> dict:
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, betas=(0.9, 0.95))
     batches: list[torch.Tensor] = []
     losses = []
+    curve: list[dict] = []
+    best: tuple[float, int, dict] | None = None  # (val ppl, step, state) of the best model so far
+    val_ids = token_stream(tokenizer, load_split_texts(cfg.dataset, "validation")) if cfg.eval_every else None
+    output_dir.mkdir(parents=True, exist_ok=True)
     t_train = time.time()
     bar = tqdm(range(total), desc="pretrain")
     for step in bar:
@@ -122,7 +127,26 @@ def pretrain(cfg: PretrainConfig, output_dir: Path, command: str = "") -> dict:
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+            # Non-overlapping windows: a cheap, consistent curve; the final numbers below use the sliding window.
+            model.eval()
+            v = perplexity(model, val_ids, window=cfg.n_positions, stride=cfg.n_positions,
+                           batch_size=cfg.eval_batch_size, desc="val", progress=False)["perplexity"]
+            model.train()
+            point = {"step": step + 1, "tokens": (step + 1) * cfg.batch_size * cfg.n_positions,
+                     "lr": lr_at(step, total, cfg), "train_loss": sum(losses[-50:]) / len(losses[-50:]),
+                     "val_ppl": v, "seconds": round(time.time() - t_train, 1)}
+            curve.append(point)
+            with open(output_dir / "pretrain_curve.jsonl", "a") as f:
+                f.write(json.dumps(point) + "\n")
+            if best is None or v < best[0]:
+                best = (v, step + 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
     train_s = time.time() - t_train
+    best_step = total
+    if best is not None:  # early stopping: keep the model with the best validation perplexity
+        model.load_state_dict(best[2])
+        best_step = best[1]
+    model.eval()
 
     results = {}
     for split in ("validation", "test"):
@@ -146,6 +170,8 @@ def pretrain(cfg: PretrainConfig, output_dir: Path, command: str = "") -> dict:
         "wall_seconds": round(time.time() - t0, 1),
         "train_tokens_per_second": round(total * cfg.batch_size * cfg.n_positions / train_s),
         "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "best_step": best_step,
+        "val_curve": curve,
         "eval": results,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} CPU thread(s)",

@@ -13,8 +13,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from pdp_gpt2.distributed import barrier
-from pdp_gpt2.outputs import PDP_STATE, atomic_write_json
+from pdp_gpt2.train.distributed import barrier
+from pdp_gpt2.train.rundir import PDP_STATE, atomic_write_json
 from pdp_gpt2.pdp.schedule import sparsity_at
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from pdp_gpt2 import outputs
-from pdp_gpt2.config import TrainConfig
+from pdp_gpt2.train import rundir
+from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.pdp.targets import find_targets
 
 
@@ -47,10 +47,10 @@ def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, trac
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    outputs.atomic_dir(final, write)
+    rundir.atomic_dir(final, write)
     saved = saved_sparsity(final, names)
     stats = result["stats"]
-    outputs.atomic_write_text(out / "layers.md", layers_markdown(saved, stats))
+    rundir.atomic_write_text(out / "layers.md", layers_markdown(saved, stats))
     gap = None
     if result["ppl_soft"]:
         gap = result["ppl_hard"] / result["ppl_soft"] - 1
@@ -65,7 +65,7 @@ def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, trac
         "target_weights": saved["numel"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "layers": saved["layers"], "config": cfg.to_dict(),
     }
-    outputs.atomic_write_json(out / "summary.json", summary)  # last: its presence marks a finished run
+    rundir.atomic_write_json(out / "summary.json", summary)  # last: its presence marks a finished run
     tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None})
     tracker.table("layer_sparsity", ["layer", "numel", "zeros", "sparsity"],
                   [[n, d["numel"], d["zeros"], d["sparsity"]] for n, d in saved["layers"].items()])

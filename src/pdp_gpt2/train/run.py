@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 from torch.nn.utils import parametrize
 
-from pdp_gpt2 import distributed, outputs
-from pdp_gpt2.callbacks import BarProgress, PDPCallback, load_pdp_state
-from pdp_gpt2.config import TrainConfig
+from pdp_gpt2.train import distributed
+
+from pdp_gpt2.train import rundir
+from pdp_gpt2.train.hf_trainer import BarProgress, PDPCallback, load_pdp_state
+from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.tracking import make_tracker
+from pdp_gpt2.train.tracking import make_tracker
 
 
 @dataclass
@@ -52,8 +54,8 @@ def run_name(cfg: TrainConfig) -> str:
 
 def prepare(cfg: TrainConfig) -> Prepared:
     """Everything that can fail on bad input, before anything is written."""
-    from pdp_gpt2.data import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
-    from pdp_gpt2.models import load_model_and_tokenizer
+    from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
+    from pdp_gpt2.data.models import load_model_and_tokenizer
 
     distributed.refuse_sharded()
     if cfg.output_dir:
@@ -62,7 +64,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
         output_dir = Path(cfg.resume).parent  # --resume run/checkpoint-N continues run/, not a new directory
     else:
         output_dir = default_output_dir(cfg)
-    resume_from = outputs.check_output_dir(output_dir, overwrite=cfg.overwrite_output_dir, resume=cfg.resume)
+    resume_from = rundir.check_output_dir(output_dir, overwrite=cfg.overwrite_output_dir, resume=cfg.resume)
     if resume_from is not None:
         check_resume_config(cfg, output_dir)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
@@ -70,7 +72,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if context and cfg.max_length > context:
         raise UsageError(f"--max_length {cfg.max_length} exceeds the model's context of {context} tokens")
     if cfg.streaming:
-        from pdp_gpt2.streaming import open_stream
+        from pdp_gpt2.data.streaming import open_stream
 
         train_data, eval_tokens = open_stream(cfg, tokenizer)
     else:
@@ -128,7 +130,7 @@ def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int) -> tuple[int,
 
 
 def evaluate(model, tokens, cfg: TrainConfig, desc: str) -> float:
-    from pdp_gpt2.evaluate import perplexity
+    from pdp_gpt2.data.perplexity import perplexity
 
     # cached(): each masked weight is computed once for the whole evaluation, not per batch.
     with parametrize.cached():
@@ -191,8 +193,8 @@ def run(cfg: TrainConfig) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
     from transformers.trainer_callback import ProgressCallback
 
-    from pdp_gpt2.guard import RunGuard
-    from pdp_gpt2.run_summary import finish_run
+    from pdp_gpt2.train.guard import RunGuard
+    from pdp_gpt2.train.summary import finish_run
 
     prep = prepare(cfg)
     out = prep.output_dir
@@ -204,9 +206,9 @@ def run(cfg: TrainConfig) -> dict:
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite_output_dir and not prep.resume_from:
-            outputs.clear_run(out)
-        outputs.drop_incomplete_checkpoints(out)
-        outputs.atomic_write_json(out / "run_config.json", cfg.to_dict())
+            rundir.clear_run(out)
+        rundir.drop_incomplete_checkpoints(out)
+        rundir.atomic_write_json(out / "run_config.json", cfg.to_dict())
     set_seed(cfg.seed)
     model = prep.model
     ppl_dense = dense_perplexity(model, prep, cfg, is_main)
@@ -216,7 +218,7 @@ def run(cfg: TrainConfig) -> dict:
         pruner.load_state_dict(state)  # global budgets are from the original dense weights
     metrics = None
     if is_main:  # lines past the checkpoint we resume from are dropped: they will be logged again
-        metrics = outputs.MetricsLog(out / "metrics.jsonl", resume_step=outputs.step_of(prep.resume_from))
+        metrics = rundir.MetricsLog(out / "metrics.jsonl", resume_step=rundir.step_of(prep.resume_from))
     tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
     callback = PDPCallback(pruner, final_sparsity=cfg.pdp.sparsity, ramp_steps=ramp, schedule=cfg.schedule,
                            metrics=metrics, tracker=tracker, is_main=is_main)
@@ -231,7 +233,7 @@ def run(cfg: TrainConfig) -> dict:
                       optimizer_cls_and_kwargs=opt)
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
         trainer.add_callback(BarProgress(pruner))
-    from pdp_gpt2.mask_hist import MaskHistCallback  # soft-mask histograms for the report
+    from pdp_gpt2.train.mask_hist import MaskHistCallback  # soft-mask histograms for the report
     trainer.add_callback(MaskHistCallback())  # after PDPCallback, so it sees each step's thresholds
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
@@ -262,7 +264,7 @@ def run(cfg: TrainConfig) -> dict:
 
 def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> float:
     """The dense model's perplexity, computed once per run and read back on resume (dense_eval.json)."""
-    path = prep.output_dir / outputs.DENSE_EVAL
+    path = prep.output_dir / rundir.DENSE_EVAL
     key = {"model": cfg.model, "dataset": cfg.dataset, "eval_split": cfg.eval_split, "window": cfg.max_length,
            "stride": cfg.stride, "eval_tokens": int(len(prep.eval_tokens))}
     if prep.resume_from is not None and path.is_file():
@@ -271,5 +273,5 @@ def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> 
             return float(cached["perplexity"])
     ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense")
     if is_main:
-        outputs.atomic_write_json(path, {"perplexity": ppl, "key": key})
+        rundir.atomic_write_json(path, {"perplexity": ppl, "key": key})
     return ppl

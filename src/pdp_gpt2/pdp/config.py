@@ -1,0 +1,82 @@
+"""PDPConfig: every setting of the mask math, validated in ``__post_init__`` so the library
+and the CLI reject bad input in one place, with one clear message."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from pdp_gpt2.errors import UsageError
+
+PATTERNS_HELP = "'unstructured', 'row' (whole output neurons), or 'N:M' such as '2:4'"
+
+
+def parse_nm(pattern: str) -> tuple[int, int] | None:
+    """'2:4' -> (2, 4); anything else -> None."""
+    m = re.fullmatch(r"(\d+):(\d+)", pattern.strip())
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass
+class PDPConfig:
+    sparsity: float = field(default=0.9, metadata={"help": "target fraction of zeros among target weights, in [0, 1)"})
+    tau: float = field(
+        default=0.02,
+        metadata={"help": "soft-mask temperature; dimensionless, in units of the threshold's square (see pdp/mask.py)"},
+    )
+    tau_mode: str = field(
+        default="relative",
+        metadata={"help": "'relative' (x = w^2/t^2 - 1, scale-free, default) or 'absolute' (x = w^2 - t^2, the paper's raw form)"},
+    )
+    allocation: str = field(
+        default="layer",
+        metadata={"help": "'layer': every tensor at the same sparsity; 'global': per-layer budgets from one global magnitude ranking at attach time"},
+    )
+    pattern: str = field(default="unstructured", metadata={"help": PATTERNS_HELP})
+    improved_masking: bool = field(default=False, metadata={"help": "blend 0.7*sigmoid + 0.3*tanh-step (needs beta)"})
+    beta: float = field(default=5.0, metadata={"help": "steepness of the tanh part of improved masking, > 0"})
+    quantize: bool = field(default=False, metadata={"help": "fake-quantize masked weights per output channel (STE)"})
+    bits: int = field(default=8, metadata={"help": "bits for quantization masking, 2..8"})
+    targets: list[str] | None = field(
+        default=None,
+        metadata={"help": "module-name glob patterns to prune; default: every Linear/Conv1D inside the repeated blocks"},
+    )
+    max_layer_sparsity: float = field(
+        default=0.99, metadata={"help": "cap on any one tensor's sparsity under global allocation"}
+    )
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.sparsity < 1.0):
+            raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if not self.tau > 0:
+            raise UsageError(f"tau must be > 0, got {self.tau}")
+        if self.tau_mode not in ("relative", "absolute"):
+            raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {self.tau_mode!r}")
+        if self.allocation not in ("layer", "global"):
+            raise UsageError(f"allocation must be 'layer' or 'global', got {self.allocation!r}")
+        if not self.beta > 0:
+            raise UsageError(f"beta must be > 0, got {self.beta}")
+        if not (2 <= int(self.bits) <= 8) or int(self.bits) != self.bits:
+            raise UsageError(f"bits must be an integer in 2..8, got {self.bits}")
+        if not (0.0 < self.max_layer_sparsity < 1.0):
+            raise UsageError(f"max_layer_sparsity must be in (0, 1), got {self.max_layer_sparsity}")
+        if self.pattern not in ("unstructured", "row"):
+            nm = parse_nm(self.pattern)
+            if nm is None:
+                raise UsageError(f"unknown pattern {self.pattern!r}: use {PATTERNS_HELP}")
+            n, m = nm
+            if not (0 < n < m):
+                raise UsageError(f"pattern {self.pattern!r} needs 0 < N < M")
+            if abs(self.sparsity - (m - n) / m) > 1e-9:
+                raise UsageError(
+                    f"pattern {self.pattern} means sparsity {(m - n) / m:g}, got {self.sparsity:g}; "
+                    f"pass sparsity={(m - n) / m:g}"
+                )
+            if self.allocation == "global":
+                raise UsageError(f"allocation 'global' does not apply to the fixed N:M pattern {self.pattern}")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_nm(self.pattern) if self.pattern not in ("unstructured", "row") else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
