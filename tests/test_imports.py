@@ -1,0 +1,188 @@
+"""The import walls (docs/architecture.md), read from the source with ``ast``: no module is imported.
+
+Every ``import``/``from ... import`` of ``pdp_gpt2`` counts, at the top of a module or inside a
+function (a lazy import is still a dependency).  Cycles are checked on module-level imports,
+the ones that run when a module is first imported.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PKG = SRC / "pdp_gpt2"
+
+# Which parts of pdp_gpt2 each part may import (a prefix allows the module and everything under it).
+# Each subpackage's __init__ docstring states the same rule in words (test_docstrings_state_these_rules).
+ALLOWED = {
+    "pdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors"),
+    "data": ("pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
+    "train": ("pdp_gpt2.train", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
+    "export": ("pdp_gpt2.export", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
+    # report reads run outputs; of the training side only the plain dataclass schemas of those files
+    "report": ("pdp_gpt2.report", "pdp_gpt2.pdp.config", "pdp_gpt2.train.config", "pdp_gpt2.errors",
+               "pdp_gpt2.atomic"),
+    "cli": ("pdp_gpt2",),
+    "atomic": (),
+    "errors": (),
+    # `import pdp_gpt2` is the public API: the core, the loader, errors; never the training or app code.
+    "__init__": ("pdp_gpt2.pdp", "pdp_gpt2.export", "pdp_gpt2.errors"),
+    "__main__": ("pdp_gpt2.cli",),
+}
+SUBPACKAGES = ("pdp", "data", "train", "export", "report", "cli")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def part_of(module: str) -> str:
+    """'pdp_gpt2.train.run' -> 'train'; 'pdp_gpt2' -> '__init__'; 'pdp_gpt2.atomic' -> 'atomic'."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _resolve(base: str, names: list[str]) -> list[str]:
+    """``from base import a, b``: a name that is a module is that module, otherwise base itself."""
+    return list(dict.fromkeys(f"{base}.{n}" if f"{base}.{n}" in MODULES else base for n in names)) or [base]
+
+
+def imports_of(module: str) -> list[tuple[str, int, bool]]:
+    """(imported pdp_gpt2 module, line, at module level) for every import in ``module``."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: list[tuple[str, int, bool]] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                out.extend((a.name, child.lineno, top) for a in child.names if a.name.split(".")[0] == "pdp_gpt2")
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:  # relative: from .x import y
+                    base = package.split(".")
+                    base = ".".join(base[: len(base) - child.level + 1] + ([child.module] if child.module else []))
+                else:
+                    base = child.module or ""
+                if base.split(".")[0] == "pdp_gpt2":
+                    out.extend((m, child.lineno, top) for m in _resolve(base, [a.name for a in child.names]))
+            visit(child, inner)
+
+    visit(tree, True)
+    return out
+
+
+def _allowed(src_part: str, target: str) -> bool:
+    return any(target == p or target.startswith(p + ".") for p in ALLOWED[src_part])
+
+
+def forbidden_edges() -> list[str]:
+    bad = []
+    for module in MODULES:
+        part = part_of(module)
+        for target, line, _ in imports_of(module):
+            if not _allowed(part, target):
+                bad.append(f"{module} (line {line}) imports {target}")
+    return bad
+
+
+def test_every_module_belongs_to_a_part_with_a_rule():
+    assert {part_of(m) for m in MODULES} <= set(ALLOWED), sorted({part_of(m) for m in MODULES} - set(ALLOWED))
+
+
+def test_the_walker_sees_function_level_and_relative_imports(tmp_path, monkeypatch):
+    fake = tmp_path / "x.py"
+    fake.write_text("import os\nfrom pdp_gpt2.pdp import mask\nfrom . import param\n"
+                    "def f():\n    from pdp_gpt2.data.sources import load_split_texts\n"
+                    "class C:\n    import pdp_gpt2.train.run\n")
+    monkeypatch.setitem(MODULES, "pdp_gpt2.pdp.x", fake)
+    assert imports_of("pdp_gpt2.pdp.x") == [("pdp_gpt2.pdp.mask", 2, True), ("pdp_gpt2.pdp.param", 3, True),
+                                            ("pdp_gpt2.data.sources", 5, False), ("pdp_gpt2.train.run", 7, True)]
+    assert not _allowed("pdp", "pdp_gpt2.data.sources") and _allowed("pdp", "pdp_gpt2.pdp.mask")
+    assert _allowed("report", "pdp_gpt2.train.config") and not _allowed("report", "pdp_gpt2.train.run")
+
+
+def test_no_forbidden_import_edges():
+    bad = forbidden_edges()
+    assert not bad, "imports that break the walls (docs/architecture.md):\n  " + "\n  ".join(bad)
+
+
+def test_nothing_outside_the_cli_imports_it():
+    bad = [f"{m} imports {t}" for m in MODULES if part_of(m) not in ("cli", "__main__")
+           for t, _, _ in imports_of(m) if t == "pdp_gpt2.cli" or t.startswith("pdp_gpt2.cli.")]
+    assert not bad, bad
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_by_hand():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _graph(module_level_only: bool) -> dict[str, set[str]]:
+    # A package's own __init__ is not an edge of its modules (importing pdp_gpt2.x.y runs
+    # pdp_gpt2.x first by Python's rules, not by our choice).
+    return {m: {t for t, _, top in imports_of(m) if (top or not module_level_only) and t != m
+                and not m.startswith(t + ".")} for m in MODULES}
+
+
+def test_no_import_cycles_at_module_level():
+    assert _cycles(_graph(module_level_only=True)) == []
+
+
+def test_no_import_cycles_even_through_lazy_imports():
+    """A function-level import that closes a cycle only hides it (compressed <-> nm24 was one)."""
+    assert _cycles(_graph(module_level_only=False)) == []
+
+
+def _rule_paragraph(part: str) -> str:
+    doc = ast.get_docstring(ast.parse((PKG / part / "__init__.py").read_text())) or ""
+    m = re.search(r"Import rule:(.*?)(?:\n\s*\n|\Z)", doc, re.S)
+    assert m, f"pdp_gpt2/{part}/__init__.py: the docstring has no 'Import rule:' paragraph"
+    return m.group(1)
+
+
+@pytest.mark.parametrize("part", SUBPACKAGES)
+def test_docstrings_state_these_rules(part):
+    """What the docstring allows (the ``pdp_gpt2.x`` names before 'never') is what ALLOWED allows."""
+    allowed_text = re.split(r"\b[Nn]ever\b", _rule_paragraph(part))[0]
+    named = {n.rstrip(".*") for n in re.findall(r"``(pdp_gpt2(?:\.[\w*]+)*)``", allowed_text)}
+    assert named == set(ALLOWED[part]), (part, sorted(named), ALLOWED[part])
