@@ -160,3 +160,45 @@ def test_unreachable_hub_dataset_is_a_usage_error(monkeypatch, spec):
             load_split_texts(spec, "test")
     finally:
         hub.hub_reachable.cache_clear()
+
+
+# --- the split rules (splits.py), by hand ---------------------------------------------------
+
+def test_split_rules_by_hand():
+    from pdp_gpt2.data.splits import documents, files_of_split, hf_source, line_range
+
+    assert [line_range(100, s) for s in data.SPLITS] == [(0, 90), (90, 95), (95, 100)]
+    assert [line_range(7, s) for s in data.SPLITS] == [(0, 6), (6, 7), (7, 7)]  # round(6.3), round(6.65)
+    assert [files_of_split(list("abcd"), s) for s in data.SPLITS] == [["a", "b"], ["c"], ["d"]]
+    name, keep = hf_source(["train"], "validation", "x")
+    assert name == "train" and [i for i in range(450) if keep(i)] == [0, 200, 400]
+    name, keep = hf_source(["train", "dev"], "train", "x")  # only test is carved
+    assert name == "train" and [i for i in range(5) if not keep(i)] == [1]
+    assert hf_source(["train", "dev"], "validation", "x")[0] == "dev"
+    with pytest.raises(UsageError, match="has no 'test' or 'train' split"):
+        hf_source(["validation"], "test", "x")
+    assert documents([("a\n", True), ("b\n", False), ("c", True)]) == ["a\nb\n", "c"]
+
+
+def test_not_utf8_names_the_byte(tmp_path):
+    f = tmp_path / "bad.txt"
+    f.write_bytes("ok\nnaïve\n".encode() + b"x\xffy\n")
+    with pytest.raises(UsageError, match=r"bad.txt is not UTF-8 text \(invalid start byte at byte 11\)"):
+        load_split_texts(str(f), "train")
+
+
+def test_an_empty_file_among_three_is_an_error_for_its_split_only(tmp_path):
+    for name, text in (("a.txt", "one\n"), ("b.txt", "two\n"), ("c.txt", " \n\n"), ("d.txt", "four\n")):
+        (tmp_path / name).write_text(text)
+    spec = f"{tmp_path}/*.txt"
+    assert load_split_texts(spec, "test") == ["four\n"]
+    with pytest.raises(UsageError, match="dataset file is empty: .*c.txt"):
+        load_split_texts(spec, "validation")
+
+
+def test_local_documents_keep_every_line_ending(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"a\r\nb\rc\n\x0cd\n" * 10)  # \r\n and \r read as \n (universal newlines), \f kept in a line
+    text = f.read_text()
+    got = "".join(load_split_texts(str(f), s)[0] for s in data.SPLITS)
+    assert got == text

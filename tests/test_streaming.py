@@ -141,3 +141,27 @@ def test_cli_streaming_run_and_its_errors(tmp_path, tiny_assets, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["train_steps"] == 4 and s["ramp_steps"] == 2 and s["eval_tokens"] == 300
     assert s["sparsity_actual"] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_hf_in_memory_documents_are_the_streams_joined(monkeypatch, split):
+    """One document source: the downloaded dataset and the stream give the same documents, also
+    when rows past the first 1000 would have decided "one line per row" differently."""
+    import datasets
+
+    rows = [f"line {i}\n" for i in range(1200)] + [f"doc {i}" for i in range(1500)]
+    calls = []
+
+    def load_dataset(name, config=None, streaming=False, **kw):
+        calls.append(streaming)
+        ds = datasets.Dataset.from_dict({"id": list(range(len(rows))), "body": rows})
+        return (datasets.IterableDatasetDict({"train": ds.to_iterable_dataset()}) if streaming
+                else datasets.DatasetDict({"train": ds}))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    in_memory = load_split_texts("someorg/owt", split)
+    assert in_memory == _docs(S.pieces("someorg/owt", split)) and calls == [False, True]
+    if split == "train":  # joined: decided on its first 1000 rows, which are lines (of all: 45 %)
+        assert len(in_memory) == 1 and in_memory[0].startswith("line 2\nline 3\n")
+    else:  # 14 carved rows, 6 of them lines: each row a document
+        assert in_memory == [r for i, r in enumerate(rows) if i % 200 == {"validation": 0, "test": 1}[split]]

@@ -1,22 +1,32 @@
-"""Corpus → token ids → fixed-length blocks.
+"""Dataset spec -> documents -> token ids -> fixed-length blocks.
 
-Three kinds of dataset spec are understood by :func:`load_split_texts`:
+Three kinds of dataset spec are understood by :func:`pieces` and :func:`load_split_texts`:
 
 * ``"shakespeare"`` – the embedded public-domain corpus (split by whole work,
   see ``assets/corpus/PROVENANCE.md``);
 * local ``.txt`` files: a path, a glob, or several of either separated by commas;
 * anything else is a Hugging Face dataset, ``"name"`` or ``"name:config"``.
+
+:func:`pieces` is the one document source: the lines or rows of one split, read
+lazily.  The in-memory path joins them into documents (:func:`load_split_texts`),
+``--streaming`` tokenizes them as they come (streaming.py).  The split rules are in
+splits.py.
 """
 from __future__ import annotations
 
+import codecs
+import functools
 import glob
 import gzip
 import json
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from pdp_gpt2.data.splits import SPLITS, Piece, check_split, doc_lines, documents, files_of_split, line_range
 from pdp_gpt2.errors import UsageError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # src/pdp_gpt2/assets
@@ -24,36 +34,33 @@ EMBEDDED_CORPUS = ASSETS / "corpus" / "shakespeare.jsonl.gz"
 EMBEDDED_MODEL_DIR = ASSETS / "shakespeare-gpt2"
 DEFAULT_DATASET = "shakespeare"
 DEFAULT_MODEL = "embedded"  # resolved to EMBEDDED_MODEL_DIR by models.load_model_and_tokenizer
-SPLITS = ("train", "validation", "test")
-
-# Local files and HF datasets without a held-out split get one carved out:
-# these are the fractions of lines (one or two files) or rows (HF) held out.
-HELD_OUT_FRACTION = 0.05
 
 
 def load_split_texts(spec: str, split: str) -> list[str]:
-    """Return the documents of one split of a dataset spec (see the module docstring).
+    """The documents of one split of a dataset spec: :func:`pieces`, joined."""
+    texts = documents(pieces(spec, split))
+    if not any(t.strip() for t in texts):
+        raise UsageError(f"the {split} split of dataset {spec.strip()!r} is empty")
+    return texts
 
-    Local files: with three or more files the split is by whole file, in sorted
-    path order: the last file is ``test``, the one before ``validation``, the
-    rest ``train``.  With one or two files each file is cut by lines: the
-    first 90 % is ``train``, the next 5 % ``validation``, the last 5 % ``test``.
-    Each file (or part of one) is one document.
+
+def pieces(spec: str, split: str, streaming: bool = False) -> Iterator[Piece]:
+    """The documents of ``split`` as pieces (lines or rows), read lazily (see splits.py for the rules).
+
+    ``streaming`` matters for hub datasets only: ``load_dataset(..., streaming=True)``
+    instead of the (cached) download.  Local files are always read line by line.
     """
-    if split not in SPLITS:
-        raise UsageError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    check_split(split)
     spec = spec.strip()
     if spec == DEFAULT_DATASET:
-        texts = load_embedded(split)
-    elif _looks_local(spec):
-        texts = _local_split(_expand_paths(spec), split)
+        for doc in load_embedded(split):  # small: bundled with the package
+            yield from doc_lines(doc.splitlines(keepends=True))
+    elif looks_local(spec):
+        yield from _local_pieces(expand_paths(spec), split)
     else:
-        from pdp_gpt2.data.hub_datasets import load_hf_split  # datasets is slow to import; only when needed
+        from pdp_gpt2.data.hub_datasets import hf_pieces  # datasets is slow to import; only when needed
 
-        texts = load_hf_split(spec, split)
-    if not any(t.strip() for t in texts):
-        raise UsageError(f"the {split} split of dataset {spec!r} is empty")
-    return texts
+        yield from hf_pieces(spec, split, streaming=streaming)
 
 
 def load_embedded(split: str) -> list[str]:
@@ -69,7 +76,7 @@ def embedded_titles(split: str) -> list[str]:
         return [r["title"] for r in map(json.loads, f) if r["split"] == split]
 
 
-def _looks_local(spec: str) -> bool:
+def looks_local(spec: str) -> bool:
     """Paths, globs and .txt names are local; ``name``, ``org/name`` and ``name:config`` are hub datasets."""
     def local(p: str) -> bool:
         return (p.endswith(".txt") or any(c in p for c in "*?[\\") or p.startswith((".", "/", "~"))
@@ -77,7 +84,7 @@ def _looks_local(spec: str) -> bool:
     return any(local(p.strip()) for p in spec.split(","))
 
 
-def _expand_paths(spec: str) -> list[Path]:
+def expand_paths(spec: str) -> list[Path]:
     """Comma-separated paths and globs → sorted unique files; one clear error per bad part."""
     paths: set[Path] = set()
     for part in (p.strip() for p in spec.split(",")):
@@ -97,44 +104,77 @@ def _expand_paths(spec: str) -> list[Path]:
     return sorted(paths)
 
 
-def _read_text(path: Path) -> str:
+# ---- local files, a line at a time -------------------------------------------------------
+def _local_pieces(paths: list[Path], split: str) -> Iterator[Piece]:
+    if len(paths) >= 3:  # whole files
+        for p in files_of_split(paths, split):
+            nonblank = False
+            for piece in doc_lines(_lines(p)):
+                nonblank = nonblank or bool(piece[0].strip())
+                yield piece
+            if not nonblank:
+                raise UsageError(f"dataset file is empty: {p}")
+        return
+    for p in paths:  # each file cut by lines: count first (once per process), then read the part
+        st = p.stat()
+        n, nonblank = _line_count(p, st.st_size, st.st_mtime_ns)
+        if not nonblank:
+            raise UsageError(f"dataset file is empty: {p}")
+        lo, hi = line_range(n, split)
+        yield from doc_lines(islice(_lines(p), lo, hi))
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines ``path.read_text().splitlines(keepends=True)`` gives, without reading the file whole."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        raise UsageError(f"dataset file is empty: {path}")
-    return text
+        with open(path, encoding="utf-8") as f:
+            for line in f:  # splits on \n only; splitlines() also cuts at \v, \f, \u2028, ...
+                yield from line.splitlines(keepends=True)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
-def _local_split(paths: list[Path], split: str) -> list[str]:
-    if len(paths) >= 3:
-        chosen = {"train": paths[:-2], "validation": paths[-2:-1], "test": paths[-1:]}[split]
-        return [_read_text(p) for p in chosen]
-    return [part for p in paths if (part := split_lines(_read_text(p), split))]
+def _not_utf8(path: Path) -> UsageError:
+    """The error of the first byte that is not UTF-8, found a chunk at a time."""
+    decoder, pos = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character from the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                return UsageError(f"{path} is not UTF-8 text ({e.reason} at byte {pos - pending + e.start})")
+            if not chunk:
+                return UsageError(f"{path} is not UTF-8 text")
+            pos += len(chunk)
 
 
-def split_lines(text: str, split: str) -> str:
-    """The ``split`` part of one text cut by lines at 90 % / 95 %."""
-    lines = text.splitlines(keepends=True)
-    a = round(len(lines) * (1 - 2 * HELD_OUT_FRACTION))
-    b = round(len(lines) * (1 - HELD_OUT_FRACTION))
-    return "".join({"train": lines[:a], "validation": lines[a:b], "test": lines[b:]}[split])
+@functools.lru_cache(maxsize=64)
+def _line_count(path: Path, size: int, mtime_ns: int) -> tuple[int, bool]:
+    """(lines, any non-blank) of a file; size and mtime are in the key, so an edited file is counted again."""
+    n, nonblank = 0, False
+    for line in _lines(path):
+        n += 1
+        nonblank = nonblank or bool(line.strip())
+    return n, nonblank
 
 
+# ---- documents -> tokens -> blocks ---------------------------------------------------------
 def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     """All documents as one 1-D LongTensor, joined by the EOS token (none at either end)."""
     if tokenizer.eos_token_id is None:
         raise UsageError("the tokenizer has no EOS token to separate documents")
     ids: list[int] = []
-    for i, doc in enumerate(_encode_batch(tokenizer, texts)):
+    for i, doc in enumerate(encode_batch(tokenizer, texts)):
         if i:
             ids.append(tokenizer.eos_token_id)
         ids.extend(doc)
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # The Rust tokenizer encodes the batch in parallel and, unlike

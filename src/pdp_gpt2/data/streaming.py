@@ -1,14 +1,14 @@
 """``--streaming``: the train split as an endless stream of fixed-length blocks.
 
-Nothing is held whole: text is read a line (local files) or a row (HF datasets,
-``load_dataset(..., streaming=True)``) at a time, tokenized about ``chunk_chars``
-characters at a time, and cut into blocks; at most one chunk's tokens plus less than
-one block of leftover are in memory (``StreamingBlocks.peak_tokens`` counts them).
+Nothing is held whole: the pieces of ``sources.pieces`` (a line of a local file, a row
+of ``load_dataset(..., streaming=True)``) are tokenized about ``chunk_chars`` characters
+at a time and cut into blocks; at most one chunk's tokens plus less than one block of
+leftover are in memory (``StreamingBlocks.peak_tokens`` counts them).
 
-The splits and the token stream are the non-streaming ones (data.py, hf_datasets.py):
-documents joined by EOS, the same held-out lines/files/rows.  So on GPT-2's byte-level
-BPE the blocks are exactly ``data.tokenize_and_group`` of the same split (tested),
-which needs care where a long document is cut: see ``_cut_at``.
+The pieces are the ones the in-memory path joins into documents (same splits, same
+documents), and the token stream is ``sources.token_stream``'s: documents joined by EOS.
+So on GPT-2's byte-level BPE the blocks are exactly ``sources.tokenize_and_group`` of
+the same split (tested), which needs care where a long document is cut: see ``_cut_at``.
 
 The held-out split is streamed too and capped at ``--streaming_eval_tokens``.
 The stream restarts when it ends (so ``--max_steps`` decides the length) and never
@@ -16,122 +16,23 @@ shuffles, so a resumed run, which skips the batches already seen, sees the same 
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
-from itertools import islice
-from pathlib import Path
 
 import torch
 from torch.utils.data import IterableDataset
 
-from pdp_gpt2.data.sources import (DEFAULT_DATASET, HELD_OUT_FRACTION, _encode_batch, _expand_paths, _looks_local,
-                           load_embedded)
+from pdp_gpt2.data import sources
+from pdp_gpt2.data.sources import encode_batch
+from pdp_gpt2.data.splits import Piece
 from pdp_gpt2.errors import UsageError
 
 CHUNK_CHARS = 1 << 20  # characters tokenized per call (the Rust tokenizer encodes a batch in parallel)
 SEGMENT_CHARS = 1 << 16  # a long document is cut into segments of about this size, at safe cuts only
-JOIN_PEEK_ROWS = 1000  # rows looked at to decide "one line per row" (see hf_datasets.rows_to_documents)
-
-Piece = tuple[str, bool]  # (text, True if it starts a new document)
 
 
-# ---- where the text comes from --------------------------------------------------------
 def pieces(spec: str, split: str) -> Iterator[Piece]:
-    """The documents of ``split`` as pieces (lines or rows), in the non-streaming path's order."""
-    spec = spec.strip()
-    if spec == DEFAULT_DATASET:
-        for doc in load_embedded(split):  # small: bundled with the package
-            yield from _doc_lines(doc.splitlines(keepends=True))
-    elif _looks_local(spec):
-        yield from _local_pieces(_expand_paths(spec), split)
-    else:
-        yield from _hf_pieces(spec, split)
-
-
-def _doc_lines(lines) -> Iterator[Piece]:
-    first = True
-    for line in lines:
-        yield line, first
-        first = False
-
-
-def _lines(path: Path) -> Iterator[str]:
-    """Lines as ``str.splitlines(keepends=True)`` of the whole (newline-translated) text gives them."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:  # splits on \n only; splitlines() also cuts at \v, \f, \u2028, ...
-                yield from line.splitlines(keepends=True)
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text ({e.reason})") from None
-
-
-def _local_pieces(paths: list[Path], split: str) -> Iterator[Piece]:
-    if len(paths) >= 3:  # whole files: ..., validation, test (data._local_split)
-        chosen = {"train": paths[:-2], "validation": paths[-2:-1], "test": paths[-1:]}[split]
-        for p in chosen:
-            yield from _doc_lines(_lines(p))
-        return
-    for p in paths:  # each file cut by lines at 90 % / 95 % (data.split_lines): count first, then read
-        st = p.stat()
-        n = _count_lines(p, st.st_size, st.st_mtime_ns)
-        a, b = round(n * (1 - 2 * HELD_OUT_FRACTION)), round(n * (1 - HELD_OUT_FRACTION))
-        lo, hi = {"train": (0, a), "validation": (a, b), "test": (b, n)}[split]
-        yield from _doc_lines(islice(_lines(p), lo, hi))
-
-
-@functools.lru_cache(maxsize=64)
-def _count_lines(path: Path, size: int, mtime_ns: int) -> int:
-    """Lines in a file (size and mtime in the key: an edited file is counted again), once per process."""
-    return sum(1 for _ in _lines(path))
-
-
-def _hf_pieces(spec: str, split: str) -> Iterator[Piece]:
-    import datasets
-
-    from pdp_gpt2.data.hub_datasets import ALIASES, CARVE_EVERY, CARVE_SLOT, parse_spec
-    from pdp_gpt2.data.hub import offline_unless_reachable
-
-    name, config = parse_spec(spec)
-    try:
-        with offline_unless_reachable():
-            dsd = datasets.load_dataset(name, config, streaming=True)
-    except Exception as e:  # noqa: BLE001 - not-found/offline errors vary by datasets version
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"cannot stream dataset {spec!r}: {why}") from None
-    carved = [s for s in ("validation", "test") if not any(a in dsd for a in ALIASES[s])]
-    if split == "train" or split in carved:  # held-out rows carved out of train by index, as hf_datasets does
-        if "train" not in dsd:
-            raise UsageError(f"dataset {spec!r} has no {split!r} or 'train' split (has: {', '.join(dsd)})")
-        keep = ((lambda i: i % CARVE_EVERY not in {CARVE_SLOT[s] for s in carved}) if split == "train"
-                else (lambda i: i % CARVE_EVERY == CARVE_SLOT[split]))
-        source = dsd["train"]
-    else:
-        source, keep = dsd[next(a for a in ALIASES[split] if a in dsd)], (lambda i: True)
-    rows = (r for i, r in enumerate(_texts(source, spec)) if keep(i))
-    yield from _rows_to_pieces(rows)
-
-
-def _texts(ds, spec: str) -> Iterator[str | None]:
-    column = None
-    for row in ds:
-        if column is None:
-            column = "text" if "text" in row else next((k for k, v in row.items() if isinstance(v, str)), None)
-            if column is None:
-                raise UsageError(f"dataset {spec!r} has no text column (columns: {', '.join(row)})")
-        yield row[column]
-
-
-def _rows_to_pieces(rows: Iterator[str | None]) -> Iterator[Piece]:
-    """hf_datasets.rows_to_documents as a stream, deciding "one line per row" on the first rows."""
-    rows = (r for r in rows if r is not None)
-    head = list(islice(rows, JOIN_PEEK_ROWS))
-    nonempty = [r for r in head if r.strip()]
-    joined = bool(nonempty) and sum(r.endswith("\n") for r in nonempty) >= 0.9 * len(nonempty)
-    everything = (r for part in (head, rows) for r in part)
-    if joined:  # wikitext: rows are lines of one document
-        yield from _doc_lines(everything)
-    else:
-        yield from ((r, True) for r in everything if r.strip())
+    """``sources.pieces`` read as a stream (a hub dataset is streamed, not downloaded)."""
+    return sources.pieces(spec, split, streaming=True)
 
 
 # ---- text -> tokens -> blocks ----------------------------------------------------------
@@ -153,7 +54,7 @@ def _cut_at(prev: str, nxt: str) -> int | None:
 
 def token_chunks(tokenizer, source: Iterator[Piece], chunk_chars: int = CHUNK_CHARS,
                  segment_chars: int = SEGMENT_CHARS) -> Iterator[list[int]]:
-    """``data.token_stream`` of the documents in ``source``, a chunk of token ids at a time."""
+    """``sources.token_stream`` of the documents in ``source``, a chunk of token ids at a time."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UsageError("the tokenizer has no EOS token to separate documents")
@@ -164,7 +65,7 @@ def token_chunks(tokenizer, source: Iterator[Piece], chunk_chars: int = CHUNK_CH
     def encode(done: list[tuple[list[str], bool]]) -> list[int]:
         nonlocal first_doc
         out: list[int] = []
-        for (_, starts), ids in zip(done, _encode_batch(tokenizer, ["".join(p) for p, _ in done])):
+        for (_, starts), ids in zip(done, encode_batch(tokenizer, ["".join(p) for p, _ in done])):
             if starts and not first_doc:
                 out.append(eos)
             first_doc = first_doc and not starts
@@ -230,7 +131,7 @@ class StreamingBlocks(IterableDataset):
 
 
 def eval_tokens(spec: str, split: str, tokenizer, max_tokens: int, chunk_chars: int = CHUNK_CHARS) -> torch.Tensor:
-    """The first ``max_tokens`` of ``data.token_stream`` of the held-out split, read as a stream."""
+    """The first ``max_tokens`` of ``sources.token_stream`` of the held-out split, read as a stream."""
     out: list[int] = []
     for ids in token_chunks(tokenizer, pieces(spec, split), chunk_chars):
         out.extend(ids[: max_tokens - len(out)])
