@@ -29,6 +29,7 @@ from torch import nn
 from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import nm24
 from pdp_gpt2.export.compressed import load_compressed  # noqa: F401  (the reader, next to the writer)
+from pdp_gpt2.data.manifest import MANIFEST, pruned_weights, quant_bits, read_manifest
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D, find_targets
 
@@ -110,12 +111,19 @@ def load_finalized(model_dir: Path) -> nn.Module:
     return model.eval()
 
 
-def pruned_tensors(model: nn.Module) -> dict[str, int]:
+def pruned_tensors(model: nn.Module, manifest: dict | None = None) -> dict[str, int]:
     """{weight name: output-channel axis} of the pruned targets.
 
-    The default PDP targets that hold any exact zeros, plus any Linear/Conv1D
-    weight with at least PRUNED_ZERO_SHARE exact zeros (custom target patterns).
+    With the model directory's pdp_pruning.json (``manifest``): the tensors it lists as
+    pruned.  Without one (models pruned before it was written): a guess, the default PDP
+    targets that hold any exact zeros, plus any Linear/Conv1D weight with at least
+    PRUNED_ZERO_SHARE exact zeros (custom target patterns).
     """
+    if manifest is not None:
+        pruned, state = pruned_weights(manifest), model.state_dict()
+        if missing := sorted(set(pruned) - set(state)):
+            raise UsageError(f"{MANIFEST} lists {missing[0]}, which the model does not have")
+        return pruned
     try:
         default = {t.name for t in find_targets(model)}
     except UsageError:  # no numbered blocks, or a tied weight: fall back to the zero share alone
@@ -190,11 +198,11 @@ def encode_tensor(name: str, w: torch.Tensor, fmt: str, channel_dim: int | None,
 
 
 def encode_model(model: nn.Module, fmt: str, values: str = "auto", hint: int | None = None,
-                 codes: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+                 codes: bool = True, manifest: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(pdp header, safetensors payloads) of a finalized model; refuses patterns fmt can't hold."""
     state = model.state_dict()
     aliases = tied_aliases(state)
-    pruned = pruned_tensors(model)
+    pruned = pruned_tensors(model, manifest)
     if not pruned:
         raise UsageError("no exact zeros in the target weights: not a pruned model (finalize a PDP run first)")
     if fmt == "2:4":
@@ -239,12 +247,17 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
     out = Path(out).expanduser()
     _check_out(out, source.model_dir, overwrite)
     model = load_finalized(source.model_dir)
+    manifest = read_manifest(source.model_dir)  # which tensors are pruned, and the bits, as the run wrote them
+    if manifest is None:
+        print(f"pdp-gpt2 export: note: {source.model_dir} has no {MANIFEST} (pruned before runs wrote one); "
+              "guessing the pruned tensors from their zeros", flush=True)
+    hint = quant_bits(manifest) if manifest is not None else quant_bits_hint(source.summary)
     if fmt == "dense":
-        if not pruned_tensors(model):
+        if not pruned_tensors(model, manifest):
             raise UsageError(f"{source.model_dir}: no exact zeros in the target weights: not a pruned model")
         header = None
     else:
-        header, payloads = encode_model(model, fmt, values, quant_bits_hint(source.summary), codes)
+        header, payloads = encode_model(model, fmt, values, hint, codes, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -261,7 +274,7 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
             save_file(payloads, str(tmp / C.WEIGHTS_FILE), metadata={C.META_KEY: json.dumps(header)})
             _verify(tmp, model.state_dict(), header)
         aliases = tied_aliases(model.state_dict())
-        pruned = sorted({aliases.get(n, n) for n in pruned_tensors(model)})  # a tied tensor counts once
+        pruned = sorted({aliases.get(n, n) for n in pruned_tensors(model, manifest)})  # a tied tensor counts once
         report = size_report(source.model_dir, tmp, fmt, header, pruned, aliases)
         report.update(source=str(source.model_dir), out=str(out), values=values)
         (tmp / "size_report.json").write_text(json.dumps(report, indent=2) + "\n")

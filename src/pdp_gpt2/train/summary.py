@@ -1,7 +1,9 @@
-"""Write what a finished run hands over: final/, layers.md, summary.json, the closing table.
+"""Write what a finished run hands over: final/ (weights, tokenizer, pdp_pruning.json, README.md
+model card), layers.md, summary.json, the closing table.
 
 Sparsity is measured from the files just written (torchao's lesson: count the
-zeros that ship, not the masks in memory).
+zeros that ship, not the masks in memory).  final/ is complete before it is renamed
+into place, and summary.json comes last: its presence marks a finished run.
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from pdp_gpt2.train import rundir
-from pdp_gpt2.train.config import TrainConfig
+from pdp_gpt2.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from pdp_gpt2.data.manifest import write_manifest
 from pdp_gpt2.pdp.targets import find_targets
+from pdp_gpt2.train import card
+from pdp_gpt2.train.config import TrainConfig
 
 
 def saved_sparsity(final_dir: Path, target_names: list[str]) -> dict:
@@ -40,21 +44,39 @@ def layers_markdown(saved: dict, stats: dict | None) -> str:
 
 
 def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, tracker) -> dict:
-    names = [t.name for t in find_targets(model, cfg.pdp.targets)]
+    targets = find_targets(model, cfg.pdp.targets)
     final = out / "final"
+    stats = result["stats"]
+    done: dict = {}
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        saved = saved_sparsity(tmp, [t.name for t in targets])
+        summary = run_summary(cfg, result, saved, final)
+        man = card.manifest(cfg, targets, saved, stats)
+        write_manifest(tmp, man)
+        atomic_write_text(tmp / "README.md", card.model_card(cfg, summary, man, layers_markdown(saved, stats)))
+        done.update(saved=saved, summary=summary)
 
-    rundir.atomic_dir(final, write)
-    saved = saved_sparsity(final, names)
+    atomic_dir(final, write)
+    saved, summary = done["saved"], done["summary"]
+    atomic_write_text(out / "layers.md", layers_markdown(saved, stats))
+    atomic_write_json(out / "summary.json", summary)  # last: its presence marks a finished run
+    tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None})
+    tracker.table("layer_sparsity", ["layer", "numel", "zeros", "sparsity"],
+                  [[n, d["numel"], d["zeros"], d["sparsity"]] for n, d in saved["layers"].items()])
+    print_table(summary)
+    return summary
+
+
+def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dict:
+    """The content of summary.json."""
     stats = result["stats"]
-    rundir.atomic_write_text(out / "layers.md", layers_markdown(saved, stats))
     gap = None
     if result["ppl_soft"]:
         gap = result["ppl_hard"] / result["ppl_soft"] - 1
-    summary = {
+    return {
         "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "eval_split": cfg.eval_split,
         "sparsity_target": cfg.pdp.sparsity if cfg.method != "dense" else 0.0,
         "sparsity_actual": saved["sparsity"], "perplexity": result["ppl_hard"],
@@ -65,12 +87,6 @@ def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, trac
         "target_weights": saved["numel"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "layers": saved["layers"], "config": cfg.to_dict(),
     }
-    rundir.atomic_write_json(out / "summary.json", summary)  # last: its presence marks a finished run
-    tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None})
-    tracker.table("layer_sparsity", ["layer", "numel", "zeros", "sparsity"],
-                  [[n, d["numel"], d["zeros"], d["sparsity"]] for n, d in saved["layers"].items()])
-    print_table(summary)
-    return summary
 
 
 def print_table(s: dict) -> None:

@@ -1,0 +1,62 @@
+"""``pdp_pruning.json``: what a pruned model directory says about itself.
+
+A run writes it into ``final/`` next to the weights (train/summary.py); export reads it to
+know which tensors are pruned and on which quantization grid, instead of guessing from
+zeros.  It lives in data/ because both sides may import data/ and neither may import the
+other.  The layout (version 1)::
+
+    {"format": "pdp-gpt2/pruning", "version": 1,
+     "method": "pdp", "pattern": "unstructured", "allocation": "layer",
+     "sparsity_target": 0.9, "sparsity_actual": 0.9,     # over all target weights
+     "tau": 0.02, "tau_mode": "relative",                 # null for methods without a soft mask
+     "bits": null,                                        # b of the b-bit grid with --quantize
+     "base_model": "gpt2", "dataset": "...",
+     "tensors": {"transformer.h.0.attn.c_attn.weight":
+                 {"shape": [64, 192], "out_dim": 1, "numel": 12288, "zeros": 11059,
+                  "target_sparsity": 0.9}, ...}}
+
+``zeros`` are counted in the saved files.  ``out_dim`` is the axis of output channels
+(1 for GPT-2's Conv1D, which stores (in, out); 0 for nn.Linear).  A tensor is pruned when
+its ``target_sparsity`` is above zero.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pdp_gpt2.atomic import atomic_write_json
+from pdp_gpt2.errors import UsageError
+
+MANIFEST = "pdp_pruning.json"
+FORMAT = "pdp-gpt2/pruning"
+VERSION = 1
+
+
+def write_manifest(model_dir: Path, manifest: dict) -> None:
+    atomic_write_json(Path(model_dir) / MANIFEST, {"format": FORMAT, "version": VERSION, **manifest})
+
+
+def read_manifest(model_dir: Path) -> dict | None:
+    """The manifest of a model directory; None if it has none (pruned before manifests existed)."""
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("tensors"), dict):
+        raise UsageError(f"{path} is not a pdp-gpt2 pruning manifest (format {FORMAT!r} with tensors)")
+    if m.get("version") != VERSION:
+        raise UsageError(f"{path} has manifest version {m.get('version')}; this pdp-gpt2 reads version {VERSION}")
+    return m
+
+
+def pruned_weights(manifest: dict) -> dict[str, int]:
+    """{weight name: output-channel axis} of the tensors the manifest says are pruned."""
+    return {name: int(t["out_dim"]) for name, t in manifest["tensors"].items() if t.get("target_sparsity", 0) > 0}
+
+
+def quant_bits(manifest: dict) -> int | None:
+    bits = manifest.get("bits")
+    return int(bits) if bits is not None else None
