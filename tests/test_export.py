@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig, UsageError
+from pdp_gpt2.export import bits as B
 from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import nm24
 from pdp_gpt2.cli import main
@@ -45,12 +46,12 @@ def _same_logits(a, b):
 
 def test_pack_bits_is_little_endian_lsb_first():
     # 1 -> bits (1,0), 2 -> (0,1), 3 -> (1,1): stream 100111 -> byte 0b00111001 = 57
-    assert C.pack_bits(np.array([1, 2, 3]), 2).tolist() == [57]
-    assert C.unpack_bits(np.array([57], dtype=np.uint8), 3, 2).tolist() == [1, 2, 3]
-    assert C.pack_bits(np.array([200, 7]), 8).tolist() == [200, 7]
+    assert B.pack_bits(np.array([1, 2, 3]), 2).tolist() == [57]
+    assert B.unpack_bits(np.array([57], dtype=np.uint8), 3, 2).tolist() == [1, 2, 3]
+    assert B.pack_bits(np.array([200, 7]), 8).tolist() == [200, 7]
     v = np.random.default_rng(0).integers(0, 32, 101)
-    assert C.unpack_bits(C.pack_bits(v, 5), 101, 5).tolist() == v.tolist()
-    assert len(C.pack_bits(v, 5)) == C.packed_len(101, 5) == 64
+    assert B.unpack_bits(B.pack_bits(v, 5), 101, 5).tolist() == v.tolist()
+    assert len(B.pack_bits(v, 5)) == B.packed_len(101, 5) == 64
 
 
 def test_bitmask_bytes_and_values():

@@ -1,8 +1,11 @@
-"""`pdp-gpt2 eval`: sliding-window perplexity of any Hugging Face causal LM."""
+"""`pdp-gpt2 eval`: sliding-window perplexity of any causal LM, or lm-eval task scores with --tasks.
+
+MODEL may be 'embedded', a HF directory, a run directory (final/), a compressed/2:4
+export directory (detected by its model.pdp.safetensors), or a hub id.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pdp_gpt2.data.sources import DEFAULT_DATASET, DEFAULT_MODEL, SPLITS
@@ -11,8 +14,19 @@ from pdp_gpt2.errors import UsageError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="'embedded' (the bundled Shakespeare GPT-2), a local HF model directory, "
-                             "or a hub id such as gpt2 (default: %(default)s)")
+                        help="'embedded' (the bundled Shakespeare GPT-2), a local HF model directory, a training "
+                             "run directory (its final/), a `pdp-gpt2 export` directory, or a hub id such as gpt2 "
+                             "(default: %(default)s)")
+    parser.add_argument("--runtime", default="dense", choices=("dense", "sparse"),
+                        help="sparse: pruned layers on CSR kernels (CPU only; same results within fp32 rounding) "
+                             "(default: %(default)s)")
+    parser.add_argument("--tasks", default=None,
+                        help="lm-evaluation-harness tasks instead of perplexity: comma-separated names "
+                             "(lambada_openai,hellaswag,arc_easy,piqa,wikitext) and/or paths to task YAML files "
+                             "or folders; needs pip install -e \".[eval]\"; writes --json (default lm_eval.json)")
+    parser.add_argument("--num_fewshot", type=int, default=None, help="with --tasks: few-shot examples per task")
+    parser.add_argument("--limit", type=float, default=None,
+                        help="with --tasks: documents per task (>= 1) or a fraction of them (< 1); for quick checks")
     parser.add_argument("--dataset", default=DEFAULT_DATASET,
                         help="'shakespeare' (embedded), local .txt files/globs (comma-separated), "
                              "or a HF dataset NAME[:CONFIG] (default: %(default)s)")
@@ -24,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 0 = half the window)")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the result to this JSON file (with --tasks: default lm_eval.json)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
 
@@ -60,25 +75,52 @@ def pick_device(name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pdp_gpt2.atomic import atomic_write_json
     from pdp_gpt2.data.sources import load_split_texts, token_stream
     from pdp_gpt2.data.perplexity import perplexity
-    from pdp_gpt2.data.models import load_model_and_tokenizer
+    from pdp_gpt2.export.loader import load_for_inference
 
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be positive, got {args.batch_size}")
     device = pick_device(args.device)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    if args.runtime == "sparse" and device.type != "cpu":
+        raise UsageError("--runtime sparse runs on the CPU; pass --device cpu")
+    if args.tasks is not None:
+        from pdp_gpt2.export.lmeval import require_lm_eval
+
+        require_lm_eval()  # before loading the model: the missing extra is the first thing to say
+    model, tokenizer, _ = load_for_inference(args.model, args.runtime)
+    model.to(device)
+    if args.tasks is not None:
+        return _run_tasks(args, model, tokenizer)
     n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     window, stride = window_and_stride(args.max_length, args.stride, n_positions)
     ids = token_stream(tokenizer, load_split_texts(args.dataset, args.split))
     if len(ids) < 2:
         raise UsageError(f"the {args.split} split of {args.dataset!r} has fewer than 2 tokens")
-    result = perplexity(model.to(device), ids, window=window, stride=stride, batch_size=args.batch_size,
+    result = perplexity(model, ids, window=window, stride=stride, batch_size=args.batch_size,
                         progress=not args.no_progress, desc=f"eval {args.split}")
-    result.update(model=args.model, dataset=args.dataset, split=args.split, window=window, stride=stride)
+    result.update(model=args.model, dataset=args.dataset, split=args.split, window=window, stride=stride,
+                  runtime=args.runtime)
     print(f"{args.model} on {args.dataset}/{args.split}: perplexity {result['perplexity']:.3f} "
           f"(NLL {result['nll']:.4f} nats/token over {result['tokens']:,} tokens, window {window}, stride {stride})")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
+    return 0
+
+
+def _run_tasks(args: argparse.Namespace, model, tokenizer) -> int:
+    from pdp_gpt2.atomic import atomic_write_json
+    from pdp_gpt2.export.lmeval import evaluate_tasks, markdown_table
+
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError(f"--limit must be positive, got {args.limit}")
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    result = evaluate_tasks(model, tokenizer, args.tasks, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
+                            limit=limit, max_length=args.max_length or None)
+    result.update(model=args.model, runtime=args.runtime)
+    out = args.json or Path("lm_eval.json")
+    atomic_write_json(out, result)
+    print(markdown_table(result))
+    print(f"lm-eval results: {out}")
     return 0

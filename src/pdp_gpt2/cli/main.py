@@ -1,9 +1,9 @@
 """`pdp-gpt2` entry point: a thin dispatcher.
 
-Each subcommand lives in its own ``cli_<name>.py`` module exposing
-``add_arguments(parser)`` and ``run(args) -> int``.  Modules are imported
-lazily so ``pdp-gpt2 --help`` stays fast and an optional dependency of one
-command never breaks another.
+Each subcommand lives in its own ``cli/<name>.py`` module exposing
+``add_arguments(parser)`` and ``run(args) -> int``; the modules import their
+library lazily (inside ``run``) so ``pdp-gpt2 --help`` stays fast and an optional
+dependency of one command never breaks another.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "sweep": ("pdp_gpt2.cli.sweep", "run a W&B sweep file locally: one subprocess per trial, sweep.csv"),
     "report": ("pdp_gpt2.cli.report", "plots + report.md + self-contained report.html from runs or sweeps"),
     "export": ("pdp_gpt2.cli.export", "write a finalized sparse model as dense, compressed or 2:4 files, with a size table"),
+    "generate": ("pdp_gpt2.cli.generate", "generate text from any model or export (--runtime sparse: CSR kernels), with tokens/s"),
 }
 
 
@@ -37,13 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="pdp-gpt2", description="Prune Hugging Face causal LMs with PDP while fine-tuning.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
         try:
-            importlib.import_module(module).add_arguments(p)
+            command = importlib.import_module(module)
         except ModuleNotFoundError as e:  # a subcommand not built yet must not break the others
             if e.name != module:
                 raise
-            sub._name_parser_map.pop(name, None)
+            continue
+        command.add_arguments(sub.add_parser(name, help=help_, description=help_))
     return parser
 
 

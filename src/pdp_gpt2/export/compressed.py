@@ -32,48 +32,14 @@ import torch
 from torch import nn
 
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.export.bits import pack_bits, pack_mask, packed_len, unpack_bits, unpack_mask  # noqa: F401
+from pdp_gpt2.export.nm24 import decode_nm, to_semi_structured
 
 # Candidate scales are s0 = amax / qmax and its neighbours a few ulps away: the
 # weights were put on the grid by training with a scale computed from the
 # weights *before* the last rounding, so amax / qmax recomputed from the rounded
 # weights can be off by an ulp.
 _ULP_STEPS = (0, 1, -1, 2, -2, 3, -3)
-
-
-# ---- bit streams ----------------------------------------------------------------
-
-
-def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    """Unsigned integers < 2**bits -> uint8 little-endian bit stream of len ceil(n*bits/8)."""
-    v = np.ascontiguousarray(values, dtype=np.uint8).reshape(-1)
-    if bits == 8:
-        return v.copy()
-    planes = (v[:, None] >> np.arange(bits, dtype=np.uint8)) & 1  # (n, bits), LSB first
-    return np.packbits(planes.reshape(-1), bitorder="little")
-
-
-def unpack_bits(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`: the first ``count`` fields as uint8."""
-    packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
-    if bits == 8:
-        return packed[:count].copy()
-    planes = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
-    return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
-
-
-def packed_len(count: int, bits: int) -> int:
-    return (count * bits + 7) // 8
-
-
-def pack_mask(w: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    """(packed bitmask of w != 0, the boolean mask itself, flattened)."""
-    nz = (w != 0).reshape(-1)
-    return np.packbits(nz.cpu().numpy(), bitorder="little"), nz
-
-
-def unpack_mask(packed: np.ndarray, numel: int) -> torch.Tensor:
-    return torch.from_numpy(np.unpackbits(np.asarray(packed, dtype=np.uint8), count=numel,
-                                          bitorder="little").astype(bool))
 
 
 # ---- bitmask + values -------------------------------------------------------------
@@ -268,8 +234,6 @@ def read_compressed(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def decode_tensor(spec: dict, payloads: dict[str, torch.Tensor]) -> torch.Tensor:
     """One dense tensor from its header entry and its stored payloads."""
-    from pdp_gpt2.export.nm24 import decode_nm  # nm24 imports this module's bit packing
-
     enc, shape, dtype = spec["encoding"], [int(s) for s in spec["shape"]], dtype_of(spec["dtype"])
     p = {role: payloads[e["key"]] for role, e in spec["payloads"].items()}
     if enc == "raw":
@@ -291,12 +255,43 @@ def decode_tensor(spec: dict, payloads: dict[str, torch.Tensor]) -> torch.Tensor
     return out
 
 
+# ---- the export's other files: config.json, tokenizer, generation config -----------------------
+
+NOT_CHECKSUMMED = (WEIGHTS_FILE, "size_report.json")  # the weights check themselves; the report is not the model
+
+
+def add_file_checksums(header: dict, export_dir: Path) -> dict:
+    """``header`` with ``files``: {name: sha256} of every other file in ``export_dir`` (re-digested)."""
+    files = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(Path(export_dir).iterdir())
+             if f.is_file() and f.name not in NOT_CHECKSUMMED}
+    header = {**{k: v for k, v in header.items() if k != "header_sha256"}, "files": files}
+    header["header_sha256"] = header_digest(header)
+    return header
+
+
+def check_files(export_dir: Path, header: dict) -> None:
+    """UsageError naming the first file whose bytes differ from the header's ``files`` (if it has them)."""
+    for name, digest in (header.get("files") or {}).items():
+        f = Path(export_dir) / name
+        if not f.is_file():
+            raise UsageError(f"{export_dir} is incomplete: {name} is missing")
+        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            raise UsageError(f"{f} is corrupt: sha256 mismatch with the export header (bit flip or edit)")
+
+
 # ---- the model ---------------------------------------------------------------------------------
 
 
-def load_compressed(path: str | Path, *, semi_structured: bool = False, device: str | None = None) -> nn.Module:
-    """A plain HF causal LM from a ``compressed`` or ``2:4`` export, equal to the dense finalized one.
+RUNTIMES = ("dense", "sparse")
 
+
+def load_compressed(path: str | Path, *, runtime: str = "dense", semi_structured: bool = False,
+                    device: str | None = None) -> nn.Module:
+    """A HF causal LM from a ``compressed`` or ``2:4`` export, equal to the dense finalized one.
+
+    ``runtime="dense"`` gives a plain model (quantized codes dequantized); ``"sparse"``
+    swaps the pruned layers for CSR ones (:func:`pdp_gpt2.export.sparse.sparsify`),
+    same logits within fp32 rounding, faster on CPU at high sparsity.
     Every length and checksum is verified before anything is decoded.  With
     ``semi_structured=True`` on a CUDA machine the 2:4 layers get
     ``torch.sparse.to_sparse_semi_structured`` weights (model moved to ``device``
@@ -304,13 +299,14 @@ def load_compressed(path: str | Path, *, semi_structured: bool = False, device: 
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from pdp_gpt2.export.nm24 import to_semi_structured
-
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     path = Path(path).expanduser()
     f = path / WEIGHTS_FILE
     if not f.is_file():
         raise UsageError(f"{path}: no {WEIGHTS_FILE} (not a pdp-gpt2 compressed or 2:4 export)")
     state, header = read_compressed(f)
+    check_files(path, header)  # config.json and the tokenizer are checked like the weights
     for alias, first in header["tied"].items():
         state[alias] = state[first]
     try:
@@ -333,4 +329,8 @@ def load_compressed(path: str | Path, *, semi_structured: bool = False, device: 
             to_semi_structured(model, names)
     elif device is not None:
         model.to(device)
+    if runtime == "sparse":
+        from pdp_gpt2.export.sparse import sparsify
+
+        sparsify(model, [n.removesuffix(".weight") for n, s in header["tensors"].items() if s["encoding"] != "raw"])
     return model

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pdp_gpt2.export.compressed import pack_bits, packed_len, unpack_bits
+from pdp_gpt2.export.bits import pack_bits, packed_len, unpack_bits
 
 
 def index_bits(m: int) -> int:
