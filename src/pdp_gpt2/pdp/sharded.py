@@ -118,6 +118,9 @@ def select(jobs: list[tuple[list[torch.Tensor], list[int]]], group) -> list[list
     cands = [{0: list(ks)} for ks, _ in jobs]  # per job: prefix -> its candidate keys
     bits = _KEY_BITS[kdt]
     shift = bits
+    # int32 counts halve the bytes; any count is at most the number of keys in a job
+    most = max(sum(k.numel() for k in ks) for ks, _ in jobs) * dist.get_world_size(group)
+    count_dtype = torch.int32 if most < 2**31 else torch.int64
     for width in _digits(bits):
         shift -= width
         mask = (1 << width) - 1
@@ -129,7 +132,7 @@ def select(jobs: list[tuple[list[torch.Tensor], list[int]]], group) -> list[list
                 if c.numel():
                     h += torch.bincount(((c >> shift) & mask).long(), minlength=1 << width)
             hists.append(h)
-        total = _all_reduce(torch.cat(hists), group).view(len(order), -1).cpu()
+        total = _all_reduce(torch.cat(hists).to(count_dtype), group).view(len(order), -1).cpu().long()
         slot = {jp: i for i, jp in enumerate(order)}
         new_cands = []
         for j, st in enumerate(state):
@@ -322,3 +325,134 @@ def global_budgets(weights: dict[str, DTensor], sparsity: float) -> dict[str, fl
     # the same float32 mean the full-tensor version takes (a float32 sum of 0/1 is exact below 2^24)
     return {name: float(torch.tensor(float(c), dtype=torch.float32) / w.numel()) / sparsity
             for (name, w), c in zip(weights.items(), below.tolist())}
+
+
+# ---- patterns and drivers on sharded weights -----------------------------------------------
+# A pattern (patterns.py) is named by duck type so this module needs none of the drivers:
+# 'unstructured', 'row', or N:M (an object with n and m).
+
+
+def _kind(pattern) -> str:
+    if getattr(pattern, "name", None) in ("unstructured", "row"):
+        return pattern.name
+    if hasattr(pattern, "n") and hasattr(pattern, "m"):
+        return "nm"
+    raise NotImplementedError(f"pattern {pattern!r} has no sharded selection (unstructured, row and N:M do)")
+
+
+def pattern_thresholds(pattern, items: list[tuple[DTensor, int, int]]) -> list[torch.Tensor]:
+    """``pattern.threshold(full, out_dim, k)[0]`` for each (w, out_dim, k), bit for bit.
+    Unstructured thresholds of all items share one set of radix passes (4 all-reduces)."""
+    kind = _kind(pattern)
+    if kind == "unstructured":
+        if not items:
+            return []
+        group = layout(items[0][0]).group
+        return thresholds([([w.to_local()], k, w.numel()) for w, _, k in items], group)
+    if kind == "row":  # Linear's rows are local: their norms share one set of passes
+        out = [row_threshold(w, out_dim, k) if out_dim else None for w, out_dim, k in items]
+        rows = [(i, w, k) for i, (w, out_dim, k) in enumerate(items) if not out_dim]
+        if rows:
+            local = [([_row_sq(w.to_local().detach(), 0).sqrt()], k, w.shape[0]) for _, w, k in rows]
+            for (i, _, _), t in zip(rows, thresholds(local, layout(rows[0][1]).group)):
+                out[i] = t
+        return out
+    return [nm_threshold(w, out_dim, k, pattern.m) for w, out_dim, k in items]
+
+
+def pattern_keep(pattern, scores: torch.Tensor, lay: Layout, out_dim: int, k: int) -> torch.Tensor:
+    """This rank's rows of ``pattern.keep(full scores, out_dim, k)``."""
+    kind = _kind(pattern)
+    if kind == "unstructured":
+        return keep_smallest(scores, k, int(torch.Size(lay.shape).numel()), lay)
+    if kind == "row":
+        return row_keep(scores, lay, out_dim, k)
+    return nm_keep(scores, lay, out_dim, k, pattern.m)
+
+
+def fake_quant(local: torch.Tensor, bits: int, out_dim: int, lay: Layout) -> torch.Tensor:
+    """``mask.fake_quant`` of the full weight, on this rank's rows: per-output-channel scales
+    are maxima, and a maximum over shards (one all-reduce) is exact."""
+    if out_dim == 0:
+        return M.fake_quant(local, bits, 0)
+    qmax = 2 ** (bits - 1) - 1
+    amax = local.detach().abs().amax(dim=0, keepdim=True) if lay.rows else local.new_zeros(1, lay.shape[1])
+    amax = _all_reduce(amax.contiguous(), lay.group, dist.ReduceOp.MAX)
+    s = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.clamp(torch.round(local / s), -qmax, qmax) * s
+    return local + (q - local).detach()
+
+
+def _is_soft(mask) -> bool:
+    return hasattr(mask, "t") and not hasattr(mask, "keep")
+
+
+@torch.no_grad()
+def refresh(driver) -> None:
+    """``driver.refresh()`` for targets whose weights are DTensors: the same buffers, bit for bit,
+    on every rank.  PDP's thresholds and gradual magnitude pruning (gmp) are supported; one-shot
+    methods compute their masks at attach, before the model is sharded."""
+    masks = [driver.mask_of(t) for t in driver.targets]
+    if all(_is_soft(m) for m in masks):
+        ks = []
+        for t, m in zip(driver.targets, masks):
+            m.sparsity = float(driver.layer_sparsity(t.name))
+            ks.append(m._k(m.sparsity))
+        ts = pattern_thresholds(driver.pattern, [(driver.original(t), t.out_dim, k)
+                                                 for t, k in zip(driver.targets, ks)])
+        for m, t, k in zip(masks, ts, ks):
+            m.t.copy_(t.to(m.t.dtype))
+            m.active = k > 0 and bool((m.t > 0).any())
+        return
+    if driver.one_shot:
+        return
+    if getattr(driver, "method", None) != "gmp":
+        raise NotImplementedError(f"method {getattr(driver, 'method', driver)!r} has no sharded update")
+    for t, hm in zip(driver.targets, masks):
+        _gmp_update(driver, t, hm, driver.layer_sparsity(t.name))
+
+
+def _gmp_update(driver, t, hm, sparsity: float) -> None:
+    """baselines.GMP.update on a shard: pruned weights stay pruned (they score 0)."""
+    w = driver.original(t)
+    lay = layout(w)
+    local = w.to_local().detach()
+    pattern = driver.pattern
+    score = local.abs()
+    k_new = M.num_pruned(w.numel(), sparsity)
+    pruned = int((~hm.keep).sum())  # the full keep-mask is the same on every rank
+    k = pattern.num_pruned(w.shape, t.out_dim, sparsity)
+    if pruned <= k_new:
+        score = score * my_rows(hm.keep, lay)
+        if pruned == k_new and _kind(pattern) == "unstructured":
+            nonzero = _all_reduce(torch.count_nonzero(score).reshape(1).to(torch.int64), lay.group)
+            if int(nonzero) == w.numel() - k:
+                return  # the k zero scores are the k smallest: the mask would come back unchanged
+    hm.keep.copy_(gather_dim0(pattern_keep(pattern, score, lay, t.out_dim, k), lay))
+
+
+@torch.no_grad()
+def finalize(driver):
+    """``driver.finalize()`` on DTensor weights: every rank writes exact zeros (+0.0) into its own
+    shard.  The parametrizations stay (FSDP keeps hold of the parameters inside them) but become
+    the identity, so the sharded model now computes what the saved one will; the plain model is
+    gathered from the shards (train.distributed.gather_plain_state)."""
+    for t in driver.targets:
+        w, m = driver.original(t), driver.mask_of(t)
+        lay = layout(w)
+        local = w.to_local()
+        if hasattr(m, "keep"):
+            keep = my_rows(m.keep, lay)
+        else:
+            keep = pattern_keep(driver.pattern, local.detach().abs(), lay, t.out_dim, m._k(m.sparsity))
+        out = torch.where(keep, local, torch.zeros((), dtype=local.dtype, device=local.device))
+        if getattr(m, "bits", None) is not None:
+            out = fake_quant(out, m.bits, t.out_dim, lay)
+        local.copy_(out)
+        if hasattr(m, "keep"):
+            m.keep.fill_(True)
+            m.bits = None
+        else:
+            m.active, m.bits = False, None
+    driver.targets = []
+    return driver.model

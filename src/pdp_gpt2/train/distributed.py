@@ -5,8 +5,8 @@ DDP all-reduces gradients, so after each optimizer step the weights are bitwise 
 on all ranks, and PDP thresholds computed from them locally are equal too: no
 communication is needed for masks.  Two things do need the ranks to agree:
 
-* files: only rank 0 writes, and ``barrier()`` orders "everyone has read the run
-  directory" before "rank 0 changes it";
+* files: only rank 0 writes (and holds the run directory's lock, train/runlock.py), and
+  ``barrier()`` orders "everyone has read the run directory" before "rank 0 changes it";
 * stopping: a signal or a NaN loss may reach one rank only; ``max_over_ranks`` makes the
   decision collective, or one rank would wait forever in the next all-reduce.
 
@@ -108,3 +108,67 @@ def digest_callback():
                                                                         "steps": self.steps}))
 
     return MaskDigest()
+
+
+# ---- FSDP2 (fully_shard) -----------------------------------------------------------------
+# Masks go on first (attach), then the model is sharded: fully_shard then shards the
+# parameter inside each parametrization (``...parametrizations.weight.original`` becomes a
+# DTensor), and in every forward the mask receives the weight FSDP has just gathered, as a
+# plain tensor, so the masked forward and its gradient are the unsharded ones; the gradient
+# reaches the sharded parameter through FSDP's reduce-scatter.  After each optimizer step the
+# drivers see DTensor weights and pdp/sharded.py recomputes thresholds from the shards.
+
+
+def _mesh():
+    from torch.distributed.tensor import init_device_mesh
+
+    kind = "cuda" if "nccl" in str(torch.distributed.get_backend()) else "cpu"
+    return init_device_mesh(kind, (torch.distributed.get_world_size(),))
+
+
+def shard_model(model: torch.nn.Module, mesh=None) -> torch.nn.Module:
+    """FSDP2: ``fully_shard`` each transformer block (the model's ``_no_split_modules``), then
+    the root (embeddings, final norm, a tied head).  Call after ``attach``; the process group
+    must be initialized (torchrun)."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = mesh if mesh is not None else _mesh()
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise UsageError(f"--fsdp: {type(model).__name__} names no transformer block class "
+                         "(_no_split_modules) to shard by")
+    for b in blocks:
+        fully_shard(b, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def plain_state_dict(state: dict) -> dict:
+    """A masked model's state_dict with a plain model's keys: ``X.parametrizations.weight.original``
+    becomes ``X.weight`` and the masks' buffers (thresholds, keep-masks) are dropped."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith(".parametrizations.weight.original"):
+            out[k[: -len(".parametrizations.weight.original")] + ".weight"] = v
+        elif ".parametrizations.weight." not in k:
+            out[k] = v
+    return out
+
+
+def gather_plain_model(model: torch.nn.Module):
+    """The full model gathered from its shards (collective: every rank calls it), as a plain
+    HF model on CPU on rank 0 (None elsewhere).  Call after the driver's finalize."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main():
+        return None
+    plain = AutoModelForCausalLM.from_config(model.config)
+    missing, unexpected = plain.load_state_dict(plain_state_dict(full), strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"gathered state does not fit a plain {type(plain).__name__}: "
+                           f"missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+    return plain.eval()
