@@ -101,6 +101,31 @@ def test_collect_finds_runs_recursively_and_rejects_empty_input(tmp_path, sweep_
         collect([tmp_path / "missing"])
 
 
+@pytest.mark.parametrize("content, needle", [
+    ('{"method": "pdp", "perplexity": 61.0', "malformed summary.json (Expecting"),  # cut off by a kill
+    ("[1, 2]", "expected a JSON object"),
+    ('{"method": "pdp", "perplexity": "n/a"}', "perplexity is 'n/a', not a number"),
+    ('{"method": "pdp", "config": 3}', "config is not an object"),
+    (b"\xff\xfe", "malformed summary.json"),
+])
+def test_malformed_summary_is_one_line_exit_2(tmp_path, sweep_dir, capsys, content, needle):
+    bad = sweep_dir / "trial-003" / "summary.json"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["report", str(sweep_dir), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(bad) in err and needle in err, err
+    assert not (tmp_path / "rep").exists()  # refused before anything was written
+
+
+def test_damaged_optional_files_cost_only_their_plot(tmp_path, sweep_dir):
+    (sweep_dir / "trial-004" / "mask_hist.json").write_text("{")
+    with open(sweep_dir / "trial-004" / "metrics.jsonl", "a") as f:
+        f.write('[1]\n{"loss": 1.0}\n{"step": 30, "lo')  # not records, no step, cut off
+    runs, _ = collect([sweep_dir])
+    run = next(r for r in runs if r.dir.name == "trial-004")
+    assert run.hist is None and [m["step"] for m in run.metrics] == list(range(2, 21, 2))
+
+
 def test_variant_labels_name_the_extensions():
     cfg = {"custom_optimizer": True, "pdp": {"improved_masking": True, "quantize": True, "bits": 4,
                                              "pattern": "unstructured", "allocation": "global"}}

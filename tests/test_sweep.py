@@ -3,6 +3,7 @@ import argparse
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,92 @@ def test_shipped_sweep_config_is_wandb_format_and_names_only_train_flags():
         assert cfg.method == params["method"] and cfg.pdp.sparsity == params["sparsity"]
         assert cfg.pdp.improved_masking is params["improved_masking"]
         assert 0.005 <= cfg.pdp.tau <= 0.2 and 1e-4 <= cfg.learning_rate <= 2e-3
+
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "wandb_sweep_schema"
+
+
+def _wandb_schema_errors(config: dict) -> list[str]:
+    """Validate like W&B's sweep controller: its JSON schema (draft 7) with its two format checks."""
+    import jsonschema
+
+    schema = json.loads((SCHEMA_DIR / "schema.json").read_text())
+    formats = jsonschema.FormatChecker()
+    formats.checks("float")(lambda v: isinstance(v, float))
+    formats.checks("integer")(lambda v: isinstance(v, int))
+    return [e.message for e in jsonschema.Draft7Validator(schema, format_checker=formats).iter_errors(config)]
+
+
+def test_shipped_sweep_config_validates_against_wandb_sweep_schema():
+    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    assert _wandb_schema_errors(config) == []
+    broken = {**config, "method": "hyperband", "metric": {"name": "perplexity", "goal": "lowest"}}
+    errors = _wandb_schema_errors(broken)
+    assert any("'hyperband' is not one of" in e for e in errors) and any("'lowest'" in e for e in errors)
+
+
+# The malformed sweep files of issue 12: W&B's schema rejects each, and so does `pdp-gpt2 sweep`,
+# with one line that names the parameter.
+BAD_SWEEPS = [
+    ({"metric": "perplexity"}, "metric must be a mapping"),
+    ({"parameters": {"sparsity": {"values": 5}}}, "parameter sparsity: 'values' must be a non-empty list"),
+    ({"parameters": {"tau": {"distribution": "uniform"}}}, "parameter tau: distribution uniform needs numbers"),
+    ({"parameters": {"tau": {"distribution": "log_uniform_values", "min": 0, "max": 0.1}}},
+     "parameter tau: log_uniform_values .* 'min' must be > 0"),
+    ({"parameters": {"quantize": {"values": [True, False], "probabilities": [0.5, 0.6]}}},
+     "parameter quantize: 'probabilities' must sum to 1"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_SWEEPS)
+def test_bad_sweep_yaml_is_one_line_naming_the_parameter(tmp_path, capsys, change, message):
+    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    config = {**config, **change, "parameters": {**config["parameters"], **change.get("parameters", {})}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep", str(path), "--output_dir", str(tmp_path / "out"), "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    if "probabilities" not in message:  # the 0.3.0 schema does not check that probabilities sum to 1
+        assert _wandb_schema_errors(config)
+
+
+def _agent_command(sweep_file: dict, params: dict) -> list[str]:
+    """The command line `wandb agent` runs for one drawn configuration: its own argument builder
+    (create_sweep_command_args) and the macro expansion of wandb_agent.Agent._command_run."""
+    try:
+        from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+    except ImportError:  # wandb is optional: the same rule, copied (--name=value, str() of the value)
+        def create_sweep_command_args(command):
+            return {"args": [f"--{k}={v['value']}" for k, v in command["args"].items()]}
+    sweep_vars = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    sweep_vars.update(interpreter=["python"], program=[sweep_file["program"]], env=["/usr/bin/env"])
+    out = []
+    for c in map(str, sweep_file["command"]):
+        out += sweep_vars.get(c[2:-1]) or [] if c.startswith("${") and c.endswith("}") else [c]
+    return out
+
+
+def test_wandb_agent_argv_parses_to_the_drawn_train_config():
+    from pdp_gpt2.cli.main import build_parser
+
+    sweep_file = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    spec = sweep.load_spec(ROOT / "sweep_config.yaml")
+    # a controller draws full-precision floats; both booleans must appear
+    hand = {**sweep.plan_trials(spec, 1, seed=0)[0], "tau": 0.012345678901234567, "learning_rate": 0.00031415926535,
+            "improved_masking": True, "quantize": False, "custom_optimizer": True}
+    draws = [hand, *sweep.plan_trials(spec, count=12, seed=3)]
+    assert {d["quantize"] for d in draws} == {True, False}
+    for params in draws:
+        cmd = _agent_command(sweep_file, params)
+        assert cmd[:3] == ["/usr/bin/env", "python", "main.py"]
+        argv = cmd[3:]
+        assert f"--improved_masking={params['improved_masking']}" in argv  # booleans as True / False
+        cfg = cli_train.config_from_args(build_parser().parse_args(["train", *argv]))  # what main.py does
+        for name, value in params.items():
+            got = getattr(cfg.pdp, name) if hasattr(cfg.pdp, name) else getattr(cfg, name)
+            assert got == value and type(got) is type(value), (name, got, value)
 
 
 def test_grid_expands_every_combination_last_parameter_fastest():

@@ -8,16 +8,17 @@ dashboard, so the two never disagree.  Runs are :class:`pdp_gpt2.report.report.R
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pdp_gpt2.report import style  # noqa: E402
+from pdp_gpt2.report.stats import any_repeats, points  # noqa: E402
+
 MAX_CURVES = 8  # more curves than this on one axis is unreadable
 MAX_LINES = 10  # perplexity-vs-sparsity lines (few points each, with markers)
-COLORS = plt.get_cmap("tab10").colors
 
 
 def _pct(x: float) -> float:
@@ -47,7 +48,7 @@ def focus_runs(runs) -> list:
     if p:
         top = max(r.target for r in p)
         seen = set()
-        for r in sorted(p, key=lambda r: (r.label != r.family, r.label, r.ppl)):
+        for r in sorted(p, key=lambda r: (r.label != r.family, r.label, math.inf if r.ppl is None else r.ppl)):
             if abs(r.target - top) < 1e-9 and r.label not in seen:
                 seen.add(r.label)
                 out.append(r)
@@ -55,8 +56,20 @@ def focus_runs(runs) -> list:
     return out[:MAX_CURVES - len(dense)] + dense
 
 
-def _color(label: str, labels: list[str]):
-    return COLORS[labels.index(label) % len(COLORS)] if label in labels else "gray"
+def ema(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average with the start-up bias removed (TensorBoard's smoothing):
+    s_t = w s_{t-1} + (1 - w) x_t, divided by 1 - w^t so the first points are not pulled to 0."""
+    out, acc = [], 0.0
+    for t, x in enumerate(values, 1):
+        acc = weight * acc + (1 - weight) * x
+        out.append(acc / (1 - weight ** t))
+    return out
+
+
+def ema_weight(n_points: int) -> float:
+    """A span of about a tenth of the curve: w = 1 - 2 / (span + 1), 0 for short curves."""
+    span = n_points / 10
+    return round(min(0.99, 1 - 2 / (span + 1)), 2) if span > 1 else 0.0
 
 
 def draw_ppl_vs_sparsity(ax, runs):
@@ -64,28 +77,26 @@ def draw_ppl_vs_sparsity(ax, runs):
     if not p:
         return "no pruned runs with a final perplexity"
     # One line per variant; a sweep with many taus would give one line per tau, so past
-    # MAX_LINES the taus are merged and each point is the best run over them.
+    # MAX_LINES the taus are merged and each point is the best run over them.  Seeds are
+    # averaged (error bar: one standard deviation over seeds).
     merged = len({r.label for r in p}) > MAX_LINES
-    by = defaultdict(dict)  # variant -> target -> best run
-    for r in p:
-        key = r.family if merged else r.label
-        cur = by[key].get(r.target)
-        if cur is None or r.ppl < cur.ppl:
-            by[key][r.target] = r
-    labels = sorted(by)
-    for lab in labels:
-        pts = sorted(by[lab].values(), key=lambda r: r.target)
-        ax.plot([_pct(r.actual) for r in pts], [r.ppl for r in pts], "o-", label=lab, color=_color(lab, labels))
+    pts = points(p, key=(lambda r: r.family) if merged else (lambda r: r.label))
+    seeds = any_repeats(pts)
+    for lab in sorted(pts):
+        row = sorted(pts[lab].values(), key=lambda q: q.target)
+        ax.errorbar([_pct(q.actual) for q in row], [q.mean for q in row], yerr=[q.sd for q in row] if seeds else None,
+                    capsize=3, ms=4, **style.line_kw(lab))
     dense = [r.ppl for r in runs if r.method == "dense" and r.ppl is not None]
     if dense:
-        ax.axhline(min(dense), color="black", lw=1.2, label="dense fine-tuned")
+        ax.axhline(min(dense), label="dense fine-tuned", **style.DENSE_LINE)
     base = [r.ppl_dense for r in runs if r.ppl_dense is not None]
     if base:
-        ax.axhline(base[0], color="gray", lw=1, ls="--", label="before fine-tuning")
+        ax.axhline(base[0], label="before fine-tuning", **style.BEFORE_LINE)
     _log_y(ax)
     ax.set_xlabel("sparsity of the pruned weights (%)")
     ax.set_ylabel(f"{runs[0].split} perplexity, hard masks (log scale)")
-    ax.set_title("Perplexity vs sparsity per method" + (" (best over tau)" if merged else ""))
+    ax.set_title("Perplexity vs sparsity per method" + (" (best over tau)" if merged else "")
+                 + (" (mean ± sd over seeds)" if seeds else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return None
@@ -103,9 +114,9 @@ def draw_tau_heatmap(ax, runs):
     for r in p:
         k = (key(r.tau), r.target)
         cells[k] = min(cells.get(k, math.inf), r.ppl)
-    if len(cells) < 2:
-        return "needs plain pdp runs at two or more (tau, sparsity) points"
     taus = sorted({k[0] for k in cells})
+    if len(taus) < 2:  # one row says nothing about tau
+        return "needs plain pdp runs at two or more tau values"
     sps = sorted({k[1] for k in cells})
     grid = [[cells.get((t, s), math.nan) for s in sps] for t in taus]
     finite = [v for row in grid for v in row if math.isfinite(v)]
@@ -135,8 +146,10 @@ def draw_masking_compare(ax, runs):
         return "needs pdp runs with and without --improved_masking at the same sparsity"
     xs = range(len(sps))
     w = 0.38
-    ax.bar([x - w / 2 for x in xs], [std[s] for s in sps], w, label="standard (sigmoid)", color=COLORS[0])
-    ax.bar([x + w / 2 for x in xs], [imp[s] for s in sps], w, label="improved (sigmoid + tanh)", color=COLORS[1])
+    ax.bar([x - w / 2 for x in xs], [std[s] for s in sps], w, label="pdp: standard (sigmoid)",
+           color=style.color("pdp"))
+    ax.bar([x + w / 2 for x in xs], [imp[s] for s in sps], w, label="pdp+improved (sigmoid + tanh)",
+           color=style.color("pdp+improved"))
     for x, s in zip(xs, sps):
         ax.text(x - w / 2, std[s], f"{std[s]:.3g}", ha="center", va="bottom", fontsize=7)
         ax.text(x + w / 2, imp[s], f"{imp[s]:.3g}", ha="center", va="bottom", fontsize=7)
@@ -154,22 +167,49 @@ def _short(name: str) -> str:
 
 
 def draw_layer_bars(ax, runs):
+    """Global allocation: the zeros per layer differ, so show them.  Layer-wise allocation puts
+    every layer at the target, so the bars would all be equal: show what differs instead, the
+    fraction of each layer's weights still in the soft band at the end (PDP runs only)."""
     rs = [r for r in focus_runs(runs) if r.method != "dense" and r.layers][:5]
     if not rs:
         return "no pruned run with per-layer sparsity (summary.json 'layers')"
-    names = list(rs[0].layers)
+    banded = [r for r in rs if r.allocation != "global" and r.layer_band()]
+    if all(r.allocation != "global" for r in rs) and banded:
+        return _layer_band_bars(ax, banded)
+    return _layer_sparsity_bars(ax, rs)
+
+
+def _bars(ax, rs, names, value) -> None:
     w = 0.8 / len(rs)
     for i, r in enumerate(rs):
         xs = [j - 0.4 + w * (i + 0.5) for j in range(len(names))]
-        ax.bar(xs, [_pct(r.layers.get(n, {}).get("sparsity", math.nan)) for n in names], w, label=r.label,
-               color=COLORS[i % len(COLORS)])
-    ax.axhline(_pct(rs[0].target), color="black", ls="--", lw=1, label="global target")
+        ax.bar(xs, [value(r, n) for n in names], w, label=r.label, color=style.color(r.label),
+               hatch="//" if "@" in r.label else None)
     ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=90, fontsize=6)
+    ax.set_xlabel("layer")
+
+
+def _layer_sparsity_bars(ax, rs):
+    names = list(rs[0].layers)
+    _bars(ax, rs, names, lambda r, n: _pct(r.layers.get(n, {}).get("sparsity", math.nan)))
+    ax.axhline(_pct(rs[0].target), color="black", ls="--", lw=1, label="global target")
     ax.set_ylim(0, 125)  # headroom for the legend above the bars
     ax.set_yticks(range(0, 101, 20))
-    ax.set_xlabel("layer")
     ax.set_ylabel("zeros in the saved weight (%)")
-    ax.set_title(f"Per-layer sparsity at {_pct(rs[0].target):g}% target")
+    alloc = "global" if any(r.allocation == "global" for r in rs) else "layer-wise"
+    ax.set_title(f"Per-layer sparsity at {_pct(rs[0].target):g}% target ({alloc} allocation)")
+    ax.legend(fontsize=6, loc="upper center", ncol=3)
+    return None
+
+
+def _layer_band_bars(ax, rs):
+    names = list(rs[0].layers)
+    _bars(ax, rs, names, lambda r, n: _pct(r.layer_band().get(n, math.nan)))
+    top = max((_pct(v) for r in rs for v in r.layer_band().values()), default=0.0)
+    ax.set_ylim(0, max(top, 1e-3) * 1.35)  # headroom for the legend
+    ax.set_ylabel("weights in the soft band 0.05 < m < 0.95 (%)")
+    ax.set_title(f"Weights still undecided per layer at the end, {_pct(rs[0].target):g}% target\n"
+                 "(layer-wise allocation: every layer is at the target sparsity)", fontsize=10)
     ax.legend(fontsize=6, loc="upper center", ncol=3)
     return None
 
@@ -205,15 +245,20 @@ def draw_loss(ax, runs):
     rs = [r for r in focus_runs(runs) if any(m.get("loss") is not None for m in r.metrics)]
     if not rs:
         return "no metrics.jsonl with a training loss"
-    labels = [r.label for r in rs]
-    for r in rs:
-        pts = [(m["step"], m["loss"]) for m in r.metrics if m.get("loss") is not None]
-        ax.plot(*zip(*pts), label=f"{r.label} {_pct(r.target):g}%", color=_color(r.label, labels), lw=1.2)
+    curves = [[(m["step"], m["loss"]) for m in r.metrics if m.get("loss") is not None] for r in rs]
+    weight = ema_weight(max(len(c) for c in curves))
+    for r, pts in zip(rs, curves):
+        steps, loss = zip(*pts)
+        c = style.color(r.label)
+        ax.plot(steps, loss, color=c, lw=0.8, alpha=0.25)  # raw values, faint, behind the average
+        ax.plot(steps, ema(list(loss), weight), color=c, lw=1.5, ls=style.linestyle(r.label),
+                label=f"{r.label} {_pct(r.target):g}%")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (nats/token)")
     ax.set_title("Training loss")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, title_fontsize=7,
+              title=f"EMA, weight {weight:g} (raw values faint)" if weight else "raw values (too few to smooth)")
     return None
 
 
@@ -221,11 +266,10 @@ def draw_sparsity_curves(ax, runs):
     rs = [r for r in focus_runs(runs) if any(m.get("sparsity_target") is not None for m in r.metrics)]
     if not rs:
         return "no metrics.jsonl with target/actual sparsity (dense runs have none)"
-    labels = [r.label for r in rs]
     for r in rs:
-        ms = [m for m in r.metrics if m.get("sparsity_target") is not None]
+        ms = [m for m in r.metrics if m.get("sparsity_target") is not None and m.get("sparsity_hard") is not None]
         steps = [m["step"] for m in ms]
-        c = _color(r.label, labels)
+        c = style.color(r.label)
         ax.plot(steps, [_pct(m["sparsity_target"]) for m in ms], ls="--", color=c, lw=1)
         ax.plot(steps, [_pct(m["sparsity_hard"]) for m in ms], color=c, lw=1.4, label=r.label)
     ax.set_xlabel("optimizer step")
@@ -255,25 +299,34 @@ def _no_data(ax, draw, reason: str) -> None:
     ax.text(0.5, 0.5, f"{draw.__name__[5:]}:\n{reason}", ha="center", va="center", fontsize=9, wrap=True)
 
 
-def save_plot(name: str, runs, path) -> str | None:
-    """Write one PNG; returns the reason instead (nothing written) if none of its panels has data."""
+def plot_figure(name: str, runs):
+    """(figure, None), or (None, reason) when none of the plot's panels has data."""
     _, draws, size = PLOTS[name]
     fig, axes = plt.subplots(1, len(draws), figsize=size, squeeze=False)
+    reasons = [draw(ax, runs) for ax, draw in zip(axes[0], draws)]
+    if all(reasons):
+        plt.close(fig)
+        return None, "; ".join(reasons)
+    for ax, draw, reason in zip(axes[0], draws, reasons):
+        if reason:
+            _no_data(ax, draw, reason)
+    fig.tight_layout()
+    return fig, None
+
+
+def save_plot(name: str, runs, path) -> str | None:
+    """Write one PNG; returns the reason instead (nothing written) if none of its panels has data."""
+    fig, reason = plot_figure(name, runs)
+    if fig is None:
+        return reason
     try:
-        reasons = [draw(ax, runs) for ax, draw in zip(axes[0], draws)]
-        if all(reasons):
-            return "; ".join(reasons)
-        for ax, draw, reason in zip(axes[0], draws, reasons):
-            if reason:
-                _no_data(ax, draw, reason)
-        fig.tight_layout()
         fig.savefig(path, dpi=110)
-        return None
     finally:
         plt.close(fig)
+    return None
 
 
-def save_dashboard(runs, path, title: str, lines: list[str]) -> None:
+def dashboard_figure(runs, title: str, lines: list[str]):
     """One page: the six main panels plus a text box with the headline numbers."""
     fig, axes = plt.subplots(2, 3, figsize=(18, 10.5))
     for ax, choices in zip(axes.flat, DASHBOARD):
@@ -287,5 +340,12 @@ def save_dashboard(runs, path, title: str, lines: list[str]) -> None:
     fig.suptitle(title, fontsize=14)
     fig.text(0.01, 0.005, "   |   ".join(lines), fontsize=8, family="monospace", va="bottom")
     fig.tight_layout(rect=(0, 0.03, 1, 0.96))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
+
+
+def save_dashboard(runs, path, title: str, lines: list[str]) -> None:
+    fig = dashboard_figure(runs, title, lines)
+    try:
+        fig.savefig(path, dpi=90)
+    finally:
+        plt.close(fig)

@@ -23,6 +23,8 @@ from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.errors import UsageError
 
 DEFAULT_TAU = PDPConfig.__dataclass_fields__["tau"].default
+_SCHED = PDPConfig.__dataclass_fields__.get("tau_schedule")
+DEFAULT_TAU_SCHEDULE = _SCHED.default if _SCHED is not None else "constant"
 
 
 @dataclass
@@ -74,6 +76,20 @@ class Run:
         return self.summary.get("layers") or {}
 
     @property
+    def seed(self):
+        return self.cfg.get("seed")
+
+    @property
+    def allocation(self) -> str:
+        return self.pdp.get("allocation", "layer")
+
+    def layer_band(self) -> dict[str, float]:
+        """Per-layer fraction of weights in the soft band (0.05 < m < 0.95) at the end of training:
+        summary.json ``layers[name]["band"]`` where runs write it, else the layers.md column."""
+        band = {n: d["band"] for n, d in self.layers.items() if isinstance(d, dict) and d.get("band") is not None}
+        return band or _layers_md_band(self.dir / "layers.md")
+
+    @property
     def improved(self) -> bool:
         return bool(self.pdp.get("improved_masking"))
 
@@ -93,7 +109,8 @@ class Run:
     @property
     def label(self) -> str:
         """The family, plus '@tau=X' for a pdp run whose tau is not the default."""
-        if self.method == "pdp" and self.tau and abs(self.tau - DEFAULT_TAU) > 1e-12:
+        if (self.method == "pdp" and self.tau and abs(self.tau - DEFAULT_TAU) > 1e-12
+                and "tau-" not in self.family):  # a tau schedule names its variant; its start tau is in config
             return f"{self.family}@tau={self.tau:g}"
         return self.family
 
@@ -114,6 +131,9 @@ def variant(s: dict) -> str:
         parts.append(f"q{p.get('bits', 8)}")
     if method == "pdp" and cfg.get("custom_optimizer"):  # a no-op under hard masks: only pdp is tagged
         parts.append("maskopt")
+    sched = p.get("tau_schedule") or "constant"  # older summaries have no schedule: constant tau
+    if method == "pdp" and sched != DEFAULT_TAU_SCHEDULE:
+        parts.append(f"tau-{sched}")
     if p.get("allocation") == "global":
         parts.append("global")
     if p.get("pattern", "unstructured") != "unstructured":
@@ -127,16 +147,55 @@ def _jsonl(path: Path) -> list[dict]:
     out = []
     for line in path.read_text().splitlines():
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill: skip it, keep the rest
+        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
+            out.append(rec)
     return out
 
 
+def _layers_md_band(path: Path) -> dict[str, float]:
+    """The 'soft band at end' column of a run's layers.md ('-' for runs without soft masks)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and not cells[0].startswith(("layer", "**", "---")):
+            try:
+                out[cells[0]] = float(cells[4])
+            except ValueError:
+                continue
+    return out
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: malformed {what} ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+
+
 def load_run(d: Path) -> Run:
-    hist_path = d / "mask_hist.json"
-    return Run(d, json.loads((d / "summary.json").read_text()), _jsonl(d / "metrics.jsonl"),
-               json.loads(hist_path.read_text()) if hist_path.is_file() else None)
+    summary = _read_json(d / "summary.json", "summary.json")
+    if not isinstance(summary, dict):
+        raise UsageError(f"{d / 'summary.json'}: malformed summary.json (expected a JSON object)")
+    for key in ("perplexity", "perplexity_dense", "perplexity_soft", "sparsity_target", "sparsity_actual"):
+        v = summary.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise UsageError(f"{d / 'summary.json'}: malformed summary.json ({key} is {v!r}, not a number)")
+    for key in ("config", "layers"):
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            raise UsageError(f"{d / 'summary.json'}: malformed summary.json ({key} is not an object)")
+    hist = None
+    try:  # optional: a damaged histogram file costs its one plot, not the report
+        hist = json.loads((d / "mask_hist.json").read_text()) if (d / "mask_hist.json").is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return Run(d, summary, _jsonl(d / "metrics.jsonl"), hist if isinstance(hist, dict) else None)
 
 
 def collect(paths: list[str | Path]) -> tuple[list[Run], list[dict]]:
@@ -193,6 +252,12 @@ def build(runs: list[Run], failed: list[dict], out: Path, title: str) -> list[tu
     if runs:
         blocks.append(("h2", "Runs"))
         blocks.append(("table", *runs_table(runs)))
+        seeds = seeds_table(runs)
+        if seeds:
+            blocks.append(("h2", "Perplexity over seeds"))
+            blocks.append(("p", "Mean ± sample standard deviation over seeds (n = number of seeds), "
+                                "then each seed's value."))
+            blocks.append(("table", *seeds))
     if failed:
         blocks.append(("h2", "Failed trials"))
         blocks.append(("table", ["sweep", "trial", "returncode", "error"],
@@ -208,6 +273,19 @@ def build(runs: list[Run], failed: list[dict], out: Path, title: str) -> list[tu
     plots.save_dashboard(runs, out / "dashboard.png", title, headline(runs))
     blocks.append(("img", "Dashboard", "dashboard.png"))
     return blocks
+
+
+def seeds_table(runs: list[Run]) -> tuple[list[str], list[list[str]]] | None:
+    """Variant x sparsity with the seed spread; None when no point has more than one seed."""
+    from pdp_gpt2.report.stats import any_repeats, points
+
+    pts = points(runs)
+    if not any_repeats(pts):
+        return None
+    rows = [[lab, f"{100 * t:g}", str(p.n), f"{p.mean:.2f}", f"{p.sd:.2f}" if p.n > 1 else "-",
+             ", ".join(f"{s}: {v:.2f}" for s, v in zip(p.seeds, p.values))]
+            for lab, by in sorted(pts.items()) for t, p in sorted(by.items())]
+    return ["variant", "target %", "seeds", "mean", "sd", "per seed"], rows
 
 
 def headline(runs: list[Run]) -> list[str]:
@@ -266,18 +344,32 @@ def to_html(blocks: list[tuple], out: Path) -> str:
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def write_report(paths: list[str | Path], out: str | Path, title: str = "PDP pruning report") -> dict:
-    """Collect, plot and write report.md + report.html into ``out``; returns what was written."""
+def write_report(paths: list[str | Path], out: str | Path, title: str = "PDP pruning report", note: str = "",
+                 cost_files: list[str | Path] | None = None) -> dict:
+    """Collect, plot and write report.md + report.html + slides.pdf into ``out``; returns what was written."""
     from pdp_gpt2.atomic import atomic_write_text
+    from pdp_gpt2.report.findings import load_cost
+    from pdp_gpt2.report.slides import write_slides
 
     runs, failed = collect(paths)
+    cost = load_cost(cost_files or [])  # before anything is written: a bad --cost file is one line
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the directory ({e.strerror or e})") from None
     blocks = build(runs, failed, out, title)
+    deck = None
+    if runs:
+        deck = write_slides(runs, out / "slides.pdf", title, note, cost)
+        blocks.append(("h2", "Slides"))
+        blocks.append(("p", f"slides.pdf: {deck['pages']} slides."
+                            + "".join(f" Slide not made: {s}." for s in deck["skipped"])))
     atomic_write_text(out / "report.md", to_markdown(blocks))
     atomic_write_text(out / "report.html", to_html(blocks, out))
     for name in ("report.md", "report.html"):
         (out / name).chmod(0o644)  # atomic writes come out 0600; a report is meant to be shared
     pngs = [b[2] for b in blocks if b[0] == "img"]
     skipped = [b[1] for b in blocks if b[0] == "p" and b[1].startswith("Skipped")]
-    return {"runs": len(runs), "failed": len(failed), "pngs": pngs, "skipped": skipped, "out": str(out)}
+    return {"runs": len(runs), "failed": len(failed), "pngs": pngs, "skipped": skipped, "out": str(out),
+            "slides": deck}

@@ -65,6 +65,11 @@ def parse_spec(raw: dict, source: str = "sweep config") -> SweepSpec:
     if method not in SEARCH_METHODS:
         raise UsageError(f"{source}: method must be one of {', '.join(SEARCH_METHODS)}, got {method!r}")
     metric = raw.get("metric") or {"name": "perplexity", "goal": "minimize"}
+    if not isinstance(metric, dict):
+        raise UsageError(f"{source}: metric must be a mapping such as {{name: perplexity, goal: minimize}}, "
+                         f"got {metric!r}")
+    if not isinstance(metric.get("name", "perplexity"), str):
+        raise UsageError(f"{source}: metric.name must be a string, got {metric.get('name')!r}")
     if metric.get("goal", "minimize") not in ("minimize", "maximize"):
         raise UsageError(f"{source}: metric.goal must be minimize or maximize, got {metric.get('goal')!r}")
     params = raw.get("parameters")
@@ -81,10 +86,50 @@ def parse_spec(raw: dict, source: str = "sweep config") -> SweepSpec:
         dist = distribution_of(p)
         if dist not in DISTRIBUTIONS:
             raise UsageError(f"{source}: parameter {name}: unknown distribution {dist!r}")
+        problem = check_param(p, dist)
+        if problem:
+            raise UsageError(f"{source}: parameter {name}: {problem}")
         if method == "grid" and dist not in ("constant", "categorical"):
             raise UsageError(f"{source}: grid search needs 'values' or 'value' for {name}, got distribution {dist}")
     return SweepSpec(method, metric.get("name", "perplexity"), metric.get("goal", "minimize"), params,
                      str(raw.get("program", "main.py")))
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_param(p: dict, dist: str) -> str | None:
+    """What is wrong with one parameter spec for its distribution (W&B's rules), or None."""
+    if dist == "constant":
+        return None if "value" in p else "needs 'value'"
+    if dist == "categorical":
+        vals, probs = p.get("values"), p.get("probabilities")
+        if not isinstance(vals, list) or not vals:
+            return f"'values' must be a non-empty list, got {vals!r}"
+        if probs is not None:
+            if not isinstance(probs, list) or len(probs) != len(vals) or not all(_num(x) and x >= 0 for x in probs):
+                return f"'probabilities' must be {len(vals)} non-negative numbers, one per value"
+            if abs(sum(probs) - 1.0) > 1e-6:
+                return f"'probabilities' must sum to 1, got {sum(probs):g}"
+        return None
+    if "q" in p and not (_num(p["q"]) and p["q"] > 0):
+        return f"'q' must be a number > 0, got {p['q']!r}"
+    if dist in ("normal", "q_normal", "log_normal"):
+        for k in ("mu", "sigma"):
+            if k in p and not _num(p[k]):
+                return f"'{k}' must be a number, got {p[k]!r}"
+        return None if p.get("sigma", 1.0) > 0 else f"'sigma' must be > 0, got {p['sigma']!r}"
+    lo, hi = p.get("min"), p.get("max")
+    if not (_num(lo) and _num(hi)):
+        return f"distribution {dist} needs numbers 'min' and 'max', got min={lo!r} max={hi!r}"
+    if lo > hi:
+        return f"'min' ({lo}) is above 'max' ({hi})"
+    if dist == "int_uniform" and not (isinstance(lo, int) and isinstance(hi, int)):
+        return f"int_uniform needs integer 'min' and 'max', got {lo!r} and {hi!r}"
+    if dist in ("log_uniform_values", "q_log_uniform_values") and lo <= 0:
+        return f"{dist} samples between the logs of 'min' and 'max', so 'min' must be > 0, got {lo!r}"
+    return None
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -282,3 +327,24 @@ def best(rows: list[dict], metric: str, goal: str) -> dict | None:
     if not ok:
         return None
     return (min if goal == "minimize" else max)(ok, key=lambda r: r[metric])
+
+
+def run_sweep_file(config: str | Path, out: Path, *, count: int | None = None, seed: int = 0,
+                   overrides: dict | None = None, timeout: float | None = None,
+                   settings: dict | None = None) -> dict:
+    """`pdp-gpt2 sweep`: run a sweep file into ``out``, next to a copy of the file
+    (``sweep_config.yaml``) and the settings it ran with (``sweep_args.json``).
+
+    Returns ``{"rows", "failed", "best", "metric", "goal"}``: the sweep.csv rows, how many
+    trials failed, and the best finished trial by the file's metric (None if none finished).
+    """
+    from pdp_gpt2.atomic import atomic_write_text
+
+    spec = load_spec(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep_config.yaml", Path(config).read_text())
+    _write_json(out / "sweep_args.json", settings or {})
+    rows = run_sweep(spec, out, count=count, seed=seed, overrides=overrides, timeout=timeout)
+    return {"rows": rows, "failed": sum(r["status"] != "ok" for r in rows), "best": best(rows, spec.metric, spec.goal),
+            "metric": spec.metric, "goal": spec.goal}

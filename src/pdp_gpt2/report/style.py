@@ -1,0 +1,64 @@
+"""One colour per method, in one place: every plot, the dashboard and the slides ask here.
+
+A colour depends on the label alone, never on which other labels share the figure,
+so ``gmp`` is the same orange in the perplexity plot, the per-layer bars and slide 3.
+Labels are the report's variants (``pdp``, ``pdp+improved``, ``gmp+q8``, ``pdp@tau=0.05``):
+
+* the five methods have fixed colours;
+* PDP's extensions have fixed colours of their own (they are compared with plain pdp);
+* a non-default tau (``@tau=``) keeps its variant's colour and is told apart by line style;
+* any other label (a future method or extension) gets a stable pick from a spare palette,
+  chosen by a hash of the label, so it too is the same in every figure.
+"""
+from __future__ import annotations
+
+import zlib
+
+METHOD_COLORS = {
+    "dense": "#333333",
+    "pdp": "#2ca02c",        # green
+    "gmp": "#ff7f0e",        # orange
+    "magnitude": "#1f77b4",  # blue
+    "wanda": "#9467bd",      # purple
+}
+VARIANT_COLORS = {
+    "pdp+improved": "#17becf",  # cyan
+    "pdp+q8": "#bcbd22",        # olive
+    "pdp+maskopt": "#8c564b",   # brown
+    "pdp+global": "#98df8a",    # light green
+    "pdp+abs-tau": "#aec7e8",
+}
+ANNEALED_COLOR = "#e377c2"  # pink: pdp with a tau schedule, whatever the schedule is called
+SPARE = ("#d62728", "#7f7f7f", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#ffbb78")
+# The reference lines every plot draws the same way.
+DENSE_LINE = {"color": METHOD_COLORS["dense"], "lw": 1.2}
+BEFORE_LINE = {"color": "gray", "lw": 1, "ls": "--"}
+
+
+def base(label: str) -> str:
+    """'pdp+improved@tau=0.05' -> 'pdp+improved' (the tau suffix only changes the line style)."""
+    return label.split("@", 1)[0]
+
+
+def color(label: str) -> str:
+    b = base(label)
+    if b in METHOD_COLORS:
+        return METHOD_COLORS[b]
+    if b in VARIANT_COLORS:
+        return VARIANT_COLORS[b]
+    if "anneal" in b or "tau-" in b:
+        return ANNEALED_COLOR
+    return SPARE[zlib.crc32(b.encode()) % len(SPARE)]
+
+
+def linestyle(label: str) -> str:
+    return "--" if "@" in label else "-"
+
+
+def marker(label: str) -> str:
+    return "s" if "@" in label else "o"
+
+
+def line_kw(label: str) -> dict:
+    """Keyword arguments for ``ax.plot`` of one variant."""
+    return {"color": color(label), "ls": linestyle(label), "marker": marker(label), "label": label}
