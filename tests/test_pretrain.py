@@ -58,3 +58,19 @@ def test_pretrain_rejects_heads_that_do_not_divide_the_width(tmp_path, capsys):
     rc = main(["pretrain", "--output_dir", str(tmp_path / "x"), "--n_embd", "30", "--n_head", "4"])
     assert rc == 2
     assert "--n_head 4 does not divide --n_embd 30" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"n_embd": 30, "n_head": 4}, "--n_head 4 does not divide --n_embd 30"),
+    ({"vocab_size": 256}, "--vocab_size must exceed the 256 byte symbols, got 256"),
+    ({"n_positions": 3}, "--n_positions must be at least 4, got 3"),
+    ({"epochs": 0, "max_steps": 0}, "give a positive --epochs or --max_steps"),
+    ({"dropout": 1.0}, r"--dropout must be in \[0, 1\), got 1.0"),
+    ({"batch_size": 0}, "--batch_size must be positive, got 0"),
+])
+def test_pretrain_config_validates_itself(kw, message):
+    from pdp_gpt2.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        PretrainConfig(**kw)
+    PretrainConfig(epochs=0, max_steps=5)  # either one positive is enough

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
@@ -51,19 +50,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--count must be > 0, got {args.count}")
     spec = sweep.load_spec(args.config)
     overrides = parse_overrides(args.set, args.max_steps)
-    out = Path(args.output_dir)
     if args.dry_run:
         for i, params in enumerate(sweep.plan_trials(spec, args.count, args.seed)):
             print(f"trial-{i:03d}", " ".join(sweep.trial_argv(sweep.trial_params(params, overrides))))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep_config.yaml").write_text(Path(args.config).read_text())
-    (out / "sweep_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    rows = sweep.run_sweep(spec, out, count=args.count, seed=args.seed, overrides=overrides,
-                           timeout=args.trial_timeout)
-    failed = sum(r["status"] != "ok" for r in rows)
-    top = sweep.best(rows, spec.metric, spec.goal)
-    print(f"pdp-gpt2 sweep: {len(rows) - failed} ok, {failed} failed; table in {out / 'sweep.csv'}")
+    out = Path(args.output_dir)
+    result = sweep.run_sweep_file(args.config, out, count=args.count, seed=args.seed, overrides=overrides,
+                                  timeout=args.trial_timeout, settings=vars(args))
+    n, failed, top, metric = len(result["rows"]), result["failed"], result["best"], result["metric"]
+    print(f"pdp-gpt2 sweep: {n - failed} ok, {failed} failed; table in {out / 'sweep.csv'}")
     if top:
-        print(f"  best ({spec.goal} {spec.metric}): {top['trial']}  {spec.metric}={top[spec.metric]:.4g}")
-    return 0 if failed < len(rows) else 1
+        print(f"  best ({result['goal']} {metric}): {top['trial']}  {metric}={top[metric]:.4g}")
+    return 0 if failed < n else 1

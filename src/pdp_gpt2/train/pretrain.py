@@ -9,7 +9,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,30 +17,56 @@ from tqdm.auto import tqdm
 
 from pdp_gpt2.data.sources import load_split_texts, token_stream
 from pdp_gpt2.data.perplexity import perplexity
+from pdp_gpt2.errors import UsageError
 
 EOS = "<|endoftext|>"
 
 
+def _f(default, help_: str):
+    return field(default=default, metadata={"help": help_})
+
+
 @dataclass
 class PretrainConfig:
-    dataset: str = "shakespeare"
-    vocab_size: int = 4096
-    n_layer: int = 4
-    n_embd: int = 192
-    n_head: int = 4
-    n_positions: int = 256
-    dropout: float = 0.0
-    epochs: float = 3.0
-    max_steps: int = 0  # > 0 overrides epochs
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_batch_size: int = 16
-    eval_every: int = 0  # > 0: validation perplexity every N steps; the best model is kept (early stopping)
+    """Everything `pdp-gpt2 pretrain` needs; field names are the CLI flags, validation is in __post_init__."""
+
+    dataset: str = _f("shakespeare", "dataset spec: 'shakespeare' (embedded), local .txt files/globs, "
+                                     "or a HF dataset NAME[:CONFIG]")
+    vocab_size: int = _f(4096, "byte-level BPE vocabulary size (the tokenizer is trained on the train split only)")
+    n_layer: int = _f(4, "number of transformer blocks")
+    n_embd: int = _f(192, "hidden size")
+    n_head: int = _f(4, "attention heads (must divide n_embd)")
+    n_positions: int = _f(256, "context length; also the training block size and the evaluation window")
+    dropout: float = _f(0.0, "dropout for residual, embedding and attention")
+    epochs: float = _f(3.0, "passes over the train split (fractional allowed)")
+    max_steps: int = _f(0, "optimizer steps; overrides --epochs when > 0")
+    batch_size: int = _f(16, "blocks per optimizer step")
+    learning_rate: float = _f(1e-3, "peak AdamW learning rate")
+    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak (cosine decay)")
+    warmup_steps: int = _f(50, "linear warm-up steps")
+    weight_decay: float = _f(0.1, "AdamW weight decay on matrices (not on biases or LayerNorm)")
+    grad_clip: float = _f(1.0, "max gradient norm")
+    seed: int = _f(0, "random seed (init, block offsets and order)")
+    eval_batch_size: int = _f(16, "windows per batch in the final perplexity evaluation")
+    eval_every: int = _f(0, "validation perplexity every N steps (non-overlapping windows), written to "
+                            "pretrain_curve.jsonl; the model with the best one is kept (early stopping). "
+                            "0 = evaluate only at the end")
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_positions", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
+        checks = [
+            (self.n_embd % self.n_head == 0, f"--n_head {self.n_head} does not divide --n_embd {self.n_embd}"),
+            (self.n_positions >= 4, f"--n_positions must be at least 4, got {self.n_positions}"),
+            (self.vocab_size >= 257, f"--vocab_size must exceed the 256 byte symbols, got {self.vocab_size}"),
+            (self.epochs > 0 or self.max_steps > 0, "give a positive --epochs or --max_steps"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.learning_rate > 0, f"--learning_rate must be positive, got {self.learning_rate}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
