@@ -108,7 +108,7 @@ def test_resume_with_other_flags_is_refused(tmp_path, dropout_model, capsys):
     ckpt = out / "checkpoint-3"
     ckpt.mkdir(parents=True)
     for name in rundir.CHECKPOINT_NEEDS:
-        (ckpt / name).write_text("{}")
+        (ckpt / name).write_text('{"global_step": 3}')  # parses as a checkpoint: resume's checks pass
     from pdp_gpt2.cli.main import build_parser
     from pdp_gpt2.cli.train import config_from_args
 

@@ -8,6 +8,7 @@ Remote code is never trusted.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -35,6 +36,36 @@ def resolve_model_path(spec: str) -> Path | str:
     return spec
 
 
+def safetensors_damage(f: Path) -> str | None:
+    """Why a .safetensors file cannot load (empty, truncated, unreadable header), or None.
+
+    Reads only the 8-byte length and the JSON header: the file must be exactly as long as
+    the header says.  transformers would otherwise fail mid-load with its own error types.
+    """
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or 8 + n > size:
+                return f"{f.name} is empty or truncated ({size} bytes)"
+            header = json.loads(fh.read(n).decode("utf-8"))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except OSError as e:
+        return f"{f.name} cannot be read ({e.strerror})"
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return f"{f.name} has no readable safetensors header"
+    if 8 + n + end != size:
+        return f"{f.name} is truncated ({size} bytes, its header describes {8 + n + end})"
+    return None
+
+
+def check_safetensors(model_dir: Path) -> None:
+    """UsageError naming the first damaged *.safetensors file of a local model directory."""
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        if (why := safetensors_damage(f)) is not None:
+            raise UsageError(f"cannot load model from {model_dir}: {why}")
+
+
 def load_model_and_tokenizer(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)`` for a spec; the model is in eval mode on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,6 +74,8 @@ def load_model_and_tokenizer(spec: str = DEFAULT_MODEL, dtype: torch.dtype = tor
     # Prefer safetensors whenever the directory has them (no pickle loading);
     # for hub ids transformers already prefers them when the repo offers both.
     safetensors = True if isinstance(where, Path) and any(where.glob("*.safetensors")) else None
+    if safetensors:
+        check_safetensors(where)
     try:
         with offline_unless_reachable():
             tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)

@@ -95,6 +95,9 @@ def load_finalized(model_dir: Path) -> nn.Module:
     """The model in its stored dtype; refuses one that still carries PDP parametrizations."""
     from transformers import AutoModelForCausalLM
 
+    from pdp_gpt2.data.models import check_safetensors
+
+    check_safetensors(model_dir)  # empty or truncated weights: one line, not a loader traceback
     for f in model_dir.glob("*.safetensors"):
         if any("parametrizations" in k for k in st_header(f)):
             raise UsageError(f"{model_dir} is not finalized: it still has PDP masks (parametrizations keys); "
@@ -271,6 +274,7 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         if header is not None:
             from safetensors.torch import save_file
 
+            header = C.add_file_checksums(header, tmp)  # every copied file: config.json, tokenizer, ...
             save_file(payloads, str(tmp / C.WEIGHTS_FILE), metadata={C.META_KEY: json.dumps(header)})
             _verify(tmp, model.state_dict(), header)
         aliases = tied_aliases(model.state_dict())

@@ -47,14 +47,14 @@ class PDPConfig:
     def __post_init__(self) -> None:
         if not (0.0 <= self.sparsity < 1.0):
             raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if not self.tau > 0:
-            raise UsageError(f"tau must be > 0, got {self.tau}")
+        if not 0 < self.tau < float("inf"):
+            raise UsageError(f"tau must be > 0 and finite, got {self.tau}")
         if self.tau_mode not in ("relative", "absolute"):
             raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {self.tau_mode!r}")
         if self.allocation not in ("layer", "global"):
             raise UsageError(f"allocation must be 'layer' or 'global', got {self.allocation!r}")
-        if not self.beta > 0:
-            raise UsageError(f"beta must be > 0, got {self.beta}")
+        if not 0 < self.beta < float("inf"):
+            raise UsageError(f"beta must be > 0 and finite, got {self.beta}")
         if not (2 <= int(self.bits) <= 8) or int(self.bits) != self.bits:
             raise UsageError(f"bits must be an integer in 2..8, got {self.bits}")
         if not (0.0 < self.max_layer_sparsity < 1.0):

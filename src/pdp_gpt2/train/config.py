@@ -2,6 +2,7 @@
 Validation lives in ``__post_init__``; the PDP part is a :class:`~pdp_gpt2.pdp.config.PDPConfig`."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from pdp_gpt2.errors import UsageError
@@ -11,6 +12,11 @@ from pdp_gpt2.pdp.config import PATTERNS_HELP, PDPConfig, parse_nm  # noqa: F401
 # pdp: soft masks (the paper); dense: fine-tune only; magnitude / wanda: one-shot hard mask at the
 # target, then frozen; gmp: hard magnitude mask on the same schedule as pdp (see pdp/baselines.py).
 METHODS = ("pdp", "dense", "magnitude", "gmp", "wanda")
+# transformers' SchedulerType values that run without extra flags: reduce_lr_on_plateau needs an
+# evaluation loop, cosine_with_min_lr / cosine_warmup_with_min_lr / warmup_stable_decay need
+# lr_scheduler_kwargs, which `train` does not take.  (A test checks this list against transformers.)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "greedy")
 
 
 @dataclass
@@ -68,7 +74,10 @@ class TrainConfig:
             (self.schedule in ("linear", "cubic"), f"schedule must be linear or cubic, got {self.schedule!r}"),
             (self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}"),
             (self.gradient_accumulation_steps > 0, f"gradient_accumulation_steps must be > 0, got {self.gradient_accumulation_steps}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (0 < self.learning_rate < math.inf, f"learning_rate must be > 0 and finite, got {self.learning_rate}"),
+            (0 <= self.seed < 2 ** 32, f"seed must be in 0..2**32-1 (numpy's range), got {self.seed}"),
+            (self.lr_scheduler in LR_SCHEDULERS,
+             f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}"),
             (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}"),

@@ -56,6 +56,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     """Everything that can fail on bad input, before anything is written."""
     from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.data.models import load_model_and_tokenizer
+    from pdp_gpt2.pdp.targets import find_targets
 
     distributed.refuse_sharded()
     if cfg.output_dir:
@@ -64,10 +65,13 @@ def prepare(cfg: TrainConfig) -> Prepared:
         output_dir = Path(cfg.resume).parent  # --resume run/checkpoint-N continues run/, not a new directory
     else:
         output_dir = default_output_dir(cfg)
+    rundir.claim(output_dir, lock=distributed.is_main())  # create + lock first: nothing else is written before
     resume_from = rundir.check_output_dir(output_dir, overwrite=cfg.overwrite_output_dir, resume=cfg.resume)
     if resume_from is not None:
         check_resume_config(cfg, output_dir)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
+    if cfg.method != "dense":  # --targets matching nothing: refused now, not after the dense evaluation
+        find_targets(model, cfg.pdp.targets)
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if context and cfg.max_length > context:
         raise UsageError(f"--max_length {cfg.max_length} exceeds the model's context of {context} tokens")
@@ -189,6 +193,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
     )
 
 
+@rundir.release_claims  # the lock is released however run() ends; a full disk is one line
 def run(cfg: TrainConfig) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
     from transformers.trainer_callback import ProgressCallback
@@ -207,7 +212,7 @@ def run(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite_output_dir and not prep.resume_from:
             rundir.clear_run(out)
-        rundir.drop_incomplete_checkpoints(out)
+        rundir.drop_unusable_checkpoints(out, prep.resume_from)
         rundir.atomic_write_json(out / "run_config.json", cfg.to_dict())
     set_seed(cfg.seed)
     model = prep.model
@@ -235,10 +240,12 @@ def run(cfg: TrainConfig) -> dict:
         trainer.add_callback(BarProgress(pruner))
     from pdp_gpt2.train.mask_hist import MaskHistCallback  # soft-mask histograms for the report
     trainer.add_callback(MaskHistCallback())  # after PDPCallback, so it sees each step's thresholds
+    trainer.add_callback(rundir.RecordCheckpointFiles())  # file sizes into pdp_state.json, for resume's checks
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
+    if not rundir.resume_without_training(trainer, prep.resume_from, total):  # a checkpoint at the last step
+        trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     train_seconds = time.time() - t0
     if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
         tracker.finish()

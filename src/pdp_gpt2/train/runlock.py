@@ -1,0 +1,244 @@
+"""One run per output directory: create it, lock it, and give it back at exit.
+
+``claim(output_dir)`` runs before anything else touches the directory (before the model
+loads), so a path that cannot be created or written is one line, not a traceback after
+minutes of data preparation.  The lock is ``<output_dir>/.pdp-gpt2.lock``:
+
+* ``flock`` on it is the lock.  The kernel drops an flock when its process dies however it
+  dies (SIGKILL, OOM killer), so a lock file nobody holds an flock on is provably stale and
+  is taken over with a note; no pid guessing, no manual clean-up after a kill.
+* Its content (pid, host, start time) only serves the message a second run gets.
+* Where the filesystem has no flock (some network mounts), creating the file with
+  ``O_EXCL`` is the lock.  A leftover file is then reported, with the ``rm`` that clears it,
+  instead of taken over: a dead pid on this host does not prove much across containers.
+
+Under DDP rank 0 alone holds the lock (the other ranks never write into the directory).
+``release_claims`` (a decorator on train.run.run) releases the lock, and removes the
+directories the run created if it failed before writing anything into them.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from pdp_gpt2.errors import UsageError
+
+LOCK_FILE = ".pdp-gpt2.lock"
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+# Errors of the disk, not of the program: one line naming the path, exit 2.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+_DISK_WORDS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}  # the holder had created the file but not yet written it
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory (see the module docstring)."""
+
+    def __init__(self, output_dir: Path):
+        self.dir = Path(output_dir)
+        self.path = self.dir / LOCK_FILE
+        self.fd: int | None = None
+        self.inherited = False  # took over a stale lock: the directory held a run before
+
+    def _locked(self, holder: dict) -> UsageError:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        since = f", started {holder['started']}" if "started" in holder else ""
+        return UsageError(f"--output_dir {self.dir} is locked by another pdp-gpt2 run ({who}{since}); "
+                          "wait for it to finish or choose another --output_dir")
+
+    def acquire(self) -> "RunLock":
+        for _ in range(5):  # only loops when a releasing holder unlinks the file under us
+            try:
+                fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                try:
+                    fd, created = os.open(self.path, os.O_RDWR), False
+                except FileNotFoundError:
+                    continue
+            except OSError as e:
+                raise UsageError(f"--output_dir {self.dir} is not writable: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._locked(_read_holder(self.path)) from None
+            except OSError as e:
+                if e.errno not in _NO_FLOCK or not created:
+                    os.close(fd)
+                    if e.errno in _NO_FLOCK:
+                        raise self._stale_or_locked(_read_holder(self.path)) from None
+                    raise
+            if not self._same_file(fd):
+                os.close(fd)  # the previous holder unlinked it between our open and flock
+                continue
+            if not created:
+                self.inherited = True
+                old = _read_holder(self.path)
+                print(f"pdp-gpt2: taking over the stale lock of pid {old.get('pid', '?')} on "
+                      f"{old.get('host', '?')} in {self.dir} (that run is gone: nothing holds its lock)",
+                      file=sys.stderr, flush=True)
+            self.fd = fd
+            info = json.dumps({"pid": os.getpid(), "host": hostname(),
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
+            return self
+        raise UsageError(f"--output_dir {self.dir}: could not take the lock {self.path} (another run is "
+                         "starting and stopping there?)")
+
+    def _stale_or_locked(self, holder: dict) -> UsageError:
+        if holder.get("host") == hostname() and not _pid_alive(holder.get("pid")):
+            return UsageError(f"stale lock {self.path}: pid {holder.get('pid')} on this host is gone (killed?) and "
+                              f"this filesystem has no flock to prove it; if no run uses {self.dir}, clear it "
+                              f"with: rm {self.path}")
+        if holder.get("host") not in (None, hostname()):
+            return UsageError(f"{self._locked(holder)}; if that run is gone, clear it with: rm {self.path}")
+        return self._locked(holder)
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding the flock, so no one locks the dying inode
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Claim:
+    """A run directory this process created (if it did) and locked (on rank 0)."""
+
+    def __init__(self, output_dir: Path, *, lock: bool):
+        self.dir = Path(output_dir)
+        self.created: list[Path] = []  # deepest first
+        p = self.dir.absolute()
+        while not os.path.lexists(p) and p != p.parent:
+            self.created.append(p)
+            p = p.parent
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise UsageError(f"--output_dir {self.dir} exists and is not a directory") from None
+        except OSError as e:
+            raise UsageError(f"--output_dir {self.dir}: cannot create it ({e.strerror})") from None
+        self.lock = None
+        try:
+            self.lock = RunLock(self.dir).acquire() if lock else None
+        except BaseException:
+            self.release()
+            raise
+
+    @property
+    def inherited(self) -> bool:
+        return bool(self.lock and self.lock.inherited)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        for p in self.created:  # a run that failed before its first write leaves no empty directories
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+_active: list[Claim] = []
+
+
+def claim(output_dir: Path, *, lock: bool = True) -> Claim:
+    """Create and lock ``output_dir``; released when the enclosing ``release_claims`` call returns."""
+    c = Claim(output_dir, lock=lock)
+    _active.append(c)
+    return c
+
+
+def active_claim(output_dir: Path) -> Claim | None:
+    for c in _active:
+        if c.dir.absolute() == Path(output_dir).absolute():
+            return c
+    return None
+
+
+def disk_error(e: BaseException) -> UsageError | None:
+    """A full or read-only disk as one line naming the path (None for any other error)."""
+    if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+        where = f"{e.filename}: " if e.filename else ""
+        return UsageError(f"{where}{e.strerror or os.strerror(e.errno)}; the run did not finish")
+    if isinstance(e, UsageError):
+        return None  # already one line
+    text = str(e)
+    # safetensors and torch.save report the OS error inside their own exception types
+    word = next((w for w in _DISK_WORDS if w in text), None)
+    return UsageError(f"cannot write the run's files: {word}; the run did not finish") if word else None
+
+
+def release_claims(fn):
+    """Decorator: release every claim made during ``fn`` and turn disk errors into one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        depth = len(_active)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if (usage := disk_error(e)) is not None:
+                for c in _active[depth:]:
+                    unfinished(c.dir)
+                raise usage from None
+            raise
+        finally:
+            while len(_active) > depth:
+                _active.pop().release()
+
+    return wrapper
+
+
+def unfinished(output_dir: Path) -> None:
+    """After a disk error: a final/ without summary.json must not look like a finished run."""
+    final = output_dir / "final"
+    if final.is_dir() and not final.is_symlink() and not (output_dir / "summary.json").exists():
+        try:
+            os.replace(final, output_dir / "final.incomplete")
+        except OSError:
+            pass
