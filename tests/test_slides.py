@@ -241,7 +241,8 @@ def test_cost_inputs_are_read_by_shape_and_bad_ones_are_one_line(tmp_path, capsy
     bad = tmp_path / "bad.json"
     bad.write_text('{"neither": 1}')
     _write_run(tmp_path / "runs", "gmp", "gmp", 0.9, 133.0)
-    for arg, needle in ((bad, "not a step_overhead, size_report or speed JSON"), (tmp_path / "nope.json", "no such file")):
+    for arg, needle in ((bad, "not a step_overhead, size_report or speed JSON"),
+                        (tmp_path / "nope.json", "no such file")):
         assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"), "--cost", str(arg)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
