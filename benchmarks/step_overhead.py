@@ -13,7 +13,7 @@ Variants (``--variants``, default ``dense,pdp``):
   ``w * sigmoid(((w/t)^2 - 1) / tau)`` as separate autograd ops, and thresholds
   by a fresh selection (``kthvalue``) per tensor after every step.  Same masks,
   same math.
-* ``gmp``: gradual magnitude pruning (``attach_baseline(model, "gmp")``), a hard
+* ``gmp``: gradual magnitude pruning (``pdp_gpt2.attach(model, "gmp", cfg)``), a hard
   0/1 mask, for what any pruning method pays (see the note on AdamW below).
 
 Time: one process holds one model per variant (same init), warms each up (the
@@ -111,13 +111,14 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
     model = GPT2LMHeadModel(GPT2Config(**SHAPES[args.model])).to(device).train()
     pruner = None
     if variant == "pdp":
-        pruner = pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=args.sparsity))
+        from pdp_gpt2.cli.train import kernel_options  # PDP_GPT2_COMPILE=0 / PDP_GPT2_FLUSH=0, as in `train`
+
+        pruner = pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=args.sparsity),
+                                 kernels=kernel_options(os.environ))
     elif variant == "naive":
         pruner = NaivePDP(model, args.sparsity)
     elif variant == "gmp":
-        from pdp_gpt2.pdp.baselines import attach_baseline
-
-        pruner = attach_baseline(model, "gmp", pdp_gpt2.PDPConfig(sparsity=args.sparsity))
+        pruner = pdp_gpt2.attach(model, "gmp", pdp_gpt2.PDPConfig(sparsity=args.sparsity))
         pruner.set_sparsity(args.sparsity)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **OPTIMIZERS[args.optimizer])
     g = torch.Generator().manual_seed(1)
@@ -138,9 +139,7 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
 def pdp_own_work(pruner, device: torch.device, reps: int = 5) -> dict:
     """Seconds of the work PDP adds to a step, timed alone (median of ``reps``): computing
     every masked weight, their backward, and refreshing every threshold.  What an A/B
-    step ratio should show above 1 on a quiet machine, without the A/B's noise.  (The
-    gradients fed in here are held by this caller, so the backward copies them instead
-    of working in place as in training: if anything, an overestimate.)"""
+    step ratio should show above 1 on a quiet machine, without the A/B's noise."""
     mods = [t.module for t in pruner.targets]
     rows = []
     for _ in range(reps + 1):  # the first is a warm-up

@@ -8,7 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from pdp_gpt2.cli import main
 from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.baselines import HardMask, attach_baseline, keep_from_scores, wanda_scores
+from pdp_gpt2.pdp.attach import attach_baseline
+from pdp_gpt2.pdp.baselines import HardMask, keep_from_scores, wanda_scores
+from pdp_gpt2.pdp.patterns import get_pattern
 from pdp_gpt2.pdp.targets import find_targets
 
 from conftest import tiny_gpt2
@@ -18,21 +20,21 @@ from conftest import tiny_gpt2
 
 def test_keep_unstructured_prunes_exactly_the_smallest():
     w = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
-    keep = keep_from_scores(w.abs(), 0.5, pattern="unstructured", nm=None, out_dim=0)
+    keep = keep_from_scores(w.abs(), 0.5, pattern=get_pattern("unstructured"), out_dim=0)
     assert keep.tolist() == [[False, False], [True, True]]
 
 
 def test_keep_row_prunes_whole_output_rows_for_both_layouts():
     w = torch.tensor([[3.0, 3.0], [1.0, 1.0], [2.0, 2.0]])  # Linear (out=3, in=2): row 1 is smallest
-    keep = keep_from_scores(w.abs(), 0.34, pattern="row", nm=None, out_dim=0)
+    keep = keep_from_scores(w.abs(), 0.34, pattern=get_pattern("row"), out_dim=0)
     assert keep.tolist() == [[True, True], [False, False], [True, True]]
-    keep_t = keep_from_scores(w.t().abs(), 0.34, pattern="row", nm=None, out_dim=1)  # Conv1D (in, out)
+    keep_t = keep_from_scores(w.t().abs(), 0.34, pattern=get_pattern("row"), out_dim=1)  # Conv1D (in, out)
     assert keep_t.tolist() == keep.t().tolist()
 
 
 def test_keep_nm_prunes_two_of_every_four_inputs():
     w = torch.tensor([[4.0, 1.0, 3.0, 2.0, 0.5, 8.0, 7.0, 0.1]])
-    keep = keep_from_scores(w.abs(), 0.5, pattern="2:4", nm=(2, 4), out_dim=0)
+    keep = keep_from_scores(w.abs(), 0.5, pattern=get_pattern("2:4"), out_dim=0)
     assert keep.tolist() == [[True, False, True, False, False, True, True, False]]
 
 

@@ -1,11 +1,15 @@
 """The fast paths (issue 5) give the same results as the definitions they replace.
 
 * mask.abs_threshold == mask.threshold(w.abs(), k), bit for bit, whatever the hint;
-* the masked weight and its gradient equal plain autograd of w * soft_mask(w),
-  also when the output buffer is reused and the gradient is overwritten in place,
-  and never when someone else still holds either;
-* the compiled kernels (slow: they compile) equal the eager ones.
+* the masked weight and its gradient equal plain autograd of w * soft_mask(w), and
+  the kernels never write into a tensor someone else holds (the incoming gradient);
+* KernelOptions travel through attach (flush, compile), and the compiled kernels
+  (slow: they compile) equal the eager ones;
+* no private torch/CPython API and no environment variable in the core.
 """
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +17,7 @@ from torch import nn
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig
 from pdp_gpt2.pdp import fused as F
+from pdp_gpt2.pdp.fused import KernelOptions
 from pdp_gpt2.pdp import mask as M
 
 
@@ -115,49 +120,42 @@ def _reference(w, t, tau=0.05, mode="relative", beta=None):
 
 
 @pytest.mark.parametrize("beta", [None, 3.0])
-def test_reused_buffer_and_in_place_gradient_equal_plain_autograd(beta):
+def test_masked_weight_and_gradient_equal_plain_autograd_step_after_step(beta):
     torch.manual_seed(0)
     w0 = torch.randn(64, 48) * 0.05
     t = M.threshold(w0.abs(), M.num_pruned(w0.numel(), 0.6))
     x = torch.randn(5, 64)
-    buf = F.OutBuffer()
-    before = dict(F.counts)
-    for step in range(3):  # the buffer is reused from the second step on
+    outs = []
+    for step in range(3):
         w_ref, out_ref = _reference(w0, t, beta=beta)
         (x @ out_ref).square().sum().backward()
         w = w0.clone().requires_grad_()
-        out = F.soft_masked_weight(w, t, 0.05, "relative", beta, buffer=buf)
+        out = F.soft_masked_weight(w, t, 0.05, "relative", beta)
         (x @ out).square().sum().backward()
         assert torch.allclose(out, out_ref, atol=1e-6)
         assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+        outs.append((out.detach(), out_ref.detach()))  # kept: a later step must not overwrite them
         w0 = w0 + 1e-3 * torch.randn_like(w0)
-        del out  # as a training loop does: nothing holds last step's masked weight
-    assert F.counts["out_reused"] - before["out_reused"] == 2
-    assert F.counts["grad_in_place"] - before["grad_in_place"] == 3
+    for out, ref in outs:
+        assert torch.allclose(out, ref, atol=1e-6)
 
 
-def test_buffer_is_not_overwritten_while_a_graph_or_caller_holds_it():
+def test_two_forwards_one_backward_and_held_outputs():
     torch.manual_seed(0)
     w0 = torch.randn(32, 16) * 0.05
     t = M.threshold(w0.abs(), 300)
-    buf = F.OutBuffer()
     x1 = torch.randn(3, 32, requires_grad=True)  # so the matmuls save the masked weight
     x2 = torch.randn(3, 32, requires_grad=True)
     w = w0.clone().requires_grad_()
-    out1 = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+    out1 = F.soft_masked_weight(w, t, 0.05, "relative", None)
     loss1 = (x1 @ out1).square().sum()
-    del out1  # only loss1's graph holds it now
-    out2 = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)  # two forwards, one backward
-    assert out2.untyped_storage().data_ptr() != buf.tensor.untyped_storage().data_ptr()
+    out2 = F.soft_masked_weight(w, t, 0.05, "relative", None)
+    assert out2.untyped_storage().data_ptr() != out1.untyped_storage().data_ptr()
     (loss1 + (x2 @ out2).square().sum()).backward()
     w_ref, out_ref = _reference(w0, t)
     ((x1.detach() @ out_ref).square().sum() + (x2.detach() @ out_ref).square().sum()).backward()
     assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
-    with torch.no_grad():
-        held = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)  # a caller keeps it
-        again = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
-    assert held.untyped_storage().data_ptr() != again.untyped_storage().data_ptr()
-    assert torch.equal(held, again)
+    assert torch.equal(out1, out2)
 
 
 def test_gradient_held_elsewhere_is_not_overwritten():
@@ -191,13 +189,12 @@ def test_retain_grad_and_inference_mode_interleaved_with_training():
     w0 = torch.randn(16, 8) * 0.05
     t = M.threshold(w0.abs(), 64)
     x = torch.randn(4, 16, requires_grad=True)
-    buf = F.OutBuffer()
     w = w0.clone().requires_grad_()
-    with torch.inference_mode():  # an evaluation before training: the buffer is an inference tensor
-        F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+    with torch.inference_mode():  # an evaluation before training
+        F.soft_masked_weight(w, t, 0.05, "relative", None)
     for _ in range(2):
         w.grad = None
-        out = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+        out = F.soft_masked_weight(w, t, 0.05, "relative", None)
         out.retain_grad()
         (x @ out).pow(2).sum().backward()
         w_ref, out_ref = _reference(w0, t)
@@ -205,59 +202,58 @@ def test_retain_grad_and_inference_mode_interleaved_with_training():
         (x.detach() @ out_ref).pow(2).sum().backward()
         assert torch.allclose(out.grad, out_ref.grad, rtol=1e-4, atol=1e-6)
         assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
-        del out
         with torch.inference_mode():
-            ev = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
+            ev = F.soft_masked_weight(w, t, 0.05, "relative", None)
         assert torch.allclose(ev, out_ref.detach(), atol=1e-6)
-        del ev
 
 
-def test_without_the_reference_count_internals_it_allocates(monkeypatch):
-    monkeypatch.setitem(F._BASE, "storage", -1)
-    monkeypatch.setitem(F._BASE, "python", -1)
-    monkeypatch.setattr(F, "_measured", True)
+def test_non_contiguous_weight_and_gradient():
     torch.manual_seed(0)
-    w0 = torch.randn(16, 8) * 0.05
-    t = M.threshold(w0.abs(), 64)
-    buf = F.OutBuffer()
-    before = dict(F.counts)
-    for _ in range(2):
-        w = w0.clone().requires_grad_()
-        out = F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)
-        out.sum().backward()
-        del out
-    assert F.counts["out_reused"] == before["out_reused"]
-    assert F.counts["grad_in_place"] == before["grad_in_place"]
+    w0 = torch.randn(24, 40) * 0.05
+    t = M.threshold(w0.abs(), 500)
+    g = torch.randn(40, 24).t()  # a strided incoming gradient
+    w = w0.t().contiguous().t().requires_grad_()  # a non-contiguous leaf
+    assert not w.is_contiguous() and not g.is_contiguous()
+    out = F.soft_masked_weight(w, t, 0.05, "relative", None)
+    out.backward(g)
     w_ref, out_ref = _reference(w0, t)
-    out_ref.sum().backward()
+    out_ref.backward(g)
+    assert torch.allclose(out, out_ref, atol=1e-6)
     assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
 
 
-_REUSE_PROBE = """
-import json, torch
-from pdp_gpt2.pdp import fused as F, mask as M
-w0 = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
-t, buf = M.threshold(w0.abs(), 64), F.OutBuffer()
-for _ in range(3):
-    w = w0.clone().requires_grad_()
-    (torch.ones(2, 16) @ F.soft_masked_weight(w, t, 0.05, "relative", None, buffer=buf)).sum().backward()
-print(json.dumps(F.counts))
-"""
+# The core: no private torch/CPython API (issue 13), no environment variable (only the CLI reads them).
+_FORBIDDEN = ("torch._C", "_use_count", "getrefcount", "_storage_Use_Count", "_is_view", "os.environ",
+              "os.getenv")
+_CORE = Path(pdp_gpt2.__file__).parent / "pdp"
 
 
-@pytest.mark.parametrize("env, reused", [("1", True), ("0", False)])
-def test_reuse_env_switch(env, reused):
-    import json
-    import os
-    import subprocess
-    import sys
+@pytest.mark.parametrize("name", ["fused.py", "mask.py", "param.py", "patterns.py", "attach.py", "driver.py",
+                                  "baselines.py", "targets.py", "optim.py", "config.py"])
+def test_core_uses_no_private_api_and_no_environment(name):
+    text = (_CORE / name).read_text()
+    assert [f for f in _FORBIDDEN if f in text] == []
 
-    r = subprocess.run([sys.executable, "-c", _REUSE_PROBE], env={**os.environ, "PDP_GPT2_REUSE": env},
-                       capture_output=True, text=True, check=True)
-    counts = json.loads(r.stdout.strip().splitlines()[-1])
-    assert (counts["out_reused"] > 0) is reused and (counts["grad_in_place"] > 0) is reused
-    if not reused:
-        assert counts["out_fresh"] == 3 and counts["grad_copied"] == 3
+
+def test_cli_reads_the_kernel_switches_from_the_environment():
+    from pdp_gpt2.cli.train import kernel_options
+
+    assert kernel_options({}) == KernelOptions(compile=True, flush=True)
+    assert kernel_options({"PDP_GPT2_COMPILE": "0"}) == KernelOptions(compile=False, flush=True)
+    assert kernel_options({"PDP_GPT2_FLUSH": "off", "PDP_GPT2_COMPILE": "yes"}) == KernelOptions(flush=False)
+
+
+def test_kernel_options_travel_through_attach_to_every_mask():
+    model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 16))
+    opts = KernelOptions(compile=False, flush=False)
+    pruner = pdp_gpt2.attach(model, "pdp", PDPConfig(sparsity=0.5, targets=["0", "1"]), kernels=opts)
+    assert [pruner.mask_of(t).kernels for t in pruner.targets] == [opts, opts]
+    w = pruner.original(pruner.targets[0])
+    t = pruner.mask_of(pruner.targets[0]).t
+    with torch.no_grad():  # one weight deep in the pruned zone, whose gradient underflows
+        w[0, 0] = 1e-3 * t
+    model[0].weight.sum().backward()
+    assert 0 < abs(float(w.grad[0, 0])) < F.underflow_level(torch.float32)  # not flushed: flush=False
 
 
 def test_underflowing_gradients_are_flushed_and_nothing_else():
@@ -281,19 +277,15 @@ def test_flush_leaves_adamw_training_unchanged():
     def train(flush: bool):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 8))
-        pruner = pdp_gpt2.attach(model, PDPConfig(sparsity=0.9, targets=["0", "2"]))
+        pruner = pdp_gpt2.attach(model, PDPConfig(sparsity=0.9, targets=["0", "2"]),
+                                 kernels=KernelOptions(flush=flush))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x, y = torch.randn(32, 64), torch.randn(32, 8)
-        old = F._flush_ok
-        F._flush_ok = flush
-        try:
-            for _ in range(20):
-                (model(x) - y).pow(2).mean().backward()
-                opt.step()
-                opt.zero_grad()
-                pruner.step()
-        finally:
-            F._flush_ok = old
+        for _ in range(20):
+            (model(x) - y).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            pruner.step()
         return [p.detach().clone() for p in model.parameters()]
 
     a, b = train(True), train(False)
@@ -304,21 +296,30 @@ def test_flush_leaves_adamw_training_unchanged():
 # ---- compiling ----------------------------------------------------------------------------
 
 
-def test_failed_compile_warns_once_and_falls_back(monkeypatch):
+@pytest.fixture
+def fresh_compile():
+    F.clear_compiled()
+    yield
+    F.clear_compiled()
+
+
+def test_failed_compile_warns_once_and_falls_back(monkeypatch, fresh_compile):
     def broken(fn, **kwargs):
         def run(*args):
             raise RuntimeError("no compiler here")
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(F, "_compile_ok", True)
-    monkeypatch.setattr(F, "_compiled", {})
-    monkeypatch.setattr(F, "COMPILE_MIN_NUMEL", 0)
+    opts = KernelOptions(compile_min_numel=0)
     w = torch.randn(8, 8, requires_grad=True)
     t = M.threshold(w.detach().abs(), 32)
     with pytest.warns(RuntimeWarning, match="torch.compile"):
-        out = F.soft_masked_weight(w, t, 0.05, "relative", None)
-    assert F._compile_ok is False
+        out = F.soft_masked_weight(w, t, 0.05, "relative", None, opts)
+    assert "failed" in F.compiled_kernels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the next call stays eager without a word
+        out.sum().backward()
+        F.soft_masked_weight(w, t, 0.05, "relative", None, opts)
     _, ref = _reference(w, t)
     assert torch.allclose(out, ref, atol=1e-7)
 
@@ -326,10 +327,8 @@ def test_failed_compile_warns_once_and_falls_back(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("beta", [None, 3.0])
 @pytest.mark.parametrize("mode", ["relative", "absolute"])
-def test_compiled_kernels_equal_the_definition(monkeypatch, beta, mode):
-    if not F._compile_ok:
-        pytest.skip("compiling is off (PDP_GPT2_COMPILE=0 or it failed earlier)")
-    monkeypatch.setattr(F, "COMPILE_MIN_NUMEL", 1 << 12)
+def test_compiled_kernels_equal_the_definition(beta, mode):
+    opts = KernelOptions(compile_min_numel=1 << 12)
     torch.manual_seed(0)
     w0 = torch.randn(96, 80) * 0.05  # 7680 entries: compiled
     t = M.threshold(w0.abs(), M.num_pruned(w0.numel(), 0.6))
@@ -339,29 +338,58 @@ def test_compiled_kernels_equal_the_definition(monkeypatch, beta, mode):
     ref = w_ref * M.soft_mask(w_ref, 0.6, tau, beta=beta, tau_mode=mode, t=t)
     (ref * g).sum().backward()
     w = w0.clone().requires_grad_()
-    out = F.soft_masked_weight(w, t, tau, mode, beta, buffer=F.OutBuffer())
-    (out * g).sum().backward()
-    assert "forward" in F._compiled and "backward" in F._compiled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed compile fails the test
+        out = F.soft_masked_weight(w, t, tau, mode, beta, opts)
+        (out * g).sum().backward()
+    assert {"forward", "backward"} <= F.compiled_kernels()
     assert torch.allclose(out, ref, atol=1e-6)
     assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
-def test_compiled_counting_gives_exact_thresholds(monkeypatch):
-    if not F._compile_ok:
-        pytest.skip("compiling is off (PDP_GPT2_COMPILE=0 or it failed earlier)")
-    monkeypatch.setattr(F, "COMPILE_MIN_NUMEL", 1 << 12)
+def test_compiled_counting_gives_exact_thresholds():
+    opts = KernelOptions(compile_min_numel=1 << 12)
     g = torch.Generator().manual_seed(4)
     w = torch.randn(200, 333, generator=g) * 0.02
     lo, hi = torch.tensor(0.01), torch.tensor(0.02)
     n_body = w.numel() - w.numel() % F.BLOCK
     eager = F._block_counts_expr(w.reshape(-1)[:n_body], lo, hi)
-    compiled = F.block_counts(w.reshape(-1)[:n_body], lo, hi)
-    assert "block_counts" in F._compiled
+    compiled = F.block_counts(w.reshape(-1)[:n_body], lo, hi, opts)
+    assert "block_counts" in F.compiled_kernels()
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
     hint = None
     for k in (1, 1000, M.num_pruned(w.numel(), 0.9), w.numel() - 1):
-        hint = _check(w, k, hint)
+        t, hint = M.abs_threshold(w, k, hint, opts)
+        assert torch.equal(t, M.threshold(w.abs(), k))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beta", [None, 3.0])
+def test_compile_off_gives_the_same_masks_and_gradients_as_compile_on(beta):
+    """KernelOptions(compile=False) vs compile=True on a model: same thresholds, same masked
+    weights and gradients (compiled and eager differ at most by float rounding)."""
+    def run(compile: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(256, 128), nn.Tanh(), nn.Linear(128, 256))  # 32768 entries each
+        opts = KernelOptions(compile=compile, compile_min_numel=1 << 12)
+        cfg = PDPConfig(sparsity=0.8, targets=["0", "2"], improved_masking=beta is not None, beta=beta or 5.0)
+        pruner = pdp_gpt2.attach(model, cfg, kernels=opts)
+        x = torch.randn(8, 256, generator=torch.Generator().manual_seed(1))
+        model(x).square().mean().backward()
+        pruner.step()
+        return ([pruner.mask_of(t).t.clone() for t in pruner.targets],
+                [t.module.weight.detach().clone() for t in pruner.targets],
+                [pruner.original(t).grad.clone() for t in pruner.targets])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        t_on, w_on, g_on = run(True)
+    t_off, w_off, g_off = run(False)
+    assert {"forward", "backward", "block_counts"} <= F.compiled_kernels()
+    assert all(torch.equal(a, b) for a, b in zip(t_on, t_off))  # thresholds: exact
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(w_on, w_off))
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-9) for a, b in zip(g_on, g_off))
 
 
 @pytest.mark.slow

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 
-from pdp_gpt2.train.config import PDPConfig, TrainConfig, parse_nm
+from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.patterns import get_pattern
+from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
 
 # Optional fields need an explicit element type; everything else takes its default's type.
@@ -63,8 +66,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args)
     pdp_kw = {f.name: values[f.name] for f in dataclasses.fields(PDPConfig)}
     if pdp_kw["sparsity"] is None:
-        nm = parse_nm(pdp_kw["pattern"]) if pdp_kw["pattern"] not in ("unstructured", "row") else None
-        pdp_kw["sparsity"] = (nm[1] - nm[0]) / nm[1] if nm and 0 < nm[0] < nm[1] else 0.9
+        pdp_kw["sparsity"] = get_pattern(pdp_kw["pattern"]).default_sparsity  # N:M implies its own
     train_kw = {f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name != "pdp"}
     return TrainConfig(**train_kw, pdp=PDPConfig(**pdp_kw))
 
@@ -73,7 +75,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from pdp_gpt2.train.run import run as train_run
 
-    train_run(cfg)
+    train_run(cfg, kernels=kernel_options(os.environ))
     return 0
 
 
+def kernel_options(environ) -> KernelOptions:
+    """PDP_GPT2_COMPILE=0 / PDP_GPT2_FLUSH=0 switch PDP's kernel compilation / gradient flush off
+    (ablations; the only place the package reads these variables)."""
+    def on(name: str) -> bool:
+        return environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+    return KernelOptions(compile=on("PDP_GPT2_COMPILE"), flush=on("PDP_GPT2_FLUSH"))

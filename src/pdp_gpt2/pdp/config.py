@@ -2,18 +2,12 @@
 and the CLI reject bad input in one place, with one clear message."""
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pdp.patterns import Pattern, get_pattern, parse_nm  # noqa: F401  (parse_nm: re-exported)
 
-PATTERNS_HELP = "'unstructured', 'row' (whole output neurons), or 'N:M' such as '2:4'"
-
-
-def parse_nm(pattern: str) -> tuple[int, int] | None:
-    """'2:4' -> (2, 4); anything else -> None."""
-    m = re.fullmatch(r"(\d+):(\d+)", pattern.strip())
-    return (int(m.group(1)), int(m.group(2))) if m else None
+PATTERNS_HELP = "'unstructured', 'row' (whole output neurons), or 'N:M' such as '2:4' (see pdp/patterns.py)"
 
 
 @dataclass
@@ -59,24 +53,13 @@ class PDPConfig:
             raise UsageError(f"bits must be an integer in 2..8, got {self.bits}")
         if not (0.0 < self.max_layer_sparsity < 1.0):
             raise UsageError(f"max_layer_sparsity must be in (0, 1), got {self.max_layer_sparsity}")
-        if self.pattern not in ("unstructured", "row"):
-            nm = parse_nm(self.pattern)
-            if nm is None:
-                raise UsageError(f"unknown pattern {self.pattern!r}: use {PATTERNS_HELP}")
-            n, m = nm
-            if not (0 < n < m):
-                raise UsageError(f"pattern {self.pattern!r} needs 0 < N < M")
-            if abs(self.sparsity - (m - n) / m) > 1e-9:
-                raise UsageError(
-                    f"pattern {self.pattern} means sparsity {(m - n) / m:g}, got {self.sparsity:g}; "
-                    f"pass sparsity={(m - n) / m:g}"
-                )
-            if self.allocation == "global":
-                raise UsageError(f"allocation 'global' does not apply to the fixed N:M pattern {self.pattern}")
+        # The pattern parses its own spec and says which sparsity and allocation it allows.
+        get_pattern(self.pattern).check(self.sparsity, self.allocation)
 
     @property
-    def nm(self) -> tuple[int, int] | None:
-        return parse_nm(self.pattern) if self.pattern not in ("unstructured", "row") else None
+    def mask_pattern(self) -> Pattern:
+        """The :class:`~pdp_gpt2.pdp.patterns.Pattern` that ``pattern`` names."""
+        return get_pattern(self.pattern)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,58 +15,71 @@ a, b are 0-d tensors: (1/t^2, 1) in relative mode, (1, t^2) in absolute mode,
 so z = (w^2 a - b) / tau covers both without a host sync.
 
 Time.  Both directions are memory-bound: read w (and the incoming gradient),
-write one tensor.  These things made a PDP step cost far more than that:
+write one new tensor.  Eager PyTorch runs each elementwise op as its own pass
+(about six forward, ten backward), so on large tensors we run a ``torch.compile``'d
+version of the same expression instead: one loop, one pass, out of place.  Small
+tensors (test models, tiny configs) stay eager, where compiling would cost more
+than it saves.  If compiling fails (no C++ compiler, no Triton, an unsupported
+platform) we warn once and stay eager for the rest of the process.  Gradients too
+small for Adam's second moment are flushed to 0 (:func:`underflow_level`), which
+leaves the trained weights the same.  Thresholds: see ``mask.abs_threshold`` (the
+counting kernel lives here).
 
-* Eager PyTorch runs each elementwise op as its own pass (about six forward,
-  ten backward).  On large tensors we run a ``torch.compile``'d version of the
-  same expression instead: one loop, one pass.  Small tensors (test models, tiny
-  configs) stay eager, where compiling would cost more than it saves.  If
-  compiling is unavailable or fails (no C++ compiler, no Triton, an unsupported
-  platform) we warn once and stay eager for the rest of the process;
-  ``PDP_GPT2_COMPILE=0`` turns it off up front.
-* Fresh memory.  A new tensor of GPT-2's 85M masked weights is 340 MB of pages
-  the kernel must fault in and zero on first touch, every step, which on CPU
-  cost as much as the arithmetic.  So the masked weight is written into a
-  buffer kept per parameter (:class:`OutBuffer`) and reused whenever nothing
-  else still holds the previous one, and the gradient is computed in place in
-  the incoming gradient when this backward is its only user.  Both checks are
-  reference counts; whenever they fail we allocate, as before.
-* Subnormal optimizer state: gradients too small to square are flushed to 0
-  (:func:`underflow_level`), which leaves the trained weights the same.
-* Thresholds: see ``mask.abs_threshold`` (the counting kernel lives here).
+Only public APIs: every kernel writes a fresh tensor and never touches the incoming
+gradient (an earlier version reused buffers, guarded by private reference counts).
+Inside a caller's own ``torch.compile`` the masked weight is plain differentiable
+ops, which that compiler fuses itself.
 
-Inside a caller's own ``torch.compile`` none of this runs: the masked weight is
-then plain differentiable ops, which that compiler fuses itself.
+What to do is an explicit :class:`KernelOptions` that travels through ``attach``;
+nothing here reads environment variables (the CLI does).
 """
 from __future__ import annotations
 
 import math
-import os
-import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 
-# Tensors smaller than this run eager (GPT-2 small's smallest target has 589,824 entries).
-COMPILE_MIN_NUMEL = 1 << 18
 # Threshold selection counts entries per block of this many (see mask.abs_threshold).
 BLOCK = 256
 
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How the PDP kernels run.  None of these changes a mask; ``flush`` changes gradients
+    only below float32's normal range (see :func:`underflow_level`)."""
+
+    compile: bool = True  # torch.compile the kernels of tensors with >= compile_min_numel entries
+    flush: bool = True  # return gradients too small for Adam's second moment as 0
+    # GPT-2 small's smallest target has 589,824 entries; tests lower this to compile tiny tensors.
+    compile_min_numel: int = 1 << 18
+
+
+DEFAULT = KernelOptions()
+
+# Compiled kernels by name; "failed" set once compiling has failed in this process.
 _compiled: dict = {}
-_OFF = ("0", "false", "no", "off")
-_compile_ok = os.environ.get("PDP_GPT2_COMPILE", "1").strip().lower() not in _OFF
-_flush_ok = os.environ.get("PDP_GPT2_FLUSH", "1").strip().lower() not in _OFF
-_reuse_ok = os.environ.get("PDP_GPT2_REUSE", "1").strip().lower() not in _OFF
 
 
-def _fast(name: str, expr, eager, *args):
+def clear_compiled() -> None:
+    """Forget compiled kernels and any earlier compile failure (the next large call compiles again)."""
+    _compiled.clear()
+
+
+def compiled_kernels() -> set[str]:
+    """Names of the kernels compiled so far in this process ("failed" once compiling failed)."""
+    return set(_compiled)
+
+
+def _fast(name: str, expr, eager, kernels: KernelOptions | None, *args):
     """``expr(*args)`` compiled when worthwhile, else ``eager(*args)`` (same values).
 
     ``args[0]`` is a flat contiguous tensor; the others are tensors of its size,
     0-d tensors, or Python floats (compiled as inputs, not constants).
     """
-    global _compile_ok
-    if not _compile_ok or args[0].numel() < COMPILE_MIN_NUMEL:
+    kernels = kernels or DEFAULT
+    if not kernels.compile or "failed" in _compiled or args[0].numel() < kernels.compile_min_numel:
         return eager(*args)
     fn = _compiled.get(name)
     if fn is None:
@@ -74,96 +87,10 @@ def _fast(name: str, expr, eager, *args):
     try:
         return fn(*args)
     except Exception as e:  # compile-time failures surface at the first call
-        _compile_ok = False
+        _compiled["failed"] = True
         warnings.warn(f"pdp_gpt2: torch.compile of the PDP kernels failed ({type(e).__name__}: {e}); "
                       "using eager kernels (slower, same results)", RuntimeWarning, stacklevel=2)
         return eager(*args)
-
-
-# ---- who else holds a tensor? -----------------------------------------------------------
-
-
-def _storage_refs(t: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
-
-
-# Reference counts of a tensor nobody else holds, measured once by _measure_bases().
-# -1 means "unknown": never reuse, never overwrite (the private APIs these counts
-# come from are missing, or the probe could not run).
-_BASE = {"storage": -1, "use": -1, "python": -1}
-_measured = False
-# How often each path was taken (tests check that the memory-saving ones are).
-counts = {"out_reused": 0, "out_fresh": 0, "grad_in_place": 0, "grad_copied": 0}
-
-
-def _measure_bases() -> None:
-    global _measured
-    if _measured:
-        return
-    _measured = True
-    if not _reuse_ok:  # PDP_GPT2_REUSE=0: baselines stay unknown, so nothing is reused or overwritten
-        return
-    try:
-        _BASE["storage"] = _storage_refs(torch.empty(1))
-        with torch.inference_mode(False), torch.enable_grad():
-            w = torch.zeros(2, requires_grad=True)
-            (torch.ones(1, 2) @ _Probe.apply(w)).sum().backward()
-    except Exception:  # an older or newer torch without these internals: just allocate
-        _BASE.update(storage=-1, use=-1, python=-1)
-
-
-class _Probe(torch.autograd.Function):
-    """Measures the reference counts of a gradient inside a backward when no hook or
-    other code holds it, along the same call path as SoftMaskedWeight.backward."""
-
-    @staticmethod
-    def forward(ctx, w):
-        return w.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        _grad_is_ours(grad, None, probe=True)
-        return grad
-
-
-class OutBuffer:
-    """Per-parameter storage for the masked weight, reused while nobody else holds it.
-
-    Autograd keeps the masked weight (matmul saves it for its backward) until the
-    backward is done, and a caller may keep ``module.weight``; each holds a reference
-    to the storage.  Only when the count is back to ours alone is it overwritten.
-    """
-
-    def __init__(self):
-        self.tensor: torch.Tensor | None = None
-
-    def take(self, like: torch.Tensor) -> torch.Tensor:
-        t = self.tensor
-        usable = (t is not None and t.shape == like.shape and t.dtype == like.dtype
-                  and t.device == like.device and t.is_inference() == torch.is_inference_mode_enabled())
-        if usable and _BASE["storage"] > 0 and _storage_refs(t) <= _BASE["storage"]:
-            counts["out_reused"] += 1
-            return t
-        counts["out_fresh"] += 1
-        fresh = torch.empty_like(like, memory_format=torch.contiguous_format)
-        if not usable:
-            self.tensor = fresh
-        return fresh
-
-
-def _grad_is_ours(grad: torch.Tensor, like: torch.Tensor | None, probe: bool = False) -> bool:
-    """Whether ``grad`` may be overwritten: no other tensor, graph node or Python name holds it.
-
-    Call it straight from ``backward``: the Python reference count it reads depends
-    on the call path, and _Probe records the baseline through this same function.
-    """
-    if probe:
-        _BASE["use"], _BASE["python"] = grad._use_count(), sys.getrefcount(grad)
-        return False
-    return (_BASE["python"] > 0 and grad.dtype == like.dtype and grad.device == like.device
-            and grad.is_contiguous() and not grad._is_view() and not grad.is_inference()
-            and grad._use_count() <= _BASE["use"] and _storage_refs(grad) <= _BASE["storage"]
-            and sys.getrefcount(grad) <= _BASE["python"])
 
 
 # ---- the masked weight ----------------------------------------------------------------
@@ -183,7 +110,7 @@ def _local_grad(w, a, b, tau: float, beta: float | None):
     return m + (2.0 / tau) * a * (w * w) * slope
 
 
-def underflow_level(dtype: torch.dtype) -> float:
+def underflow_level(dtype: torch.dtype, enabled: bool = True) -> float:
     """Gradient entries smaller than this in magnitude are returned as 0 (see below).
 
     A pruned weight's gradient is its upstream gradient times m ~ sigmoid(-1/tau)
@@ -199,86 +126,77 @@ def underflow_level(dtype: torch.dtype) -> float:
     lr * 1.4e-17 / eps (eps = 1e-8), under SGD by lr * 1.4e-17: at lr = 1e-3
     below half an ulp of any weight larger than ~1e-4, so the weights come out the
     same (tests/test_perf_equivalence.py trains both ways and compares).  float16
-    gradients (whose sqrt(tiny) is 0.008) are never flushed; ``PDP_GPT2_FLUSH=0``
-    turns the flush off.
+    gradients (whose sqrt(tiny) is 0.008) are never flushed; ``enabled=False``
+    (``KernelOptions(flush=False)``) turns the flush off.
     """
-    if _flush_ok and dtype in (torch.float32, torch.bfloat16, torch.float64):
+    if enabled and dtype in (torch.float32, torch.bfloat16, torch.float64):
         return 128 * math.sqrt(torch.finfo(dtype).tiny)
     return 0.0
 
 
-# Compiled forms: one expression each, written into a given tensor.
+# Compiled forms: one expression each, returning a new tensor.
 
 
-def _forward_into(out, w, a, b, tau: float, beta: float | None):
+def _forward(w, a, b, tau: float, beta: float | None):
     m, _ = _mask_and_slope(w, a, b, tau, beta)
-    out.copy_(w * m)
+    return w * m
 
 
-def _backward_into(grad, w, a, b, tau: float, beta: float | None, flush: float):
+def _backward(grad, w, a, b, tau: float, beta: float | None, flush: float):
     g = grad * _local_grad(w, a, b, tau, beta)
-    grad.copy_(torch.where(g.abs() < flush, 0.0, g))
+    return torch.where(g.abs() < flush, 0.0, g)
 
 
-# Eager forms: the same values, in place where possible to allocate less.
+# Eager forms: the same values, built in place on their own fresh tensors to allocate less.
 
 
-def _forward_into_eager(out, w, a, b, tau: float, beta: float | None):
-    z = torch.mul(w, w, out=out).mul_(a).sub_(b).div_(tau)
+def _forward_eager(w, a, b, tau: float, beta: float | None):
+    z = torch.mul(w, w).mul_(a).sub_(b).div_(tau)
     if beta is None:
         m = z.sigmoid_()
     else:
         th = torch.tanh(z * beta)
         m = z.sigmoid_().mul_(0.7).add_(th.add_(1).mul_(0.15))
-    m.mul_(w)
+    return m.mul_(w)
 
 
-def _backward_into_eager(grad, w, a, b, tau: float, beta: float | None, flush: float):
+def _backward_eager(grad, w, a, b, tau: float, beta: float | None, flush: float):
     m, slope = _mask_and_slope(w, a, b, tau, beta)
-    # m + (2a/tau) w^2 slope, built in place on `slope` to keep one extra buffer
-    grad.mul_(slope.mul_(w).mul_(w).mul_(a * (2.0 / tau)).add_(m))
+    # m + (2a/tau) w^2 slope, built in place on `slope` (ours), then times the incoming gradient
+    g = slope.mul_(w).mul_(w).mul_(a * (2.0 / tau)).add_(m).mul_(grad)
     if flush > 0:
-        grad.masked_fill_(grad.abs() < flush, 0.0)
+        g.masked_fill_(g.abs() < flush, 0.0)
+    return g
 
 
 class SoftMaskedWeight(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w, a, b, tau: float, beta, buffer: OutBuffer | None):
-        _measure_bases()  # once, here rather than inside a backward
+    def forward(ctx, w, a, b, tau: float, beta, kernels: KernelOptions):
         with torch.no_grad():
-            out = buffer.take(w) if buffer is not None else torch.empty_like(w, memory_format=torch.contiguous_format)
             if w.is_contiguous():
-                _fast("forward", _forward_into, _forward_into_eager, out.view(-1), w.view(-1), a, b, tau, beta)
+                out = _fast("forward", _forward, _forward_eager, kernels, w.view(-1), a, b, tau, beta).view_as(w)
             else:
-                _forward_into_eager(out, w.contiguous(), a, b, tau, beta)
+                out = _forward_eager(w, a, b, tau, beta)
         ctx.save_for_backward(w, a, b)
-        ctx.tau, ctx.beta = tau, beta
-        # A view, so the buffer itself never becomes a graph output: the graph holds
-        # the view, which keeps the buffer's storage count up until it is freed.
-        return out.view_as(out)
+        ctx.tau, ctx.beta, ctx.kernels = tau, beta, kernels
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         w, a, b = ctx.saved_tensors
-        if _grad_is_ours(grad, w):
-            counts["grad_in_place"] += 1
-        else:
-            counts["grad_copied"] += 1
-            grad = grad.clone(memory_format=torch.contiguous_format)
-        flush = underflow_level(grad.dtype)
+        tau, beta, kernels = ctx.tau, ctx.beta, ctx.kernels
+        flush = underflow_level(grad.dtype, kernels.flush)
         if w.is_contiguous():
-            _fast("backward", _backward_into, _backward_into_eager, grad.view(-1), w.view(-1), a, b,
-                  ctx.tau, ctx.beta, flush)
+            grad = grad.contiguous()  # a no-op unless autograd handed us a strided view
+            g = _fast("backward", _backward, _backward_eager, kernels, grad.view(-1), w.view(-1), a, b,
+                      tau, beta, flush).view_as(w)
         else:
-            _backward_into_eager(grad, w, a, b, ctx.tau, ctx.beta, flush)
-        return grad, None, None, None, None, None
+            g = _backward_eager(grad, w, a, b, tau, beta, flush)
+        return g, None, None, None, None, None
 
 
-def soft_masked_weight(w, t, tau: float, tau_mode: str, beta: float | None, buffer: OutBuffer | None = None):
-    """w * m(w) for a cached threshold t (0-d tensor), memory-lean.
-
-    ``buffer``: where to write it, reused across steps (see :class:`OutBuffer`).
-    """
+def soft_masked_weight(w, t, tau: float, tau_mode: str, beta: float | None, kernels: KernelOptions | None = None):
+    """w * m(w) for a cached threshold t (0-d tensor), memory-lean (see the module docstring)."""
     t2 = t * t
     if tau_mode == "relative":
         a, b = 1.0 / t2, torch.ones_like(t2)
@@ -287,10 +205,10 @@ def soft_masked_weight(w, t, tau: float, tau_mode: str, beta: float | None, buff
     a, b = a.to(w.dtype), b.to(w.dtype)
     if torch.compiler.is_compiling():
         # Inside a caller's torch.compile: plain ops, which that compiler fuses itself
-        # (the reference counting and nested compile above are not traceable).
+        # (a nested compile is not traceable).
         m, _ = _mask_and_slope(w, a, b, tau, beta)
         return w * m
-    return SoftMaskedWeight.apply(w, a, b, tau, beta, buffer)
+    return SoftMaskedWeight.apply(w, a, b, tau, beta, kernels or DEFAULT)
 
 
 # ---- counting for threshold selection ---------------------------------------------------
@@ -308,6 +226,6 @@ def _block_counts_expr(flat, lo, hi):
     return below, inside
 
 
-def block_counts(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+def block_counts(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kernels: KernelOptions | None = None):
     """``_block_counts_expr`` on a flat tensor whose length is a multiple of BLOCK."""
-    return _fast("block_counts", _block_counts_expr, _block_counts_expr, flat, lo, hi)
+    return _fast("block_counts", _block_counts_expr, _block_counts_expr, kernels, flat, lo, hi)

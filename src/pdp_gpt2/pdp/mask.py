@@ -92,11 +92,13 @@ class Hint:
     miss: float  # |value - guess|: how far it was from where we looked
 
 
-def abs_threshold(w: torch.Tensor, k: int, hint: Hint | None = None) -> tuple[torch.Tensor, Hint | None]:
+def abs_threshold(w: torch.Tensor, k: int, hint: Hint | None = None,
+                  kernels=None) -> tuple[torch.Tensor, Hint | None]:
     """``threshold(w.abs(), k)``, bit for bit, and a hint for the next call on this tensor.
 
     ``hint`` (from the previous call on the same, slightly changed tensor) only
     decides where to look; any hint, stale or wrong, gives the same threshold.
+    ``kernels``: the fused.KernelOptions of the counting pass.
     """
     flat = w.detach().reshape(-1)
     n = flat.numel()
@@ -106,7 +108,7 @@ def abs_threshold(w: torch.Tensor, k: int, hint: Hint | None = None) -> tuple[to
     guess = center
     for _ in range(_TRIES):
         lo, hi = max(center - half, 0.0), center + half
-        pair, below, inside = _select_in(flat, k, lo, hi)
+        pair, below, inside = _select_in(flat, k, lo, hi, kernels)
         if inside >= 2 and hi > lo:
             density = inside / (hi - lo)
         if pair is not None:
@@ -152,10 +154,13 @@ def _guess_from(h: Hint, k: int) -> tuple[float, float, float]:
     return center, max(half, abs(center) * 1e-7, 1e-30), h.density
 
 
-def _select_in(flat: torch.Tensor, k: int, lo: float, hi: float):
-    """(k-th, (k+1)-th smallest |x|) if both lie in [lo, hi], else None; plus the two counts.
+def bracket_counts(flat: torch.Tensor, lo: float, hi: float, kernels=None):
+    """How many |x| of ``flat`` lie below ``lo`` and inside [lo, hi]: the one exact count
+    threshold selection needs, in one pass and one host sync.
 
-    Returns (pair or None, #(|x| < lo), #(lo <= |x| <= hi)).
+    Returns (below, inside, inside_per_block, body, tail): the two totals as ints, and
+    what :func:`_select_in` needs to collect the candidates (per-block counts of the
+    first ``len(body)`` entries, blocks of fused.BLOCK; ``tail`` = the rest, as |x|).
     """
     from pdp_gpt2.pdp.fused import BLOCK, block_counts
 
@@ -163,14 +168,26 @@ def _select_in(flat: torch.Tensor, k: int, lo: float, hi: float):
     hi_t = torch.tensor(hi, dtype=flat.dtype, device=flat.device)
     n_body = flat.numel() - flat.numel() % BLOCK
     body, tail = flat[:n_body], flat[n_body:].abs()
-    below_b, inside_b = block_counts(body, lo_t, hi_t)
+    below_b, inside_b = block_counts(body, lo_t, hi_t, kernels)
     tail_in = (tail >= lo_t) & (tail <= hi_t)
     # one host sync for both counts; float64 sums of whole numbers are exact
     below, inside = torch.stack([below_b.sum(dtype=torch.float64) + (tail < lo_t).sum(),
                                  inside_b.sum(dtype=torch.float64) + tail_in.sum()]).tolist()
-    below, inside = int(below), int(inside)
+    return int(below), int(inside), inside_b, body, tail
+
+
+def _select_in(flat: torch.Tensor, k: int, lo: float, hi: float, kernels=None):
+    """(k-th, (k+1)-th smallest |x|) if both lie in [lo, hi], else None; plus the two counts.
+
+    Returns (pair or None, #(|x| < lo), #(lo <= |x| <= hi)).
+    """
+    from pdp_gpt2.pdp.fused import BLOCK
+
+    below, inside, inside_b, body, tail = bracket_counts(flat, lo, hi, kernels)
     if not (below <= k - 1 and below + inside >= k + 1):
         return None, below, inside
+    lo_t = torch.tensor(lo, dtype=flat.dtype, device=flat.device)
+    hi_t = torch.tensor(hi, dtype=flat.dtype, device=flat.device)
     blocks = inside_b.nonzero().squeeze(1)
     vals = torch.cat([body.view(-1, BLOCK).index_select(0, blocks).abs().reshape(-1), tail])
     cand = vals[(vals >= lo_t) & (vals <= hi_t)].sort().values

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from pdp_gpt2.pdp.attach import Pruner
+from pdp_gpt2.pdp.driver import MaskDriver
 
 FLOOR = 0.1
 
 
 class MaskAwareAdamW(torch.optim.AdamW):
-    def __init__(self, params, pruner: Pruner, **kwargs):
+    def __init__(self, params, pruner: MaskDriver, **kwargs):
         super().__init__(params, **kwargs)
         self.pruner = pruner
 

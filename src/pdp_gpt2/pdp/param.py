@@ -1,10 +1,11 @@
-"""The parametrization registered on each target weight.
+"""The parametrization registered on each target weight by PDP.
 
 ``torch.nn.utils.parametrize`` makes ``module.weight`` a computed property
 (original -> masked), so the model's own forward code is untouched and autograd
-sees the mask.  The threshold is cached in a buffer and refreshed by the pruner
+sees the mask.  The threshold is cached in a buffer and refreshed by the driver
 once per optimizer step; a forward pass only applies it (gradient accumulation
-does not recompute thresholds per micro-batch).
+does not recompute thresholds per micro-batch).  Everything that depends on the
+sparsity pattern is the :class:`~pdp_gpt2.pdp.patterns.Pattern`'s.
 """
 from __future__ import annotations
 
@@ -12,55 +13,34 @@ import torch
 from torch import nn
 
 from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.fused import OutBuffer, soft_masked_weight
-from pdp_gpt2.pdp.targets import from_in_last, in_last
+from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.patterns import Pattern
 
 
 class PDPMask(nn.Module):
-    def __init__(self, shape: torch.Size, out_dim: int, *, pattern: str, nm, tau: float,
-                 tau_mode: str, beta: float | None, bits: int | None):
+    def __init__(self, shape: torch.Size, out_dim: int, *, pattern: Pattern, tau: float,
+                 tau_mode: str, beta: float | None, bits: int | None, kernels: KernelOptions | None = None):
         super().__init__()
-        self.shape, self.out_dim = tuple(shape), out_dim
-        self.pattern, self.nm = pattern, nm
+        self.shape, self.out_dim, self.pattern = tuple(shape), out_dim, pattern
         self.tau, self.tau_mode, self.beta, self.bits = tau, tau_mode, beta, bits
-        if nm is not None:
-            n_groups = shape.numel() // nm[1]
-            self.register_buffer("t", torch.zeros(n_groups, 1))
-        else:
-            self.register_buffer("t", torch.zeros(()))
+        self.kernels = kernels or KernelOptions()
+        self.register_buffer("t", torch.zeros(pattern.threshold_shape(self.shape, out_dim)))
         # Python-side copy of "is anything pruned?", so forward never syncs with the device.
         self.active = False
         self.sparsity = 0.0  # this tensor's current target sparsity
-        # Warm start for the next unstructured threshold (where the last one was);
-        # it only speeds the search up, the threshold is exact whatever it holds.
-        self._hint: M.Hint | None = None
-        self._out = OutBuffer()  # where the masked weight is written, reused across steps
-
-    # ---- scores and thresholds -------------------------------------------------
-    def _row_sq(self, w: torch.Tensor) -> torch.Tensor:
-        """Squared L2 norm of each output neuron, shaped to broadcast against w."""
-        return (w * w).sum(dim=1 - self.out_dim, keepdim=True)
+        # Warm start for the next threshold (where the last one was); it only speeds the
+        # search up, the threshold is exact whatever it holds.
+        self._hint = None
 
     def _k(self, sparsity: float) -> int:
-        if self.nm is not None:
-            n, m = self.nm
-            # The schedule ramps r from 0 to (M-N)/M: prune floor(r*M) per group, never more than M-N.
-            return min(m - n, M.num_pruned(m, sparsity))
-        if self.pattern == "row":
-            return M.num_pruned(self.shape[self.out_dim], sparsity)
-        return M.num_pruned(len_of(self.shape), sparsity)
+        return self.pattern.num_pruned(self.shape, self.out_dim, sparsity)
 
     @torch.no_grad()
     def refresh(self, w: torch.Tensor, sparsity: float) -> None:
         """Recompute the threshold(s) of weight w at this tensor's sparsity."""
         self.sparsity = float(sparsity)
         k = self._k(sparsity)
-        if self.nm is not None:
-            t = M.nm_threshold(in_last(w, self.out_dim), k, self.nm[1])
-        elif self.pattern == "row":
-            t = M.threshold(self._row_sq(w).sqrt(), k)
-        else:
-            t, self._hint = M.abs_threshold(w, k, self._hint)
+        t, self._hint = self.pattern.threshold(w, self.out_dim, k, self._hint, self.kernels)
         self.t.copy_(t.to(self.t.dtype))
         self.active = k > 0 and bool((self.t > 0).any())
 
@@ -72,44 +52,21 @@ class PDPMask(nn.Module):
         return out
 
     def _masked(self, w: torch.Tensor) -> torch.Tensor:
-        t = self.t.to(w.dtype)
-        if self.nm is not None:
-            m = M.nm_soft_mask(in_last(w, self.out_dim), t, self.nm[1], self.tau,
-                               beta=self.beta, tau_mode=self.tau_mode)
-            return w * from_in_last(m, self.out_dim)
-        if self.pattern == "row":
-            m = M.mask_from_gap(M.normalized_gap(self._row_sq(w), t, self.tau_mode), self.tau, self.beta)
-            return w * m
-        return soft_masked_weight(w, t, self.tau, self.tau_mode, self.beta, buffer=self._out)
+        return self.pattern.masked_weight(w, self.out_dim, self.t.to(w.dtype), self.tau, self.tau_mode,
+                                          self.beta, self.kernels)
 
     @torch.no_grad()
     def soft_mask(self, w: torch.Tensor) -> torch.Tensor:
         """Current soft mask values, broadcast to w's shape (for stats and the optimizer)."""
         if not self.active:
             return torch.ones_like(w)
-        t = self.t.to(w.dtype)
-        if self.nm is not None:
-            m = M.nm_soft_mask(in_last(w, self.out_dim), t, self.nm[1], self.tau,
-                               beta=self.beta, tau_mode=self.tau_mode)
-            return from_in_last(m, self.out_dim)
-        if self.pattern == "row":
-            sq = self._row_sq(w)
-        else:
-            sq = w * w
-        return M.mask_from_gap(M.normalized_gap(sq, t, self.tau_mode), self.tau, self.beta).expand_as(w)
+        m = self.pattern.soft_mask(w, self.out_dim, self.t.to(w.dtype), self.tau, self.tau_mode, self.beta)
+        return m.expand_as(w)
 
     @torch.no_grad()
     def hard_keep(self, w: torch.Tensor) -> torch.Tensor:
         """Boolean keep-mask with exactly this tensor's number of zeros."""
-        k = self._k(self.sparsity)
-        if self.nm is not None:
-            return from_in_last(M.nm_hard_mask(in_last(w, self.out_dim), k, self.nm[1]), self.out_dim)
-        if self.pattern == "row":
-            keep_rows = M.hard_mask_from_scores(self._row_sq(w).reshape(-1), k)
-            shape = [1, 1]
-            shape[self.out_dim] = -1
-            return keep_rows.view(shape).expand_as(w)
-        return M.hard_mask_from_scores(w.abs(), k)
+        return self.pattern.keep(w.abs(), self.out_dim, self._k(self.sparsity))
 
     @torch.no_grad()
     def final_weight(self, w: torch.Tensor) -> torch.Tensor:
@@ -120,10 +77,3 @@ class PDPMask(nn.Module):
         if self.bits is not None:
             out = M.fake_quant(out, self.bits, self.out_dim)
         return out.detach()
-
-
-def len_of(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n

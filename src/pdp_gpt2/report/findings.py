@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.report.stats import Point, dense_mean, points, rel
+from pdp_gpt2.report.stats import Point, points, rel
 
 BASELINES = ("magnitude", "gmp", "wanda")
 NAMES = {"gmp": "GMP", "pdp": "PDP", "wanda": "Wanda"}  # how a title names a method
@@ -25,7 +25,8 @@ def _pruned_points(runs) -> dict[str, dict[float, Point]]:
 
 
 def dense_ppl(runs) -> float | None:
-    return dense_mean(runs)
+    d = [r.ppl for r in runs if r.method == "dense" and r.ppl is not None]
+    return min(d) if d else None
 
 
 def _method(label: str) -> str:
@@ -123,7 +124,7 @@ def _tau_grid(runs) -> dict | None:
         if g > 0.005:
             title += f"; τ = {worst.label} leaves a {100 * g:.1f}% soft-to-hard gap"
         else:
-            title += f"; every τ keeps the soft-to-hard gap at or under {100 * max(g, 0.0):.2f}%"
+            title += f"; every τ keeps the soft-to-hard gap under {100 * max(g, 0.0):.1f}%"
     sub = ("τ is the soft mask's temperature: larger τ keeps more weights undecided; the gap is "
            "hard-pruned / soft-masked perplexity - 1")
     return {"kind": "grid", "title": title, "sub": sub, "target": target, "row": row, "gaps": gaps}

@@ -8,16 +8,9 @@ import dataclasses
 import shlex
 from pathlib import Path
 
+from pdp_gpt2.pdp.attach import method_description  # the registry's one line per method
 from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
-METHOD_TEXT = {
-    "pdp": "Parameter-free Differentiable Pruning (PDP; Cho, Adya, Naik, NeurIPS 2023, arXiv:2305.11203) "
-           "while fine-tuning: soft masks from each weight's magnitude, sparsity on a schedule, exact zeros at the end",
-    "gmp": "gradual magnitude pruning while fine-tuning (hard masks on the same schedule as PDP)",
-    "magnitude": "one-shot magnitude pruning, then fine-tuning with the mask frozen",
-    "wanda": "one-shot Wanda pruning (|w| times input-activation norm), then fine-tuning with the mask frozen",
-    "dense": "no pruning: dense fine-tuning only",
-}
 # Flags that do not change the model a run makes: left out of the command in the card.
 NOT_IN_COMMAND = ("resume", "overwrite_output_dir", "progress")
 
@@ -103,7 +96,7 @@ def model_card(cfg: TrainConfig, summary: dict, man: dict, layers_table: str) ->
             "No weights were pruned.")
     body = [
         f"# {name}, {man['sparsity_actual']:.1%} sparse ({cfg.method})", "",
-        f"Method: {METHOD_TEXT[cfg.method]}.", "",
+        f"Method: {method_description(cfg.method)}.", "",
         f"{what} The checkpoint is a plain Hugging Face model: it loads with "
         "`AutoModelForCausalLM.from_pretrained`, no custom code. `pdp_pruning.json` lists the pruned tensors "
         "for programs (`pdp-gpt2 export` reads it).", "",

@@ -7,11 +7,12 @@ from dataclasses import asdict, dataclass, field
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.config import PATTERNS_HELP, PDPConfig, parse_nm  # noqa: F401  (re-exported for the CLI)
+# METHODS: the method registry (name -> mask driver, pdp/attach.py).  pdp: soft masks (the paper);
+# dense: fine-tune only; magnitude / wanda: one-shot hard mask at the target, then frozen; gmp: hard
+# magnitude mask on the same schedule as pdp (see pdp/baselines.py).
+from pdp_gpt2.pdp.attach import METHODS
 
 
-# pdp: soft masks (the paper); dense: fine-tune only; magnitude / wanda: one-shot hard mask at the
-# target, then frozen; gmp: hard magnitude mask on the same schedule as pdp (see pdp/baselines.py).
-METHODS = ("pdp", "dense", "magnitude", "gmp", "wanda")
 # transformers' SchedulerType values that run without extra flags: reduce_lr_on_plateau needs an
 # evaluation loop, cosine_with_min_lr / cosine_warmup_with_min_lr / warmup_stable_decay need
 # lr_scheduler_kwargs, which `train` does not take.  (A test checks this list against transformers.)

@@ -142,18 +142,25 @@ def evaluate(model, tokens, cfg: TrainConfig, desc: str) -> float:
                           batch_size=cfg.eval_batch_size, progress=cfg.progress, desc=desc)["perplexity"]
 
 
-def build_pruner(model, cfg: TrainConfig):
-    """The mask driver for cfg.method (None for dense fine-tuning)."""
-    if cfg.method == "dense":
-        return None
-    if cfg.method != "pdp":  # magnitude, gmp, wanda: hard-mask drivers with the same interface
-        from pdp_gpt2.pdp import baselines
-
-        calib = baselines.calibration_blocks(cfg) if cfg.method == "wanda" else None
-        return baselines.attach_baseline(model, cfg.method, cfg.pdp, calibration=calib)
+def build_pruner(model, cfg: TrainConfig, kernels=None):
+    """The mask driver for cfg.method (None for dense fine-tuning); ``kernels``: fused.KernelOptions."""
     from pdp_gpt2.pdp.attach import attach
 
-    return attach(model, cfg.pdp)
+    calibration = calibration_blocks(cfg) if cfg.method == "wanda" else None
+    return attach(model, cfg.method, cfg.pdp, calibration=calibration, kernels=kernels)
+
+
+def calibration_blocks(cfg: TrainConfig, n_blocks: int = 32) -> torch.Tensor:
+    """The first ``n_blocks`` training blocks of cfg's dataset, shuffled by cfg.seed (wanda's calibration set)."""
+    from transformers import AutoTokenizer
+
+    from pdp_gpt2.data.models import resolve_model_path
+    from pdp_gpt2.data.sources import load_split_texts, tokenize_and_group
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
+    blocks = tokenize_and_group(tokenizer, load_split_texts(cfg.dataset, "train"), cfg.max_length)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return blocks[torch.randperm(len(blocks), generator=gen)[:n_blocks]]
 
 
 def fused_adamw_ok() -> bool:
@@ -194,7 +201,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
 
 
 @rundir.release_claims  # the lock is released however run() ends; a full disk is one line
-def run(cfg: TrainConfig) -> dict:
+def run(cfg: TrainConfig, kernels=None) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
     from transformers.trainer_callback import ProgressCallback
 
@@ -218,7 +225,7 @@ def run(cfg: TrainConfig) -> dict:
     model = prep.model
     ppl_dense = dense_perplexity(model, prep, cfg, is_main)
 
-    pruner = build_pruner(model, cfg)
+    pruner = build_pruner(model, cfg, kernels)  # kernels: fused.KernelOptions (the CLI reads them from env)
     if pruner is not None and prep.resume_from is not None and (state := load_pdp_state(prep.resume_from)):
         pruner.load_state_dict(state)  # global budgets are from the original dense weights
     metrics = None

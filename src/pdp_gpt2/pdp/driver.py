@@ -1,0 +1,178 @@
+"""The MaskDriver contract: what every pruning method (PDP, the baselines, a new one) is.
+
+A driver owns one model's masks from ``attach`` to ``finalize``.  A method defines
+three things (see attach.py for the registry and docs/architecture.md for a toy):
+
+* ``make_mask(target)``: the parametrization put on the target's weight.  It must
+  have ``soft_mask(w)`` (mask values as floats, w's shape) and ``final_weight(w)``
+  (the dense weight with exact zeros), and keep its state in buffers (they travel
+  in the model's state_dict);
+* ``update(target, sparsity)``: recompute that target's mask for ``sparsity``;
+* optionally ``prepare(calibration)`` (runs before any mask goes on), ``start()``
+  (the masks right after attach), the class flags ``one_shot`` / ``keeps_history``
+  and a one-line ``description``.
+
+Everything else is shared here: the schedule's ``set_sparsity`` and ``step``,
+per-layer budgets, ``stats``, ``masks``, ``state_dict`` / ``load_state_dict``,
+``finalize`` and ``remove``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp.config import PDPConfig
+from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.targets import Target
+
+
+class MaskDriver:
+    """State of one pruning run on one model: targets, per-layer budgets, current sparsity."""
+
+    # One line for people (the model card's "Method:"); default: the class docstring's first line.
+    description = ""
+    # Pruned once at attach, to the final target; the schedule's set_sparsity is ignored.
+    one_shot = False
+    # The masks depend on past steps (not on the weights alone): they come back from the
+    # model's state_dict on resume, and load_state_dict must not recompute them.
+    keeps_history = False
+
+    def __init__(self, model: nn.Module, config: PDPConfig, targets: list[Target], *,
+                 kernels: KernelOptions | None = None):
+        self.model, self.config, self.targets = model, config, targets
+        self.pattern = config.mask_pattern
+        self.kernels = kernels or KernelOptions()
+        self.sparsity = 0.0
+        self.steps = 0
+        # Fraction of the global target each tensor takes (1.0 each under 'layer').
+        self.budgets: dict[str, float] = {t.name: 1.0 for t in targets}
+        self.method = type(self).__name__.lower()  # attach() sets the name it is registered under
+
+    # ---- what a method defines ------------------------------------------------------------
+    def prepare(self, calibration) -> None:
+        """Before any mask is attached (the weights are still plain): e.g. collect statistics."""
+
+    def make_mask(self, t: Target) -> nn.Module:
+        raise NotImplementedError
+
+    def update(self, t: Target, sparsity: float) -> None:
+        """Recompute target t's mask at ``sparsity`` (this tensor's share, see layer_sparsity)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """The masks right after attach: at the final target (a gradual method may start dense)."""
+        self.sparsity = self.config.sparsity
+        self.refresh()
+
+    # ---- access ---------------------------------------------------------------------------
+    def mask_of(self, t: Target) -> nn.Module:
+        return t.module.parametrizations.weight[0]
+
+    def original(self, t: Target) -> nn.Parameter:
+        return t.module.parametrizations.weight.original
+
+    def layer_sparsity(self, name: str, sparsity: float | None = None) -> float:
+        s = self.sparsity if sparsity is None else sparsity
+        if self.config.sparsity == 0:
+            return 0.0
+        return min(self.config.max_layer_sparsity, s * self.budgets[name])
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def set_sparsity(self, sparsity: float) -> None:
+        """Move every target to ``sparsity`` (global meaning) and recompute the masks."""
+        if not (0.0 <= sparsity < 1.0):
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        if self.one_shot:
+            return  # pruned once at attach; the schedule does not apply
+        self.sparsity = float(sparsity)
+        self.refresh()
+
+    def step(self) -> None:
+        """Call once after each optimizer step: the masks follow the updated weights."""
+        self.steps += 1
+        if not self.one_shot:
+            self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        for t in self.targets:
+            self.update(t, self.layer_sparsity(t.name))
+
+    @torch.no_grad()
+    def finalize(self) -> nn.Module:
+        """Bake hard masks: exact zeros, plain modules, original state_dict keys."""
+        for t in self.targets:
+            final = self.mask_of(t).final_weight(self.original(t))
+            parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
+            t.module.weight.copy_(final)
+        self.targets = []
+        return self.model
+
+    @torch.no_grad()
+    def remove(self) -> nn.Module:
+        """Inverse of attach: drop the masks and restore the dense weights as they are."""
+        for t in self.targets:
+            parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
+        self.targets = []
+        return self.model
+
+    # ---- introspection ------------------------------------------------------------------------
+    @torch.no_grad()
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Current masks by module name, each the shape of its weight."""
+        return {t.name: self.mask_of(t).soft_mask(self.original(t)) for t in self.targets}
+
+    @torch.no_grad()
+    def stats(self) -> dict:
+        """Per-layer target sparsity, hard sparsity and soft band, from the current masks.
+
+        "hard" is the fraction of entries below their threshold (m < 0.5): the zeros
+        a finalize would make right now.  "band" is the fraction with 0.05 < m < 0.95
+        (always 0 for a hard 0/1 mask).  Cheap enough to call at every log step (no sort).
+        """
+        lo, hi = M.BAND
+        layers, total, zeros, band, msum = {}, 0, 0, 0, 0.0
+        for t in self.targets:
+            m = self.mask_of(t).soft_mask(self.original(t))
+            n = m.numel()
+            z = int((m < 0.5).sum())
+            b = int(((m > lo) & (m < hi)).sum())
+            s = float(m.sum())
+            layers[t.name] = {"target": self.layer_sparsity(t.name), "hard": z / n, "band": b / n,
+                              "mean_mask": s / n, "numel": n}
+            total, zeros, band, msum = total + n, zeros + z, band + b, msum + s
+        total = max(total, 1)
+        return {"sparsity_target": self.sparsity, "sparsity_hard": zeros / total, "band": band / total,
+                "mask_mean": msum / total, "layers": layers}
+
+    # ---- checkpointing (mask buffers travel in the model's state_dict) ------------------------
+    def state_dict(self) -> dict:
+        return {"sparsity": self.sparsity, "steps": self.steps, "budgets": dict(self.budgets),
+                "method": self.method, "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.budgets = {k: float(v) for k, v in state["budgets"].items()}
+        self.steps = int(state["steps"])
+        if self.one_shot:
+            return
+        if self.keeps_history:  # the masks come back with the checkpoint's weights and buffers
+            self.sparsity = float(state["sparsity"])
+        else:
+            self.set_sparsity(float(state["sparsity"]))
+
+
+@torch.no_grad()
+def global_budgets(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, float]:
+    """Per-tensor share of the global target from one magnitude ranking over all tensors.
+
+    Returns b_l = (fraction of tensor l below the global threshold) / sparsity, so a
+    tensor's sparsity at global level s is s * b_l (exact at s = sparsity; the
+    weighted mean of b_l is 1).
+    """
+    if sparsity == 0:
+        return {k: 1.0 for k in weights}
+    flat = torch.cat([w.detach().abs().reshape(-1).float().cpu() for w in weights.values()])
+    t = M.threshold(flat, M.num_pruned(flat.numel(), sparsity))
+    return {k: float((w.detach().abs().float() < t).float().mean()) / sparsity for k, w in weights.items()}
