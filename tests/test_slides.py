@@ -133,7 +133,7 @@ def test_annealed_tau_gets_the_tau_slide(tmp_path):
     assert "pdp+tau-exp" in {r.label for r in runs}
     f = findings.tau_picture(runs)
     assert f["kind"] == "schedule"
-    assert f["title"] == "Annealing τ (τ 0.1 → 0.001 (exp)) gives 1.4% lower perplexity at 90%"  # 126.0 vs 127.8
+    assert f["title"] == "Annealing τ from 0.1 to 0.001 (exp) gives 1.4% lower perplexity at 90%"  # 126.0 vs 127.8
     assert "pdp+tau-exp" not in findings.extensions(runs)["deltas"]  # on the tau slide, not with the extensions
 
 
@@ -220,3 +220,30 @@ def test_per_layer_plot_shows_band_under_layer_allocation_and_sparsity_under_glo
             assert "zeros" in ax.get_ylabel() and bars[label] == [84.0, 88.0, 92.0, 96.0]
     finally:
         slides.plt.close(fig)
+
+
+def test_cost_inputs_are_read_by_shape_and_bad_ones_are_one_line(tmp_path, capsys):
+    size = tmp_path / "size_report.json"
+    size.write_text(json.dumps({"format": "compressed", "pruned_tensors": 16, "encodings": {},
+                                "target_weights": {"dense_bytes": 1000, "exported_bytes": 150, "ratio": 0.15},
+                                "whole_model": {"dense_bytes": 4000, "exported_bytes": 1000, "ratio": 0.25}}))
+    speed = tmp_path / "speed.json"
+    speed.write_text(json.dumps({"speed": {"exported": 1.0, "csr": 1.6}}))
+    cost = findings.load_cost([size, speed])
+    assert findings.cost_title(cost) == "The compressed export is 0.25× the dense size; csr runs at 1.60× dense speed"
+    fig = slides.cost_slide(cost)
+    try:
+        heights = [[round(p.get_height(), 4) for p in ax.patches] for ax in fig.axes]
+    finally:
+        slides.plt.close(fig)
+    assert heights == [[0.15, 0.25], [1.0, 1.6]]
+    assert slides.cost_slide({}).startswith("no cost inputs")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"neither": 1}')
+    _write_run(tmp_path / "runs", "gmp", "gmp", 0.9, 133.0)
+    for arg, needle in ((bad, "not a step_overhead, size_report or speed JSON"),
+                        (tmp_path / "nope.json", "no such file")):
+        assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"), "--cost", str(arg)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "rep").exists()

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.report.stats import Point, points, rel
+from pdp_gpt2.report.stats import Point, dense_mean, points, rel
 
 BASELINES = ("magnitude", "gmp", "wanda")
 NAMES = {"gmp": "GMP", "pdp": "PDP", "wanda": "Wanda"}  # how a title names a method
@@ -25,8 +25,7 @@ def _pruned_points(runs) -> dict[str, dict[float, Point]]:
 
 
 def dense_ppl(runs) -> float | None:
-    d = [r.ppl for r in runs if r.method == "dense" and r.ppl is not None]
-    return min(d) if d else None
+    return dense_mean(runs)
 
 
 def _method(label: str) -> str:
@@ -94,8 +93,8 @@ def tau_picture(runs) -> dict | str:
     lab = min((lab for lab in deltas if top in deltas[lab]), key=lambda lab: deltas[lab][top])
     d = deltas[lab][top]
     r0 = sched[lab][top].runs[0]
-    how = f"τ {r0.tau:g} → {r0.pdp.get('tau_final', '?')} ({r0.pdp.get('tau_schedule')})"
-    title = f"Annealing τ ({how}) gives {abs(d):.1f}% {'lower' if d < 0 else 'higher'} perplexity at {_pct(top)}"
+    how = f"from {r0.tau:g} to {r0.pdp.get('tau_final', '?')} ({r0.pdp.get('tau_schedule')})"
+    title = f"Annealing τ {how} gives {abs(d):.1f}% {'lower' if d < 0 else 'higher'} perplexity at {_pct(top)}"
     gaps = [(p, _mean_gap(p)) for by in sched.values() for p in by.values()]
     worst = max((g for _, g in gaps if g is not None), default=None)
     sub = "relative to plain pdp (constant τ) at the same sparsity; right: weights in the soft band during training"
@@ -124,7 +123,7 @@ def _tau_grid(runs) -> dict | None:
         if g > 0.005:
             title += f"; τ = {worst.label} leaves a {100 * g:.1f}% soft-to-hard gap"
         else:
-            title += f"; every τ keeps the soft-to-hard gap under {100 * max(g, 0.0):.1f}%"
+            title += f"; every τ keeps the soft-to-hard gap at or under {100 * max(g, 0.0):.2f}%"
     sub = ("τ is the soft mask's temperature: larger τ keeps more weights undecided; the gap is "
            "hard-pruned / soft-masked perplexity - 1")
     return {"kind": "grid", "title": title, "sub": sub, "target": target, "row": row, "gaps": gaps}
