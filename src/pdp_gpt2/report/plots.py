@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pdp_gpt2.report import style  # noqa: E402
-from pdp_gpt2.report.stats import any_repeats, points  # noqa: E402
+from pdp_gpt2.report.stats import any_repeats, dense_mean, points  # noqa: E402
 
 MAX_CURVES = 8  # more curves than this on one axis is unreadable
 MAX_LINES = 10  # perplexity-vs-sparsity lines (few points each, with markers)
@@ -86,9 +86,9 @@ def draw_ppl_vs_sparsity(ax, runs):
         row = sorted(pts[lab].values(), key=lambda q: q.target)
         ax.errorbar([_pct(q.actual) for q in row], [q.mean for q in row], yerr=[q.sd for q in row] if seeds else None,
                     capsize=3, ms=4, **style.line_kw(lab))
-    dense = [r.ppl for r in runs if r.method == "dense" and r.ppl is not None]
-    if dense:
-        ax.axhline(min(dense), label="dense fine-tuned", **style.DENSE_LINE)
+    dense = dense_mean(runs)
+    if dense is not None:
+        ax.axhline(dense, label="dense fine-tuned", **style.DENSE_LINE)
     base = [r.ppl_dense for r in runs if r.ppl_dense is not None]
     if base:
         ax.axhline(base[0], label="before fine-tuning", **style.BEFORE_LINE)
@@ -173,7 +173,7 @@ def draw_layer_bars(ax, runs):
     rs = [r for r in focus_runs(runs) if r.method != "dense" and r.layers][:5]
     if not rs:
         return "no pruned run with per-layer sparsity (summary.json 'layers')"
-    banded = [r for r in rs if r.allocation != "global" and r.layer_band()]
+    banded = [r for r in rs if r.allocation != "global" and r.layer_band]
     if all(r.allocation != "global" for r in rs) and banded:
         return _layer_band_bars(ax, banded)
     return _layer_sparsity_bars(ax, rs)
@@ -204,8 +204,8 @@ def _layer_sparsity_bars(ax, rs):
 
 def _layer_band_bars(ax, rs):
     names = list(rs[0].layers)
-    _bars(ax, rs, names, lambda r, n: _pct(r.layer_band().get(n, math.nan)))
-    top = max((_pct(v) for r in rs for v in r.layer_band().values()), default=0.0)
+    _bars(ax, rs, names, lambda r, n: _pct(r.layer_band.get(n, math.nan)))
+    top = max((_pct(v) for r in rs for v in r.layer_band.values()), default=0.0)
     ax.set_ylim(0, max(top, 1e-3) * 1.35)  # headroom for the legend
     ax.set_ylabel("weights in the soft band 0.05 < m < 0.95 (%)")
     ax.set_title(f"Weights still undecided per layer at the end, {_pct(rs[0].target):g}% target\n"

@@ -17,6 +17,7 @@ import html
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from pdp_gpt2.pdp.config import PDPConfig
@@ -83,10 +84,11 @@ class Run:
     def allocation(self) -> str:
         return self.pdp.get("allocation", "layer")
 
+    @cached_property  # read once: several plots ask
     def layer_band(self) -> dict[str, float]:
         """Per-layer fraction of weights in the soft band (0.05 < m < 0.95) at the end of training:
         summary.json ``layers[name]["band"]`` where runs write it, else the layers.md column."""
-        band = {n: d["band"] for n, d in self.layers.items() if isinstance(d, dict) and d.get("band") is not None}
+        band = {n: d["band"] for n, d in self.layers.items() if isinstance(d, dict) and _is_num(d.get("band"))}
         return band or _layers_md_band(self.dir / "layers.md")
 
     @property
@@ -153,6 +155,10 @@ def _jsonl(path: Path) -> list[dict]:
         if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
             out.append(rec)
     return out
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _layers_md_band(path: Path) -> dict[str, float]:
@@ -223,8 +229,9 @@ def _f(x, fmt="{:.2f}") -> str:
 
 
 def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    dense = [r.ppl for r in runs if r.method == "dense" and r.ppl is not None]
-    ref = min(dense) if dense else None
+    from pdp_gpt2.report.stats import dense_mean
+
+    ref = dense_mean(runs)
     head = ["run", "variant", "tau", "target %", "actual %", "perplexity (hard)", "soft", "soft-to-hard gap",
             "vs dense fine-tuned", "steps", "train s"]
     rows = []
@@ -289,15 +296,17 @@ def seeds_table(runs: list[Run]) -> tuple[list[str], list[list[str]]] | None:
 
 
 def headline(runs: list[Run]) -> list[str]:
-    """One line per target sparsity: the best variant and its perplexity."""
+    """One line per target sparsity: the best variant and its perplexity (mean over seeds)."""
+    from pdp_gpt2.report.stats import dense_mean, points
+
+    pts = points([r for r in runs if r.method != "dense"])
     out = []
-    for t in sorted({r.target for r in runs if r.method != "dense"}):
-        best = min((r for r in runs if r.target == t and r.ppl is not None), key=lambda r: r.ppl, default=None)
-        if best:
-            out.append(f"{100 * t:g}%: best {best.label} {best.ppl:.2f}")
-    dense = [r.ppl for r in runs if r.method == "dense" and r.ppl is not None]
-    if dense:
-        out.insert(0, f"dense fine-tuned {min(dense):.2f}")
+    for t in sorted({t for by in pts.values() for t in by}):
+        best = min((by[t] for by in pts.values() if t in by), key=lambda p: p.mean)
+        out.append(f"{100 * t:g}%: best {best.label} {best.mean:.2f}")
+    dense = dense_mean(runs)
+    if dense is not None:
+        out.insert(0, f"dense fine-tuned {dense:.2f}")
     return out
 
 

@@ -64,6 +64,13 @@ def points(runs, key=lambda r: r.label, value=lambda r: r.ppl) -> dict[str, dict
     return dict(out)
 
 
+def dense_mean(runs) -> float | None:
+    """The dense fine-tuned reference: the mean over its seeds (the best run per seed)."""
+    pts = points([r for r in runs if r.method == "dense"], key=lambda r: "dense")
+    by = pts.get("dense")
+    return statistics.fmean(p.mean for p in by.values()) if by else None
+
+
 def any_repeats(pts: dict[str, dict[float, Point]]) -> bool:
     return any(p.n > 1 for by in pts.values() for p in by.values())
 
