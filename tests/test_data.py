@@ -202,3 +202,34 @@ def test_local_documents_keep_every_line_ending(tmp_path):
     text = f.read_text()
     got = "".join(load_split_texts(str(f), s)[0] for s in data.SPLITS)
     assert got == text
+
+
+# --- one split scored (data/perplexity.evaluate_split, what `pdp-gpt2 eval` calls) ----------------
+
+def test_window_and_stride_defaults_and_errors():
+    from pdp_gpt2.data.perplexity import window_and_stride
+
+    assert window_and_stride(0, 0, 64) == (64, 32)
+    assert window_and_stride(16, 0, 64) == (16, 8) and window_and_stride(3, 0, None) == (3, 1)
+    for args, message in (((65, 0, 64), "--max_length 65 exceeds the model's context of 64 tokens"),
+                          ((0, 0, None), "the model config has no context length"),
+                          ((16, 17, 64), "--stride 17 exceeds the window of 16 tokens"),
+                          ((-1, 0, 64), "must be positive")):
+        with pytest.raises(UsageError, match=message):
+            window_and_stride(*args)
+
+
+def test_evaluate_split_is_the_sliding_window_perplexity_of_the_split(tmp_path, tok):
+    from conftest import tiny_gpt2, tiny_llama
+    from pdp_gpt2.data.perplexity import context_length, evaluate_split, perplexity, pick_device
+
+    f = tmp_path / "a.txt"
+    f.write_text(TEXT * 40)
+    model = tiny_gpt2(vocab=len(tok), n_positions=32)
+    got = evaluate_split(model, tok, str(f), "test", progress=False)
+    ids = token_stream(tok, load_split_texts(str(f), "test"))
+    want = perplexity(model, ids, window=32, stride=16, progress=False)
+    assert got == {**want, "dataset": str(f), "split": "test", "window": 32, "stride": 16}
+    assert context_length(tiny_llama().config) == 64 and pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(UsageError, match="--batch_size must be positive"):
+        evaluate_split(model, tok, str(f), "test", batch_size=0)

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pdp_gpt2.data.sources import load_split_texts, token_stream
+from pdp_gpt2.errors import UsageError
+
 IGNORE = -100
 
 
@@ -104,3 +107,58 @@ def perplexity(model, token_ids: torch.Tensor, window: int, stride: int, batch_s
     assert total_tokens == scored_tokens(windows)
     nll = total_nll / total_tokens
     return {"perplexity": math.exp(nll), "nll": nll, "tokens": total_tokens}
+
+
+# ---- one split of a dataset, scored: what `pdp-gpt2 eval` and a run's evaluations share ----------
+def context_length(config) -> int | None:
+    """The model's context in tokens (GPT-2: n_positions; Llama/OPT: max_position_embeddings), None if unknown."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def window_and_stride(max_length: int, stride: int, n_positions: int | None) -> tuple[int, int]:
+    """Resolve the 0 defaults (the model's context; half the window) and check them against the context."""
+    if max_length < 0 or stride < 0:
+        raise UsageError(f"--max_length and --stride must be positive, got {max_length} and {stride}")
+    window = max_length or n_positions
+    if not window:
+        raise UsageError("the model config has no context length; pass --max_length")
+    if n_positions and window > n_positions:
+        raise UsageError(f"--max_length {window} exceeds the model's context of {n_positions} tokens")
+    if window < 2:
+        raise UsageError(f"--max_length must be at least 2, got {window}")
+    stride = stride or max(1, window // 2)
+    if stride > window:
+        raise UsageError(f"--stride {stride} exceeds the window of {window} tokens")
+    return window, stride
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' is CUDA when available, else the CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} requested but CUDA is not available")
+    return device
+
+
+def evaluate_split(model, tokenizer, dataset: str, split: str, *, max_length: int = 0, stride: int = 0,
+                   batch_size: int = 8, progress: bool = True) -> dict:
+    """Sliding-window perplexity of a loaded model on one split of a dataset spec.
+
+    ``max_length``/``stride`` 0 mean the model's context and half the window.  Returns
+    :func:`perplexity`'s dict plus ``dataset, split, window, stride``.  The model runs
+    where it is (move it with :func:`pick_device` first).
+    """
+    if batch_size < 1:
+        raise UsageError(f"--batch_size must be positive, got {batch_size}")
+    window, stride = window_and_stride(max_length, stride, context_length(model.config))
+    ids = token_stream(tokenizer, load_split_texts(dataset, split))
+    if len(ids) < 2:
+        raise UsageError(f"the {split} split of {dataset!r} has fewer than 2 tokens")
+    result = perplexity(model, ids, window=window, stride=stride, batch_size=batch_size, progress=progress,
+                        desc=f"eval {split}")
+    return {**result, "dataset": dataset, "split": split, "window": window, "stride": stride}
