@@ -1,22 +1,26 @@
-"""Sizes and inference speed of exported PDP models on a GPT-2-small-shaped model (124M, random init).
+"""Sizes and CPU inference speed of exported PDP models, dense vs the sparse runtime, GPT-2-small shape.
 
-    python benchmarks/inference.py                 # sizes + CPU speed (+ GPU speed if CUDA)
-    python benchmarks/inference.py --skip-speed    # only the size table
+    python benchmarks/inference.py --json inference.json   # speed (90%/95%, 1 and 2 threads) + sizes
+    python benchmarks/inference.py --skip-sizes             # speed only
+    python benchmarks/inference.py --tiny                   # a 2-layer model in seconds: does the script run?
 
-No download: the model is GPT2Config() (GPT-2 small's shape) with random
-weights, pruned to 90% with ``pdp_gpt2.attach(...).finalize()`` - sizes and
-speeds depend on shapes and sparsity, not on what the weights learned.
+No download: the model is GPT2Config() (GPT-2 small's shape, 124M) with random
+weights, pruned with ``pdp_gpt2.attach(...).finalize()`` - speed depends on shapes
+and sparsity, not on what the weights learned.  Per sparsity it compares
 
-Speed variants (interleaved after a warm-up, medians; the absolute seconds on a
-shared machine mean little, the ratios to dense mean more):
-  dense     from_pretrained of the finalized directory;
-  exported  load_compressed of the compressed export: a plain dense model again;
-  csr       exported model with the pruned layers as torch sparse CSR (CPU only, benchmark-only wrapper);
-  2:4 dense / 2:4 semi-structured (CUDA only): fp16, a 2:4-pruned model, torch.sparse.to_sparse_semi_structured.
+  dense   from_pretrained of the finalized directory (what every HF user runs);
+  sparse  load_compressed(export, runtime="sparse"): pruned layers on int32 CSR kernels.
+
+Measures (batch 1): decode = one new token on a ``--past``-token KV cache, repeated;
+prefill N = N prompt tokens, no cache, last position's logits.  Dense and sparse run
+interleaved after a warm-up, medians reported; ratios inside one run mean more than
+absolute seconds on a shared machine.  The memory-traffic limit is the weight bytes
+one decode step must read, dense / sparse, LM head (tied, dense) included.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -25,27 +29,37 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 import pdp_gpt2
+from pdp_gpt2.export.sparse import decode_weight_bytes
 from pdp_gpt2.export.writer import export, pruned_tensors
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
 
+TINY = dict(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=128)
 
-def pruned_gpt2_small(root: Path, name: str, **cfg) -> Path:
+
+def pruned_model(root: Path, name: str, tiny: bool = False, **cfg) -> Path:
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config()).eval()
+    model = GPT2LMHeadModel(GPT2Config(**TINY) if tiny else GPT2Config()).eval()
     pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(**cfg)).finalize()
     model.save_pretrained(root / name)
     return root / name
 
 
-def size_rows(root: Path) -> list[tuple]:
+def _quiet_export(src: Path, out: Path, fmt: str = "compressed", **kw) -> dict:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # export may print notes; the tables are the output
+        return export(src, out, fmt, overwrite=True, **kw)
+
+
+def size_rows(root: Path, tiny: bool) -> list[tuple]:
     """(case, target dense MB, target exported MB, target ratio, whole dense MB, whole exported MB, whole ratio)."""
     cases = [("90% unstructured, fp32 values (exact)", dict(sparsity=0.9), "compressed", "auto"),
              ("90% unstructured, fp16 values", dict(sparsity=0.9), "compressed", "fp16"),
@@ -59,53 +73,23 @@ def size_rows(root: Path) -> list[tuple]:
     for label, cfg, fmt, values in cases:
         key = repr(cfg)
         if key not in made:
-            made[key] = pruned_gpt2_small(root, f"src{len(made)}", **cfg)
-        out = root / "out"
-        rep = export(made[key], out, fmt, values=values, overwrite=True)
+            made[key] = pruned_model(root, f"src{len(made)}", tiny, **cfg)
+        rep = _quiet_export(made[key], root / "out", fmt, values=values)
         t, w = rep["target_weights"], rep["whole_model"]
         rows.append((label, t["dense_bytes"] / 1e6, t["exported_bytes"] / 1e6, t["ratio"],
                      w["dense_bytes"] / 1e6, w["exported_bytes"] / 1e6, w["ratio"]))
-        shutil.rmtree(out)
+        shutil.rmtree(root / "out")
     return rows
 
 
 # ---- speed --------------------------------------------------------------------------------
 
 
-class CSRLinear(nn.Module):
-    """y = x W^T + b with W (out, in) held as a sparse CSR tensor."""
-
-    def __init__(self, w_out_in: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.w, self.bias = w_out_in.detach().to_sparse_csr(), bias
-
-    def forward(self, x):
-        y = torch.sparse.mm(self.w, x.reshape(-1, x.shape[-1]).t().contiguous()).t()
-        y = y if self.bias is None else y + self.bias
-        return y.reshape(*x.shape[:-1], -1)
-
-
-def to_csr(model: nn.Module) -> nn.Module:
-    modules = dict(model.named_modules())
-    for wname, out_dim in pruned_tensors(model).items():
-        name = wname.removesuffix(".weight")
-        mod = modules[name]
-        w = mod.weight if out_dim == 0 else mod.weight.t()  # Conv1D stores (in, out)
-        parent, _, child = name.rpartition(".")
-        setattr(modules[parent], child, CSRLinear(w, mod.bias))
-    return model
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 @torch.no_grad()
-def timings(models: dict, lengths: list[int], reps: int, past: int, device) -> dict:
+def timings(models: dict, lengths: list[int], reps: int, past: int, decode_steps: int, vocab: int) -> dict:
     """{(variant, measure): median seconds}; variants interleaved within every repetition."""
     g = torch.Generator().manual_seed(0)
-    ids = {n: torch.randint(0, 50257, (1, n), generator=g).to(device) for n in lengths + [past + 1]}
+    ids = {n: torch.randint(0, vocab, (1, n), generator=g) for n in lengths + [past + 1]}
     caches, kw = {}, "past_key_values"
     for name, m in models.items():  # one KV cache of `past` tokens per model, cropped back after each step
         out = m(ids[past + 1][:, :past], use_cache=True)
@@ -115,97 +99,123 @@ def timings(models: dict, lengths: list[int], reps: int, past: int, device) -> d
 
     def once(name, m, record):
         for n in lengths:
-            sync(device); t = time.perf_counter()
+            t = time.perf_counter()
             m(ids[n], use_cache=False, logits_to_keep=1)
-            sync(device); record(name, f"prefill {n}", time.perf_counter() - t)
-        sync(device); t = time.perf_counter()
-        m(ids[past + 1][:, past:], use_cache=True, **{kw: caches[name]})
-        sync(device); record(name, "decode", time.perf_counter() - t)
-        caches[name].crop(past - caches[name].get_seq_length())  # negative: drop the token just added
+            record(name, f"prefill {n}", time.perf_counter() - t)
+        for _ in range(decode_steps):
+            t = time.perf_counter()
+            m(ids[past + 1][:, past:], use_cache=True, logits_to_keep=1, **{kw: caches[name]})
+            record(name, "decode", time.perf_counter() - t)
+            caches[name].crop(past - caches[name].get_seq_length())  # negative: drop the token just added
 
-    for _ in range(1):  # warm-up
-        for name, m in models.items():
-            once(name, m, lambda *a: None)
+    for name, m in models.items():  # warm-up
+        once(name, m, lambda *a: None)
     for _ in range(reps):
         for name, m in models.items():
             once(name, m, lambda v, k, s: results.setdefault((v, k), []).append(s))
     return {k: statistics.median(v) for k, v in results.items()}
 
 
-def speed_table(title: str, med: dict, variants: list[str], lengths: list[int]) -> str:
-    base = variants[0]
-    head = "| measure | " + " | ".join(variants) + " | " + " | ".join(f"{v} / {base}" for v in variants[1:]) + " |"
-    lines = [f"**{title}**", "", head, "|---" * (2 * len(variants)) + "|"]
-    for n in lengths:
-        tps = [n / med[(v, f"prefill {n}")] for v in variants]
-        ratios = [f"{t / tps[0]:.2f}x" for t in tps[1:]]
-        lines.append(f"| prefill {n} tokens (tokens/s) | " + " | ".join(f"{t:,.0f}" for t in tps) + " | "
-                     + " | ".join(ratios) + " |")
-    ms = [1e3 * med[(v, "decode")] for v in variants]
-    lines.append("| decode 1 token (ms) | " + " | ".join(f"{x:.1f}" for x in ms) + " | "
-                 + " | ".join(f"{x / ms[0]:.2f}x" for x in ms[1:]) + " |")
+def speed_rows(med: dict, lengths: list[int], sparsity: float, threads: int) -> list[dict]:
+    rows = []
+    for measure, tokens in [("decode", 1)] + [(f"prefill {n}", n) for n in lengths]:
+        d, s = tokens / med[("dense", measure)], tokens / med[("sparse", measure)]
+        rows.append({"sparsity": sparsity, "threads": threads, "measure": measure, "dense_tps": d,
+                     "sparse_tps": s, "ratio": s / d})
+    return rows
+
+
+def speed_table(rows: list[dict]) -> str:
+    lines = ["| sparsity | threads | measure | dense tokens/s | sparse tokens/s | sparse / dense |",
+             "|---:|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['sparsity']:.0%} | {r['threads']} | {r['measure']} | {r['dense_tps']:,.1f} | "
+              f"{r['sparse_tps']:,.1f} | {r['ratio']:.2f}x |" for r in rows]
     return "\n".join(lines)
 
 
-def main() -> None:
+def traffic_table(traffic: list[dict], rows: list[dict]) -> str:
+    lines = ["| sparsity | dense MB / decode token | sparse MB / decode token | limit (dense / sparse bytes) | "
+             "measured decode speedup (threads) | share of the limit |", "|---:|---:|---:|---:|---|---|"]
+    for t in traffic:
+        got = [r for r in rows if r["sparsity"] == t["sparsity"] and r["measure"] == "decode"]
+        meas = ", ".join(f"{r['ratio']:.2f}x ({r['threads']})" for r in got)
+        share = ", ".join(f"{r['ratio'] / t['limit']:.0%}" for r in got)
+        lines.append(f"| {t['sparsity']:.0%} | {t['dense_bytes'] / 1e6:.1f} | {t['sparse_bytes'] / 1e6:.1f} | "
+                     f"{t['limit']:.2f}x | {meas} | {share} |")
+    return "\n".join(lines)
+
+
+def check_logits(models: dict, vocab: int) -> float:
+    ids = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return (models["dense"](ids).logits - models["sparse"](ids).logits).abs().max().item()
+
+
+def run_speed(root: Path, args, lengths: list[int]) -> dict:
+    rows, traffic, diffs = [], [], {}
+    vocab = (TINY if args.tiny else GPT2Config().to_dict())["vocab_size"]
+    for sparsity in [float(s) for s in args.sparsities.split(",")]:
+        src = pruned_model(root, f"speed{sparsity}", args.tiny, sparsity=sparsity)
+        _quiet_export(src, root / f"exported{sparsity}")
+        models = {"dense": AutoModelForCausalLM.from_pretrained(src).eval(),
+                  "sparse": pdp_gpt2.load_compressed(root / f"exported{sparsity}", runtime="sparse")}
+        diffs[sparsity] = check_logits(models, vocab)
+        db, sb = decode_weight_bytes(models["dense"]), decode_weight_bytes(models["sparse"])
+        traffic.append({"sparsity": sparsity, "dense_bytes": db, "sparse_bytes": sb, "limit": db / sb,
+                        "pruned_tensors": len(pruned_tensors(models["dense"]))})
+        for threads in [int(t) for t in args.threads.split(",")]:
+            torch.set_num_threads(threads)
+            med = timings(models, lengths, args.reps, args.past, args.decode_steps, vocab)
+            rows.extend(speed_rows(med, lengths, sparsity, threads))
+            print(speed_table([r for r in rows if r["sparsity"] == sparsity and r["threads"] == threads]),
+                  flush=True)
+        del models
+    return {"rows": rows, "traffic": traffic, "max_abs_logit_diff": diffs}
+
+
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", default="16,128,512", help="prefill lengths, comma-separated (default: %(default)s)")
-    p.add_argument("--past", type=int, default=128, help="KV-cache length for the decode step (default: %(default)s)")
+    p.add_argument("--sparsities", default="0.9,0.95", help="comma-separated (default: %(default)s)")
+    p.add_argument("--threads", default="1,2", help="CPU thread counts, comma-separated (default: %(default)s)")
+    p.add_argument("--lengths", default=None, help="prefill lengths (default: 16,128,512; --tiny: 8,32)")
+    p.add_argument("--past", type=int, default=None, help="KV-cache length for decode (default: 128; --tiny: 16)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads; 1 is the steadiest on a shared machine (default: %(default)s)")
+    p.add_argument("--decode_steps", type=int, default=8, help="decode steps timed per repetition (default: %(default)s)")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer 64-wide GPT-2: checks the script, measures nothing")
+    p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     p.add_argument("--skip-sizes", action="store_true", help="only the speed tables")
     p.add_argument("--skip-speed", action="store_true", help="only the size table")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    lengths = [int(x) for x in args.lengths.split(",")]
+    args = p.parse_args(argv)
+    lengths = [int(x) for x in (args.lengths or ("8,32" if args.tiny else "16,128,512")).split(",")]
+    args.past = args.past or (16 if args.tiny else 128)
     root = Path(tempfile.mkdtemp(prefix="pdp-bench-"))
+    out: dict = {"model": "tiny GPT-2" if args.tiny else "GPT-2 small (124M, random init)", "past": args.past,
+                 "lengths": lengths, "reps": args.reps, "decode_steps": args.decode_steps,
+                 "torch": torch.__version__}
     try:
         if not args.skip_sizes:
-            print("| GPT-2 small (124M), export | target dense MB | target exported MB | target ratio | "
+            rows = size_rows(root, args.tiny)
+            out["sizes"] = [dict(zip(("case", "target_dense_mb", "target_exported_mb", "target_ratio",
+                                      "whole_dense_mb", "whole_exported_mb", "whole_ratio"), r)) for r in rows]
+            print("| export | target dense MB | target exported MB | target ratio | "
                   "whole dense MB | whole exported MB | whole ratio |\n|---|---:|---:|---:|---:|---:|---:|")
-            for r in size_rows(root):
-                print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.4f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.4f} |",
-                      flush=True)
-            print()
-        if args.skip_speed:
-            return
-        src = pruned_gpt2_small(root, "speed", sparsity=0.9)
-        export(src, root / "exported")
-        cpu = torch.device("cpu")
-        models = {"dense": AutoModelForCausalLM.from_pretrained(src).eval(),
-                  "exported": pdp_gpt2.load_compressed(root / "exported"),
-                  "csr": to_csr(pdp_gpt2.load_compressed(root / "exported"))}
-        ids = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            ref = models["dense"](ids).logits
-            same = torch.equal(ref, models["exported"](ids).logits)
-            diff = (models["csr"](ids).logits - ref).abs().max().item()
-        print(f"exported logits identical to dense: {same}; csr max |logit diff|: {diff:.2e}")
-        med = timings(models, lengths, args.reps, args.past, cpu)
-        print(speed_table(f"CPU, {args.threads} thread(s), batch 1, 90% unstructured, fp32", med, list(models),
-                          lengths))
-        if torch.cuda.is_available():
-            gpu_speed(root, lengths, args)
-        else:
-            print("\n(no CUDA device: GPU and 2:4 semi-structured rows not measured)")
+            for r in rows:
+                print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.4f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.4f} |")
+            print(flush=True)
+        if not args.skip_speed:
+            out.update(run_speed(root, args, lengths))
+            print(f"\nmax |logit diff| sparse vs dense: "
+                  + ", ".join(f"{s:.0%}: {d:.1e}" for s, d in out["max_abs_logit_diff"].items()))
+            print(f"\n**CPU, batch 1, fp32, decode on a {args.past}-token KV cache; medians of {args.reps} "
+                  f"interleaved repetitions**\n")
+            print(speed_table(out["rows"]))
+            print("\n**Memory-traffic limit of batch-1 decode (weight bytes read per token)**\n")
+            print(traffic_table(out["traffic"], out["rows"]))
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def gpu_speed(root: Path, lengths: list[int], args) -> None:
-    src = pruned_gpt2_small(root, "speed24", sparsity=0.5, pattern="2:4")
-    export(src, root / "exported24", "2:4")
-    dev = torch.device("cuda")
-    models = {"2:4 dense fp16": AutoModelForCausalLM.from_pretrained(src, dtype=torch.float16).to(dev).eval()}
-    sparse = pdp_gpt2.load_compressed(root / "exported24").half()
-    from pdp_gpt2.export.nm24 import to_semi_structured
-
-    n = to_semi_structured(sparse.to(dev), [k.removesuffix(".weight") for k in pruned_tensors(sparse)])
-    models[f"2:4 semi-structured ({n} layers)"] = sparse
-    med = timings(models, lengths, args.reps, args.past, dev)
-    print()
-    print(speed_table(f"GPU {torch.cuda.get_device_name()}, batch 1, 2:4, fp16", med, list(models), lengths))
+    return out
 
 
 if __name__ == "__main__":

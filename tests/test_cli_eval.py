@@ -96,3 +96,38 @@ def test_embedded_model_loads_in_plain_transformers_and_reproduces_its_record():
     assert r["tokens"] == record["eval"]["test"]["tokens"] == len(ids) - 1
     assert r["perplexity"] == pytest.approx(record["eval"]["test"]["perplexity"], rel=1e-4)
     assert r["perplexity"] < record["eval"]["test"]["unigram_perplexity"] / 2
+
+
+def _pruned_copy(src, dst, sparsity=0.9):
+    """The model in src with 90% of each block weight set to exact zeros (smallest magnitudes), saved to dst."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pdp_gpt2.pdp.targets import find_targets
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    for t in find_targets(model):
+        w = t.module.weight.data
+        w.view(-1)[w.abs().view(-1).argsort()[: int(w.numel() * sparsity)]] = 0
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+def test_eval_reads_a_compressed_export_in_both_runtimes(tiny_model_dir, tmp_path):
+    from pdp_gpt2.export.writer import export
+
+    src = _pruned_copy(tiny_model_dir / "model", tmp_path / "final")
+    export(src, tmp_path / "exported")
+    corpus = str(tiny_model_dir / "corpus.txt")
+    results = {}
+    for name, model, runtime in [("final", src, "dense"), ("export", tmp_path / "exported", "dense"),
+                                 ("export sparse", tmp_path / "exported", "sparse"),
+                                 ("final sparse", src, "sparse")]:
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "--model", str(model), "--dataset", corpus, "--runtime", runtime, "--json", str(out),
+                     "--no_progress", "--device", "cpu"]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["export"]["perplexity"] == results["final"]["perplexity"]  # the same weights, bit for bit
+    for name in ("export sparse", "final sparse"):
+        assert results[name]["runtime"] == "sparse" and results[name]["tokens"] == results["final"]["tokens"]
+        assert results[name]["perplexity"] == pytest.approx(results["final"]["perplexity"], rel=1e-5)

@@ -164,3 +164,27 @@ def test_cli_generate_prints_same_text_for_both_runtimes(tmp_path, tiny_assets, 
         texts.append("\n".join(lines[:-1]))
     assert texts[0] == texts[1] and texts[0].startswith("the quick")
     assert main(["generate", str(tmp_path / "out"), "--max_new_tokens", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_inference_benchmark_runs_tiny_and_writes_json(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("inference_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "inference.json"
+    bench.main(["--tiny", "--skip-sizes", "--sparsities", "0.9", "--threads", "1", "--reps", "1",
+                "--decode_steps", "2", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert [row["measure"] for row in r["rows"]] == ["decode", "prefill 8", "prefill 32"]
+    assert all(row["ratio"] == pytest.approx(row["sparse_tps"] / row["dense_tps"]) for row in r["rows"])
+    (t,) = r["traffic"]
+    # tiny GPT-2 at 90%: 8 block weights (+ biases) and the tied 512x64 head, dense vs CSR
+    assert t["pruned_tensors"] == 8 and t["limit"] == pytest.approx(t["dense_bytes"] / t["sparse_bytes"]) and t["limit"] > 2
+    assert r["max_abs_logit_diff"]["0.9"] <= 1e-4
+    printed = capsys.readouterr().out
+    assert "| 90% | 1 | decode |" in printed and "Memory-traffic limit" in printed

@@ -43,41 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
 
-def window_and_stride(max_length: int, stride: int, n_positions: int | None) -> tuple[int, int]:
-    """Resolve the 0 defaults and check the values against the model's context."""
-    if max_length < 0 or stride < 0:
-        raise UsageError(f"--max_length and --stride must be positive, got {max_length} and {stride}")
-    window = max_length or n_positions
-    if not window:
-        raise UsageError("the model config has no context length; pass --max_length")
-    if n_positions and window > n_positions:
-        raise UsageError(f"--max_length {window} exceeds the model's context of {n_positions} tokens")
-    if window < 2:
-        raise UsageError(f"--max_length must be at least 2, got {window}")
-    stride = stride or max(1, window // 2)
-    if stride > window:
-        raise UsageError(f"--stride {stride} exceeds the window of {window} tokens")
-    return window, stride
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown --device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} requested but CUDA is not available")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     from pdp_gpt2.atomic import atomic_write_json
-    from pdp_gpt2.data.sources import load_split_texts, token_stream
-    from pdp_gpt2.data.perplexity import perplexity
+    from pdp_gpt2.data.perplexity import evaluate_split, pick_device
     from pdp_gpt2.export.loader import load_for_inference
 
     if args.batch_size < 1:
@@ -93,17 +61,12 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
     if args.tasks is not None:
         return _run_tasks(args, model, tokenizer)
-    n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    window, stride = window_and_stride(args.max_length, args.stride, n_positions)
-    ids = token_stream(tokenizer, load_split_texts(args.dataset, args.split))
-    if len(ids) < 2:
-        raise UsageError(f"the {args.split} split of {args.dataset!r} has fewer than 2 tokens")
-    result = perplexity(model, ids, window=window, stride=stride, batch_size=args.batch_size,
-                        progress=not args.no_progress, desc=f"eval {args.split}")
-    result.update(model=args.model, dataset=args.dataset, split=args.split, window=window, stride=stride,
-                  runtime=args.runtime)
+    result = evaluate_split(model, tokenizer, args.dataset, args.split, max_length=args.max_length,
+                            stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress)
+    result.update(model=args.model, runtime=args.runtime)
     print(f"{args.model} on {args.dataset}/{args.split}: perplexity {result['perplexity']:.3f} "
-          f"(NLL {result['nll']:.4f} nats/token over {result['tokens']:,} tokens, window {window}, stride {stride})")
+          f"(NLL {result['nll']:.4f} nats/token over {result['tokens']:,} tokens, "
+          f"window {result['window']}, stride {result['stride']})")
     if args.json:
         atomic_write_json(args.json, result)
     return 0
