@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pdp_gpt2.cli import main
-from pdp_gpt2.export.lmeval import INSTALL_HINT, markdown_table, scores, split_tasks
+from pdp_gpt2.data.lmeval import INSTALL_HINT, markdown_table, scores, split_tasks
 
 HAVE_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime == "sparse" and device.type != "cpu":
         raise UsageError("--runtime sparse runs on the CPU; pass --device cpu")
     if args.tasks is not None:
-        from pdp_gpt2.export.lmeval import require_lm_eval
+        from pdp_gpt2.data.lmeval import require_lm_eval
 
         require_lm_eval()  # before loading the model: the missing extra is the first thing to say
     model, tokenizer, _ = load_for_inference(args.model, args.runtime)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_tasks(args: argparse.Namespace, model, tokenizer) -> int:
     from pdp_gpt2.atomic import atomic_write_json
-    from pdp_gpt2.export.lmeval import evaluate_tasks, markdown_table
+    from pdp_gpt2.data.lmeval import evaluate_tasks, markdown_table
 
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit must be positive, got {args.limit}")

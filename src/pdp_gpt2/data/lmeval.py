@@ -6,6 +6,9 @@ lm-eval's Python API (``HFLM`` + ``simple_evaluate``) and returns a JSON-ready
 dict.  A ``--tasks`` entry that is an existing path is a task YAML file or a
 folder of them: it goes on lm-eval's include path and its ``task:`` names are
 run, so custom and offline tasks work without touching lm-eval's registry.
+
+It lives in data/ next to perplexity so both `pdp-gpt2 eval` and a training run
+(``--eval_tasks``: ``scores(evaluate_tasks(...))`` into summary.json) can call it.
 """
 from __future__ import annotations
 
