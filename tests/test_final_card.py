@@ -86,7 +86,7 @@ def test_model_card_of_a_hub_model_and_dataset_names_them():
     assert "\nbase_model: gpt2\n" in text and "\ndatasets:\n- wikitext\n---\n" in text and "\n- 2:4\n" in text
     assert "| soft masks (end of training) | - |" in text and "| tau |" not in text
     assert card.command(cfg) == ("pdp-gpt2 train --model gpt2 --dataset wikitext:wikitext-2-raw-v1 "
-                                 "--method gmp --sparsity 0.5 --pattern 2:4")
+                                 "--method gmp --pattern 2:4")  # 2:4 implies sparsity 0.5
 
 
 def _wte_with_natural_zeros(src, dst):

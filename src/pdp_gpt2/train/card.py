@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 from pdp_gpt2.pdp.attach import method_description  # the registry's one line per method
+from pdp_gpt2.pdp.patterns import get_pattern
 from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
 # Flags that do not change the model a run makes: left out of the command in the card.
@@ -45,7 +46,7 @@ def command(cfg: TrainConfig) -> str:
     for f, value, cls in pairs:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name == "sparsity":
-            default = 0.9  # the CLI's default when no N:M pattern implies another
+            default = get_pattern(cfg.pdp.pattern).default_sparsity  # the CLI's default (N:M implies its own)
         if f.name in NOT_IN_COMMAND or value == default or value is None:
             continue
         if isinstance(value, bool):
