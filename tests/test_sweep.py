@@ -204,6 +204,30 @@ def test_a_failed_trial_is_recorded_and_the_sweep_goes_on_then_reruns_only_what_
     assert calls == ["trial-000"] and [r["cached"] for r in rows] == [False, True, True]
 
 
+def test_trial_runs_into_a_clean_directory_and_overwrites_only_an_earlier_run(tmp_path, monkeypatch):
+    """`pdp-gpt2 train` refuses a directory with files it did not write, so the sweep's own files
+    are written after the run, and --overwrite_output_dir is passed only over an earlier run."""
+    cmds = []
+
+    def fake_run(cmd, stdout, stderr, timeout):
+        cmds.append(cmd)
+        out = Path(next(c for c in cmd if c.startswith("--output_dir=")).split("=", 1)[1])
+        assert [p.name for p in out.iterdir()] == ([] if len(cmds) == 1 else ["run_config.json"])
+        stdout.write("pdp-gpt2 train: error: boom\n")
+        return argparse.Namespace(returncode=2)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"value": 0.5}}})
+    rows = sweep.run_sweep(spec, tmp_path)
+    assert "--overwrite_output_dir=True" not in cmds[0] and rows[0]["error"] == "pdp-gpt2 train: error: boom"
+    tdir = tmp_path / "trial-000"
+    assert sorted(p.name for p in tdir.iterdir()) == ["params.json", "train.log", "trial.json"]
+    assert (tdir / "train.log").read_text().endswith("boom\n") and not list(tmp_path.glob(".*.log"))
+    (tdir / "run_config.json").write_text("{}")  # an earlier run of ours was killed here
+    sweep.run_sweep(spec, tmp_path)
+    assert "--overwrite_output_dir=True" in cmds[1]
+
+
 @pytest.mark.slow
 def test_local_sweep_cli_end_to_end_with_a_failing_trial(tmp_path, tiny_assets):
     model_dir, corpus = tiny_assets

@@ -227,12 +227,20 @@ def last_line(text: str) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
+# The sweep's own files in a trial directory.  They are written after the trial's run (the log
+# next to the directory while it runs), because `pdp-gpt2 train` refuses a directory that holds
+# files it did not write, and --overwrite_output_dir only clears a directory holding a run of ours.
+BOOKKEEPING = ("params.json", "trial.json", "train.log")
+
+
 def run_trial(params: dict, trial_dir: Path, timeout: float | None = None) -> dict:
-    """Train one trial in a subprocess; returns status, returncode and the error line if it failed."""
+    """Train one trial in a subprocess; returns status, returncode and the error line if it failed.
+    The log is ``<trial_dir>/train.log`` afterwards."""
     trial_dir.mkdir(parents=True, exist_ok=True)
+    rerun = any(p.name not in BOOKKEEPING for p in trial_dir.iterdir())  # a killed or failed earlier run
     cmd = [sys.executable, "-m", "pdp_gpt2", "train", *trial_argv(params), f"--output_dir={trial_dir}",
-           "--overwrite_output_dir=True", "--progress=False"]
-    log = trial_dir / "train.log"
+           *(["--overwrite_output_dir=True"] if rerun else []), "--progress=False"]
+    log = trial_dir.parent / f".{trial_dir.name}.train.log"
     with open(log, "w") as f:
         f.write(" ".join(cmd) + "\n")
         f.flush()
@@ -240,6 +248,8 @@ def run_trial(params: dict, trial_dir: Path, timeout: float | None = None) -> di
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = 124
+    trial_dir.mkdir(parents=True, exist_ok=True)  # a refused run may have left nothing
+    log = log.replace(trial_dir / "train.log")
     finished = (trial_dir / "summary.json").is_file()
     status = "ok" if rc == 0 and finished else "failed"
     error = "" if status == "ok" else ("timed out" if rc == 124 else last_line(log.read_text()))
@@ -267,13 +277,17 @@ def run_trials(trials: list[tuple[str, dict]], out: Path, *, metric: str = "perp
             result = json.loads((tdir / "trial.json").read_text()) if (tdir / "trial.json").is_file() else {
                 "status": "ok", "returncode": 0, "error": "", "wall_seconds": None}
         else:
-            _write_params(tdir, params)
+            tdir.mkdir(parents=True, exist_ok=True)
+            for f in BOOKKEEPING:  # a previous attempt's: the train run must find only its own files
+                (tdir / f).unlink(missing_ok=True)
             t0 = time.time()
             try:
                 result = runner(params, tdir, timeout)
             except Exception as e:  # the runner itself failed (cannot start python, disk full...)
                 result = {"status": "failed", "returncode": -1, "error": f"{type(e).__name__}: {e}"}
             result = {**result, "wall_seconds": round(time.time() - t0, 1)}
+            tdir.mkdir(parents=True, exist_ok=True)
+            _write_params(tdir, params)  # with summary.json: marks the trial finished with these flags
             _write_json(tdir / "trial.json", result)
         row = {"trial": name, "status": result["status"], **params, **metrics_of(tdir),
                "wall_seconds": result.get("wall_seconds"), "returncode": result["returncode"],
