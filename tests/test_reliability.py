@@ -10,6 +10,7 @@ import errno
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -419,3 +420,27 @@ def test_gmp_resume_from_the_final_checkpoint_is_bit_identical(setup, tmp_path):
     run = killed_copy(ref, tmp_path / "run")
     assert main(argv(model, corpus, run, "--method", "gmp", "--resume")) == 0
     same_result(ref, run)
+
+
+def test_disk_full_behind_torch_saves_opaque_error_is_recognized(tmp_path, monkeypatch):
+    # torch.save on a full disk raises RuntimeError("... unexpected pos 576 vs 534"), no errno:
+    # the free space of the run directory tells what happened.
+    err = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert runlock.disk_error(err, tmp_path) is None  # plenty of space here: an ordinary bug
+    monkeypatch.setattr(runlock.shutil, "disk_usage", lambda p: SimpleNamespace(total=10, used=10, free=0))
+    assert "No space left on device" in str(runlock.disk_error(err, tmp_path))
+    assert runlock.disk_error(ValueError("unrelated"), tmp_path) is None
+
+
+def test_disk_full_at_summary_leaves_no_finished_looking_final(setup, tmp_path, capsys, monkeypatch):
+    model, corpus, _ = setup
+    out = tmp_path / "run"
+    from pdp_gpt2.train import summary
+
+    real = summary.atomic_write_json
+    monkeypatch.setattr(summary, "atomic_write_json",
+                        lambda p, obj: _enospc(p) if Path(p).name == "summary.json" else real(p, obj))
+    capsys.readouterr()
+    assert main(argv(model, corpus, out, "--save_steps", "0", "--max_steps", "1")) == 2
+    assert str(out / "summary.json") in one_line(capsys)
+    assert not (out / "final").exists() and (out / "final.incomplete" / "model.safetensors").is_file()

@@ -23,6 +23,7 @@ import fcntl
 import functools
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -35,6 +36,7 @@ _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 # Errors of the disk, not of the program: one line naming the path, exit 2.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 _DISK_WORDS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+_FULL_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
 
 
 def hostname() -> str:
@@ -200,17 +202,24 @@ def active_claim(output_dir: Path) -> Claim | None:
     return None
 
 
-def disk_error(e: BaseException) -> UsageError | None:
+def disk_error(e: BaseException, output_dir: Path | None = None) -> UsageError | None:
     """A full or read-only disk as one line naming the path (None for any other error)."""
     if isinstance(e, OSError) and e.errno in DISK_ERRORS:
         where = f"{e.filename}: " if e.filename else ""
         return UsageError(f"{where}{e.strerror or os.strerror(e.errno)}; the run did not finish")
     if isinstance(e, UsageError):
         return None  # already one line
-    text = str(e)
-    # safetensors and torch.save report the OS error inside their own exception types
-    word = next((w for w in _DISK_WORDS if w in text), None)
-    return UsageError(f"cannot write the run's files: {word}; the run did not finish") if word else None
+    where = f"writing {output_dir}" if output_dir is not None else "writing the run's files"
+    # safetensors says "No space left on device" inside its own exception type; torch.save's
+    # zip writer only says "unexpected pos ...", so a full disk is recognized by its free space.
+    word = next((w for w in _DISK_WORDS if w in str(e)), None)
+    if word is None and output_dir is not None and isinstance(e, (OSError, RuntimeError)):
+        try:
+            if shutil.disk_usage(output_dir).free < _FULL_BYTES:
+                word = "No space left on device"
+        except OSError:
+            pass
+    return UsageError(f"{where}: {word}; the run did not finish") if word else None
 
 
 def release_claims(fn):
@@ -222,7 +231,7 @@ def release_claims(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if (usage := disk_error(e)) is not None:
+            if (usage := disk_error(e, _active[depth].dir if len(_active) > depth else None)) is not None:
                 for c in _active[depth:]:
                     unfinished(c.dir)
                 raise usage from None
