@@ -179,3 +179,26 @@ def test_toy_method_and_pattern_through_the_cli(registered, tmp_path, tiny_asset
 def test_dense_is_no_driver():
     assert METHODS["dense"] is None
     assert attach(tiny_gpt2(), "dense", PDPConfig()) is None
+
+
+def test_the_toys_in_docs_architecture_run():
+    """docs/architecture.md's two snippets, executed as written: one class + one registry line each."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    section = text.split("## Extension points", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    saved = dict(PATTERNS), dict(METHODS)
+    try:
+        for code in blocks:
+            exec(code, {})
+        assert set(PATTERNS) - set(saved[0]) == {"columns"} and set(METHODS) - set(saved[1]) == {"random"}
+        model = tiny_gpt2()
+        pdp_gpt2.attach(model, "random", PDPConfig(sparsity=0.5, pattern="columns")).finalize()
+        w = model.transformer.h[1].mlp.c_proj.weight  # Conv1D (in=256, out=64)
+        assert _dead_inputs(w, 1) == 128 and int((w == 0).sum()) == 128 * 64
+    finally:
+        PATTERNS.clear(), PATTERNS.update(saved[0])
+        METHODS.clear(), METHODS.update(saved[1])
