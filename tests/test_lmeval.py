@@ -118,3 +118,27 @@ def test_offline_tasks_on_embedded_model_match_our_code(tmp_path, capsys, monkey
     assert math.exp(their_nll / tokens) == pytest.approx(math.exp(nll / tokens), rel=0.01)
     assert their_nll == pytest.approx(nll, rel=1e-4)  # in fact the same computation
     assert r["results"]["pdp_choice"]["acc,none"] == _our_choice_accuracy(model, tok, questions)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_LM_EVAL, reason='lm_eval not installed (pip install -e ".[eval]")')
+def test_tasks_on_a_compressed_export_agree_across_runtimes(tmp_path, tiny_assets, monkeypatch):
+    from test_cli_eval import _pruned_copy
+
+    from pdp_gpt2.export.writer import export
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    model_dir, corpus = tiny_assets
+    export(_pruned_copy(model_dir, tmp_path / "final"), tmp_path / "exported")
+    docs = [line for line in corpus.read_text().splitlines()[:6] if line.strip()]
+    questions = [{"question": "the quick brown", "choices": ["fox", "sun"], "label": 0}]
+    _write_tasks(tmp_path / "tasks", docs, questions)
+    got = {}
+    for runtime in ("dense", "sparse"):
+        out = tmp_path / f"{runtime}.json"
+        assert main(["eval", "--model", str(tmp_path / "exported"), "--runtime", runtime, "--tasks",
+                     str(tmp_path / "tasks"), "--json", str(out), "--device", "cpu"]) == 0
+        got[runtime] = json.loads(out.read_text())["results"]
+    bpb = [got[r]["pdp_rolling"]["bits_per_byte,none"] for r in ("dense", "sparse")]
+    assert bpb[1] == pytest.approx(bpb[0], rel=1e-5) and bpb[0] > 0
+    assert got["dense"]["pdp_choice"]["acc,none"] == got["sparse"]["pdp_choice"]["acc,none"]
