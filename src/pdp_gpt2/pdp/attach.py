@@ -44,6 +44,13 @@ class Pruner(MaskDriver):
     def update(self, t: Target, sparsity: float) -> None:
         self.mask_of(t).refresh(self.original(t), sparsity)
 
+    def set_tau(self, tau: float) -> None:
+        """Soft-mask temperature of every target (the tau schedule calls this).  Each mask reads
+        its ``tau`` at every forward; thresholds do not depend on it, so nothing is recomputed."""
+        if not (0.0 < tau < float("inf")):
+            raise ValueError(f"tau must be finite and > 0, got {tau}")
+        for t in self.targets:
+            self.mask_of(t).tau = float(tau)
 
 
 # The method registry: name -> driver class (None: no masks, plain fine-tuning).

@@ -21,6 +21,13 @@ class PDPConfig:
         default="relative",
         metadata={"help": "'relative' (x = w^2/t^2 - 1, scale-free, default) or 'absolute' (x = w^2 - t^2, the paper's raw form)"},
     )
+    tau_schedule: str = field(
+        default="constant",
+        metadata={"help": "tau over training: 'constant', or anneal from tau to tau_final in log tau, 'exp' (geometric) or 'cosine', over the recovery phase after the sparsity ramp (pdp/schedule.py)"},
+    )
+    tau_final: float | None = field(
+        default=None, metadata={"help": "tau at the end of an 'exp' or 'cosine' tau_schedule, finite and > 0"}
+    )
     allocation: str = field(
         default="layer",
         metadata={"help": "'layer': every tensor at the same sparsity; 'global': per-layer budgets from one global magnitude ranking at attach time"},
@@ -43,6 +50,14 @@ class PDPConfig:
             raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if not 0 < self.tau < float("inf"):
             raise UsageError(f"tau must be > 0 and finite, got {self.tau}")
+        if self.tau_schedule not in ("constant", "exp", "cosine"):
+            raise UsageError(f"tau_schedule must be constant, exp or cosine, got {self.tau_schedule!r}")
+        if self.tau_schedule == "constant" and self.tau_final is not None:
+            raise UsageError("tau_final needs tau_schedule exp or cosine (constant keeps tau)")
+        if self.tau_schedule != "constant" and self.tau_final is None:
+            raise UsageError(f"tau_schedule {self.tau_schedule} needs tau_final (the tau to anneal to)")
+        if self.tau_final is not None and not 0 < self.tau_final < float("inf"):
+            raise UsageError(f"tau_final must be > 0 and finite, got {self.tau_final}")
         if self.tau_mode not in ("relative", "absolute"):
             raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {self.tau_mode!r}")
         if self.allocation not in ("layer", "global"):

@@ -1,7 +1,7 @@
 """One pruning run, start to finish:
 
-    load model + data -> dense perplexity -> attach masks -> Trainer (schedule via
-    PDPCallback) -> soft perplexity -> finalize -> hard perplexity -> final/ + summary.json
+    load model + data -> dense perplexity -> attach masks -> Trainer (schedule via the public
+    PruningCallback) -> soft perplexity -> finalize -> hard perplexity -> final/ + summary.json
 
 The engine is Hugging Face ``Trainer``: mixed precision, gradient accumulation,
 checkpoints and ``torchrun``/``accelerate launch`` come from it, not from us.
@@ -25,7 +25,8 @@ from torch.nn.utils import parametrize
 from pdp_gpt2.train import distributed
 
 from pdp_gpt2.train import rundir
-from pdp_gpt2.train.hf_trainer import BarProgress, PDPCallback, load_pdp_state
+from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
+from pdp_gpt2.train.hf_trainer import BarProgress, MaskHistCallback, RunMetrics
 from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.train.tracking import make_tracker
@@ -142,12 +143,15 @@ def evaluate(model, tokens, cfg: TrainConfig, desc: str) -> float:
                           batch_size=cfg.eval_batch_size, progress=cfg.progress, desc=desc)["perplexity"]
 
 
-def build_pruner(model, cfg: TrainConfig, kernels=None):
-    """The mask driver for cfg.method (None for dense fine-tuning); ``kernels``: fused.KernelOptions."""
-    from pdp_gpt2.pdp.attach import attach
-
+def pruning_callback(model, cfg: TrainConfig, ramp: int, kernels=None) -> PruningCallback:
+    """The public PruningCallback for cfg.method (dense too: it writes the checkpoints' completion
+    marker), attached to ``model`` now: the mask-aware optimizer needs the pruner before Trainer
+    exists.  It does not finalize: the run evaluates the soft model first.  ``kernels``: fused.KernelOptions."""
     calibration = calibration_blocks(cfg) if cfg.method == "wanda" else None
-    return attach(model, cfg.method, cfg.pdp, calibration=calibration, kernels=kernels)
+    callback = PruningCallback(cfg.pdp, method=cfg.method, ramp_steps=ramp, schedule=cfg.schedule, finalize=False,
+                               log_layers=False, calibration=calibration, kernels=kernels)
+    callback.attach(model)
+    return callback
 
 
 def calibration_blocks(cfg: TrainConfig, n_blocks: int = 32) -> torch.Tensor:
@@ -225,15 +229,14 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     model = prep.model
     ppl_dense = dense_perplexity(model, prep, cfg, is_main)
 
-    pruner = build_pruner(model, cfg, kernels)  # kernels: fused.KernelOptions (the CLI reads them from env)
-    if pruner is not None and prep.resume_from is not None and (state := load_pdp_state(prep.resume_from)):
+    callback = pruning_callback(model, cfg, ramp, kernels)  # kernels: the CLI reads them from env
+    pruner = callback.pruner
+    if pruner is not None and prep.resume_from is not None and (state := read_checkpoint_state(prep.resume_from)):
         pruner.load_state_dict(state)  # global budgets are from the original dense weights
     metrics = None
     if is_main:  # lines past the checkpoint we resume from are dropped: they will be logged again
         metrics = rundir.MetricsLog(out / "metrics.jsonl", resume_step=rundir.step_of(prep.resume_from))
     tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
-    callback = PDPCallback(pruner, final_sparsity=cfg.pdp.sparsity, ramp_steps=ramp, schedule=cfg.schedule,
-                           metrics=metrics, tracker=tracker, is_main=is_main)
     opt = None
     if cfg.custom_optimizer and pruner is not None:
         from pdp_gpt2.pdp.optim import MaskAwareAdamW
@@ -241,12 +244,13 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate, "fused": fused_adamw_ok() or None})
     guard = RunGuard()
     trainer = Trainer(model=model, args=args, data_collator=default_data_collator,
-                      train_dataset=prep.train_data, callbacks=[callback, guard],
+                      train_dataset=prep.train_data,
+                      # RunMetrics after PruningCallback: it writes the values PruningCallback logs
+                      callbacks=[callback, guard, RunMetrics(metrics, tracker, is_main)],
                       optimizer_cls_and_kwargs=opt)
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
-        trainer.add_callback(BarProgress(pruner))
-    from pdp_gpt2.train.mask_hist import MaskHistCallback  # soft-mask histograms for the report
-    trainer.add_callback(MaskHistCallback())  # after PDPCallback, so it sees each step's thresholds
+        trainer.add_callback(BarProgress())
+    trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
     trainer.add_callback(rundir.RecordCheckpointFiles())  # file sizes into pdp_state.json, for resume's checks
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
@@ -266,7 +270,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         pruner.set_sparsity(cfg.pdp.sparsity)  # a run stopped before the end of the ramp still ends at target
         stats = pruner.stats()
         ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft")
-        pruner.finalize()
+        callback.finalize()
     ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned")
     result = dict(ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
                   train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
