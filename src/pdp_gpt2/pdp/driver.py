@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp import sharded
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.fused import KernelOptions
 from pdp_gpt2.pdp.targets import Target
@@ -42,6 +43,9 @@ class MaskDriver:
     def __init__(self, model: nn.Module, config: PDPConfig, targets: list[Target], *,
                  kernels: KernelOptions | None = None):
         self.model, self.config, self.targets = model, config, targets
+        if any(sharded.is_sharded(t.module.weight) for t in targets):
+            raise ValueError("attach the masks before sharding the model (fully_shard): FSDP must shard the "
+                             "parameter inside each parametrization")
         self.pattern = config.mask_pattern
         self.kernels = kernels or KernelOptions()
         self.sparsity = 0.0
@@ -97,12 +101,16 @@ class MaskDriver:
 
     @torch.no_grad()
     def refresh(self) -> None:
+        if sharded.any_sharded(self):  # FSDP2: the same buffers, from the shards (pdp/sharded.py)
+            return sharded.refresh(self)
         for t in self.targets:
             self.update(t, self.layer_sparsity(t.name))
 
     @torch.no_grad()
     def finalize(self) -> nn.Module:
         """Bake hard masks: exact zeros, plain modules, original state_dict keys."""
+        if sharded.any_sharded(self):  # FSDP2: zeros written into every shard (pdp/sharded.py)
+            return sharded.finalize(self)
         for t in self.targets:
             final = self.mask_of(t).final_weight(self.original(t))
             parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)

@@ -31,9 +31,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor, Shard
 
 from pdp_gpt2.pdp import mask as M
+
+try:  # builds without torch.distributed (some macOS/mobile wheels) have no DTensor: nothing is sharded
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # pragma: no cover
+    DTensor = Shard = None
 
 DIGIT = 8  # bits per radix pass: 256 buckets
 _KEY = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16, torch.float16: torch.int16}
@@ -43,7 +47,12 @@ comm = {"all_reduce": 0, "all_reduce_bytes": 0, "all_gather": 0, "all_gather_byt
 
 
 def is_sharded(w) -> bool:
-    return isinstance(w, DTensor)
+    return DTensor is not None and isinstance(w, DTensor)
+
+
+def any_sharded(driver) -> bool:
+    """Whether the driver's target weights are DTensors (the model was fully_shard-ed after attach)."""
+    return bool(driver.targets) and is_sharded(driver.original(driver.targets[0]))
 
 
 @dataclass(frozen=True)

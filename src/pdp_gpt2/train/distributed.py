@@ -172,3 +172,34 @@ def gather_plain_model(model: torch.nn.Module):
         raise RuntimeError(f"gathered state does not fit a plain {type(plain).__name__}: "
                            f"missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
     return plain.eval()
+
+
+def save_sharded(path, model: torch.nn.Module, optimizer, driver=None) -> None:
+    """A resumable checkpoint of a fully_shard-ed run (collective): every rank writes its own
+    shards of the weights and optimizer state (torch.distributed.checkpoint); the masks'
+    buffers (thresholds, keep-masks: the same on every rank) travel in the model state, and
+    rank 0 writes the driver's state (sparsity, steps, budgets) last, as the completion marker."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from pdp_gpt2.atomic import atomic_write_json
+
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
+    barrier()
+    if is_main():
+        atomic_write_json(Path(path) / "pdp_state.json", driver.state_dict() if driver is not None else {})
+    barrier()
+
+
+def load_sharded(path, model: torch.nn.Module, optimizer, driver=None) -> None:
+    """Inverse of :func:`save_sharded` on a model attached and sharded as the saved one was."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if driver is not None:
+        driver.load_state_dict(json.loads((Path(path) / "pdp_state.json").read_text()))
