@@ -52,7 +52,7 @@ def _write_run(root, name, method, sparsity, ppl, *, seed=0, tau=0.02, pdp=None,
     (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     rows = ["| layer | weights | zeros | sparsity | soft band at end |", "|---|---:|---:|---:|---:|"]
     rows += [f"| {n} | 1000 | {int(1000 * spars[n])} | {spars[n]:.4f} | "
-             f"{band[n]:.4f} |" if method == "pdp" else f"| {n} | 1000 | 0 | 0 | - |" for n in LAYERS]
+             f"{band[n]:.4f} |" for n in LAYERS]  # hard-mask baselines write 0.0000, dense too
     (d / "layers.md").write_text("\n".join(rows) + "\n")
     return d
 

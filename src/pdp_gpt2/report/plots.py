@@ -173,7 +173,8 @@ def draw_layer_bars(ax, runs):
     rs = [r for r in focus_runs(runs) if r.method != "dense" and r.layers][:5]
     if not rs:
         return "no pruned run with per-layer sparsity (summary.json 'layers')"
-    banded = [r for r in rs if r.allocation != "global" and r.layer_band]
+    # hard-mask baselines write a band of 0 everywhere: no bar to show
+    banded = [r for r in rs if r.allocation != "global" and any(v > 0 for v in r.layer_band.values())]
     if all(r.allocation != "global" for r in rs) and banded:
         return _layer_band_bars(ax, banded)
     return _layer_sparsity_bars(ax, rs)
