@@ -444,3 +444,18 @@ def test_disk_full_at_summary_leaves_no_finished_looking_final(setup, tmp_path, 
     assert main(argv(model, corpus, out, "--save_steps", "0", "--max_steps", "1")) == 2
     assert str(out / "summary.json") in one_line(capsys)
     assert not (out / "final").exists() and (out / "final.incomplete" / "model.safetensors").is_file()
+
+
+def test_resume_from_the_final_checkpoint_restores_an_annealed_tau(setup, tmp_path):
+    # The soft perplexity depends on tau at the last step: the no-training resume must restore it.
+    from pdp_gpt2 import PDPConfig
+
+    if "tau_schedule" not in PDPConfig.__dataclass_fields__:
+        pytest.skip("no tau schedule in this tree")
+    model, corpus, _ = setup
+    flags = ("--tau_schedule", "exp", "--tau_final", "0.002", "--warmup_steps", "1")
+    ref = tmp_path / "ref"
+    assert main(argv(model, corpus, ref, *flags)) == 0
+    run = killed_copy(ref, tmp_path / "run")
+    assert main(argv(model, corpus, run, *flags, "--resume")) == 0
+    same_result(ref, run)

@@ -263,6 +263,7 @@ def resume_without_training(trainer, checkpoint: Path | None, total_steps: int) 
         return False
     from safetensors.torch import load_file
     from transformers import TrainerState
+    from transformers.trainer_callback import ProgressCallback
 
     model = trainer.model
     weights = load_file(str(Path(checkpoint) / "model.safetensors"))
@@ -273,6 +274,15 @@ def resume_without_training(trainer, checkpoint: Path | None, total_steps: int) 
         raise UsageError(f"--resume {checkpoint}: its model.safetensors does not fit the model "
                          f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected tensors)")
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.state.is_local_process_zero = trainer.is_local_process_zero()
+    trainer.state.is_world_process_zero = trainer.is_world_process_zero()
+    # The events Trainer.train sends around its loop, so callbacks see the resumed state as on
+    # any resume (the pruning callback restores the checkpoint step's schedule and tau, the guard
+    # installs and removes its hooks); progress bars are left out, there is no step to show.
+    callbacks = [cb for cb in trainer.callback_handler.callbacks if not isinstance(cb, ProgressCallback)]
+    for event in ("on_train_begin", "on_train_end"):
+        for cb in callbacks:
+            getattr(cb, event)(trainer.args, trainer.state, trainer.control, model=trainer.model)
     print(f"pdp-gpt2: {checkpoint} is at step {step} of {total_steps}: no training left, "
           "evaluating and writing the result", file=sys.stderr, flush=True)
     return True
