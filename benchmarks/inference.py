@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(tempfile.mkdtemp(prefix="pdp-bench-"))
     out: dict = {"model": "tiny GPT-2" if args.tiny else "GPT-2 small (124M, random init)", "past": args.past,
                  "lengths": lengths, "reps": args.reps, "decode_steps": args.decode_steps,
-                 "torch": torch.__version__}
+                 "torch": torch.__version__, "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     try:
         if not args.skip_sizes:
             rows = size_rows(root, args.tiny)
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(speed_table(out["rows"]))
             print("\n**Memory-traffic limit of batch-1 decode (weight bytes read per token)**\n")
             print(traffic_table(out["traffic"], out["rows"]))
+        out["load_after"] = os.getloadavg()[0]
+        print(f"\nload average before/after: {out['load_before']:.1f} / {out['load_after']:.1f} on {out['cpus']} CPUs "
+              "(multi-thread rows mean little when it exceeds CPUs - threads: see docs/performance.md)")
         if args.json:
             args.json.write_text(json.dumps(out, indent=2) + "\n")
     finally:
