@@ -459,3 +459,13 @@ def test_resume_from_the_final_checkpoint_restores_an_annealed_tau(setup, tmp_pa
     run = killed_copy(ref, tmp_path / "run")
     assert main(argv(model, corpus, run, *flags, "--resume")) == 0
     same_result(ref, run)
+
+
+def test_resume_from_a_named_damaged_checkpoint_is_one_line(setup, tmp_path, capsys):
+    model, corpus, ref = setup
+    run = killed_copy(ref, tmp_path / "run")
+    DAMAGES["empty_rng_state"](run / "checkpoint-4")
+    capsys.readouterr()
+    assert main(argv(model, corpus, run, "--resume", str(run / "checkpoint-4"))) == 2
+    err = one_line(capsys)
+    assert "damaged checkpoint" in err and "rng_state.pth" in err and "--resume alone" in err

@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 
 from pdp_gpt2.atomic import atomic_dir, atomic_write_json, atomic_write_text  # noqa: F401  (run files use them)
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.train.distributed import rank
 from pdp_gpt2.train.runlock import LOCK_FILE, active_claim, claim, release_claims  # noqa: F401  (run.py uses them)
 
 RUN_MARKERS = ("summary.json", "metrics.jsonl", "run_config.json")
@@ -229,7 +230,8 @@ def usable_checkpoint(complete: list[Path], output_dir: Path) -> Path:
         if why is None:
             return ckpt
         damaged.append(ckpt.name)
-        print(f"pdp-gpt2: warning: skipping damaged checkpoint {ckpt}: {why}", file=sys.stderr, flush=True)
+        if rank() == 0:  # every rank checks the same files; one warning is enough
+            print(f"pdp-gpt2: warning: skipping damaged checkpoint {ckpt}: {why}", file=sys.stderr, flush=True)
     raise UsageError(f"--resume: no usable checkpoint in {output_dir} (damaged: {', '.join(damaged)}); "
                      "start again with --overwrite_output_dir")
 
