@@ -1,6 +1,6 @@
 """Baseline mask drivers: the same :class:`~pdp_gpt2.pdp.driver.MaskDriver` contract as PDP.
 
-The training harness (``train.run`` + ``PDPCallback``) only ever calls
+The training harness (``train.run`` + ``PruningCallback``) only ever calls
 ``set_sparsity`` / ``step`` / ``stats`` / ``finalize`` / ``state_dict`` on its
 pruner, so a baseline is just another driver (registered in attach.METHODS):
 

@@ -12,7 +12,7 @@ Layout of ``--output_dir``::
 
 Trainer writes ``checkpoint-<N>/`` file by file in place (transformers 5.x), so a
 run killed mid-save leaves a directory that looks like a checkpoint.  ``pdp_state.json``
-is written atomically after everything else (``PDPCallback.on_save``, after all ranks
+is written atomically after everything else (``PruningCallback.on_save``, after all ranks
 have written their RNG files), so it marks a complete checkpoint; resume ignores the rest.
 """
 from __future__ import annotations
