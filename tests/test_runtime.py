@@ -188,3 +188,11 @@ def test_inference_benchmark_runs_tiny_and_writes_json(tmp_path, capsys):
     assert r["max_abs_logit_diff"]["0.9"] <= 1e-4
     printed = capsys.readouterr().out
     assert "| 90% | 1 | decode |" in printed and "Memory-traffic limit" in printed
+
+
+def test_load_compressed_refuses_unknown_or_gpu_sparse_runtime(tmp_path):
+    out = _export(tmp_path, "gpt2")
+    with pytest.raises(pdp_gpt2.UsageError, match="unknown runtime 'csr'"):
+        pdp_gpt2.load_compressed(out, runtime="csr")
+    with pytest.raises(pdp_gpt2.UsageError, match="CPU runtime"):
+        pdp_gpt2.load_compressed(out, runtime="sparse", semi_structured=True)

@@ -301,6 +301,8 @@ def load_compressed(path: str | Path, *, runtime: str = "dense", semi_structured
 
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    if runtime == "sparse" and (semi_structured or (device is not None and torch.device(device).type != "cpu")):
+        raise UsageError("runtime='sparse' is the CPU runtime; for 2:4 on CUDA use semi_structured=True alone")
     path = Path(path).expanduser()
     f = path / WEIGHTS_FILE
     if not f.is_file():

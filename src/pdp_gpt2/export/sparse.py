@@ -79,12 +79,13 @@ class SparseLinear(nn.Module):
             w = self.dense if self.dense is not None else self.csr.to_dense()
             return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         x2 = x.reshape(rows, self.in_features)
-        if rows == 1:
-            y = torch.mv(self.csr, x2[0]).unsqueeze(0)
-        else:
+        if rows == 1:  # y = b + W x in one kernel
+            v = x2[0].contiguous()
+            y = (torch.mv(self.csr, v) if self.bias is None else torch.addmv(self.bias, self.csr, v)).unsqueeze(0)
+        else:  # (W x^T)^T: the CSR operand must come first
             y = torch.sparse.mm(self.csr, x2.t().contiguous()).t()
-        if self.bias is not None:
-            y = y + self.bias
+            if self.bias is not None:
+                y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def stored_bytes(self, rows: int = 1) -> int:
