@@ -10,9 +10,14 @@ communication is needed for masks.  Two things do need the ranks to agree:
 * stopping: a signal or a NaN loss may reach one rank only; ``max_over_ranks`` makes the
   decision collective, or one rank would wait forever in the next all-reduce.
 
-FSDP and DeepSpeed shard each weight across ranks, so a threshold computed on a shard
-ranks the shard, not the tensor, and every rank would prune differently.  We refuse
-them (``refuse_sharded``) rather than silently prune the wrong weights.
+Sharding.  FSDP2 (``fully_shard``: DTensor weights) is supported in a loop of your own:
+``attach``, then :func:`shard_model`; the drivers then compute thresholds and keep-masks
+from the shards, bit for bit the full-tensor ones (pdp/sharded.py), :func:`save_sharded` /
+:func:`load_sharded` checkpoint, and :func:`gather_plain_model` gives rank 0 the plain
+model for ``final/``.  The ``train`` command does not shard: Trainer/accelerate apply FSDP
+themselves (not on CPU, and without our attach-before-shard order), and FSDP1 and DeepSpeed
+would rank a flat shard as if it were the tensor.  ``refuse_sharded`` says so in one line
+rather than silently prune the wrong weights.
 """
 from __future__ import annotations
 
@@ -47,9 +52,10 @@ def refuse_sharded() -> None:
     """One clear line instead of wrong masks when a launcher asks for sharded parameters."""
     for var, name in _SHARDING_ENV.items():
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            raise UsageError(f"{name} is not supported ({var} is set): PDP thresholds need each weight "
-                             "whole on every rank; launch with plain DDP (torchrun, or accelerate launch "
-                             "without --use_fsdp/--use_deepspeed)")
+            raise UsageError(f"{name} is not supported ({var} is set): launch with plain DDP (torchrun, or "
+                             "accelerate launch without --use_fsdp/--use_deepspeed), or shard with FSDP2 in "
+                             "your own loop (attach, then train.distributed.shard_model; docs/performance.md, "
+                             "Sharded)")
 
 
 def _active() -> bool:
