@@ -132,7 +132,7 @@ def clear_run(output_dir: Path) -> None:
     """
     names = [n for n in RUN_FILES if os.path.lexists(output_dir / n)]
     names += [p.name for p in output_dir.iterdir() if CHECKPOINT.match(p.name)
-              or p.name.startswith(".checkpoint-")]
+              or p.name.startswith((".checkpoint-", ".pdp-gpt2-cleared-"))]  # and what a kill mid-clear left
     if not names:
         return
     if not is_our_run(output_dir):

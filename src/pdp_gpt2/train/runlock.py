@@ -110,8 +110,12 @@ class RunLock:
             self.fd = fd
             info = json.dumps({"pid": os.getpid(), "host": hostname(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info, 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, info, 0)
+            except OSError as e:  # a full disk: the lock file cannot even say who holds it
+                self.release()
+                raise UsageError(f"--output_dir {self.dir} is not writable: {e.strerror}") from None
             return self
         raise UsageError(f"--output_dir {self.dir}: could not take the lock {self.path} (another run is "
                          "starting and stopping there?)")
