@@ -16,6 +16,7 @@ import json
 import re
 from pathlib import Path
 
+from pdp_gpt2.data.hub import offline_unless_reachable
 from pdp_gpt2.errors import UsageError
 
 INSTALL_HINT = 'lm-eval is not installed: pip install -e ".[eval]"'
@@ -84,10 +85,17 @@ def evaluate_tasks(model, tokenizer, tasks: str | list[str], *, batch_size: int 
         raise UsageError(f"unknown lm-eval task(s): {', '.join(unknown)} (names as in `lm-eval ls tasks`, "
                          "or paths to task YAML files/folders)")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-    out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, num_fewshot=num_fewshot,
-                                  limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False,
-                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                  fewshot_random_seed=seed)
+    try:
+        import datasets  # noqa: F401  (imported first so offline_unless_reachable can patch its flag)
+
+        with offline_unless_reachable():  # an unreachable hub fails in seconds, not after retries
+            out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, num_fewshot=num_fewshot,
+                                          limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False,
+                                          random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                          fewshot_random_seed=seed)
+    except ConnectionError as e:  # datasets' "Couldn't reach ... on the Hub"
+        raise UsageError(f"cannot load the data of {', '.join(names)}: {str(e).splitlines()[0]} "
+                         "(offline: use tasks whose data is cached, or local task YAML + JSONL files)") from None
     keep = {k: out[k] for k in ("results", "groups", "versions", "n-shot", "higher_is_better", "n-samples")
             if k in out}
     keep.update(tasks=names, include_path=include, limit=limit, num_fewshot=num_fewshot,
