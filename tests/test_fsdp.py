@@ -284,6 +284,11 @@ def _loop(out: Path) -> None:
         assert all(d == digests for d in every), combo  # the same masks on every rank at every step
         assert len(set(digests)) > 1 or driver.one_shot, combo  # and they moved
         expected = {t.name: _expected_zeros(driver, t) for t in driver.targets}
+        st = driver.stats()  # what the callback logs: from the shards, the numbers of the full weights
+        for t in driver.targets:
+            m = driver.mask_of(t).soft_mask(driver.original(t).full_tensor())
+            assert st["layers"][t.name]["hard"] == int((m < 0.5).sum()) / m.numel(), (combo, t.name)
+            assert st["layers"][t.name]["mean_mask"] == pytest.approx(float(m.mean()), rel=1e-5)
         driver.finalize()
         x = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(7))
         with torch.no_grad():

@@ -142,12 +142,16 @@ class MaskDriver:
         """
         lo, hi = M.BAND
         layers, total, zeros, band, msum = {}, 0, 0, 0, 0.0
+        counts = sharded.mask_counts(self) if sharded.any_sharded(self) else {}  # FSDP2: from the shards
         for t in self.targets:
-            m = self.mask_of(t).soft_mask(self.original(t))
-            n = m.numel()
-            z = int((m < 0.5).sum())
-            b = int(((m > lo) & (m < hi)).sum())
-            s = float(m.sum())
+            if t.name in counts:
+                n, z, b, s = counts[t.name]
+            else:
+                m = self.mask_of(t).soft_mask(self.original(t))
+                n = m.numel()
+                z = int((m < 0.5).sum())
+                b = int(((m > lo) & (m < hi)).sum())
+                s = float(m.sum())
             layers[t.name] = {"target": self.layer_sparsity(t.name), "hard": z / n, "band": b / n,
                               "mean_mask": s / n, "numel": n}
             total, zeros, band, msum = total + n, zeros + z, band + b, msum + s

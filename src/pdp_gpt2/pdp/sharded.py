@@ -465,3 +465,44 @@ def finalize(driver):
             m.active, m.bits = False, None
     driver.targets = []
     return driver.model
+
+
+# ---- what the drivers report ----------------------------------------------------------------
+
+
+@torch.no_grad()
+def local_mask(driver, t) -> torch.Tensor:
+    """This rank's rows of ``driver.mask_of(t).soft_mask(full weight)``, the same values."""
+    w, m = driver.original(t), driver.mask_of(t)
+    lay = layout(w)
+    local = w.to_local().detach()
+    if hasattr(m, "keep"):
+        return my_rows(m.keep, lay).to(local.dtype)
+    if not m.active:
+        return torch.ones_like(local)
+    kind, tt = _kind(driver.pattern), m.t.to(local.dtype)
+    if kind == "row" and t.out_dim == 1:  # column norms need whole columns
+        return my_rows(m.soft_mask(w.full_tensor()), lay)
+    if kind == "nm":  # this rank's groups' thresholds (groups never straddle shards)
+        per = driver.pattern.m
+        if t.out_dim == 0:
+            tt = tt.view(lay.shape[0], -1)[lay.row0:lay.row0 + lay.rows].reshape(-1, 1)
+        else:
+            tt = tt.view(lay.shape[1], -1)[:, lay.row0 // per:(lay.row0 + lay.rows) // per].reshape(-1, 1)
+    return driver.pattern.soft_mask(local, t.out_dim, tt, m.tau, m.tau_mode, m.beta).expand_as(local)
+
+
+@torch.no_grad()
+def mask_counts(driver) -> dict[str, tuple[int, int, int, float]]:
+    """Per target: (entries, m < 0.5, m inside mask.BAND, sum of m) over the whole tensor, from
+    the shards: local counts, one all-reduce for all targets (MaskDriver.stats' numbers)."""
+    lo, hi = M.BAND
+    rows = []
+    for t in driver.targets:
+        m = local_mask(driver, t)
+        rows.append(torch.stack([(m < 0.5).sum(), ((m > lo) & (m < hi)).sum(), m.sum()]).double())
+    if not rows:
+        return {}
+    total = _all_reduce(torch.stack(rows), layout(driver.original(driver.targets[0])).group).tolist()
+    return {t.name: (driver.original(t).numel(), int(z), int(b), float(s))
+            for t, (z, b, s) in zip(driver.targets, total)}
