@@ -74,7 +74,7 @@ def check_output_dir(output_dir: Path, *, overwrite: bool, resume: str | None) -
     if resume:
         if (output_dir / "summary.json").is_file():
             raise UsageError(f"--resume: the run in {output_dir} has finished (it has summary.json); "
-                             "nothing to resume (start a new run in another --output_dir)")
+                             "nothing to resume (to train it further, delete its summary.json first)")
         if resume != "latest":
             ckpt = Path(resume)
             if not ckpt.is_dir():
