@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import sharded
+from pdp_gpt2.pdp import sharded, sharded_driver
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.fused import KernelOptions
 from pdp_gpt2.pdp.targets import Target
@@ -101,16 +101,16 @@ class MaskDriver:
 
     @torch.no_grad()
     def refresh(self) -> None:
-        if sharded.any_sharded(self):  # FSDP2: the same buffers, from the shards (pdp/sharded.py)
-            return sharded.refresh(self)
+        if sharded_driver.any_sharded(self):  # FSDP2: the same buffers, from the shards (pdp/sharded_driver.py)
+            return sharded_driver.refresh(self)
         for t in self.targets:
             self.update(t, self.layer_sparsity(t.name))
 
     @torch.no_grad()
     def finalize(self) -> nn.Module:
         """Bake hard masks: exact zeros, plain modules, original state_dict keys."""
-        if sharded.any_sharded(self):  # FSDP2: zeros written into every shard (pdp/sharded.py)
-            return sharded.finalize(self)
+        if sharded_driver.any_sharded(self):  # FSDP2: zeros written into every shard (pdp/sharded_driver.py)
+            return sharded_driver.finalize(self)
         for t in self.targets:
             final = self.mask_of(t).final_weight(self.original(t))
             parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
@@ -142,7 +142,7 @@ class MaskDriver:
         """
         lo, hi = M.BAND
         layers, total, zeros, band, msum = {}, 0, 0, 0, 0.0
-        counts = sharded.mask_counts(self) if sharded.any_sharded(self) else {}  # FSDP2: from the shards
+        counts = sharded_driver.mask_counts(self) if sharded_driver.any_sharded(self) else {}  # FSDP2: from the shards
         for t in self.targets:
             if t.name in counts:
                 n, z, b, s = counts[t.name]

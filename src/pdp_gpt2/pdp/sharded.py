@@ -23,6 +23,8 @@ What cannot be sharded exactly is refused or gathered, never approximated:
 row norms of GPT-2's Conv1D (output neurons are columns of an (in, out) weight, and a
 sum over shards rounds differently from the full sum) are computed from the gathered
 weight; N:M groups must not straddle a shard boundary (:func:`check_nm`).
+
+The drivers' refresh, finalize and stats on sharded weights are in pdp/sharded_driver.py.
 """
 from __future__ import annotations
 
@@ -49,10 +51,6 @@ comm = {"all_reduce": 0, "all_reduce_bytes": 0, "all_gather": 0, "all_gather_byt
 def is_sharded(w) -> bool:
     return DTensor is not None and isinstance(w, DTensor)
 
-
-def any_sharded(driver) -> bool:
-    """Whether the driver's target weights are DTensors (the model was fully_shard-ed after attach)."""
-    return bool(driver.targets) and is_sharded(driver.original(driver.targets[0]))
 
 
 @dataclass(frozen=True)
@@ -88,11 +86,19 @@ def layout(w: DTensor) -> Layout:
     return Layout(mesh.get_group(), index, world, row0, rows, w.shape)
 
 
-def _all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+def _on_comm_device(t: torch.Tensor, group) -> torch.Tensor:
+    """NCCL sends only CUDA tensors; shards may sit on the CPU (FSDP's CPU offload)."""
+    if t.device.type == "cpu" and dist.get_backend(group) == "nccl":
+        return t.cuda()
+    return t
+
+
+def all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
     comm["all_reduce"] += 1
     comm["all_reduce_bytes"] += t.numel() * t.element_size()
-    dist.all_reduce(t, op=op, group=group)
-    return t
+    sent = _on_comm_device(t, group)
+    dist.all_reduce(sent, op=op, group=group)
+    return sent.to(t.device)
 
 
 # ---- radix selection ---------------------------------------------------------------------
@@ -141,7 +147,7 @@ def select(jobs: list[tuple[list[torch.Tensor], list[int]]], group) -> list[list
                 if c.numel():
                     h += torch.bincount(((c >> shift) & mask).long(), minlength=1 << width)
             hists.append(h)
-        total = _all_reduce(torch.cat(hists).to(count_dtype), group).view(len(order), -1).cpu().long()
+        total = all_reduce(torch.cat(hists).to(count_dtype), group).view(len(order), -1).cpu().long()
         slot = {jp: i for i, jp in enumerate(order)}
         new_cands = []
         for j, st in enumerate(state):
@@ -215,7 +221,7 @@ def keep_smallest(scores: torch.Tensor, k: int, n: int, lay: Layout) -> torch.Te
     ties = (key == v).nonzero().squeeze(1)  # ascending local index
     counts = torch.zeros(lay.world, dtype=torch.int64, device=scores.device)
     counts[lay.index] = ties.numel()
-    counts = _all_reduce(counts, lay.group).cpu()
+    counts = all_reduce(counts, lay.group).cpu()
     need = k - below - int(counts[:lay.index].sum())  # ties still to prune when my chunk starts
     keep[ties[max(0, min(need, ties.numel())):]] = True
     return keep.view_as(scores)
@@ -236,11 +242,12 @@ def gather_dim0(local: torch.Tensor, lay: Layout, per_row: int = 1, per: int = 1
     send = local.to(torch.uint8) if local.dtype == torch.bool else local
     buf = send.new_zeros((chunk,) + tuple(send.shape[1:]))
     buf[:send.shape[0]] = send
+    buf = _on_comm_device(buf.contiguous(), lay.group)
     parts = [torch.empty_like(buf) for _ in range(lay.world)]
     comm["all_gather"] += 1
     comm["all_gather_bytes"] += buf.numel() * buf.element_size() * lay.world
-    dist.all_gather(parts, buf.contiguous(), group=lay.group)
-    full = torch.cat(parts)[:total]
+    dist.all_gather(parts, buf, group=lay.group)
+    full = torch.cat(parts)[:total].to(local.device)
     return full.bool() if local.dtype == torch.bool else full
 
 
@@ -252,7 +259,7 @@ def my_rows(full: torch.Tensor, lay: Layout) -> torch.Tensor:
 # ---- patterns ---------------------------------------------------------------------------
 
 
-def _row_sq(x: torch.Tensor, out_dim: int) -> torch.Tensor:
+def row_sq(x: torch.Tensor, out_dim: int) -> torch.Tensor:
     return (x * x).sum(dim=1 - out_dim, keepdim=True)  # as PDPMask._row_sq
 
 
@@ -265,11 +272,11 @@ def row_threshold(w: DTensor, out_dim: int, k: int) -> torch.Tensor:
     """
     if out_dim == 0:
         local = w.to_local().detach()
-        return thresholds([([_row_sq(local, 0).sqrt()], k, w.shape[0])], layout(w).group)[0]
+        return thresholds([([row_sq(local, 0).sqrt()], k, w.shape[0])], layout(w).group)[0]
     full = w.full_tensor().detach()
     comm["all_gather"] += 1
     comm["all_gather_bytes"] += full.numel() * full.element_size()
-    return M.threshold(_row_sq(full, 1).sqrt(), k)
+    return M.threshold(row_sq(full, 1).sqrt(), k)
 
 
 def row_keep(scores: torch.Tensor, lay: Layout, out_dim: int, k: int) -> torch.Tensor:
@@ -330,179 +337,7 @@ def global_budgets(weights: dict[str, DTensor], sparsity: float) -> dict[str, fl
     n = sum(w.numel() for w in weights.values())
     t = thresholds([(local, M.num_pruned(n, sparsity), n)], group)[0]
     below = torch.stack([(x < t).sum() for x in local]).to(torch.int64)
-    below = _all_reduce(below, group).cpu()
+    below = all_reduce(below, group).cpu()
     # the same float32 mean the full-tensor version takes (a float32 sum of 0/1 is exact below 2^24)
     return {name: float(torch.tensor(float(c), dtype=torch.float32) / w.numel()) / sparsity
             for (name, w), c in zip(weights.items(), below.tolist())}
-
-
-# ---- patterns and drivers on sharded weights -----------------------------------------------
-# A pattern (patterns.py) is named by duck type so this module needs none of the drivers:
-# 'unstructured', 'row', or N:M (an object with n and m).
-
-
-def _kind(pattern) -> str:
-    if getattr(pattern, "name", None) in ("unstructured", "row"):
-        return pattern.name
-    if hasattr(pattern, "n") and hasattr(pattern, "m"):
-        return "nm"
-    raise NotImplementedError(f"pattern {pattern!r} has no sharded selection (unstructured, row and N:M do)")
-
-
-def pattern_thresholds(pattern, items: list[tuple[DTensor, int, int]]) -> list[torch.Tensor]:
-    """``pattern.threshold(full, out_dim, k)[0]`` for each (w, out_dim, k), bit for bit.
-    Unstructured thresholds of all items share one set of radix passes (4 all-reduces)."""
-    kind = _kind(pattern)
-    if kind == "unstructured":
-        if not items:
-            return []
-        group = layout(items[0][0]).group
-        return thresholds([([w.to_local()], k, w.numel()) for w, _, k in items], group)
-    if kind == "row":  # Linear's rows are local: their norms share one set of passes
-        out = [row_threshold(w, out_dim, k) if out_dim else None for w, out_dim, k in items]
-        rows = [(i, w, k) for i, (w, out_dim, k) in enumerate(items) if not out_dim]
-        if rows:
-            local = [([_row_sq(w.to_local().detach(), 0).sqrt()], k, w.shape[0]) for _, w, k in rows]
-            for (i, _, _), t in zip(rows, thresholds(local, layout(rows[0][1]).group)):
-                out[i] = t
-        return out
-    return [nm_threshold(w, out_dim, k, pattern.m) for w, out_dim, k in items]
-
-
-def pattern_keep(pattern, scores: torch.Tensor, lay: Layout, out_dim: int, k: int) -> torch.Tensor:
-    """This rank's rows of ``pattern.keep(full scores, out_dim, k)``."""
-    kind = _kind(pattern)
-    if kind == "unstructured":
-        return keep_smallest(scores, k, int(torch.Size(lay.shape).numel()), lay)
-    if kind == "row":
-        return row_keep(scores, lay, out_dim, k)
-    return nm_keep(scores, lay, out_dim, k, pattern.m)
-
-
-def fake_quant(local: torch.Tensor, bits: int, out_dim: int, lay: Layout) -> torch.Tensor:
-    """``mask.fake_quant`` of the full weight, on this rank's rows: per-output-channel scales
-    are maxima, and a maximum over shards (one all-reduce) is exact."""
-    if out_dim == 0:
-        return M.fake_quant(local, bits, 0)
-    qmax = 2 ** (bits - 1) - 1
-    amax = local.detach().abs().amax(dim=0, keepdim=True) if lay.rows else local.new_zeros(1, lay.shape[1])
-    amax = _all_reduce(amax.contiguous(), lay.group, dist.ReduceOp.MAX)
-    s = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-    q = torch.clamp(torch.round(local / s), -qmax, qmax) * s
-    return local + (q - local).detach()
-
-
-def _is_soft(mask) -> bool:
-    return hasattr(mask, "t") and not hasattr(mask, "keep")
-
-
-@torch.no_grad()
-def refresh(driver) -> None:
-    """``driver.refresh()`` for targets whose weights are DTensors: the same buffers, bit for bit,
-    on every rank.  PDP's thresholds and gradual magnitude pruning (gmp) are supported; one-shot
-    methods compute their masks at attach, before the model is sharded."""
-    masks = [driver.mask_of(t) for t in driver.targets]
-    if all(_is_soft(m) for m in masks):
-        ks = []
-        for t, m in zip(driver.targets, masks):
-            m.sparsity = float(driver.layer_sparsity(t.name))
-            ks.append(m._k(m.sparsity))
-        ts = pattern_thresholds(driver.pattern, [(driver.original(t), t.out_dim, k)
-                                                 for t, k in zip(driver.targets, ks)])
-        for m, t, k in zip(masks, ts, ks):
-            m.t.copy_(t.to(m.t.dtype))
-            m.active = k > 0 and bool((m.t > 0).any())
-        return
-    if driver.one_shot:
-        return
-    if getattr(driver, "method", None) != "gmp":
-        raise NotImplementedError(f"method {getattr(driver, 'method', driver)!r} has no sharded update")
-    for t, hm in zip(driver.targets, masks):
-        _gmp_update(driver, t, hm, driver.layer_sparsity(t.name))
-
-
-def _gmp_update(driver, t, hm, sparsity: float) -> None:
-    """baselines.GMP.update on a shard: pruned weights stay pruned (they score 0)."""
-    w = driver.original(t)
-    lay = layout(w)
-    local = w.to_local().detach()
-    pattern = driver.pattern
-    score = local.abs()
-    k_new = M.num_pruned(w.numel(), sparsity)
-    pruned = int((~hm.keep).sum())  # the full keep-mask is the same on every rank
-    k = pattern.num_pruned(w.shape, t.out_dim, sparsity)
-    if pruned <= k_new:
-        score = score * my_rows(hm.keep, lay)
-        if pruned == k_new and _kind(pattern) == "unstructured":
-            nonzero = _all_reduce(torch.count_nonzero(score).reshape(1).to(torch.int64), lay.group)
-            if int(nonzero) == w.numel() - k:
-                return  # the k zero scores are the k smallest: the mask would come back unchanged
-    hm.keep.copy_(gather_dim0(pattern_keep(pattern, score, lay, t.out_dim, k), lay))
-
-
-@torch.no_grad()
-def finalize(driver):
-    """``driver.finalize()`` on DTensor weights: every rank writes exact zeros (+0.0) into its own
-    shard.  The parametrizations stay (FSDP keeps hold of the parameters inside them) but become
-    the identity, so the sharded model now computes what the saved one will; the plain model is
-    gathered from the shards (train.distributed.gather_plain_state)."""
-    for t in driver.targets:
-        w, m = driver.original(t), driver.mask_of(t)
-        lay = layout(w)
-        local = w.to_local()
-        if hasattr(m, "keep"):
-            keep = my_rows(m.keep, lay)
-        else:
-            keep = pattern_keep(driver.pattern, local.detach().abs(), lay, t.out_dim, m._k(m.sparsity))
-        out = torch.where(keep, local, torch.zeros((), dtype=local.dtype, device=local.device))
-        if getattr(m, "bits", None) is not None:
-            out = fake_quant(out, m.bits, t.out_dim, lay)
-        local.copy_(out)
-        if hasattr(m, "keep"):
-            m.keep.fill_(True)
-            m.bits = None
-        else:
-            m.active, m.bits = False, None
-    driver.targets = []
-    return driver.model
-
-
-# ---- what the drivers report ----------------------------------------------------------------
-
-
-@torch.no_grad()
-def local_mask(driver, t) -> torch.Tensor:
-    """This rank's rows of ``driver.mask_of(t).soft_mask(full weight)``, the same values."""
-    w, m = driver.original(t), driver.mask_of(t)
-    lay = layout(w)
-    local = w.to_local().detach()
-    if hasattr(m, "keep"):
-        return my_rows(m.keep, lay).to(local.dtype)
-    if not m.active:
-        return torch.ones_like(local)
-    kind, tt = _kind(driver.pattern), m.t.to(local.dtype)
-    if kind == "row" and t.out_dim == 1:  # column norms need whole columns
-        return my_rows(m.soft_mask(w.full_tensor()), lay)
-    if kind == "nm":  # this rank's groups' thresholds (groups never straddle shards)
-        per = driver.pattern.m
-        if t.out_dim == 0:
-            tt = tt.view(lay.shape[0], -1)[lay.row0:lay.row0 + lay.rows].reshape(-1, 1)
-        else:
-            tt = tt.view(lay.shape[1], -1)[:, lay.row0 // per:(lay.row0 + lay.rows) // per].reshape(-1, 1)
-    return driver.pattern.soft_mask(local, t.out_dim, tt, m.tau, m.tau_mode, m.beta).expand_as(local)
-
-
-@torch.no_grad()
-def mask_counts(driver) -> dict[str, tuple[int, int, int, float]]:
-    """Per target: (entries, m < 0.5, m inside mask.BAND, sum of m) over the whole tensor, from
-    the shards: local counts, one all-reduce for all targets (MaskDriver.stats' numbers)."""
-    lo, hi = M.BAND
-    rows = []
-    for t in driver.targets:
-        m = local_mask(driver, t)
-        rows.append(torch.stack([(m < 0.5).sum(), ((m > lo) & (m < hi)).sum(), m.sum()]).double())
-    if not rows:
-        return {}
-    total = _all_reduce(torch.stack(rows), layout(driver.original(driver.targets[0])).group).tolist()
-    return {t.name: (driver.original(t).numel(), int(z), int(b), float(s))
-            for t, (z, b, s) in zip(driver.targets, total)}

@@ -173,7 +173,9 @@ def gather_plain_model(model: torch.nn.Module):
         return None
     plain = AutoModelForCausalLM.from_config(model.config)
     missing, unexpected = plain.load_state_dict(plain_state_dict(full), strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(model.config, "tie_word_embeddings", False) else set()
+    tied = set()
+    if getattr(model.config, "tie_word_embeddings", False):  # the head is the embedding: loaded with it
+        tied = {k for k in missing if k.endswith("lm_head.weight")}
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"gathered state does not fit a plain {type(plain).__name__}: "
                            f"missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
