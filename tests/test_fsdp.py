@@ -61,8 +61,17 @@ def test_fsdp_on_one_rank_gives_the_plain_run_s_final_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoint_and_resume_end_bit_identical_to_an_uninterrupted_run(tmp_path):
-    res = launch("resume", tmp_path)
+def test_fsdp_killed_after_a_checkpoint_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE), "resume_first", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-6000:]
+    for combo in RESUME_COMBOS:  # each checkpoint is complete: shards of both ranks, driver state last
+        ckpt = tmp_path / ("ckpt-" + "-".join(combo))
+        assert json.loads((ckpt / "pdp_state.json").read_text())["steps"] == 4
+        assert len(list(ckpt.glob("*.distcp"))) == 2
+    res = launch("resume_second", tmp_path)
     assert res[0] == {"gpt2-gmp-layer-unstructured": 29, "llama-pdp-global-unstructured": 21}
     assert res[1] == {}  # rank 1 wrote nothing but its shards
 
@@ -330,37 +339,56 @@ def _one_rank(out: Path) -> None:
 
 
 
-def _resume(out: Path) -> None:
-    """Stop after a checkpoint at step 4, rebuild everything (as a new process would), load it,
-    finish: the final weights equal an uninterrupted run's, bit for bit."""
+RESUME_COMBOS = [("gpt2", "gmp", "layer", "unstructured"), ("llama", "pdp", "global", "unstructured")]
+
+
+def _resume_first(out: Path) -> None:
+    """Steps 1..4, a checkpoint, then the processes end at once (os._exit: no teardown)."""
     import torch.distributed as dist
 
-    from pdp_gpt2.train.distributed import gather_plain_model, load_sharded, save_sharded
+    from pdp_gpt2.train.distributed import save_sharded
 
-    report = {}
-    for combo in [("gpt2", "gmp", "layer", "unstructured"), ("llama", "pdp", "global", "unstructured")]:
-        model, driver, opt, final = _setup(*combo, shard=True)
-        whole, _ = _steps(model, driver, opt, final, 1, 8, 6, True)
-        driver.finalize()
-        a = gather_plain_model(model)
+    seen = {}
+    for combo in RESUME_COMBOS:
         model, driver, opt, final = _setup(*combo, shard=True)
         first, _ = _steps(model, driver, opt, final, 1, 4, 6, True)
-        ckpt = out / ("ckpt-" + "-".join(combo))
-        save_sharded(ckpt, model, opt, driver)
-        del model, driver, opt
+        save_sharded(out / ("ckpt-" + "-".join(combo)), model, opt, driver)
+        seen["-".join(combo)] = first
+    (out / f"first{dist.get_rank()}.json").write_text(json.dumps(seen))
+    dist.barrier()
+    os._exit(0)
+
+
+def _resume_second(out: Path) -> None:
+    """New processes: an uninterrupted run, then a model with another init that loads the
+    checkpoint and finishes; both end with the same weights, bit for bit."""
+    import torch.distributed as dist
+
+    from pdp_gpt2.train.distributed import gather_plain_model, load_sharded
+
+    rank = dist.get_rank()
+    seen = json.loads((out / f"first{rank}.json").read_text())
+    report = {}
+    for combo in RESUME_COMBOS:
+        name = "-".join(combo)
+        model, driver, opt, final = _setup(*combo, shard=True)
+        whole, _ = _steps(model, driver, opt, final, 1, 8, 6, True)
+        assert whole[:4] == seen[name], combo  # the killed run had taken the same first steps
+        driver.finalize()
+        a = gather_plain_model(model)
         model, driver, opt, final = _setup(*combo, shard=True, seed=1)  # other init: all must come from ckpt
-        load_sharded(ckpt, model, opt, driver)
-        assert driver.steps == 4 and _digest(model) == first[-1], combo  # masks as they were at the save
+        load_sharded(out / ("ckpt-" + name), model, opt, driver)
+        assert driver.steps == 4 and _digest(model) == seen[name][-1], combo  # masks as they were saved
         rest, _ = _steps(model, driver, opt, final, 5, 8, 6, True)
-        assert first + rest == whole, combo
+        assert rest == whole[4:], combo
         driver.finalize()
         b = gather_plain_model(model)
-        if dist.get_rank() == 0:
+        if rank == 0:
             sa, sb = a.state_dict(), b.state_dict()
             differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
             assert not differ, (combo, differ[:5])
-            report["-".join(combo)] = len(sa)
-    (out / f"ok{dist.get_rank()}.json").write_text(json.dumps(report))
+            report[name] = len(sa)
+    (out / f"ok{rank}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":
@@ -369,6 +397,7 @@ if __name__ == "__main__":
     case, out_dir = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo")
     try:
-        {"selection": _selection, "loop": _loop, "one_rank": _one_rank, "resume": _resume}[case](out_dir)
+        {"selection": _selection, "loop": _loop, "one_rank": _one_rank,
+         "resume_first": _resume_first, "resume_second": _resume_second}[case](out_dir)
     finally:
         dist.destroy_process_group()
