@@ -146,6 +146,15 @@ def _selection(out: Path) -> None:
                 ref_keep = from_in_last(M.nm_hard_mask(in_last(full, out_dim), k, 4), out_dim)
                 assert torch.equal(S.nm_keep(w.to_local(), lay, out_dim, k, 4), S.my_rows(ref_keep, lay))
                 checked += 2
+    for dtype in (torch.float16, torch.float64):  # 2 and 8 radix passes
+        ties = (torch.randint(-3, 4, (37, 50), generator=gen) * 0.5).to(dtype)
+        for full in (torch.randn(37, 50, generator=gen).to(dtype), ties):
+            w, n = shard(full), full.numel()
+            for k in (1, 600, n - 1):
+                assert _bits_equal(S.abs_threshold(w, k), M.threshold(full.abs(), k)), (dtype, k)
+                keep = S.keep_smallest(w.to_local().abs(), k, n, S.layout(w))
+                assert torch.equal(keep, S.my_rows(M.hard_mask_from_scores(full.abs(), k), S.layout(w))), (dtype, k)
+                checked += 2
     straddle = shard(torch.randn(12, 8))  # 6 input rows per rank: groups of 4 would straddle
     try:
         S.nm_threshold(straddle, 1, 2, 4)
