@@ -76,6 +76,12 @@ def test_fsdp_killed_after_a_checkpoint_resumes_bit_identical_to_an_uninterrupte
     assert res[1] == {}  # rank 1 wrote nothing but its shards
 
 
+@pytest.mark.slow
+def test_fsdp_gradients_through_the_masks_reach_the_shards(tmp_path):
+    res = launch("grads", tmp_path)
+    assert set(res[0]) == {"gpt2-pdp-layer-unstructured", "llama-gmp-layer-row"}
+
+
 # ---- the workers (run under torchrun) ------------------------------------------------------
 
 
@@ -329,6 +335,31 @@ def _loop(out: Path) -> None:
 
 
 
+def _grads(out: Path) -> None:
+    """The masked weight's gradient reaches the shards: after one backward on 2 ranks, each
+    sharded gradient is the mean of the plain model's gradients on the two ranks' batches."""
+    import torch.distributed as dist
+
+    rank, report = dist.get_rank(), {}
+    for combo in [("gpt2", "pdp", "layer", "unstructured"), ("llama", "gmp", "layer", "row")]:
+        plain, pd, _, _ = _setup(*combo, shard=False)
+        sharded, sd, _, _ = _setup(*combo, shard=True)
+        for d in (pd, sd):
+            d.set_sparsity(0.5)  # masks on, so the gradient goes through them
+        batches = [torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(r)) for r in (0, 1)]
+        sharded(input_ids=batches[rank], labels=batches[rank]).loss.backward()
+        for x in batches:
+            (plain(input_ids=x, labels=x).loss / 2).backward()
+        worst = 0.0
+        for tp, ts in zip(pd.targets, sd.targets):
+            g_plain, g_sharded = pd.original(tp).grad, sd.original(ts).grad.full_tensor()
+            assert g_sharded.shape == g_plain.shape and g_plain.abs().max() > 0, combo
+            torch.testing.assert_close(g_sharded, g_plain, rtol=1e-5, atol=1e-7)
+            worst = max(worst, float((g_sharded - g_plain).abs().max()))
+        report["-".join(combo)] = worst
+    (out / f"ok{rank}.json").write_text(json.dumps(report))
+
+
 def _one_rank(out: Path) -> None:
     """FSDP on one rank trains and finalizes to the same weights as the plain model, bit for bit."""
     from pdp_gpt2.train.distributed import gather_plain_model
@@ -406,7 +437,7 @@ if __name__ == "__main__":
     case, out_dir = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo")
     try:
-        {"selection": _selection, "loop": _loop, "one_rank": _one_rank,
+        {"selection": _selection, "loop": _loop, "grads": _grads, "one_rank": _one_rank,
          "resume_first": _resume_first, "resume_second": _resume_second}[case](out_dir)
     finally:
         dist.destroy_process_group()
