@@ -337,7 +337,8 @@ def _loop(out: Path) -> None:
 
 def _grads(out: Path) -> None:
     """The masked weight's gradient reaches the shards: after one backward on 2 ranks, each
-    sharded gradient is the mean of the plain model's gradients on the two ranks' batches."""
+    sharded gradient is the mean of the plain model's gradients on the two ranks' batches; then
+    remove() under FSDP leaves the dense model (masks become the identity)."""
     import torch.distributed as dist
 
     rank, report = dist.get_rank(), {}
@@ -357,6 +358,16 @@ def _grads(out: Path) -> None:
             torch.testing.assert_close(g_sharded, g_plain, rtol=1e-5, atol=1e-7)
             worst = max(worst, float((g_sharded - g_plain).abs().max()))
         report["-".join(combo)] = worst
+        x = batches[0]
+        pd.remove()
+        sd.remove()  # under FSDP the masks stay but become the identity: the dense model again
+        from conftest import tiny_gpt2, tiny_llama
+
+        dense = (tiny_gpt2 if combo[0] == "gpt2" else tiny_llama)(seed=0)  # no step was taken: the init
+        with torch.no_grad():
+            want = dense(input_ids=x).logits
+            assert torch.equal(plain(input_ids=x).logits, want), combo
+            assert torch.equal(sharded(input_ids=x).logits, want), combo
     (out / f"ok{rank}.json").write_text(json.dumps(report))
 
 

@@ -121,6 +121,8 @@ class MaskDriver:
     @torch.no_grad()
     def remove(self) -> nn.Module:
         """Inverse of attach: drop the masks and restore the dense weights as they are."""
+        if sharded_driver.any_sharded(self):  # FSDP2: the masks stay but become the identity
+            return sharded_driver.remove(self)
         for t in self.targets:
             parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
         self.targets = []

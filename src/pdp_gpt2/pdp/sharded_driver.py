@@ -138,11 +138,25 @@ def finalize(driver):
         if getattr(m, "bits", None) is not None:
             out = fake_quant(out, m.bits, t.out_dim, lay)
         local.copy_(out)
-        if hasattr(m, "keep"):
-            m.keep.fill_(True)
-            m.bits = None
-        else:
-            m.active, m.bits = False, None
+        _identity(m)
+    driver.targets = []
+    return driver.model
+
+
+def _identity(m) -> None:
+    if hasattr(m, "keep"):
+        m.keep.fill_(True)
+    else:
+        m.active = False
+    m.bits = None
+
+
+@torch.no_grad()
+def remove(driver):
+    """``driver.remove()`` on DTensor weights: the dense weights stay as they are and every mask
+    becomes the identity (removing a parametrization would pull the parameter out from under FSDP)."""
+    for t in driver.targets:
+        _identity(driver.mask_of(t))
     driver.targets = []
     return driver.model
 
