@@ -56,6 +56,13 @@ SWEEP = {
     "pdp-anneal-lr1e-3": ("pdp-anneal", {"learning_rate": 1e-3}),
     "pdp-anneal-ramp0.25": ("pdp-anneal", {"ramp": 0.25}),
     "magnitude-lr1e-3": ("magnitude", {"learning_rate": 1e-3}),
+    "gmp-lr2e-3": ("gmp", {"learning_rate": 2e-3}), "pdp-lr2e-3": ("pdp", {"learning_rate": 2e-3}),
+    "pdp-anneal-lr2e-3": ("pdp-anneal", {"learning_rate": 2e-3}),
+    "magnitude-lr2e-3": ("magnitude", {"learning_rate": 2e-3}),
+    "magnitude-lr4e-3": ("magnitude", {"learning_rate": 4e-3}),
+    "dense-lr5e-4": ("dense", {"learning_rate": 5e-4}), "dense-lr2e-4": ("dense", {"learning_rate": 2e-4}), "gmp-lr1.5e-3": ("gmp", {"learning_rate": 1.5e-3}),
+    "gmp-ramp0.75": ("gmp", {"ramp": 0.75}), "pdp-ramp0.75": ("pdp", {"ramp": 0.75}),
+    "pdp-anneal-ramp0.75": ("pdp-anneal", {"ramp": 0.75}),
     "pdp-anneal-tau0.05": ("pdp-anneal", {"tau": 0.05}), "pdp-anneal-tau0.3": ("pdp-anneal", {"tau": 0.3}),
 }
 EXTENSIONS = {"pdp+improved": {"improved_masking": True}, "pdp+q8": {"quantize": True, "bits": 8},
@@ -64,12 +71,12 @@ SEEDED = ("gmp", "pdp", "pdp-anneal")  # 3 seeds at the high sparsities
 # Chosen by `--stage sweep` (docs/results.md shows that table): per variant, learning rate and
 # the sparsity ramp as a fraction of the budget.  One-shot methods have no ramp.
 TUNED = {
-    "dense": {"learning_rate": 5e-4},
-    "magnitude": {"learning_rate": 5e-4},
-    "wanda": {"learning_rate": 5e-4},
-    "gmp": {"learning_rate": 5e-4, "ramp": 0.5},
-    "pdp": {"learning_rate": 5e-4, "ramp": 0.5},
-    "pdp-anneal": {"learning_rate": 5e-4, "ramp": 0.5},
+    "dense": {"learning_rate": 1e-3},
+    "magnitude": {"learning_rate": 2e-3},
+    "wanda": {"learning_rate": 2e-3},  # not swept separately: magnitude's (the same one-shot-then-frozen regime)
+    "gmp": {"learning_rate": 1e-3, "ramp": 0.5},
+    "pdp": {"learning_rate": 1e-3, "ramp": 0.5},
+    "pdp-anneal": {"learning_rate": 1e-3, "ramp": 0.5},
 }
 
 
@@ -79,7 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="all: the settings sweep and the benchmark in one pool (default); or either alone")
     p.add_argument("--out", default="runs/results-v2", help="where the runs and the report go")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.9, 0.95, 0.98])
-    p.add_argument("--seeds", type=int, default=3, help="seeds for gmp/pdp/pdp-anneal at >= 90%% and dense")
+    p.add_argument("--seeds", type=int, default=3, help="seeds for gmp/pdp/pdp-anneal at --seeded_sparsities")
+    p.add_argument("--seeded_sparsities", type=float, nargs="+", default=[0.95, 0.98],
+                   help="where gmp and both pdp variants run --seeds seeds (elsewhere one)")
+    p.add_argument("--dense_seeds", type=int, default=1)
     p.add_argument("--max_steps", type=int, default=300, help="optimizer steps per run (the equal budget)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one CPU thread each")
     p.add_argument("--sweep_sparsity", type=float, default=0.95)
@@ -88,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
                    help="any other train flag for every run, e.g. --set eval_split=validation")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="docs directory to update ('' to skip)")
+    p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="run only these planned runs (by name)")
     p.add_argument("--dry_run", action="store_true", help="list the runs and exit")
     return p.parse_args(argv)
 
@@ -121,10 +132,10 @@ def tag(s: float) -> str:
 
 
 def plan_main(args) -> list[tuple[str, dict]]:
-    runs = [(f"dense-seed{k}", run_flags(args, "dense", None, k)) for k in range(args.seeds)]
+    runs = [(f"dense-seed{k}", run_flags(args, "dense", None, k)) for k in range(args.dense_seeds)]
     for s in sorted(args.sparsities, reverse=True):  # the hardest target first: its numbers matter most
-        seeds = range(args.seeds) if s >= 0.9 else range(1)
-        for v in ("magnitude", "wanda", "gmp", "pdp", "pdp-anneal"):
+        seeds = range(args.seeds) if any(abs(s - x) < 1e-9 for x in args.seeded_sparsities) else range(1)
+        for v in ("magnitude", "wanda", "gmp", "pdp", "pdp-anneal") if s >= 0.9 else ("gmp", "pdp", "pdp-anneal"):
             for k in (seeds if v in SEEDED else range(1)):
                 runs.append((f"{v}-{tag(s)}-seed{k}", run_flags(args, v, s, k)))
         if abs(s - 0.9) < 1e-9:
@@ -137,7 +148,7 @@ def plan_sweep(args) -> list[tuple[str, dict]]:
     for name, (v, over) in SWEEP.items():
         tuned = {k: over[k] for k in ("learning_rate", "ramp") if k in over}
         extra = {k: x for k, x in over.items() if k not in tuned}
-        runs.append((name, run_flags(args, v, args.sweep_sparsity, 0, tuned, extra)))
+        runs.append((name, run_flags(args, v, None if v == "dense" else args.sweep_sparsity, 0, tuned, extra)))
     return runs
 
 
@@ -336,6 +347,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     runs = plan_sweep(args) if args.stage == "sweep" else plan_main(args)
+    if args.only:
+        runs = [r for r in runs if r[0] in args.only]
     if args.dry_run and args.stage == "all":
         runs = runs + plan_sweep(args)
     if args.dry_run:

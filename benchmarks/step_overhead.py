@@ -310,7 +310,8 @@ def main(argv=None) -> None:
     res = {"model": args.model, "batch": args.batch, "seq": args.seq, "device": str(device),
            "variants": args.variants,
            "threads": torch.get_num_threads(), "optimizer": args.optimizer, "sparsity": args.sparsity,
-           "steps": args.steps, "warmup": args.warmup, "mem_steps": args.mem_steps, **_provenance()}
+           "steps": args.steps, "warmup": args.warmup, "mem_steps": args.mem_steps,
+           "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}, **_provenance()}
     if args.mem_steps > 0:  # first, while this process is still small
         res["memory"] = measure_memory(args)
     if args.steps > 0:

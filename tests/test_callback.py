@@ -62,7 +62,7 @@ def targs(out, steps=STEPS):
 
 
 CONFIGS = {
-    "pdp_tau_exp_global": ("pdp", pdp_gpt2.PDPConfig(sparsity=SPARSITY, allocation="global", tau_schedule="exp",
+    "pdp_tau_exp_global": ("pdp", pdp_gpt2.PDPConfig(sparsity=SPARSITY, tau=0.02, allocation="global", tau_schedule="exp",
                                                       tau_final=1e-3)),
     "gmp": ("gmp", pdp_gpt2.PDPConfig(sparsity=SPARSITY)),
 }
@@ -176,7 +176,7 @@ def _setup(cfg):
 
 
 def test_plain_loop_schedule_exact_zeros_and_bit_identical_resume():
-    cfg = pdp_gpt2.PDPConfig(sparsity=SPARSITY, tau_schedule="cosine", tau_final=1e-3)
+    cfg = pdp_gpt2.PDPConfig(sparsity=SPARSITY, tau=0.02, tau_schedule="cosine", tau_final=1e-3)
     model, pruner, sched, opt = _setup(cfg)  # model_with_dropout seeds torch: both runs draw the same dropout
     seen = []
     _loop(model, opt, sched, 0, STEPS, seen)

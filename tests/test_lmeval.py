@@ -142,3 +142,26 @@ def test_tasks_on_a_compressed_export_agree_across_runtimes(tmp_path, tiny_asset
     bpb = [got[r]["pdp_rolling"]["bits_per_byte,none"] for r in ("dense", "sparse")]
     assert bpb[1] == pytest.approx(bpb[0], rel=1e-5) and bpb[0] > 0
     assert got["dense"]["pdp_choice"]["acc,none"] == got["sparse"]["pdp_choice"]["acc,none"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_LM_EVAL, reason='lm_eval not installed (pip install -e ".[eval]")')
+def test_train_eval_tasks_puts_the_scores_in_summary(tmp_path, tiny_assets, monkeypatch):
+    """`train --eval_tasks` scores final/ after pruning: summary.json carries the same numbers that
+    `pdp-gpt2 eval --tasks` gives on the saved final/ (the in-memory model is the saved one)."""
+    from test_cli_train import _train
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    _, corpus = tiny_assets
+    docs = [line for line in corpus.read_text().splitlines()[:6] if line.strip()]
+    _write_tasks(tmp_path / "tasks", docs, [{"question": "the quick brown", "choices": ["fox", "sun"], "label": 0}])
+    rc, out = _train(tmp_path, tiny_assets, "--sparsity", "0.5", "--eval_tasks", str(tmp_path / "tasks"))
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "lm_eval.json").is_file()
+    bpb = summary["lm_eval"]["pdp_rolling/bits_per_byte"]
+    assert bpb > 0 and "pdp_choice/acc" in summary["lm_eval"]
+    assert main(["eval", "--model", str(out / "final"), "--tasks", str(tmp_path / "tasks"),
+                 "--json", str(tmp_path / "again.json"), "--device", "cpu"]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())["results"]["pdp_rolling"]["bits_per_byte,none"]
+    assert again == pytest.approx(bpb, rel=1e-5)

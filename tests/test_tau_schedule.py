@@ -44,8 +44,7 @@ def test_an_empty_window_switches_at_its_start():
     (dict(tau=float("inf")), "tau must be > 0 and finite"),
     (dict(tau=float("nan")), "tau must be > 0 and finite"),
     (dict(tau_schedule="linear"), "tau_schedule must be constant, exp or cosine"),
-    (dict(tau_schedule="exp"), "needs tau_final"),
-    (dict(tau_final=1e-3), "tau_final needs tau_schedule exp or cosine"),
+    (dict(tau_schedule="constant", tau_final=1e-3), "tau_final needs tau_schedule exp or cosine"),
     (dict(tau_schedule="cosine", tau_final=0.0), "tau_final must be > 0 and finite"),
     (dict(tau_schedule="cosine", tau_final=float("inf")), "tau_final must be > 0 and finite"),
 ])
@@ -60,7 +59,10 @@ def test_cli_flags_reach_the_config():
 
     cfg = config_from_args(build_parser().parse_args(["train", "--tau_schedule", "exp", "--tau_final", "1e-4"]))
     assert cfg.pdp.tau_schedule == "exp" and cfg.pdp.tau_final == 1e-4
-    assert config_from_args(build_parser().parse_args(["train"])).pdp.tau_schedule == "constant"
+    default = config_from_args(build_parser().parse_args(["train"])).pdp
+    assert (default.tau, default.tau_schedule, default.tau_final) == (0.1, "exp", pytest.approx(1e-3))
+    old = config_from_args(build_parser().parse_args(["train", "--tau", "0.02", "--tau_schedule", "constant"])).pdp
+    assert (old.tau, old.tau_schedule, old.tau_final) == (0.02, "constant", None)
 
 
 def test_gradient_at_an_annealed_tau_is_the_analytic_one(gpt2):
@@ -116,8 +118,18 @@ def test_a_run_annealed_to_a_tiny_tau_has_soft_equal_to_hard_perplexity(tmp_path
     assert abs(s["perplexity_soft"] / s["perplexity"] - 1) < 0.005, (s["perplexity_soft"], s["perplexity"])
 
 
-def test_cli_refuses_an_annealing_without_its_end_in_one_line(tmp_path, capsys):
-    assert main(["train", "--tau_schedule", "exp", "--output_dir", str(tmp_path / "x")]) == 2
+def test_shipped_default_anneals_tau_by_two_decades():
+    """The default (docs/results.md): exp from tau 0.1 to tau/100; tau_final follows a given tau;
+    constant needs no end and refuses one."""
+    d = PDPConfig()
+    assert (d.tau, d.tau_schedule, d.tau_final) == (0.1, "exp", pytest.approx(1e-3))
+    assert PDPConfig(tau=0.3).tau_final == pytest.approx(3e-3)
+    assert PDPConfig(tau=0.02, tau_schedule="constant").tau_final is None
+    assert PDPConfig(tau_schedule="cosine", tau_final=5e-4).tau_final == 5e-4
+
+
+def test_cli_refuses_an_end_without_an_annealing_in_one_line(tmp_path, capsys):
+    assert main(["train", "--tau_schedule", "constant", "--tau_final", "1e-3", "--output_dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "needs tau_final" in err, err
+    assert len(err.splitlines()) == 1 and "tau_final needs tau_schedule" in err, err
     assert not (tmp_path / "x").exists()

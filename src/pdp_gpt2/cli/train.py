@@ -19,6 +19,7 @@ from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
 # Optional fields need an explicit element type; everything else takes its default's type.
 _TYPES = {"output_dir": str, "run_name": str, "resume": str, "warmup_steps": int, "eval_stride": int, "tau_final": float,
+          "eval_tasks": str,
           "targets": lambda s: [p.strip() for p in s.split(",") if p.strip()]}
 _METAVAR = {"resume": "CHECKPOINT"}
 

@@ -212,6 +212,10 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     from pdp_gpt2.train.guard import RunGuard
     from pdp_gpt2.train.summary import finish_run
 
+    if cfg.eval_tasks:  # a missing extra fails now, not after training
+        from pdp_gpt2.data.lmeval import require_lm_eval
+
+        require_lm_eval()
     prep = prepare(cfg)
     out = prep.output_dir
     is_main = distributed.is_main()
@@ -272,12 +276,23 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft")
         callback.finalize()
     ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned")
-    result = dict(ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
+    lm_eval = task_scores(model, prep.tokenizer, cfg, out) if cfg.eval_tasks else None
+    result = dict(lm_eval=lm_eval, ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
                   train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
                   eval_tokens=int(len(prep.eval_tokens)))
     summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
     tracker.finish()
     return summary
+
+
+def task_scores(model, tokenizer, cfg: TrainConfig, out: Path) -> dict:
+    """lm-evaluation-harness on the pruned model: the full result in lm_eval.json, {task/metric: value} returned."""
+    from pdp_gpt2.data.lmeval import evaluate_tasks, markdown_table, scores
+
+    r = evaluate_tasks(model, tokenizer, cfg.eval_tasks, batch_size=cfg.eval_batch_size)
+    rundir.atomic_write_json(out / "lm_eval.json", r)
+    print(markdown_table(r))
+    return scores(r)
 
 
 def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> float:

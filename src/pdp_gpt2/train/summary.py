@@ -85,7 +85,12 @@ def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dic
         "train_seconds": round(result["train_seconds"], 2), "eval_tokens": result["eval_tokens"],
         "band_at_end": stats["band"] if stats else None, "final_dir": str(final),
         "target_weights": saved["numel"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "layers": saved["layers"], "config": cfg.to_dict(),
+        # Per layer: zeros counted in the saved files, plus the soft band the masks had just
+        # before finalize (what differs between layers under layer-wise allocation; the report plots it).
+        "layers": {n: {**d, **({"band": stats["layers"][n]["band"]} if stats and n in stats["layers"] else {})}
+                   for n, d in saved["layers"].items()},
+        "config": cfg.to_dict(),
+        **({"lm_eval": result["lm_eval"]} if result.get("lm_eval") else {}),
     }
 
 
