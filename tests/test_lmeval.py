@@ -88,7 +88,6 @@ def _our_choice_accuracy(model, tok, questions):
     return right / len(questions)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_LM_EVAL, reason='lm_eval not installed (pip install -e ".[eval]")')
 def test_offline_tasks_on_embedded_model_match_our_code(tmp_path, capsys, monkeypatch):
     from pdp_gpt2.data.models import load_model_and_tokenizer

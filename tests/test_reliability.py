@@ -465,3 +465,29 @@ def test_resume_from_a_named_damaged_checkpoint_is_one_line(setup, tmp_path, cap
     assert main(argv(model, corpus, run, "--resume", str(run / "checkpoint-4"))) == 2
     err = one_line(capsys)
     assert "damaged checkpoint" in err and "rng_state.pth" in err and "--resume alone" in err
+
+
+@pytest.mark.parametrize("errno_, text", [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left")])
+def test_export_out_that_cannot_be_written_is_one_line(tiny_assets, tmp_path, capsys, monkeypatch, errno_, text):
+    """export --out on a read-only filesystem (or a full disk): one line, exit 2, no partial directory."""
+    from test_cli_eval import _pruned_copy
+
+    from pdp_gpt2.export import writer
+
+    final = _pruned_copy(tiny_assets[0], tmp_path / "final")
+    real = writer.tempfile.mkdtemp
+
+    def refuse(*a, **k):  # root ignores permissions, so simulate the filesystem's answer
+        if k.get("dir") == tmp_path / "ro":
+            raise OSError(errno_, text)
+        return real(*a, **k)
+
+    monkeypatch.setattr(writer.tempfile, "mkdtemp", refuse)
+    (tmp_path / "ro").mkdir()
+    capsys.readouterr()
+    assert main(["export", str(final), "--out", str(tmp_path / "ro" / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and text in err and str(tmp_path / "ro" / "x") in err, err
+    assert list((tmp_path / "ro").iterdir()) == []
+    assert main(["export", str(final), "--out", "/proc/pdp-gpt2-test/x"]) == 2  # not creatable at all
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -7,9 +7,9 @@ The public API::
     # a plain loop: the schedule object, .step() after optimizer.step()
     sched = pdp_gpt2.PruningSchedule(pdp_gpt2.attach(model, cfg), total_steps=1000)
     # the low level
-    cfg = pdp_gpt2.PDPConfig(sparsity=0.9, tau=0.02)
+    cfg = pdp_gpt2.PDPConfig(sparsity=0.9)  # tau 0.1 annealed to 0.001 by the schedule (the default)
     pruner = pdp_gpt2.attach(model, cfg)   # soft masks on every target weight
-    pruner.set_sparsity(0.5)               # the schedule calls this
+    pruner.set_sparsity(0.5)               # the schedule calls this (and set_tau)
     pruner.step()                          # after each optimizer step
     pruner.finalize()                      # exact zeros, plain model again
     pdp_gpt2.sparsity_report(model)
@@ -18,6 +18,7 @@ from pdp_gpt2.export.compressed import load_compressed
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.attach import Pruner, attach, sparsity_report
+from pdp_gpt2.pdp.fused import KernelOptions
 from pdp_gpt2.pdp.mask import hard_mask, soft_mask, threshold
 from pdp_gpt2.pdp.optim import MaskAwareAdamW
 from pdp_gpt2.pdp.schedule import PruningSchedule, sparsity_at, tau_at
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PDPConfig", "Pruner", "attach", "soft_mask", "hard_mask", "threshold", "sparsity_report",
     "sparsity_at", "MaskAwareAdamW", "UsageError", "__version__", "load_compressed",
-    "PruningCallback", "PruningSchedule", "tau_at",
+    "PruningCallback", "PruningSchedule", "tau_at", "KernelOptions",
 ]
 
 

@@ -16,6 +16,7 @@ sizes read from the real files on disk.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -261,8 +262,11 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         header = None
     else:
         header, payloads = encode_model(model, fmt, values, hint, codes, manifest)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:  # a read-only or missing place, or a full disk, is the user's to fix: one line, nothing left behind
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -283,6 +287,11 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         report.update(source=str(source.model_dir), out=str(out), values=values)
         (tmp / "size_report.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise UsageError(f"--out {out}: {e.strerror} while writing the export; nothing was written") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
