@@ -173,8 +173,12 @@ def run_all(batches: list[tuple[Path, list[tuple[str, dict]]]], jobs: int) -> li
     if jobs > 1:  # run in parallel first; the sequential pass below then only collects (all cached)
         items = [(out, r) for out, runs in batches for r in runs]
 
+        from pdp_gpt2.report.sweep import _finished_with
+
         def one(item):
             out, (name, params) = item
+            if _finished_with(out / name, params):
+                return  # reused as it is
             pool_dir = out / f".pool-{name}"
             run_trials([(name, params)], pool_dir)
             src = pool_dir / name
@@ -378,7 +382,7 @@ def main(argv=None) -> int:
     total = time.time() - t0
     from pdp_gpt2.report.report import write_report
 
-    cost = [p for p in (ROOT / "docs/data/step_overhead_b4.json", ROOT / "docs/data/inference.json") if p.is_file()]
+    cost = [p for p in (ROOT / "docs/data/step_overhead_b4.json", ROOT / "docs/data/inference_speed.json") if p.is_file()]
     report = write_report([out / "runs"], out / "report", title="PDP vs baselines on the embedded GPT-2",
                           note=f"{args.max_steps} steps per run, 3 seeds at 90-98%", cost_files=cost)
     block = [f"Budget: {args.max_steps} optimizer steps of 8 x 128 tokens per run for every method; per-method "
