@@ -246,7 +246,7 @@ def test_cli_reads_the_kernel_switches_from_the_environment():
 def test_kernel_options_travel_through_attach_to_every_mask():
     model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 16))
     opts = KernelOptions(compile=False, flush=False)
-    pruner = pdp_gpt2.attach(model, "pdp", PDPConfig(sparsity=0.5, targets=["0", "1"]), kernels=opts)
+    pruner = pdp_gpt2.attach(model, "pdp", PDPConfig(sparsity=0.5, tau=0.02, targets=["0", "1"]), kernels=opts)
     assert [pruner.mask_of(t).kernels for t in pruner.targets] == [opts, opts]
     w = pruner.original(pruner.targets[0])
     t = pruner.mask_of(pruner.targets[0]).t

@@ -29,7 +29,8 @@ Lifecycle, mapped on Trainer's events:
   ``trainer.save_model()`` writes a normal checkpoint.
 
 Distributed: every rank attaches and computes the same thresholds from the same weights
-(DDP keeps them equal); sharded training (FSDP, DeepSpeed ZeRO-3) is not supported.
+(DDP keeps them equal); inside Trainer, sharded training (FSDP, DeepSpeed ZeRO-3) is not supported;
+FSDP2 works in your own loop (attach first, then train.distributed.shard_model: README).
 """
 from __future__ import annotations
 

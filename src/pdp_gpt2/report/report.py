@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.errors import UsageError
 
-DEFAULT_TAU = PDPConfig.__dataclass_fields__["tau"].default
-_SCHED = PDPConfig.__dataclass_fields__.get("tau_schedule")
-DEFAULT_TAU_SCHEDULE = _SCHED.default if _SCHED is not None else "constant"
+# Variant labels name what differs from plain constant-tau PDP at tau 0.02 (the reference every
+# earlier run and the tau grid use), not from whatever the shipped default is today: a label must
+# mean the same thing in a report of old runs and of new ones.  So an annealed run is
+# 'pdp+tau-exp' (its start tau is in its config) and a constant one at tau 0.05 'pdp@tau=0.05'.
+DEFAULT_TAU = 0.02
+DEFAULT_TAU_SCHEDULE = "constant"
 
 
 @dataclass

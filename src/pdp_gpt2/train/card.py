@@ -47,6 +47,8 @@ def command(cfg: TrainConfig) -> str:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name == "sparsity":
             default = get_pattern(cfg.pdp.pattern).default_sparsity  # the CLI's default (N:M implies its own)
+        if f.name == "tau_final":  # the CLI's default: tau/100 for an annealing schedule, none for constant
+            default = PDPConfig(tau=cfg.pdp.tau, tau_schedule=cfg.pdp.tau_schedule).tau_final
         if f.name in NOT_IN_COMMAND or value == default or value is None:
             continue
         if isinstance(value, bool):
