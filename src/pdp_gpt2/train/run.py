@@ -57,6 +57,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     """Everything that can fail on bad input, before anything is written."""
     from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.data.models import load_model_and_tokenizer
+    from pdp_gpt2.data.perplexity import context_length
     from pdp_gpt2.pdp.targets import find_targets
 
     distributed.refuse_sharded()
@@ -73,7 +74,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     if cfg.method != "dense":  # --targets matching nothing: refused now, not after the dense evaluation
         find_targets(model, cfg.pdp.targets)
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    context = context_length(model.config)
     if context and cfg.max_length > context:
         raise UsageError(f"--max_length {cfg.max_length} exceeds the model's context of {context} tokens")
     if cfg.streaming:
