@@ -139,7 +139,9 @@ def test_report_on_real_training_runs(tmp_path, tiny_assets):
     model_dir, corpus = tiny_assets
     base = ["train", "--model", str(model_dir), "--dataset", str(corpus), "--max_steps", "6", "--warmup_steps",
             "3", "--batch_size", "4", "--max_length", "32", "--log_interval", "1", "--progress", "false"]
-    runs = {"pdp-a": ["--tau", "0.02"], "pdp-b": ["--tau", "0.05"], "pdp-imp": ["--improved_masking"],
+    # the tau plot compares plain pdp at two constant tau values (an annealed run is pdp+tau-exp)
+    const = ["--tau_schedule", "constant"]
+    runs = {"pdp-a": ["--tau", "0.02", *const], "pdp-b": ["--tau", "0.05", *const], "pdp-imp": ["--improved_masking"],
             "gmp": ["--method", "gmp"], "dense": ["--method", "dense"]}
     for name, extra in runs.items():
         assert main([*base, "--sparsity", "0.5", "--output_dir", str(tmp_path / "runs" / name), *extra]) == 0
