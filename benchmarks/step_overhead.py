@@ -138,7 +138,8 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
 
 def pdp_own_work(pruner, device: torch.device, reps: int = 5) -> dict:
     """Seconds of the work PDP adds to a step, timed alone (median of ``reps``): computing
-    every masked weight, their backward, and refreshing every threshold.  What an A/B
+    every masked weight, their backward, and refreshing every threshold, plus the masked
+    weights once more for the backward's recompute.  What an A/B
     step ratio should show above 1 on a quiet machine, without the A/B's noise."""
     mods = [t.module for t in pruner.targets]
     rows = []
@@ -158,7 +159,11 @@ def pdp_own_work(pruner, device: torch.device, reps: int = 5) -> dict:
         sync(device)
         rows.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
     med = [statistics.median(col) for col in zip(*rows[1:])]
-    return dict(zip(("mask_forward_s", "mask_backward_s", "thresholds_s"), med), total_s=sum(med))
+    res = dict(zip(("mask_forward_s", "mask_backward_s", "thresholds_s"), med))
+    # In a training step the backward computes every masked weight once more (pdp/recompute.py).
+    res["recompute_s"] = res["mask_forward_s"] if pruner.kernels.recompute else 0.0
+    res["total_s"] = sum(med) + res["recompute_s"]
+    return res
 
 
 class _NaiveMask(torch.nn.Module):
@@ -199,13 +204,20 @@ class NaivePDP:
             m.parametrizations.weight[0].t2.copy_(t * t)
 
 
-def timed(step, device: torch.device) -> tuple[float, float]:
-    """(wall-clock seconds, process CPU seconds) of one step."""
+def timed(step, device: torch.device) -> tuple[float, float, int]:
+    """(wall-clock seconds, process CPU seconds, minor page faults) of one step.
+
+    Minor faults are pages the kernel handed the process fresh (and zeroed) during the step:
+    memory the allocator gave back after the last step and took again.  On CPU they are where
+    a larger peak costs time (docs/performance.md).
+    """
     sync(device)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0, c0 = time.perf_counter(), time.process_time()
     step()
     sync(device)
-    return time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 
 def _summary(times: dict[str, list[float]]) -> dict:
@@ -225,14 +237,17 @@ def measure_time(args: argparse.Namespace, device: torch.device) -> dict:
             steps[v]()
     wall = {v: [] for v in variants}
     cpu = {v: [] for v in variants}
+    faults = {v: [] for v in variants}
     for i in range(args.steps):
         for v in (variants if i % 2 == 0 else variants[::-1]):  # A B C, C B A, ...
-            w, c = timed(steps[v], device)
+            w, c, f = timed(steps[v], device)
             wall[v].append(w)
             cpu[v].append(c)
+            faults[v].append(f)
         line = "  ".join(f"{v} {wall[v][-1]:.3f}s" for v in variants)
         print(f"  round {i + 1}/{args.steps}: {line}", file=sys.stderr, flush=True)
-    res = {"wall_s": wall, "cpu_s": cpu, "wall": _summary(wall), "cpu": _summary(cpu)}
+    res = {"wall_s": wall, "cpu_s": cpu, "wall": _summary(wall), "cpu": _summary(cpu), "minor_faults": faults,
+           "minor_faults_median": {v: statistics.median(f) for v, f in faults.items()}}
     if "pdp" in steps:
         res["pdp_own_work"] = pdp_own_work(steps["pdp"].pruner, device)
     return res
@@ -322,10 +337,13 @@ def main(argv=None) -> None:
             for v in args.variants[1:]:
                 print(f"  {v:6s} {t['median_s'][v]:.3f}s  ratio {t['ratio'][v]:.3f}  "
                       f"(median of paired ratios {t['ratio_paired'][v]:.3f})")
+        mf = res["time"]["minor_faults_median"]
+        print("minor page faults per step (median): " + ", ".join(f"{v} {mf[v]:,.0f}" for v in args.variants))
         if (own := res["time"].get("pdp_own_work")) is not None:
             dense = res["time"]["wall"]["median_s"]["dense"]
             print(f"PDP's own work per step, timed alone: masked weights {own['mask_forward_s']:.3f}s + "
                   f"their backward {own['mask_backward_s']:.3f}s + thresholds {own['thresholds_s']:.3f}s "
+                  f"+ recomputed in backward {own['recompute_s']:.3f}s "
                   f"= {own['total_s']:.3f}s ({own['total_s'] / dense:.1%} of the dense step)")
     if args.mem_steps > 0:
         m = res["memory"]

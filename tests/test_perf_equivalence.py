@@ -228,8 +228,8 @@ _FORBIDDEN = ("torch._C", "_use_count", "getrefcount", "_storage_Use_Count", "_i
 _CORE = Path(pdp_gpt2.__file__).parent / "pdp"
 
 
-@pytest.mark.parametrize("name", ["fused.py", "mask.py", "param.py", "patterns.py", "attach.py", "driver.py",
-                                  "baselines.py", "targets.py", "optim.py", "config.py"])
+@pytest.mark.parametrize("name", ["fused.py", "recompute.py", "mask.py", "param.py", "patterns.py", "attach.py",
+                                  "driver.py", "baselines.py", "targets.py", "optim.py", "config.py"])
 def test_core_uses_no_private_api_and_no_environment(name):
     text = (_CORE / name).read_text()
     assert [f for f in _FORBIDDEN if f in text] == []

@@ -81,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def kernel_options(environ) -> KernelOptions:
-    """PDP_GPT2_COMPILE=0 / PDP_GPT2_FLUSH=0 switch PDP's kernel compilation / gradient flush off
-    (ablations; the only place the package reads these variables)."""
+    """PDP_GPT2_COMPILE=0 / PDP_GPT2_FLUSH=0 / PDP_GPT2_RECOMPUTE=0 switch PDP's kernel compilation /
+    gradient flush / backward recompute of masked weights off (ablations; the only place the package
+    reads these variables)."""
     def on(name: str) -> bool:
         return environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
-    return KernelOptions(compile=on("PDP_GPT2_COMPILE"), flush=on("PDP_GPT2_FLUSH"))
+    return KernelOptions(compile=on("PDP_GPT2_COMPILE"), flush=on("PDP_GPT2_FLUSH"),
+                         recompute=on("PDP_GPT2_RECOMPUTE"))

@@ -106,6 +106,7 @@ def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig 
         driver.budgets = global_budgets({t.name: t.module.weight for t in targets}, config.sparsity)
     for t in targets:
         parametrize.register_parametrization(t.module, "weight", driver.make_mask(t).to(t.module.weight.device))
+    driver.hook_recompute()
     driver.start()
     return driver
 

@@ -26,6 +26,7 @@ from pdp_gpt2.pdp import mask as M
 from pdp_gpt2.pdp import sharded, sharded_driver
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.recompute import RecomputeHooks
 from pdp_gpt2.pdp.targets import Target
 
 
@@ -53,6 +54,7 @@ class MaskDriver:
         # Fraction of the global target each tensor takes (1.0 each under 'layer').
         self.budgets: dict[str, float] = {t.name: 1.0 for t in targets}
         self.method = type(self).__name__.lower()  # attach() sets the name it is registered under
+        self._recompute: list[RecomputeHooks] = []
 
     # ---- what a method defines ------------------------------------------------------------
     def prepare(self, calibration) -> None:
@@ -84,6 +86,28 @@ class MaskDriver:
         return min(self.config.max_layer_sparsity, s * self.budgets[name])
 
     # ---- lifecycle ----------------------------------------------------------------------------
+    def hook_recompute(self) -> None:
+        """Masks that can recompute their output (a ``recipe`` method) are not kept alive from
+        forward to backward (pdp/recompute.py); attach calls this, finalize and remove undo it."""
+        if not self.kernels.recompute:
+            return
+        # HF models flag activation checkpointing on the modules that do it (the flag exists from
+        # construction, False until gradient_checkpointing_enable); its saved-tensor hooks must win.
+        flagged = [m for m in self.model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
+
+        def checkpointing() -> bool:
+            return any(m.gradient_checkpointing for m in flagged)
+
+        for t in self.targets:
+            mask = self.mask_of(t)
+            if callable(getattr(mask, "recipe", None)):
+                self._recompute.append(RecomputeHooks(t.module, mask, self.original(t), skip=checkpointing))
+
+    def _unhook_recompute(self) -> None:
+        for h in self._recompute:
+            h.remove()
+        self._recompute = []
+
     def set_sparsity(self, sparsity: float) -> None:
         """Move every target to ``sparsity`` (global meaning) and recompute the masks."""
         if not (0.0 <= sparsity < 1.0):
@@ -109,6 +133,7 @@ class MaskDriver:
     @torch.no_grad()
     def finalize(self) -> nn.Module:
         """Bake hard masks: exact zeros, plain modules, original state_dict keys."""
+        self._unhook_recompute()
         if sharded_driver.any_sharded(self):  # FSDP2: zeros written into every shard (pdp/sharded_driver.py)
             return sharded_driver.finalize(self)
         for t in self.targets:
@@ -121,6 +146,7 @@ class MaskDriver:
     @torch.no_grad()
     def remove(self) -> nn.Module:
         """Inverse of attach: drop the masks and restore the dense weights as they are."""
+        self._unhook_recompute()
         if sharded_driver.any_sharded(self):  # FSDP2: the masks stay but become the identity
             return sharded_driver.remove(self)
         for t in self.targets:

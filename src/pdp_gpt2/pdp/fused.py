@@ -54,6 +54,8 @@ class KernelOptions:
     flush: bool = True  # return gradients too small for Adam's second moment as 0
     # GPT-2 small's smallest target has 589,824 entries; tests lower this to compile tiny tensors.
     compile_min_numel: int = 1 << 18
+    # recompute each masked weight in backward instead of keeping it from forward (pdp/recompute.py)
+    recompute: bool = True
 
 
 DEFAULT = KernelOptions()
@@ -147,6 +149,11 @@ def _backward(grad, w, a, b, tau: float, beta: float | None, flush: float):
     return torch.where(g.abs() < flush, 0.0, g)
 
 
+def _backward_into(out, grad, w, a, b, tau: float, beta: float | None, flush: float):
+    out.copy_(_backward(grad, w, a, b, tau, beta, flush))
+    return out
+
+
 # Eager forms: the same values, built in place on their own fresh tensors to allocate less.
 
 
@@ -179,6 +186,7 @@ class SoftMaskedWeight(torch.autograd.Function):
                 out = _forward_eager(w, a, b, tau, beta)
         ctx.save_for_backward(w, a, b)
         ctx.tau, ctx.beta, ctx.kernels = tau, beta, kernels
+        ctx.pdp_spare = []  # buffers handed over by the backward recompute (offer_buffer)
         return out
 
     @staticmethod
@@ -186,13 +194,38 @@ class SoftMaskedWeight(torch.autograd.Function):
         w, a, b = ctx.saved_tensors
         tau, beta, kernels = ctx.tau, ctx.beta, ctx.kernels
         flush = underflow_level(grad.dtype, kernels.flush)
-        if w.is_contiguous():
+        spare = ctx.pdp_spare.pop() if ctx.pdp_spare else None
+        ctx.pdp_spare.clear()
+        if (spare is not None and not torch.is_grad_enabled() and w.is_contiguous() and spare.is_contiguous()
+                and spare.shape == w.shape and spare.dtype == grad.dtype and spare.device == grad.device):
+            # the gradient goes into the recomputed masked weight's memory, which is ours alone now
+            grad = grad.contiguous()
+            g = _fast("backward_into", _backward_into, _backward_into_eager, kernels, spare.view(-1),
+                      grad.view(-1), w.view(-1), a, b, tau, beta, flush).view_as(w)
+        elif w.is_contiguous():
             grad = grad.contiguous()  # a no-op unless autograd handed us a strided view
             g = _fast("backward", _backward, _backward_eager, kernels, grad.view(-1), w.view(-1), a, b,
                       tau, beta, flush).view_as(w)
         else:
             g = _backward_eager(grad, w, a, b, tau, beta, flush)
         return g, None, None, None, None, None
+
+
+def _backward_into_eager(out, grad, w, a, b, tau: float, beta: float | None, flush: float):
+    return out.copy_(_backward_eager(grad, w, a, b, tau, beta, flush))
+
+
+def offer_buffer(node, buf: torch.Tensor) -> bool:
+    """Hand ``buf`` to the backward of the masked weight whose autograd node is ``node``, to
+    write its gradient into instead of a new tensor.  The caller promises that nothing else
+    reads or holds ``buf`` by the time that backward runs (pdp/recompute.py: a masked weight
+    recomputed for the consumer's backward, which has run by then).  False if ``node`` is not
+    a masked weight's (e.g. a fake-quantized output)."""
+    spare = getattr(node, "pdp_spare", None)
+    if not isinstance(spare, list):
+        return False
+    spare.append(buf)
+    return True
 
 
 def soft_masked_weight(w, t, tau: float, tau_mode: str, beta: float | None, kernels: KernelOptions | None = None):

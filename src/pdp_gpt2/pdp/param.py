@@ -46,14 +46,22 @@ class PDPMask(nn.Module):
 
     # ---- forward ---------------------------------------------------------------
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        out = self._masked(w) if self.active else w
+        return self._output(w, self.active, self.t, self.tau)
+
+    def _output(self, w: torch.Tensor, active: bool, t: torch.Tensor, tau: float) -> torch.Tensor:
+        out = self.pattern.masked_weight(w, self.out_dim, t.to(w.dtype), tau, self.tau_mode, self.beta,
+                                         self.kernels) if active else w
         if self.bits is not None:
             out = M.fake_quant(out, self.bits, self.out_dim)
         return out
 
-    def _masked(self, w: torch.Tensor) -> torch.Tensor:
-        return self.pattern.masked_weight(w, self.out_dim, self.t.to(w.dtype), self.tau, self.tau_mode,
-                                          self.beta, self.kernels)
+    def recipe(self, w: torch.Tensor):
+        """A function that recomputes this forward's output for ``w`` later, with the state
+        the mask has now (threshold, tau), for the backward (pdp/recompute.py)."""
+        if not self.kernels.recompute:
+            return None
+        active, t, tau = self.active, self.t.clone(), self.tau
+        return lambda: self._output(w, active, t, tau)
 
     @torch.no_grad()
     def soft_mask(self, w: torch.Tensor) -> torch.Tensor:
