@@ -5,14 +5,16 @@ Memory.  Plain autograd of ``w * sigmoid((w^2 * a - b) / tau)`` keeps several
 full-size intermediates alive until backward (w^2, z, m, ...).  The Function here
 saves only ``w`` (which the parameter holds anyway) and recomputes m in backward, using
 
-    d(w m)/dw = m + w * dm/dz * dz/dw = m + (2 a / tau) * w^2 * dm/dz,
+    d(w m)/dw = m + w * dm/dz * dz/dw = m + 2 a w^2 dm/dz,
 
 with dm/dz = m (1 - m) for the sigmoid and, for the improved (beta) blend,
 0.7 s (1 - s) + 0.15 beta (1 - tanh(beta z)^2).  The math is the same as
 :func:`pdp_gpt2.pdp.mask.soft_mask`; tests check both value and gradient.
 
-a, b are 0-d tensors: (1/t^2, 1) in relative mode, (1, t^2) in absolute mode,
-so z = (w^2 a - b) / tau covers both without a host sync.
+a, b are 0-d tensors with tau folded in: (1/t^2, 1) / tau in relative mode,
+(1, t^2) / tau in absolute mode, so z = w^2 a - b covers both without a host sync
+(and costs a multiply-add per entry: a division by tau per entry cost a vector
+division, the slowest instruction in the loop).
 
 Time.  Both directions are memory-bound: read w (and the incoming gradient),
 write one new tensor.  Eager PyTorch runs each elementwise op as its own pass
@@ -98,8 +100,8 @@ def _fast(name: str, expr, eager, kernels: KernelOptions | None, *args):
 # ---- the masked weight ----------------------------------------------------------------
 
 
-def _mask_and_slope(w, a, b, tau: float, beta: float | None):
-    z = (w * w * a - b) / tau
+def _mask_and_slope(w, a, b, beta: float | None):
+    z = w * w * a - b
     s = torch.sigmoid(z)
     if beta is None:
         return s, s * (1 - s)
@@ -107,9 +109,9 @@ def _mask_and_slope(w, a, b, tau: float, beta: float | None):
     return 0.7 * s + 0.15 * (th + 1), 0.7 * s * (1 - s) + 0.15 * beta * (1 - th * th)
 
 
-def _local_grad(w, a, b, tau: float, beta: float | None):
-    m, slope = _mask_and_slope(w, a, b, tau, beta)
-    return m + (2.0 / tau) * a * (w * w) * slope
+def _local_grad(w, a, b, beta: float | None):
+    m, slope = _mask_and_slope(w, a, b, beta)
+    return m + 2.0 * a * (w * w) * slope
 
 
 def underflow_level(dtype: torch.dtype, enabled: bool = True) -> float:
@@ -139,26 +141,26 @@ def underflow_level(dtype: torch.dtype, enabled: bool = True) -> float:
 # Compiled forms: one expression each, returning a new tensor.
 
 
-def _forward(w, a, b, tau: float, beta: float | None):
-    m, _ = _mask_and_slope(w, a, b, tau, beta)
+def _forward(w, a, b, beta: float | None):
+    m, _ = _mask_and_slope(w, a, b, beta)
     return w * m
 
 
-def _backward(grad, w, a, b, tau: float, beta: float | None, flush: float):
-    g = grad * _local_grad(w, a, b, tau, beta)
+def _backward(grad, w, a, b, beta: float | None, flush: float):
+    g = grad * _local_grad(w, a, b, beta)
     return torch.where(g.abs() < flush, 0.0, g)
 
 
-def _backward_into(out, grad, w, a, b, tau: float, beta: float | None, flush: float):
-    out.copy_(_backward(grad, w, a, b, tau, beta, flush))
+def _backward_into(out, grad, w, a, b, beta: float | None, flush: float):
+    out.copy_(_backward(grad, w, a, b, beta, flush))
     return out
 
 
 # Eager forms: the same values, built in place on their own fresh tensors to allocate less.
 
 
-def _forward_eager(w, a, b, tau: float, beta: float | None):
-    z = torch.mul(w, w).mul_(a).sub_(b).div_(tau)
+def _forward_eager(w, a, b, beta: float | None):
+    z = torch.mul(w, w).mul_(a).sub_(b)
     if beta is None:
         m = z.sigmoid_()
     else:
@@ -167,10 +169,10 @@ def _forward_eager(w, a, b, tau: float, beta: float | None):
     return m.mul_(w)
 
 
-def _backward_eager(grad, w, a, b, tau: float, beta: float | None, flush: float):
-    m, slope = _mask_and_slope(w, a, b, tau, beta)
-    # m + (2a/tau) w^2 slope, built in place on `slope` (ours), then times the incoming gradient
-    g = slope.mul_(w).mul_(w).mul_(a * (2.0 / tau)).add_(m).mul_(grad)
+def _backward_eager(grad, w, a, b, beta: float | None, flush: float):
+    m, slope = _mask_and_slope(w, a, b, beta)
+    # m + 2a w^2 slope, built in place on `slope` (ours), then times the incoming gradient
+    g = slope.mul_(w).mul_(w).mul_(a * 2.0).add_(m).mul_(grad)
     if flush > 0:
         g.masked_fill_(g.abs() < flush, 0.0)
     return g
@@ -178,21 +180,21 @@ def _backward_eager(grad, w, a, b, tau: float, beta: float | None, flush: float)
 
 class SoftMaskedWeight(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w, a, b, tau: float, beta, kernels: KernelOptions):
+    def forward(ctx, w, a, b, beta, kernels: KernelOptions):
         with torch.no_grad():
             if w.is_contiguous():
-                out = _fast("forward", _forward, _forward_eager, kernels, w.view(-1), a, b, tau, beta).view_as(w)
+                out = _fast("forward", _forward, _forward_eager, kernels, w.view(-1), a, b, beta).view_as(w)
             else:
-                out = _forward_eager(w, a, b, tau, beta)
+                out = _forward_eager(w, a, b, beta)
         ctx.save_for_backward(w, a, b)
-        ctx.tau, ctx.beta, ctx.kernels = tau, beta, kernels
+        ctx.beta, ctx.kernels = beta, kernels
         ctx.pdp_spare = []  # buffers handed over by the backward recompute (offer_buffer)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         w, a, b = ctx.saved_tensors
-        tau, beta, kernels = ctx.tau, ctx.beta, ctx.kernels
+        beta, kernels = ctx.beta, ctx.kernels
         flush = underflow_level(grad.dtype, kernels.flush)
         spare = ctx.pdp_spare.pop() if ctx.pdp_spare else None
         ctx.pdp_spare.clear()
@@ -201,18 +203,18 @@ class SoftMaskedWeight(torch.autograd.Function):
             # the gradient goes into the recomputed masked weight's memory, which is ours alone now
             grad = grad.contiguous()
             g = _fast("backward_into", _backward_into, _backward_into_eager, kernels, spare.view(-1),
-                      grad.view(-1), w.view(-1), a, b, tau, beta, flush).view_as(w)
+                      grad.view(-1), w.view(-1), a, b, beta, flush).view_as(w)
         elif w.is_contiguous():
             grad = grad.contiguous()  # a no-op unless autograd handed us a strided view
             g = _fast("backward", _backward, _backward_eager, kernels, grad.view(-1), w.view(-1), a, b,
-                      tau, beta, flush).view_as(w)
+                      beta, flush).view_as(w)
         else:
-            g = _backward_eager(grad, w, a, b, tau, beta, flush)
-        return g, None, None, None, None, None
+            g = _backward_eager(grad, w, a, b, beta, flush)
+        return g, None, None, None, None
 
 
-def _backward_into_eager(out, grad, w, a, b, tau: float, beta: float | None, flush: float):
-    return out.copy_(_backward_eager(grad, w, a, b, tau, beta, flush))
+def _backward_into_eager(out, grad, w, a, b, beta: float | None, flush: float):
+    return out.copy_(_backward_eager(grad, w, a, b, beta, flush))
 
 
 def offer_buffer(node, buf: torch.Tensor) -> bool:
@@ -231,17 +233,17 @@ def offer_buffer(node, buf: torch.Tensor) -> bool:
 def soft_masked_weight(w, t, tau: float, tau_mode: str, beta: float | None, kernels: KernelOptions | None = None):
     """w * m(w) for a cached threshold t (0-d tensor), memory-lean (see the module docstring)."""
     t2 = t * t
-    if tau_mode == "relative":
-        a, b = 1.0 / t2, torch.ones_like(t2)
-    else:
-        a, b = torch.ones_like(t2), t2
+    if tau_mode == "relative":  # z = (w^2 / t^2 - 1) / tau
+        a, b = 1.0 / (t2 * tau), torch.full_like(t2, 1.0 / tau)
+    else:  # z = (w^2 - t^2) / tau
+        a, b = torch.full_like(t2, 1.0 / tau), t2 / tau
     a, b = a.to(w.dtype), b.to(w.dtype)
     if torch.compiler.is_compiling():
         # Inside a caller's torch.compile: plain ops, which that compiler fuses itself
         # (a nested compile is not traceable).
-        m, _ = _mask_and_slope(w, a, b, tau, beta)
+        m, _ = _mask_and_slope(w, a, b, beta)
         return w * m
-    return SoftMaskedWeight.apply(w, a, b, tau, beta, kernels or DEFAULT)
+    return SoftMaskedWeight.apply(w, a, b, beta, kernels or DEFAULT)
 
 
 # ---- counting for threshold selection ---------------------------------------------------
