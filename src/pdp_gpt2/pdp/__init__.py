@@ -1,8 +1,9 @@
 """The PDP core: pure mask math (mask.py, fused.py), patterns (patterns.py), the
-parametrization (param.py) and its backward recompute (recompute.py), the driver lifecycle and method registry (driver.py, attach.py,
-baselines.py), FSDP2 shards (sharded.py, sharded_driver.py), schedules (schedule.py),
-PDPConfig (config.py), and PruningCallback for any HF Trainer (callback.py, the one module
-that imports transformers; loaded only when used).
+parametrization (param.py) and its backward recompute (recompute.py), the driver
+lifecycle and method registry (driver.py, attach.py, baselines.py), FSDP2 shards
+(sharded.py, sharded_driver.py), schedules (schedule.py), PDPConfig (config.py), and
+PruningCallback for any HF Trainer (callback.py, the one module that imports
+transformers; loaded only when used).
 
 Import rule: imports torch and, of this package, only ``pdp_gpt2.pdp.*`` and
 ``pdp_gpt2.errors``. Never data, train, export, report or cli: the core must be usable

@@ -16,8 +16,9 @@ a, b are 0-d tensors with tau folded in: (1/t^2, 1) / tau in relative mode,
 (and costs a multiply-add per entry: a division by tau per entry cost a vector
 division, the slowest instruction in the loop).
 
-Time.  Both directions are memory-bound: read w (and the incoming gradient),
-write one new tensor.  Eager PyTorch runs each elementwise op as its own pass
+Time.  Each direction reads w (and the incoming gradient) and writes one tensor;
+on CPU the sigmoid's exponential and division cost more than that traffic
+(docs/performance.md).  Eager PyTorch runs each elementwise op as its own pass
 (about six forward, ten backward), so on large tensors we run a ``torch.compile``'d
 version of the same expression instead: one loop, one pass, out of place.  Small
 tensors (test models, tiny configs) stay eager, where compiling would cost more
@@ -27,8 +28,11 @@ small for Adam's second moment are flushed to 0 (:func:`underflow_level`), which
 leaves the trained weights the same.  Thresholds: see ``mask.abs_threshold`` (the
 counting kernel lives here).
 
-Only public APIs: every kernel writes a fresh tensor and never touches the incoming
-gradient (an earlier version reused buffers, guarded by private reference counts).
+Only public APIs: the kernels never touch the incoming gradient (an earlier version
+reused buffers, guarded by private reference counts).  The forward writes a fresh
+tensor; the backward writes the gradient into a fresh tensor, or into the masked
+weight the backward recomputed, when pdp/recompute.py hands it over
+(:func:`offer_buffer`): that one nobody else holds by then.
 Inside a caller's own ``torch.compile`` the masked weight is plain differentiable
 ops, which that compiler fuses itself.
 
