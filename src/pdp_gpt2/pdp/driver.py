@@ -6,7 +6,8 @@ three things (see attach.py for the registry and docs/architecture.md for a toy)
 * ``make_mask(target)``: the parametrization put on the target's weight.  It must
   have ``soft_mask(w)`` (mask values as floats, w's shape) and ``final_weight(w)``
   (the dense weight with exact zeros), and keep its state in buffers (they travel
-  in the model's state_dict);
+  in the model's state_dict); optionally ``recipe(w)``, to be recomputed in
+  backward instead of kept (pdp/recompute.py);
 * ``update(target, sparsity)``: recompute that target's mask for ``sparsity``;
 * optionally ``prepare(calibration)`` (runs before any mask goes on), ``start()``
   (the masks right after attach), the class flags ``one_shot`` / ``keeps_history``
