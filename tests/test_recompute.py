@@ -157,9 +157,31 @@ def test_recompute_off_installs_nothing_and_remove_finalize_take_every_hook_off(
         assert hooks(m) == 0 and driver._recompute == []
 
 
-def test_hard_mask_baselines_are_not_hooked():
-    driver = pdp_gpt2.attach(tiny_gpt2(), "gmp", PDPConfig(sparsity=0.8))
-    assert driver._recompute == []
+@pytest.mark.parametrize("method", ["gmp", "magnitude"])
+def test_hard_mask_baselines_recompute_bit_identically(method):
+    def grads(kernels):
+        model = copy.deepcopy(tiny_gpt2())
+        driver = pdp_gpt2.attach(model, method, PDPConfig(sparsity=0.8), kernels=kernels)
+        driver.set_sparsity(0.8)
+        ids = _ids()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return driver, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    (d_off, ref), (d_on, got) = grads(_OFF), grads(_ON)
+    assert d_off._recompute == [] and len(d_on._recompute) == len(d_on.targets) > 0
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
+
+
+@pytest.mark.parametrize("kernels", [_OFF, _ON], ids=["kept", "recomputed"])
+def test_a_hard_mask_changed_between_forward_and_backward_is_refused_as_before(kernels):
+    model = copy.deepcopy(tiny_gpt2())
+    driver = pdp_gpt2.attach(model, "gmp", PDPConfig(sparsity=0.8), kernels=kernels)
+    driver.set_sparsity(0.5)
+    ids = _ids()
+    loss = model(input_ids=ids, labels=ids).loss
+    driver.set_sparsity(0.8)  # rewrites every keep buffer in place
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("kernels", [_ON, KernelOptions(recompute=True, compile_min_numel=1024)],

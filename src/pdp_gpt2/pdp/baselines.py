@@ -58,6 +58,12 @@ class HardMask(nn.Module):
         out = w * self.keep  # a product, not a where(): d out / d w = keep, so pruned weights get 0 gradient
         return M.fake_quant(out, self.bits, self.out_dim) if self.bits is not None else out
 
+    def recipe(self, w: torch.Tensor):
+        """Recompute this forward's output in backward instead of keeping it (pdp/recompute.py).
+        No snapshot of ``keep`` is needed: the product above saves ``keep`` for its own
+        backward, so autograd already refuses a backward after ``keep`` changed in place."""
+        return lambda: self.forward(w)
+
     @torch.no_grad()
     def soft_mask(self, w: torch.Tensor) -> torch.Tensor:
         """The mask as floats (what stats, mask histograms and MaskAwareAdamW read)."""

@@ -28,7 +28,7 @@ of into fresh memory the kernel would have to fault in and zero.
 
 Which masks.  A mask module opts in by defining ``recipe(w) -> (() -> Tensor) or
 None``: a function that recomputes its output for input ``w`` with the state it
-has now (PDPMask does; the hard-mask baselines keep the default behaviour).
+has now (PDPMask and the baselines' HardMask do).
 
 When not.  Nothing is packed under no_grad, inside torch.compile (the compiler
 plans its own memory), for sharded (FSDP2) parameters, or when the model uses
