@@ -237,3 +237,10 @@ def test_a_gradient_held_by_the_caller_is_not_written_into():
     model(input_ids=ids, labels=ids).loss.backward()
     (g, copy_at_the_time), = held
     assert torch.equal(g, copy_at_the_time)
+
+
+def test_a_saved_tensor_without_plain_storage_passes_through():
+    hooks = pdp_gpt2.attach(tiny_gpt2(), PDPConfig(sparsity=0.8), kernels=_ON)._recompute[0]
+    hooks._local.outs = []
+    sparse = torch.eye(3).to_sparse()
+    assert hooks._pack(sparse) is sparse

@@ -127,7 +127,10 @@ class RecomputeHooks:
             ctx.__exit__(None, None, None)
 
     def _pack(self, x: torch.Tensor):
-        ptr = x.untyped_storage().data_ptr()
+        try:
+            ptr = x.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # no plain storage (sparse, some subclasses): not ours
+            return x
         # The storage pointer identifies a mask output only while that output is alive
         # (after it dies its memory may hold anything): hence the weak reference.
         for ref, out_ptr, fn, node in self._local.outs:
