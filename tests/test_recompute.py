@@ -31,7 +31,7 @@ def _ids(vocab=128, seed=1):
     return torch.randint(0, vocab, (2, 24), generator=torch.Generator().manual_seed(seed))
 
 
-def _grads(model, kernels, cfg=None, between=None, **kw):
+def _grads(model, kernels, cfg=None, between=None):
     """Gradients of one LM loss with masks attached under ``kernels``; ``between(driver)`` runs
     after forward, before backward."""
     model = copy.deepcopy(model)
@@ -40,7 +40,7 @@ def _grads(model, kernels, cfg=None, between=None, **kw):
     loss = model(input_ids=ids, labels=ids).loss
     if between is not None:
         between(driver)
-    loss.backward(**kw)
+    loss.backward()
     return [p.grad.clone() for p in model.parameters() if p.grad is not None], driver
 
 

@@ -58,8 +58,6 @@ class PDPMask(nn.Module):
     def recipe(self, w: torch.Tensor):
         """A function that recomputes this forward's output for ``w`` later, with the state
         the mask has now (threshold, tau), for the backward (pdp/recompute.py)."""
-        if not self.kernels.recompute:
-            return None
         active, t, tau = self.active, self.t.clone(), self.tau
         return lambda: self._output(w, active, t, tau)
 

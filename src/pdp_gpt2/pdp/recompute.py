@@ -69,7 +69,7 @@ def _unpack(x):
     if not isinstance(x, _Recipe):
         return x
     base = x.fn()  # grad mode as the backward runs it: on only under create_graph=True
-    if x.node is not None and not torch.is_grad_enabled():
+    if not torch.is_grad_enabled():
         # Once the consumer's backward has used it (it runs before the masked weight's own
         # backward, which needs its result), nothing holds this tensor but us: the mask's
         # backward writes the weight's gradient into it instead of into a new tensor.
@@ -114,8 +114,9 @@ class RecomputeHooks:
         fn = mask.recipe(args[0])
         if fn is None:
             return
-        node = out.grad_fn if hasattr(out.grad_fn, "pdp_spare") else None  # the fused masked weight's
-        self._local.outs.append((weakref.ref(out), out.untyped_storage().data_ptr(), fn, node))
+        # out.grad_fn: where the recomputed tensor is offered (fused.offer_buffer takes it only
+        # if it is the fused masked weight's node, not e.g. a fake-quant's)
+        self._local.outs.append((weakref.ref(out), out.untyped_storage().data_ptr(), fn, out.grad_fn))
         if self._local.ctx is None:
             self._local.ctx = saved_tensors_hooks(self._pack, _unpack)
             self._local.ctx.__enter__()
