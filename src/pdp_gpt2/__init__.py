@@ -14,29 +14,37 @@ The public API::
     pruner.finalize()                      # exact zeros, plain model again
     pdp_gpt2.sparsity_report(model)
 """
-from pdp_gpt2.export.compressed import load_compressed
-from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.attach import Pruner, attach, sparsity_report
-from pdp_gpt2.pdp.fused import KernelOptions
-from pdp_gpt2.pdp.mask import hard_mask, soft_mask, threshold
-from pdp_gpt2.pdp.optim import MaskAwareAdamW
-from pdp_gpt2.pdp.schedule import PruningSchedule, sparsity_at, tau_at
+# name -> the module that defines it.  Imported on first use (PEP 562), so `import pdp_gpt2`
+# and the plain schemas under it (pdp.config, train.config, pdp.registry) load no torch.
+_API = {
+    "PDPConfig": "pdp_gpt2.pdp.config",
+    "UsageError": "pdp_gpt2.errors",
+    "Pruner": "pdp_gpt2.pdp.attach", "attach": "pdp_gpt2.pdp.attach", "sparsity_report": "pdp_gpt2.pdp.attach",
+    "KernelOptions": "pdp_gpt2.pdp.fused",
+    "hard_mask": "pdp_gpt2.pdp.mask", "soft_mask": "pdp_gpt2.pdp.mask", "threshold": "pdp_gpt2.pdp.mask",
+    "MaskAwareAdamW": "pdp_gpt2.pdp.optim",
+    "PruningSchedule": "pdp_gpt2.pdp.schedule", "sparsity_at": "pdp_gpt2.pdp.schedule", "tau_at": "pdp_gpt2.pdp.schedule",
+    "MethodSpec": "pdp_gpt2.pdp.registry", "register_method": "pdp_gpt2.pdp.registry",
+    "load_compressed": "pdp_gpt2.export.compressed",
+    "PruningCallback": "pdp_gpt2.pdp.callback",  # subclasses transformers.TrainerCallback
+}
+_RENAMED = {"register_method": "register"}
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PDPConfig", "Pruner", "attach", "soft_mask", "hard_mask", "threshold", "sparsity_report",
-    "sparsity_at", "MaskAwareAdamW", "UsageError", "__version__", "load_compressed",
-    "PruningCallback", "PruningSchedule", "tau_at", "KernelOptions",
-]
+__all__ = [*_API, "__version__"]
 
 
 def __getattr__(name: str):
-    # PruningCallback subclasses transformers.TrainerCallback: imported on first use, so
-    # `import pdp_gpt2` stays light for code that never builds a Trainer.
-    if name == "PruningCallback":
-        from pdp_gpt2.pdp.callback import PruningCallback
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pdp_gpt2' has no attribute {name!r}")
+    import importlib
 
-        return PruningCallback
-    raise AttributeError(f"module 'pdp_gpt2' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_API])

@@ -1,4 +1,4 @@
-"""The one entry point: ``attach(model, method, config)`` -> a mask driver, and the method registry.
+"""The one entry point: ``attach(model, method, config)`` -> a mask driver (methods: pdp/registry.py).
 
 ``attach`` puts the method's parametrization on every target weight.
 Side effects worth knowing (they are torch.nn.utils.parametrize's):
@@ -9,7 +9,7 @@ HF model whose state_dict keys equal a fresh model's; ``remove`` is the inverse
 of ``attach`` that restores the dense weights untouched.
 
 Adding a method is one :class:`~pdp_gpt2.pdp.driver.MaskDriver` subclass and one
-line in :data:`METHODS` (docs/architecture.md shows a toy).
+:class:`~pdp_gpt2.pdp.registry.MethodSpec` (pdp/registry.py; docs/architecture.md shows a toy).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.baselines import GMP, Magnitude, Wanda
+from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.driver import MaskDriver, global_budgets  # noqa: F401  (re-exported)
 from pdp_gpt2.pdp.fused import KernelOptions
@@ -53,20 +53,9 @@ class Pruner(MaskDriver):
             self.mask_of(t).tau = float(tau)
 
 
-# The method registry: name -> driver class (None: no masks, plain fine-tuning).
-# Adding a method = one MaskDriver subclass + one line here.
-METHODS: dict[str, type[MaskDriver] | None] = {
-    "pdp": Pruner,
-    "dense": None,
-    "magnitude": Magnitude,
-    "gmp": GMP,
-    "wanda": Wanda,
-}
-
-
 def method_description(method: str) -> str:
     """One line about a registered method, for people (model cards, reports)."""
-    cls = METHODS[method]
+    cls = registry.get(method).driver_class()
     if cls is None:
         return "no pruning: dense fine-tuning only"
     return cls.description or (cls.__doc__ or method).strip().splitlines()[0]
@@ -86,13 +75,15 @@ def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig 
         if config is not None:
             raise TypeError("attach(model, config) or attach(model, method, config), not both configs")
         method, config = "pdp", method
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    try:
+        spec = registry.get(method)
+    except KeyError:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(registry.names())}") from None
     if config is None:
         config = PDPConfig(**overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
-    driver_cls = METHODS[method]
+    driver_cls = spec.driver_class()
     if driver_cls is None:
         return None
     targets = find_targets(model, config.targets)
@@ -100,7 +91,7 @@ def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig 
         if parametrize.is_parametrized(t.module, "weight"):
             raise ValueError(f"{t.name}.weight already has a parametrization (attached twice?)")
     driver = driver_cls(model, config, targets, kernels=kernels)
-    driver.method = method
+    driver.method, driver.spec = method, spec
     driver.prepare(calibration)  # before any mask: the weights are still plain
     if config.allocation == "global":
         driver.budgets = global_budgets({t.name: t.module.weight for t in targets}, config.sparsity)

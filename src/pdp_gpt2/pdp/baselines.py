@@ -2,7 +2,7 @@
 
 The training harness (``train.run`` + ``PruningCallback``) only ever calls
 ``set_sparsity`` / ``step`` / ``stats`` / ``finalize`` / ``state_dict`` on its
-pruner, so a baseline is just another driver (registered in attach.METHODS):
+pruner, so a baseline is just another driver (registered in pdp/registry.py):
 
 * ``magnitude``: one-shot.  At attach the k = floor(r n) smallest |w| of each
   tensor are pruned at the *final* target and the mask is frozen; the schedule's

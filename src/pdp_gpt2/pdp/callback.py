@@ -44,7 +44,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from pdp_gpt2.pdp.attach import METHODS, attach
+from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.attach import attach
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.schedule import SCHEDULES, PruningSchedule
 
@@ -111,8 +112,8 @@ class PruningCallback(TrainerCallback):
                  log_layers: bool = True, calibration: torch.Tensor | None = None, kernels=None):
         if config is not None and not isinstance(config, PDPConfig):
             raise TypeError(f"config must be a PDPConfig, got {type(config).__name__}")
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if method not in registry.names():
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(registry.names())}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
         if ramp_steps is None and not 0.0 <= ramp_fraction <= 1.0:

@@ -1,11 +1,19 @@
 """PDPConfig: every setting of the mask math, validated in ``__post_init__`` so the library
-and the CLI reject bad input in one place, with one clear message."""
+and the CLI reject bad input in one place, with one clear message.
+
+A plain schema: importing it loads no torch (report and sweep read configs without a model
+stack).  Only validating a pattern spec imports the pattern registry (patterns.py), where each
+pattern parses its own spec."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from typing import TYPE_CHECKING
+
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.patterns import Pattern, get_pattern, parse_nm  # noqa: F401  (parse_nm: re-exported)
+
+if TYPE_CHECKING:
+    from pdp_gpt2.pdp.patterns import Pattern
 
 PATTERNS_HELP = "'unstructured', 'row' (whole output neurons), or 'N:M' such as '2:4' (see pdp/patterns.py)"
 
@@ -73,11 +81,13 @@ class PDPConfig:
         if not (0.0 < self.max_layer_sparsity < 1.0):
             raise UsageError(f"max_layer_sparsity must be in (0, 1), got {self.max_layer_sparsity}")
         # The pattern parses its own spec and says which sparsity and allocation it allows.
-        get_pattern(self.pattern).check(self.sparsity, self.allocation)
+        self.mask_pattern.check(self.sparsity, self.allocation)
 
     @property
     def mask_pattern(self) -> Pattern:
         """The :class:`~pdp_gpt2.pdp.patterns.Pattern` that ``pattern`` names."""
+        from pdp_gpt2.pdp.patterns import get_pattern  # the patterns need torch; the schema does not
+
         return get_pattern(self.pattern)
 
     def to_dict(self) -> dict:

@@ -8,6 +8,7 @@ import dataclasses
 import shlex
 from pathlib import Path
 
+from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.attach import method_description  # the registry's one line per method
 from pdp_gpt2.pdp.patterns import get_pattern
 from pdp_gpt2.train.config import PDPConfig, TrainConfig
@@ -31,8 +32,8 @@ def manifest(cfg: TrainConfig, targets, saved: dict, stats: dict | None) -> dict
         "method": cfg.method, "pattern": cfg.pdp.pattern if pruning else None,
         "allocation": cfg.pdp.allocation if pruning else None,
         "sparsity_target": cfg.pdp.sparsity if pruning else 0.0, "sparsity_actual": saved["sparsity"],
-        "tau": cfg.pdp.tau if cfg.method == "pdp" else None,
-        "tau_mode": cfg.pdp.tau_mode if cfg.method == "pdp" else None,
+        "tau": cfg.pdp.tau if registry.get(cfg.method).uses_tau else None,
+        "tau_mode": cfg.pdp.tau_mode if registry.get(cfg.method).uses_tau else None,
         "bits": cfg.pdp.bits if pruning and cfg.pdp.quantize else None,
         "base_model": cfg.model, "dataset": cfg.dataset, "tensors": tensors,
     }

@@ -6,11 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.config import PATTERNS_HELP, PDPConfig, parse_nm  # noqa: F401  (re-exported for the CLI)
-# METHODS: the method registry (name -> mask driver, pdp/attach.py).  pdp: soft masks (the paper);
-# dense: fine-tune only; magnitude / wanda: one-shot hard mask at the target, then frozen; gmp: hard
-# magnitude mask on the same schedule as pdp (see pdp/baselines.py).
-from pdp_gpt2.pdp.attach import METHODS
+from pdp_gpt2.pdp import registry  # method names and capabilities; imports nothing heavy
+from pdp_gpt2.pdp.config import PATTERNS_HELP, PDPConfig  # noqa: F401  (re-exported for the CLI)
 
 
 # transformers' SchedulerType values that run without extra flags: reduce_lr_on_plateau needs an
@@ -28,7 +25,7 @@ class TrainConfig:
     dataset: str = field(default="shakespeare", metadata={"help": "'shakespeare' (bundled), a HF dataset 'name[:config]' such as wikitext:wikitext-2-raw-v1, or local .txt files/globs (comma-separated)"})
     streaming: bool = field(default=False, metadata={"help": "read --dataset (HF or local .txt) as a stream of blocks, never whole in memory; needs --max_steps, and --warmup_epochs then counts fractions of --max_steps (a stream has no epochs)"})
     streaming_eval_tokens: int = field(default=1_000_000, metadata={"help": "with --streaming: evaluate on the first N tokens of the held-out split"})
-    method: str = field(default="pdp", metadata={"help": "pdp (default), dense (fine-tune only), magnitude / wanda (one-shot, mask frozen), gmp (gradual magnitude on --schedule)"})
+    method: str = field(default="pdp", metadata={"help": "pruning method, a name in the method registry (pdp/registry.py; installed plugins too): pdp (default), dense (fine-tune only), magnitude, wanda, gmp, ..."})
     output_dir: str | None = field(default=None, metadata={"help": "where the run is written (default: runs/<run_name>-<time>)"})
     run_name: str | None = field(default=None, metadata={"help": "name of the run (W&B and default output_dir)"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a different run already in --output_dir"})
@@ -68,7 +65,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            (self.method in registry.names(),
+             f"method must be one of {', '.join(registry.names())}, got {self.method!r}"),
             (self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}"),
             (self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 (or -1), got {self.max_steps}"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),

@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 from pdp_gpt2.train import distributed
 
 from pdp_gpt2.train import rundir
+from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
 from pdp_gpt2.train.hf_trainer import BarProgress, MaskHistCallback, RunMetrics
 from pdp_gpt2.train.config import TrainConfig
@@ -148,7 +149,7 @@ def pruning_callback(model, cfg: TrainConfig, ramp: int, kernels=None) -> Prunin
     """The public PruningCallback for cfg.method (dense too: it writes the checkpoints' completion
     marker), attached to ``model`` now: the mask-aware optimizer needs the pruner before Trainer
     exists.  It does not finalize: the run evaluates the soft model first.  ``kernels``: fused.KernelOptions."""
-    calibration = calibration_blocks(cfg) if cfg.method == "wanda" else None
+    calibration = calibration_blocks(cfg) if registry.get(cfg.method).calibration else None
     callback = PruningCallback(cfg.pdp, method=cfg.method, ramp_steps=ramp, schedule=cfg.schedule, finalize=False,
                                log_layers=False, calibration=calibration, kernels=kernels)
     callback.attach(model)

@@ -1,0 +1,138 @@
+"""The method registry: every pruning method by name, with the capabilities it declares.
+
+This module imports nothing heavy (no torch, nothing of the core), so the plain schemas
+(``TrainConfig``), the report and ``sweep`` can ask about methods without loading a
+model stack.  A method's driver class is named, not imported: ``"module:attr"``, loaded
+on first use by :meth:`MethodSpec.driver_class` (a class object works too, for a method
+defined in a notebook or a test).
+
+Everything outside this module asks the spec, never compares a method's name:
+whether it needs calibration data, has trainable state of its own, is soft or hard,
+follows the schedule, whether tau applies, and how a report labels and colours it.
+
+Third-party methods register through the entry-point group ``pdp_gpt2.methods``; each
+entry point names a :class:`MethodSpec` (or a function returning one)::
+
+    # the plugin's pyproject.toml
+    [project.entry-points."pdp_gpt2.methods"]
+    random = "my_plugin.spec:RANDOM"     # RANDOM = MethodSpec("random", driver="my_plugin.driver:RandomMask", ...)
+
+so ``pdp-gpt2 train --method random`` and the subprocesses ``pdp-gpt2 sweep`` starts find
+it.  :func:`names` lists entry points without importing them; a spec is imported when it
+is first asked for.  In one process, :func:`register` adds a spec directly.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+ENTRY_POINT_GROUP = "pdp_gpt2.methods"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A pruning method and what it can do.  The driver owns the masks (pdp/driver.py)."""
+
+    name: str
+    # "module:attr" of the MaskDriver subclass (or the class itself); None: no masks at all (dense)
+    driver: object = None
+    label: str = ""  # how titles and tables name it ("PDP", "GMP"); default: the name
+    colour: str = ""  # its colour in every figure (report/style.py); default: a stable spare colour
+    soft: bool = False  # the mask is differentiable (gradient through it) rather than 0/1
+    gradual: bool = False  # follows the sparsity schedule; False: pruned once at the target
+    uses_tau: bool = False  # tau, its schedule and improved masking apply
+    calibration: bool = False  # needs calibration token blocks before attach (attach(..., calibration=))
+    trainable_state: bool = False  # brings parameters of its own (scores) that the optimizer trains
+    summary: str = ""  # one line for people (model cards, --help)
+    extras: dict = field(default_factory=dict)  # anything else a plugin wants to declare
+
+    @property
+    def prunes(self) -> bool:
+        return self.driver is not None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    def driver_class(self):
+        """The MaskDriver subclass (imported on first call); None for a method without masks."""
+        d = self.driver
+        if d is None or not isinstance(d, str):
+            return d
+        module, _, attr = d.partition(":")
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+_CORE = "pdp_gpt2.pdp"
+BUILTIN: tuple[MethodSpec, ...] = (
+    MethodSpec("pdp", f"{_CORE}.attach:Pruner", label="PDP", colour="#2ca02c", soft=True, gradual=True,
+               uses_tau=True, summary="soft masks from each weight's magnitude (the paper)"),
+    MethodSpec("dense", None, label="dense", colour="#333333", summary="fine-tune only, no pruning"),
+    MethodSpec("magnitude", f"{_CORE}.baselines:Magnitude", label="magnitude", colour="#1f77b4",
+               summary="one-shot |w| at the target, mask frozen"),
+    MethodSpec("gmp", f"{_CORE}.baselines:GMP", label="GMP", colour="#ff7f0e", gradual=True,
+               summary="gradual magnitude pruning on the schedule"),
+    MethodSpec("wanda", f"{_CORE}.baselines:Wanda", label="Wanda", colour="#9467bd", calibration=True,
+               summary="one-shot |w|*||x|| on calibration data, mask frozen"),
+)
+
+_specs: dict[str, MethodSpec] = {s.name: s for s in BUILTIN}
+_plugins_loaded: set[str] = set()
+
+
+def register(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
+    """Add ``spec`` to this process's registry (a plugin's entry point does this for every process)."""
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"register() takes a MethodSpec, got {type(spec).__name__}")
+    if spec.name in _specs and not replace:
+        raise ValueError(f"method {spec.name!r} is already registered (pass replace=True to replace it)")
+    _specs[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a method registered in this process (built-ins cannot be removed)."""
+    if any(s.name == name for s in BUILTIN):
+        raise ValueError(f"{name!r} is a built-in method")
+    _specs.pop(name, None)
+    _plugins_loaded.discard(name)
+
+
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def names() -> list[str]:
+    """Every method name: built-ins, registered in this process, and installed plugins (not imported)."""
+    return list(dict.fromkeys([*_specs, *_entry_points()]))
+
+
+def get(name: str) -> MethodSpec:
+    """The spec of ``name``; a plugin's entry point is loaded on first use.  KeyError if unknown."""
+    if name in _specs:
+        return _specs[name]
+    ep = _entry_points().get(name)
+    if ep is None:
+        raise KeyError(name)
+    spec = ep.load()
+    if callable(spec) and not isinstance(spec, MethodSpec):
+        spec = spec()
+    if not isinstance(spec, MethodSpec) or spec.name != name:
+        raise TypeError(f"entry point {name!r} of group {ENTRY_POINT_GROUP!r} must name a MethodSpec called "
+                        f"{name!r}, got {spec!r}")
+    _plugins_loaded.add(name)
+    return _specs.setdefault(name, spec)
+
+
+def all_specs() -> list[MethodSpec]:
+    """Every method's spec (plugins imported)."""
+    return [get(n) for n in names()]
+
+
+def help_text() -> str:
+    """One line listing the methods, for --method's help."""
+    return "; ".join(f"{s.name}: {s.summary}" if s.summary else s.name for s in all_specs())
