@@ -67,17 +67,34 @@ class _Clock:
         pass
 
 
+def check_context(prompt_tokens: int, max_new_tokens: int, context: int | None) -> None:
+    """Refuse a request that does not fit the model's context (positions past it do not exist:
+    GPT-2 raised an IndexError mid-generation).  Refused rather than capped: the user gets the
+    tokens asked for or is told the most that fits, never silently fewer."""
+    if context is None:  # no fixed context in the config (e.g. some rotary models): nothing to check
+        return
+    if prompt_tokens >= context:
+        raise UsageError(f"--prompt is {prompt_tokens} tokens, which fills the model's context of {context} tokens "
+                         "and leaves no room to generate")
+    if prompt_tokens + max_new_tokens > context:
+        raise UsageError(f"--max_new_tokens {max_new_tokens} plus the prompt's {prompt_tokens} tokens exceed the "
+                         f"model's context of {context} tokens: at most {context - prompt_tokens} new tokens fit")
+
+
 @torch.no_grad()
 def timed_generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, temperature: float = 0.0,
                    seed: int = 0) -> dict:
     """Generate from ``prompt``; {'text', 'new_tokens', 'prompt_tokens', 'prefill_tps', 'decode_tps'}.
 
     Prefill = prompt in, first new token out; decode = every later token.
-    Greedy unless temperature > 0.
+    Greedy unless temperature > 0.  Prompt plus new tokens must fit the model's context.
     """
+    from pdp_gpt2.data.perplexity import context_length
+
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise UsageError("--prompt is empty after tokenization")
+    check_context(int(ids.shape[1]), max_new_tokens, context_length(model.config))
     torch.manual_seed(seed)
     clock = _Clock()
     sample = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
