@@ -1,28 +1,10 @@
-"""Shared fixtures: tiny models built from configs (no downloads, milliseconds to build)."""
+"""Shared fixtures: tiny models built from configs (no downloads, milliseconds to build).
+The plain functions behind them live in helpers.py (importable from every test folder)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-
-def tiny_gpt2(seed: int = 0, n_layer: int = 2, n_embd: int = 64, vocab: int = 128, n_positions: int = 64):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, vocab_size=vocab, n_positions=n_positions,
-                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def tiny_llama(seed: int = 0):
-    """A Linear-based decoder (Llama-style: q/k/v/o + gate/up/down projections)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                      bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
+from helpers import tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
 
 
 @pytest.fixture
@@ -35,45 +17,12 @@ def llama():
     return tiny_llama()
 
 
-# ---- a tiny saved model + corpus for CLI tests ---------------------------------------
-
-CORPUS_LINES = [
-    "the quick brown fox jumps over the lazy dog and the dog sleeps in the sun",
-    "to be or not to be that is the question whether tis nobler in the mind",
-    "all the world is a stage and all the men and women merely players",
-    "now is the winter of our discontent made glorious summer by this sun",
-]
-
-
-def _write_corpus(path, n_lines: int = 600, seed: int = 0):
-    import random
-
-    rnd = random.Random(seed)
-    lines = []
-    for _ in range(n_lines):
-        words = rnd.choice(CORPUS_LINES).split()
-        k = rnd.randint(4, len(words))
-        lines.append(" ".join(words[:k]))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _tiny_tokenizer(texts):
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
-
-
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """(model_dir, corpus_file): a 2-layer GPT-2 + its BPE tokenizer, and a small text file."""
     root = tmp_path_factory.mktemp("tiny")
-    corpus = _write_corpus(root / "corpus.txt")
-    tok = _tiny_tokenizer([corpus.read_text()])
+    corpus = write_corpus(root / "corpus.txt")
+    tok = tiny_tokenizer([corpus.read_text()])
     model = tiny_gpt2(vocab=len(tok), n_positions=64)
     model.config.eos_token_id = model.config.bos_token_id = tok.eos_token_id
     model_dir = root / "model"

@@ -15,7 +15,7 @@ from pdp_gpt2.pdp.driver import MaskDriver
 from pdp_gpt2.pdp.patterns import PATTERNS, Pattern, get_pattern
 from pdp_gpt2.train.config import TrainConfig
 
-from conftest import tiny_gpt2
+from helpers import ROOT, tiny_gpt2
 
 
 # ---- the toys: exactly what docs/architecture.md shows ------------------------------------------
@@ -184,9 +184,8 @@ def test_dense_is_no_driver():
 def test_the_toys_in_docs_architecture_run():
     """docs/architecture.md's two snippets, executed as written: one class + one registry line each."""
     import re
-    from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    text = (ROOT / "docs" / "architecture.md").read_text()
     section = text.split("## Extension points", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 2

@@ -13,7 +13,7 @@ from pdp_gpt2.pdp.baselines import HardMask, keep_from_scores, wanda_scores
 from pdp_gpt2.pdp.patterns import get_pattern
 from pdp_gpt2.pdp.targets import find_targets
 
-from conftest import tiny_gpt2
+from helpers import tiny_gpt2
 
 
 # ---- hand-computed masks ------------------------------------------------------------------

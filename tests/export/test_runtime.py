@@ -18,7 +18,7 @@ from pdp_gpt2.export.sparse import SparseLinear, decode_weight_bytes, max_sparse
 from pdp_gpt2.export.writer import export
 from pdp_gpt2.pdp.targets import find_targets
 
-from conftest import tiny_gpt2, tiny_llama
+from helpers import ROOT, tiny_gpt2, tiny_llama
 
 MAKERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 # One density per rule row, cycled over the layers: sparse at every row count, <=64, <=16, decode only, dense.
@@ -170,9 +170,8 @@ def test_cli_generate_prints_same_text_for_both_runtimes(tmp_path, tiny_assets, 
 def test_inference_benchmark_runs_tiny_and_writes_json(tmp_path, capsys):
     import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    path = ROOT / "benchmarks" / "inference.py"
     spec = importlib.util.spec_from_file_location("inference_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

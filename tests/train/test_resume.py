@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from safetensors.torch import load_file
 from pdp_gpt2.train import rundir
 from pdp_gpt2.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,8 @@ def _wait_for(predicate, proc, timeout=180.0):
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("extra", [pytest.param((), id="in_memory"),
-                                   pytest.param(("--streaming",), marks=pytest.mark.slow, id="streaming")])
+@pytest.mark.slow  # a training process killed and a second one resumed, both in fresh interpreters
+@pytest.mark.parametrize("extra", [pytest.param((), id="in_memory"), pytest.param(("--streaming",), id="streaming")])
 def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, dropout_model, extra):
     model, corpus = dropout_model
     a, b = tmp_path / "a", tmp_path / "b"

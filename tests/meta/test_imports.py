@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import ROOT
+
+SRC = ROOT / "src"
 PKG = SRC / "pdp_gpt2"
 
 # Which parts of pdp_gpt2 each part may import (a prefix allows the module and everything under it).

@@ -8,7 +8,7 @@ import pdp_gpt2
 from pdp_gpt2 import PDPConfig, UsageError
 from pdp_gpt2.pdp.optim import MaskAwareAdamW
 
-from conftest import tiny_gpt2, tiny_llama
+from helpers import tiny_gpt2, tiny_llama
 
 GPT2_KINDS = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
 

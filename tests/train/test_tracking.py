@@ -3,11 +3,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def _argv(tiny_assets, out, *extra):
@@ -23,6 +22,7 @@ def _env(tmp_path):
     return env
 
 
+@pytest.mark.slow  # a training run in a fresh interpreter
 def test_wandb_without_key_goes_offline_and_does_not_block(tmp_path, tiny_assets):
     pytest.importorskip("wandb")
     out = tmp_path / "run"
@@ -35,6 +35,7 @@ def test_wandb_without_key_goes_offline_and_does_not_block(tmp_path, tiny_assets
     assert json.loads((out / "summary.json").read_text())["train_steps"] == 2
 
 
+@pytest.mark.slow  # a training run in a fresh interpreter (sys.modules must start empty)
 def test_wandb_not_imported_without_flag(tmp_path, tiny_assets):
     out = tmp_path / "run"
     code = (f"import sys; from pdp_gpt2.cli import main; rc = main({_argv(tiny_assets, out)!r}); "

@@ -15,7 +15,7 @@ from pdp_gpt2.report import sweep
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TESTS
 
 
 def _train_parser():
@@ -44,7 +44,7 @@ def test_shipped_sweep_config_is_wandb_format_and_names_only_train_flags():
         assert 0.005 <= cfg.pdp.tau <= 0.2 and 1e-4 <= cfg.learning_rate <= 2e-3
 
 
-SCHEMA_DIR = Path(__file__).resolve().parent / "wandb_sweep_schema"
+SCHEMA_DIR = TESTS / "wandb_sweep_schema"
 
 
 def _wandb_schema_errors(config: dict) -> list[str]:

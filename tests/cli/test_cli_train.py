@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from pdp_gpt2.cli import main
 
+from helpers import ROOT
+
 
 def _train(tmp_path, tiny_assets, *extra):
     model_dir, corpus = tiny_assets
@@ -45,6 +47,7 @@ def test_train_end_to_end_writes_contract(tmp_path, tiny_assets):
     assert "transformer.h.1.mlp.c_proj" in (out / "layers.md").read_text()
 
 
+@pytest.mark.slow  # a training run in a fresh interpreter
 def test_main_py_accepts_original_flags(tmp_path, tiny_assets):
     model_dir, corpus = tiny_assets
     out = tmp_path / "orig"
@@ -55,7 +58,7 @@ def test_main_py_accepts_original_flags(tmp_path, tiny_assets):
            "--lr_warmup_steps", "1", "--max_grad_norm", "1.0", "--log_interval", "1", "--warmup_epochs", "0.1",
            "--run_name", "compat"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+                       cwd=str(ROOT))
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["config"]["pdp"]["improved_masking"] and s["config"]["pdp"]["quantize"] and s["config"]["custom_optimizer"]

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
@@ -13,9 +12,10 @@ from pdp_gpt2.train import rundir
 from pdp_gpt2.cli import main
 from pdp_gpt2.train.distributed import DIGEST_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
+@pytest.mark.slow  # multi-process (torchrun, 2 ranks)
 def test_two_ranks_compute_identical_masks_and_rank0_writes(tmp_path, tiny_assets):
     model_dir, corpus = tiny_assets
     out, digests = tmp_path / "run", tmp_path / "digests"

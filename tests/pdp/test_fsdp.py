@@ -2,7 +2,7 @@
 to the full-tensor functions, and a pruning loop on a fully_shard-ed model matches the full weight.
 
 Each test launches this same file under torchrun (``python -m torch.distributed.run ...
-tests/test_fsdp.py <case> <out_dir>``); every rank checks its own results and writes
+tests/pdp/test_fsdp.py <case> <out_dir>``); every rank checks its own results and writes
 ``ok<rank>.json``, so a failing rank shows up as a traceback in the returned stderr.
 """
 from __future__ import annotations
@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TESTS
+
 HERE = Path(__file__).resolve()
 
 
 def launch(case: str, out: Path, nproc: int = 2, timeout: int = 240) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(HERE), case, str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -32,6 +33,7 @@ def launch(case: str, out: Path, nproc: int = 2, timeout: int = 240) -> list[dic
 # ---- the tests (parent side) -------------------------------------------------------------
 
 
+@pytest.mark.slow  # multi-process (torchrun, 2 ranks)
 def test_sharded_selection_is_bit_identical_to_full_tensor_functions(tmp_path):
     res = launch("selection", tmp_path)
     assert res[0]["checked"] == res[1]["checked"] > 300  # every comparison ran on both ranks
@@ -62,7 +64,7 @@ def test_fsdp_on_one_rank_gives_the_plain_run_s_final_weights(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_killed_after_a_checkpoint_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE), "resume_first", str(tmp_path)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -219,7 +221,7 @@ def _reference(driver, t, full, prev_keep):
 
 
 def _setup(model_kind: str, method: str, allocation: str, pattern: str, shard: bool, seed: int = 0):
-    from conftest import tiny_gpt2, tiny_llama
+    from helpers import tiny_gpt2, tiny_llama
 
     from pdp_gpt2.pdp.attach import attach
     from pdp_gpt2.train.distributed import shard_model
@@ -361,7 +363,7 @@ def _grads(out: Path) -> None:
         x = batches[0]
         pd.remove()
         sd.remove()  # under FSDP the masks stay but become the identity: the dense model again
-        from conftest import tiny_gpt2, tiny_llama
+        from helpers import tiny_gpt2, tiny_llama
 
         dense = (tiny_gpt2 if combo[0] == "gpt2" else tiny_llama)(seed=0)  # no step was taken: the init
         with torch.no_grad():

@@ -16,7 +16,7 @@ from pdp_gpt2.export import nm24
 from pdp_gpt2.cli import main
 from pdp_gpt2.export.writer import export, pick_bits, quant_bits_hint
 
-from conftest import tiny_gpt2, tiny_llama
+from helpers import ROOT, tiny_gpt2, tiny_llama
 
 MAKERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 
@@ -199,9 +199,8 @@ def test_size_ratio_comes_from_the_files(tmp_path):
 def test_reader_in_format_md_decodes_the_same_tensors(tmp_path):
     """docs/format.md's numpy-only reader is the spec: it must agree with the writer."""
     import re
-    from pathlib import Path
 
-    doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
+    doc = (ROOT / "docs" / "format.md").read_text()
     ns = {}
     exec(re.findall(r"```python\n(.*?)```", doc, re.S)[-1], ns)
     cases = [("compressed", {"sparsity": 0.9}), ("compressed", {"sparsity": 0.9, "quantize": True, "bits": 3}),

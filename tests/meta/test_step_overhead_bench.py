@@ -2,7 +2,6 @@
 library, so the before/after table in docs/performance.md compares like with like."""
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import pdp_gpt2
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from conftest import CORPUS_LINES, _tiny_tokenizer
+from helpers import CORPUS_LINES, tiny_tokenizer
 from pdp_gpt2.data import streaming as S
 from pdp_gpt2.cli import main
 from pdp_gpt2.data.sources import load_split_texts, token_stream, tokenize_and_group
@@ -34,7 +34,7 @@ def _whitespace_corpus(path, n_lines, seed=0):
 @pytest.fixture(scope="module")
 def ws_corpus(tmp_path_factory):
     path = _whitespace_corpus(tmp_path_factory.mktemp("ws") / "ws.txt", 3000)
-    tok = _tiny_tokenizer([path.read_text()])
+    tok = tiny_tokenizer([path.read_text()])
     assert "ĊĊ" in tok.get_vocab() and "ĠĠ" in tok.get_vocab()  # merges that a bad cut would split
     return path, tok
 
@@ -127,17 +127,24 @@ def test_hf_stream_joins_line_per_row_datasets(monkeypatch):
     assert _docs(S.pieces("wikitext:raw", "test")) == ["".join(rows[:5])]  # one document, as wikitext is read
 
 
-def test_cli_streaming_run_and_its_errors(tmp_path, tiny_assets, capsys):
+def _streaming_argv(tiny_assets, out):
     model_dir, corpus = tiny_assets
-    out = tmp_path / "run"
-    base = ["train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
+    return ["train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
             "--batch_size", "4", "--max_length", "32", "--progress", "false", "--streaming"]
-    assert main(base) == 2
+
+
+def test_cli_streaming_without_max_steps_is_one_line(tmp_path, tiny_assets, capsys):
+    out = tmp_path / "run"
+    assert main(_streaming_argv(tiny_assets, out)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--streaming needs --max_steps" in err and not out.exists()
 
-    assert main(base + ["--max_steps", "4", "--warmup_epochs", "0.5", "--sparsity", "0.5",
-                        "--streaming_eval_tokens", "300", "--log_interval", "1"]) == 0
+
+@pytest.mark.slow  # an end-to-end training run (~3 s)
+def test_cli_streaming_run(tmp_path, tiny_assets):
+    out = tmp_path / "run"
+    assert main(_streaming_argv(tiny_assets, out) + ["--max_steps", "4", "--warmup_epochs", "0.5", "--sparsity", "0.5",
+                                                      "--streaming_eval_tokens", "300", "--log_interval", "1"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["train_steps"] == 4 and s["ramp_steps"] == 2 and s["eval_tokens"] == 300
     assert s["sparsity_actual"] == pytest.approx(0.5, abs=1e-3)

@@ -14,7 +14,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_llama
+from helpers import tiny_gpt2, tiny_llama
 from torch import nn
 
 import pdp_gpt2
@@ -56,6 +56,7 @@ def test_gradients_are_bit_identical_to_keeping_the_masked_weight(build, cfg):
     assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref))
 
 
+@pytest.mark.slow  # torch.compile: ~20 s of compilation on a 2-core machine
 def test_compiled_kernels_recompute_bit_identically():
     model = tiny_gpt2()
     ref, _ = _grads(model, KernelOptions(recompute=False, compile_min_numel=1024))

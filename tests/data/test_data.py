@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.train.pretrain import train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 TEXT = ("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
         "Rough winds do shake the darling buds of May,\nAnd summer's lease hath all too short a date.\n")
 
@@ -220,7 +220,7 @@ def test_window_and_stride_defaults_and_errors():
 
 
 def test_evaluate_split_is_the_sliding_window_perplexity_of_the_split(tmp_path, tok):
-    from conftest import tiny_gpt2, tiny_llama
+    from helpers import tiny_gpt2, tiny_llama
     from pdp_gpt2.data.perplexity import context_length, evaluate_split, perplexity, pick_device
 
     f = tmp_path / "a.txt"

@@ -1,8 +1,7 @@
 """The README's first two bash blocks are what CI runs (.ci/run extracts them): keep them right."""
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def bash_blocks():

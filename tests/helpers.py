@@ -1,0 +1,64 @@
+"""Helpers for the tests in every subfolder (``from helpers import tiny_gpt2``): tiny models built
+from configs (no downloads, milliseconds to build), a small corpus and its BPE tokenizer.
+``tests/`` is on sys.path through pyproject's ``pythonpath``, so any test folder can import this."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent  # the repository root (README.md, docs/, benchmarks/)
+
+
+def tiny_gpt2(seed: int = 0, n_layer: int = 2, n_embd: int = 64, vocab: int = 128, n_positions: int = 64):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, vocab_size=vocab, n_positions=n_positions,
+                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_llama(seed: int = 0):
+    """A Linear-based decoder (Llama-style: q/k/v/o + gate/up/down projections)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+# ---- a tiny saved model + corpus for CLI tests ---------------------------------------
+
+CORPUS_LINES = [
+    "the quick brown fox jumps over the lazy dog and the dog sleeps in the sun",
+    "to be or not to be that is the question whether tis nobler in the mind",
+    "all the world is a stage and all the men and women merely players",
+    "now is the winter of our discontent made glorious summer by this sun",
+]
+
+
+def write_corpus(path, n_lines: int = 600, seed: int = 0):
+    import random
+
+    rnd = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        words = rnd.choice(CORPUS_LINES).split()
+        k = rnd.randint(4, len(words))
+        lines.append(" ".join(words[:k]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_tokenizer(texts):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>")
