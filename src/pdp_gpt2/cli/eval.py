@@ -6,6 +6,7 @@ export directory (detected by its model.pdp.safetensors), or a hub id.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from pdp_gpt2.data.sources import DEFAULT_DATASET, DEFAULT_MODEL, SPLITS
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or a HF dataset NAME[:CONFIG] (default: %(default)s)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="which split to score (default: %(default)s)")
     parser.add_argument("--max_length", type=int, default=0,
-                        help="window length in tokens (default: 0 = the model's n_positions)")
+                        help="window length in tokens; the split must hold at least one window, a shorter one "
+                             "is refused (default: 0 = the model's n_positions)")
     parser.add_argument("--stride", type=int, default=0,
                         help="tokens between window starts; smaller = more context per scored token, slower "
                              "(default: 0 = half the window)")
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be positive, got {args.batch_size}")
+    check_writable(args.json or (Path("lm_eval.json") if args.tasks is not None else None))
     device = pick_device(args.device)
     if args.runtime == "sparse" and device.type != "cpu":
         raise UsageError("--runtime sparse runs on the CPU; pass --device cpu")
@@ -87,3 +90,20 @@ def _run_tasks(args: argparse.Namespace, model, tokenizer) -> int:
     print(markdown_table(result))
     print(f"lm-eval results: {out}")
     return 0
+
+
+def check_writable(path: Path | None) -> None:
+    """UsageError now, before the evaluation, if ``--json`` cannot be written later: a directory
+    there, a file where a parent directory should be, or a parent we may not write into
+    (missing parents are fine: the result's writer creates them)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--json {path} is a directory; give a file name (e.g. {path / 'eval.json'})")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--json {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--json {path}: {parent} is not writable")

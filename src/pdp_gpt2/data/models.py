@@ -66,21 +66,67 @@ def check_safetensors(model_dir: Path) -> None:
             raise UsageError(f"cannot load model from {model_dir}: {why}")
 
 
+MASKED_KEY = ".parametrizations."  # torch.nn.utils.parametrize's state_dict keys: masks still attached
+CHECKPOINT_STATE = "pdp_state.json"  # pdp/callback.py's STATE_FILE (data/ may not import pdp/)
+
+
+def _safetensors_keys(f: Path) -> list[str]:
+    """The tensor names in a .safetensors header (its JSON only, no tensor data)."""
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        return [k for k in json.loads(fh.read(n).decode("utf-8")) if k != "__metadata__"]
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """UsageError for a local directory that would load wrong or unsafely, before anything loads.
+
+    A training checkpoint (``checkpoint-N/``) holds the weights with their PDP masks still
+    attached (keys ``...parametrizations.weight.original``) and no tokenizer: transformers
+    would load it with random weights where the masked ones are, and an empty tokenizer.
+    Pickled weights (``pytorch_model.bin``) are refused because unpickling can run code.
+    """
+    check_safetensors(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    masked = any(MASKED_KEY in k for f in files for k in _safetensors_keys(f))
+    if masked or (model_dir / CHECKPOINT_STATE).is_file():
+        run, final = model_dir.parent, model_dir.parent / "final"
+        use = f"use the finished model in {final}" if (final / "config.json").is_file() else \
+            f"finish the run (`pdp-gpt2 train --output_dir {run} --resume`) and use {final}"
+        what = "PDP masks still attached" if masked else "saved for --resume"
+        raise UsageError(f"{model_dir} is a training checkpoint ({what}), not a finished model: {use}")
+    pickled = sorted(p.name for p in model_dir.glob("pytorch_model*.bin"))
+    if not files and pickled:
+        raise UsageError(f"{model_dir} has only pickled weights ({pickled[0]}); pdp-gpt2 loads safetensors only, "
+                         "because unpickling a file can run code: convert it where you trust its source "
+                         "(from_pretrained, then save_pretrained(dir, safe_serialization=True))")
+
+
+def check_tokenizer(tokenizer, where) -> None:
+    """UsageError for a tokenizer with no vocabulary: transformers builds one from a directory without
+    tokenizer files, and it turns any text into a few special tokens (a perplexity "over 1 tokens")."""
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise UsageError(f"{where} has no tokenizer (no vocabulary besides special tokens): add the tokenizer files "
+                         "of the model it was trained from (tokenizer.json, or vocab.json + merges.txt)")
+
+
 def load_model_and_tokenizer(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)`` for a spec; the model is in eval mode on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve_model_path(spec)
-    # Prefer safetensors whenever the directory has them (no pickle loading);
+    if isinstance(where, Path):
+        check_model_dir(where)
+    # A local directory loads safetensors only (checked above: no pickle loading);
     # for hub ids transformers already prefers them when the repo offers both.
     safetensors = True if isinstance(where, Path) and any(where.glob("*.safetensors")) else None
-    if safetensors:
-        check_safetensors(where)
     try:
         with offline_unless_reachable():
             tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+            check_tokenizer(tokenizer, where)
             model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=safetensors,
                                                          trust_remote_code=False)
+    except UsageError:
+        raise
     except (OSError, ValueError) as e:
         if isinstance(where, Path):
             raise UsageError(f"cannot load model from {where}: {str(e).splitlines()[0]}") from None

@@ -159,6 +159,11 @@ def evaluate_split(model, tokenizer, dataset: str, split: str, *, max_length: in
     ids = token_stream(tokenizer, load_split_texts(dataset, split))
     if len(ids) < 2:
         raise UsageError(f"the {split} split of {dataset!r} has fewer than 2 tokens")
+    if len(ids) < window:
+        # Not one full window: a number over a handful of tokens is noise (an empty tokenizer once
+        # gave "perplexity 2990070 over 1 tokens", exit 0).  A shorter --max_length is explicit.
+        raise UsageError(f"the {split} split of {dataset!r} has {len(ids)} tokens, fewer than one window of {window}: "
+                         f"too few for a perplexity; pass a larger split or --max_length {len(ids)} or less")
     result = perplexity(model, ids, window=window, stride=stride, batch_size=batch_size, progress=progress,
                         desc=f"eval {split}")
     return {**result, "dataset": dataset, "split": split, "window": window, "stride": stride}
