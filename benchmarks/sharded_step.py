@@ -6,7 +6,7 @@ Run under torchrun (gloo on CPU, NCCL on GPUs)::
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 benchmarks/sharded_step.py --steps 30
 
 Each rank holds two copies of the same model with PDP attached: one wrapped in DDP, one
-fully_shard-ed (each transformer block, then the root; train.distributed.shard_model).
+fully_shard-ed (each transformer block, then the root; pdp_gpt2.fsdp.shard_model).
 After a warm-up they take training steps in alternating order (A B, B A, ...) so drift of a
 shared machine hits both alike; a step is forward, backward, AdamW, zero_grad and
 ``pruner.step()`` (thresholds: local under DDP, all-reduced histograms under FSDP).  Prints
@@ -47,7 +47,7 @@ def main() -> None:
 
     from pdp_gpt2.pdp import sharded
     from pdp_gpt2.pdp.attach import attach
-    from pdp_gpt2.train.distributed import shard_model
+    from pdp_gpt2.fsdp import shard_model
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank()

@@ -27,6 +27,7 @@ _API = {
     "MethodSpec": "pdp_gpt2.pdp.registry", "register_method": "pdp_gpt2.pdp.registry",
     "load_compressed": "pdp_gpt2.export.compressed",
     "PruningCallback": "pdp_gpt2.pdp.callback",  # subclasses transformers.TrainerCallback
+    **dict.fromkeys(("shard_model", "gather_plain_model", "save_sharded", "load_sharded"), "pdp_gpt2.fsdp"),
 }
 _RENAMED = {"register_method": "register"}
 

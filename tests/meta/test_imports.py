@@ -27,11 +27,13 @@ ALLOWED = {
     # report reads run outputs; of the training side only the plain dataclass schemas of those files
     "report": ("pdp_gpt2.report", "pdp_gpt2.pdp.config", "pdp_gpt2.train.config", "pdp_gpt2.errors",
                "pdp_gpt2.atomic"),
+    # FSDP2 for your own loop: library code on top of the core, below every app layer
+    "fsdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
     "cli": ("pdp_gpt2",),
     "atomic": (),
     "errors": (),
     # `import pdp_gpt2` is the public API: the core, the loader, errors; never the training or app code.
-    "__init__": ("pdp_gpt2.pdp", "pdp_gpt2.export", "pdp_gpt2.errors"),
+    "__init__": ("pdp_gpt2.pdp", "pdp_gpt2.fsdp", "pdp_gpt2.export", "pdp_gpt2.errors"),
     "__main__": ("pdp_gpt2.cli",),
 }
 SUBPACKAGES = ("pdp", "data", "train", "export", "report", "cli")

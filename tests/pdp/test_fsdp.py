@@ -224,7 +224,7 @@ def _setup(model_kind: str, method: str, allocation: str, pattern: str, shard: b
     from helpers import tiny_gpt2, tiny_llama
 
     from pdp_gpt2.pdp.attach import attach
-    from pdp_gpt2.train.distributed import shard_model
+    from pdp_gpt2.fsdp import shard_model
 
     model = (tiny_gpt2 if model_kind == "gpt2" else tiny_llama)(seed=seed).train()
     final = 0.5 if pattern == "2:4" else 0.75
@@ -300,7 +300,7 @@ def _loop(out: Path) -> None:
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
 
-    from pdp_gpt2.train.distributed import gather_plain_model
+    from pdp_gpt2.fsdp import gather_plain_model
 
     rank, world = dist.get_rank(), dist.get_world_size()
     report = {}
@@ -375,7 +375,7 @@ def _grads(out: Path) -> None:
 
 def _one_rank(out: Path) -> None:
     """FSDP on one rank trains and finalizes to the same weights as the plain model, bit for bit."""
-    from pdp_gpt2.train.distributed import gather_plain_model
+    from pdp_gpt2.fsdp import gather_plain_model
 
     report = {}
     for combo in [("gpt2", "pdp", "layer", "unstructured"), ("llama", "gmp", "global", "unstructured")]:
@@ -399,7 +399,7 @@ def _resume_first(out: Path) -> None:
     """Steps 1..4, a checkpoint, then the processes end at once (os._exit: no teardown)."""
     import torch.distributed as dist
 
-    from pdp_gpt2.train.distributed import save_sharded
+    from pdp_gpt2.fsdp import save_sharded
 
     seen = {}
     for combo in RESUME_COMBOS:
@@ -417,7 +417,7 @@ def _resume_second(out: Path) -> None:
     checkpoint and finishes; both end with the same weights, bit for bit."""
     import torch.distributed as dist
 
-    from pdp_gpt2.train.distributed import gather_plain_model, load_sharded
+    from pdp_gpt2.fsdp import gather_plain_model, load_sharded
 
     rank = dist.get_rank()
     seen = json.loads((out / f"first{rank}.json").read_text())

@@ -30,7 +30,7 @@ Lifecycle, mapped on Trainer's events:
 
 Distributed: every rank attaches and computes the same thresholds from the same weights
 (DDP keeps them equal); inside Trainer, sharded training (FSDP, DeepSpeed ZeRO-3) is not supported;
-FSDP2 works in your own loop (attach first, then train.distributed.shard_model: README).
+FSDP2 works in your own loop (attach first, then :func:`pdp_gpt2.fsdp.shard_model`: README).
 """
 from __future__ import annotations
 
