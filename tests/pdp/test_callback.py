@@ -128,19 +128,19 @@ def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, name):
 def test_install_puts_the_metrics_in_front_of_reporting_integrations(tmp_path):
     """report_to integrations run before user callbacks: a recorder in their place sees no pruning
     metrics from callbacks=[...], and sees them all once the callback is installed first."""
-    cfg = pdp_gpt2.PDPConfig(sparsity=0.5)
+    cfg = pdp_gpt2.PDPConfig(sparsity=0.5)  # a 2-step run: its ramp is at most 2 steps (a longer one is refused)
     early = Recorder()
     t = Trainer(model=model_with_dropout(), args=targs(tmp_path / "x", 2), train_dataset=Blocks(),
-                callbacks=[early, pdp_gpt2.PruningCallback(cfg, ramp_steps=RAMP)])
+                callbacks=[early, pdp_gpt2.PruningCallback(cfg, ramp_steps=2)])
     t.train()
     assert early.logs and not any("sparsity" in r for r in early.logs)
 
     early = Recorder()
     t = Trainer(model=model_with_dropout(), args=targs(tmp_path / "y", 2), train_dataset=Blocks(), callbacks=[early])
-    cb = pdp_gpt2.PruningCallback(cfg, ramp_steps=RAMP).install(t)
+    cb = pdp_gpt2.PruningCallback(cfg, ramp_steps=2).install(t)
     assert t.callback_handler.callbacks[0] is cb
     t.train()
-    assert [r["sparsity"] for r in early.logs] == [pdp_gpt2.sparsity_at("cubic", s, 0.5, RAMP) for s in (1, 2)]
+    assert [r["sparsity"] for r in early.logs] == [pdp_gpt2.sparsity_at("cubic", s, 0.5, 2) for s in (1, 2)]
     assert all("tau" in r and "band" in r for r in early.logs)
 
 

@@ -101,7 +101,8 @@ class PruningCallback(TrainerCallback):
     ``config``: the :class:`PDPConfig` (target sparsity, tau and its schedule, pattern, ...).
     ``method``: a name in the method registry (pdp/attach.py): ``pdp``, a baseline (``gmp``,
     ``magnitude``, ``wanda`` with ``calibration`` token blocks), or ``dense`` (no masks; checkpoints
-    still get their pdp_state.json).  ``ramp_steps`` (default ``ramp_fraction`` of the run's optimizer steps) and
+    still get their pdp_state.json).  ``ramp_steps`` (default ``ramp_fraction`` of the run's optimizer steps;
+    more than the run has is a ValueError when training begins, before the first step) and
     ``schedule`` (``cubic`` or ``linear``) shape the sparsity ramp; tau anneals after it.
     ``finalize=False`` leaves the masks on at the end (call :meth:`finalize` yourself).
     ``log_layers``: also log each target's hard sparsity and band.
@@ -118,6 +119,8 @@ class PruningCallback(TrainerCallback):
             raise ValueError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
         if ramp_steps is None and not 0.0 <= ramp_fraction <= 1.0:
             raise ValueError(f"ramp_fraction must be in [0, 1], got {ramp_fraction}")
+        if ramp_steps is not None and ramp_steps < 0:  # one longer than the run is refused at on_train_begin
+            raise ValueError(f"ramp_steps must be >= 0, got {ramp_steps}")
         self.config = config or PDPConfig()
         self.method, self.ramp_steps, self.ramp_fraction, self.kind = method, ramp_steps, ramp_fraction, schedule
         self.finalize_at_end, self.log_layers, self.calibration = finalize, log_layers, calibration

@@ -20,7 +20,7 @@ PATTERNS_HELP = "'unstructured', 'row' (whole output neurons), or 'N:M' such as 
 
 @dataclass
 class PDPConfig:
-    sparsity: float = field(default=0.9, metadata={"help": "target fraction of zeros among target weights, in [0, 1)"})
+    sparsity: float = field(default=0.9, metadata={"help": "target fraction of zeros among target weights, in [0, 1), at most max_layer_sparsity"})
     # Defaults from the benchmark (docs/results.md): a wide band (tau 0.1, |w|/t in ~[0.84, 1.14])
     # while the sparsity ramps, annealed geometrically to tau/100 over the recovery phase, so the
     # model that ships (hard zeros) keeps what the soft masks found: lower perplexity than a
@@ -54,7 +54,7 @@ class PDPConfig:
         metadata={"help": "module-name glob patterns to prune; default: every Linear/Conv1D inside the repeated blocks"},
     )
     max_layer_sparsity: float = field(
-        default=0.99, metadata={"help": "cap on any one tensor's sparsity under global allocation"}
+        default=0.99, metadata={"help": "cap on every tensor's sparsity, under both allocations; a sparsity above it is refused (raise this, < 1, for more)"}
     )
 
     def __post_init__(self) -> None:
@@ -80,6 +80,9 @@ class PDPConfig:
             raise UsageError(f"bits must be an integer in 2..8, got {self.bits}")
         if not (0.0 < self.max_layer_sparsity < 1.0):
             raise UsageError(f"max_layer_sparsity must be in (0, 1), got {self.max_layer_sparsity}")
+        if self.sparsity > self.max_layer_sparsity:  # every tensor stops at the cap: the target is out of reach
+            raise UsageError(f"sparsity {self.sparsity} exceeds max_layer_sparsity {self.max_layer_sparsity}, the cap "
+                             "on every tensor; raise max_layer_sparsity (< 1) to prune that far")
         # The pattern parses its own spec and says which sparsity and allocation it allows.
         self.mask_pattern.check(self.sparsity, self.allocation)
 

@@ -79,8 +79,8 @@ class PruningSchedule:
             sched.step()                # sparsity, tau and thresholds follow the updated weights
         pruner.finalize()               # exact zeros, plain model
 
-    ``ramp_steps`` (default ``round(ramp_fraction * total_steps)``): steps over which the
-    sparsity rises from 0 to ``pruner.config.sparsity``.  The tau schedule comes from
+    ``ramp_steps`` (default ``round(ramp_fraction * total_steps)``, at most ``total_steps``): steps
+    over which the sparsity rises from 0 to ``pruner.config.sparsity``.  The tau schedule comes from
     ``pruner.config`` (``tau``, ``tau_schedule``, ``tau_final``) unless given here; its window
     is [``tau_start``, ``tau_end``], by default [ramp end, ``total_steps``].
     Construction moves the pruner to ``start_step`` (0: no sparsity yet).  Checkpoint
@@ -100,6 +100,11 @@ class PruningSchedule:
             ramp_steps = round(ramp_fraction * total_steps)
         if ramp_steps < 0:
             raise ValueError(f"ramp_steps must be >= 0, got {ramp_steps}")
+        if ramp_steps > total_steps:
+            # The sparsity would stop short of its target when the run ends, and finalize would
+            # bake in that lower value (10 of 100 cubic steps: 0.24 for a 0.9 target).
+            raise ValueError(f"ramp_steps {ramp_steps} is longer than the run (total_steps {total_steps}): the "
+                             f"sparsity would not reach its target; use ramp_steps <= {total_steps}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
         cfg = pruner.config

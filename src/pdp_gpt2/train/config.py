@@ -36,7 +36,7 @@ class TrainConfig:
     num_epochs: float = field(default=0.5, metadata={"help": "training epochs over the train split, fractions allowed (ignored if --max_steps > 0)"})
     max_steps: int = field(default=-1, metadata={"help": "total optimizer steps; overrides --num_epochs when > 0"})
     warmup_epochs: float = field(default=0.25, metadata={"help": "sparsity ramps from 0 to --sparsity over this many epochs; the rest of training recovers at the target"})
-    warmup_steps: int | None = field(default=None, metadata={"help": "sparsity ramp length in optimizer steps (overrides --warmup_epochs)"})
+    warmup_steps: int | None = field(default=None, metadata={"help": "sparsity ramp length in optimizer steps, at most --max_steps (overrides --warmup_epochs)"})
     schedule: str = field(default="cubic", metadata={"help": "sparsity ramp shape: linear (original tool) or cubic (Zhu & Gupta)"})
     # optimization
     batch_size: int = field(default=8, metadata={"help": "sequences per device per micro-batch"})
@@ -71,6 +71,10 @@ class TrainConfig:
             (self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 (or -1), got {self.max_steps}"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            # A ramp past the last step would leave the run short of its target (pdp/schedule.py).
+            (self.warmup_steps is None or self.max_steps <= 0 or self.warmup_steps <= self.max_steps,
+             f"--warmup_steps {self.warmup_steps} is longer than the run (--max_steps {self.max_steps}): the "
+             f"sparsity would not reach its target; use at most {self.max_steps}"),
             (self.schedule in ("linear", "cubic"), f"schedule must be linear or cubic, got {self.schedule!r}"),
             (self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}"),
             (self.gradient_accumulation_steps > 0, f"gradient_accumulation_steps must be > 0, got {self.gradient_accumulation_steps}"),

@@ -94,15 +94,23 @@ def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dic
     }
 
 
+def comparable(target: float, actual: float, least: int = 4, most: int = 8) -> tuple[str, str]:
+    """Both numbers with the same decimals, as many as the target needs to be shown exactly (4 to 8):
+    a target of 0.99999 printed as "1.000" next to an actual 0.9900 hid the difference."""
+    digits = next((d for d in range(least, most + 1) if round(target, d) == target), most)
+    return f"{target:.{digits}f}", f"{actual:.{digits}f}"
+
+
 def print_table(s: dict) -> None:
     def f(x):
         return "-" if x is None else f"{x:.2f}"
 
+    target, actual = comparable(s["sparsity_target"], s["sparsity_actual"])
     lines = [
         f"pdp-gpt2: {s['method']} on {s['model']} / {s['dataset']} ({s['train_steps']} steps, {s['train_seconds']:.0f} s)",
         f"  perplexity ({s['eval_split']})   dense {f(s['perplexity_dense'])}   soft {f(s['perplexity_soft'])}"
         f"   pruned {f(s['perplexity'])}",
-        f"  sparsity           target {s['sparsity_target']:.3f}   actual {s['sparsity_actual']:.4f}"
+        f"  sparsity           target {target}   actual {actual}"
         f" ({s['target_weights']:,} target weights, counted in the saved files)",
         f"  checkpoint         {s['final_dir']}",
     ]
