@@ -167,13 +167,13 @@ def shipped_variant() -> str | None:
 def run_all(batches: list[tuple[Path, list[tuple[str, dict]]]], jobs: int) -> list[list[dict]]:
     """Run every (out_dir, runs) batch, ``jobs`` runs at a time across all batches; return each
     batch's rows (its sweep.csv)."""
-    from pdp_gpt2.report.sweep import run_trials
+    from pdp_gpt2.train.sweep import run_trials
 
     os.environ["OMP_NUM_THREADS"] = "1"  # one thread per run: `jobs` runs share the cores without contention
     if jobs > 1:  # run in parallel first; the sequential pass below then only collects (all cached)
         items = [(out, r) for out, runs in batches for r in runs]
 
-        from pdp_gpt2.report.sweep import _finished_with
+        from pdp_gpt2.train.sweep import _finished_with
 
         def one(item):
             out, (name, params) = item

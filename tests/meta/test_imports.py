@@ -7,7 +7,10 @@ the ones that run when a module is first imported.
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,9 +27,8 @@ ALLOWED = {
     "data": ("pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
     "train": ("pdp_gpt2.train", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
     "export": ("pdp_gpt2.export", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
-    # report reads run outputs; of the training side only the plain dataclass schemas of those files
-    "report": ("pdp_gpt2.report", "pdp_gpt2.pdp.config", "pdp_gpt2.train.config", "pdp_gpt2.errors",
-               "pdp_gpt2.atomic"),
+    # report reads run outputs (files); it imports nothing of the core or of training
+    "report": ("pdp_gpt2.report", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
     # FSDP2 for your own loop: library code on top of the core, below every app layer
     "fsdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
     "cli": ("pdp_gpt2",),
@@ -111,12 +113,50 @@ def test_the_walker_sees_function_level_and_relative_imports(tmp_path, monkeypat
     assert imports_of("pdp_gpt2.pdp.x") == [("pdp_gpt2.pdp.mask", 2, True), ("pdp_gpt2.pdp.param", 3, True),
                                             ("pdp_gpt2.data.sources", 5, False), ("pdp_gpt2.train.run", 7, True)]
     assert not _allowed("pdp", "pdp_gpt2.data.sources") and _allowed("pdp", "pdp_gpt2.pdp.mask")
-    assert _allowed("report", "pdp_gpt2.train.config") and not _allowed("report", "pdp_gpt2.train.run")
+    assert not _allowed("report", "pdp_gpt2.train.config") and not _allowed("report", "pdp_gpt2.train.run")
 
 
 def test_no_forbidden_import_edges():
     bad = forbidden_edges()
     assert not bad, "imports that break the walls (docs/architecture.md):\n  " + "\n  ".join(bad)
+
+
+def test_a_report_module_importing_training_is_caught(tmp_path, monkeypatch):
+    """The wall the sweep runner used to break: report -> train, at the top or inside a function."""
+    fake = tmp_path / "leak.py"
+    fake.write_text("from pdp_gpt2.report import plots\nfrom pdp_gpt2.train.config import TrainConfig\n"
+                    "def f():\n    from pdp_gpt2.train import run\n")
+    monkeypatch.setitem(MODULES, "pdp_gpt2.report.leak", fake)
+    assert [e for e in forbidden_edges() if e.startswith("pdp_gpt2.report.leak ")] == [
+        "pdp_gpt2.report.leak (line 2) imports pdp_gpt2.train.config",
+        "pdp_gpt2.report.leak (line 4) imports pdp_gpt2.train.run"]
+
+
+# ---- transitive: what importing a module really loads (ast cannot see through other packages) ----
+
+# The plain schemas (report, sweeps and the CLI's --help read them) and the package itself.
+TORCH_FREE = ("pdp_gpt2", "pdp_gpt2.pdp.config", "pdp_gpt2.train.config", "pdp_gpt2.pdp.registry")
+
+
+def heavy_modules_loaded_by(module: str, path: Path | None = None) -> list[str]:
+    """Which of torch / transformers a fresh interpreter has loaded after ``import module``."""
+    code = (f"import importlib, sys; importlib.import_module({module!r}); "
+            "print(' '.join(m for m in ('torch', 'transformers') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(path or ""), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.split()
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_schema_modules_load_no_torch(module):
+    assert heavy_modules_loaded_by(module) == []
+
+
+def test_a_schema_that_loads_torch_is_caught(tmp_path):
+    """The check above sees through imports: a schema that reaches into the core loads torch."""
+    (tmp_path / "leaky_schema.py").write_text("import dataclasses\nfrom pdp_gpt2.pdp.attach import attach\n")
+    assert "torch" in heavy_modules_loaded_by("leaky_schema", tmp_path)
 
 
 def test_nothing_outside_the_cli_imports_it():

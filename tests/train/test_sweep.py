@@ -11,7 +11,7 @@ import yaml
 
 from pdp_gpt2.cli import train as cli_train
 
-from pdp_gpt2.report import sweep
+from pdp_gpt2.train import sweep
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
 

@@ -1,4 +1,4 @@
-"""`pdp-gpt2 sweep`: run a W&B sweep file locally (see pdp_gpt2.report.sweep)."""
+"""`pdp-gpt2 sweep`: run a W&B sweep file locally (see pdp_gpt2.train.sweep)."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str], max_steps: int | None) -> dict:
-    from pdp_gpt2.report.sweep import train_flags
+    from pdp_gpt2.train.sweep import train_flags
 
     out = {}
     for item in items:
@@ -44,7 +44,7 @@ def parse_overrides(items: list[str], max_steps: int | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pdp_gpt2.report import sweep
+    from pdp_gpt2.train import sweep
 
     if args.count is not None and args.count <= 0:
         raise UsageError(f"--count must be > 0, got {args.count}")

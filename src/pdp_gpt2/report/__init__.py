@@ -1,7 +1,6 @@
-"""Report, plots and the sweep runner. Reads run outputs (files) only; sweeps start
-`pdp-gpt2 train` as subprocesses.
+"""Report, plots and slides. Reads run outputs (files) only: summary.json, metrics.jsonl,
+sweep.csv; the sweep runner that writes sweep.csv runs training, so it lives in train/.
 
-Import rule: may import ``pdp_gpt2.errors``, ``pdp_gpt2.atomic``, ``pdp_gpt2.pdp.config``
-and ``pdp_gpt2.train.config`` (plain dataclasses: the schema of a run's files), and
-``pdp_gpt2.report.*``; never the training code, export or cli.
+Import rule: may import ``pdp_gpt2.errors``, ``pdp_gpt2.atomic`` and ``pdp_gpt2.report.*``;
+never the core, the training code, export or cli.
 """
