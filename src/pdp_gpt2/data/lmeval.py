@@ -12,6 +12,7 @@ It lives in data/ next to perplexity so both `pdp-gpt2 eval` and a training run
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -68,22 +69,38 @@ def split_tasks(tasks: str | list[str]) -> tuple[list[str], list[str], bool]:
     return list(dict.fromkeys(names)), list(dict.fromkeys(include)), registry
 
 
+@functools.lru_cache(maxsize=4)
+def _task_manager(include: tuple[str, ...], registry: bool):
+    """lm-eval's task index, built once per process: a run checks its task names before training
+    and evaluates after it, and indexing lm-eval's own ~10k task YAMLs takes half a minute."""
+    from lm_eval.tasks import TaskManager
+
+    # Skip lm-eval's own tasks when only local ones run.
+    return TaskManager(include_path=list(include) or None, include_defaults=registry)
+
+
+def resolve_tasks(tasks: str | list[str]):
+    """(task names, include paths, lm-eval TaskManager), or a UsageError for a missing extra or an
+    unknown name.  Cheap enough to call before any work (training, model load) and again after."""
+    require_lm_eval()
+    names, include, registry = split_tasks(tasks)
+    manager = _task_manager(tuple(include), registry)
+    unknown = [n for n in names if n not in manager.all_tasks]
+    if unknown:
+        raise UsageError(f"unknown lm-eval task(s): {', '.join(unknown)} (names as in `lm-eval ls tasks`, "
+                         "or paths to task YAML files/folders)")
+    return names, include, manager
+
+
 def evaluate_tasks(model, tokenizer, tasks: str | list[str], *, batch_size: int = 8, num_fewshot: int | None = None,
                    limit: float | None = None, max_length: int | None = None, bootstrap_iters: int = 1000,
                    seed: int = 0) -> dict:
     """Run lm-eval tasks on an in-memory model; {'results', 'versions', 'n-shot', 'n-samples', 'tasks', ...}."""
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
-    names, include, registry = split_tasks(tasks)
-    # Indexing lm-eval's own ~10k task YAMLs takes half a minute; skip it when only local tasks run.
-    manager = TaskManager(include_path=include or None, include_defaults=registry)
-    unknown = [n for n in names if n not in manager.all_tasks]
-    if unknown:
-        raise UsageError(f"unknown lm-eval task(s): {', '.join(unknown)} (names as in `lm-eval ls tasks`, "
-                         "or paths to task YAML files/folders)")
+    names, include, manager = resolve_tasks(tasks)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     try:
         import datasets  # noqa: F401  (imported first so offline_unless_reachable can patch its flag)

@@ -54,7 +54,7 @@ class TrainConfig:
     eval_split: str = field(default="test", metadata={"help": "held-out split for the reported perplexities: validation or test"})
     eval_stride: int | None = field(default=None, metadata={"help": "sliding-window stride (default: half of --max_length)"})
     eval_batch_size: int = field(default=16, metadata={"help": "windows per evaluation batch"})
-    eval_tasks: str | None = field(default=None, metadata={"help": "after pruning, also run lm-evaluation-harness tasks on final/ (comma-separated names or task YAML paths, as `pdp-gpt2 eval --tasks`); scores go into summary.json and lm_eval.json; needs pip install -e '.[eval]'"})
+    eval_tasks: str | None = field(default=None, metadata={"help": "after pruning, also run lm-evaluation-harness tasks on final/ (comma-separated names or task YAML paths, as `pdp-gpt2 eval --tasks`); scores go into summary.json and lm_eval.json; the names are checked before training starts; needs pip install -e '.[eval]'"})
     # logging / checkpoints
     log_interval: int = field(default=10, metadata={"help": "optimizer steps between metrics.jsonl lines"})
     save_steps: int = field(default=0, metadata={"help": "save a checkpoint-<step> every N steps (0: only at the end of interrupted runs)"})
