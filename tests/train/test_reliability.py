@@ -122,7 +122,7 @@ def test_lock_is_taken_before_the_first_write_and_released_at_exit(setup, tmp_pa
         real(path, obj)
 
     monkeypatch.setattr(rundir, "atomic_write_json", spy)
-    assert main(argv(model, corpus, out, "--max_steps", "1", "--save_steps", "0")) == 0
+    assert main(argv(model, corpus, out, "--max_steps", "1", "--warmup_steps", "1", "--save_steps", "0")) == 0
     assert seen and all(locked for _, locked in seen), seen
     assert not (out / rundir.LOCK_FILE).exists() and (out / "summary.json").is_file()
 
@@ -133,7 +133,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(setup, tmp_path, capsys):
     out.mkdir()
     # What a SIGKILLed run leaves: the lock file, but no process holding its flock.
     (out / rundir.LOCK_FILE).write_text(json.dumps({"pid": 2 ** 22 + 1, "host": runlock.hostname()}))
-    assert main(argv(model, corpus, out, "--max_steps", "1", "--save_steps", "0")) == 0
+    assert main(argv(model, corpus, out, "--max_steps", "1", "--warmup_steps", "1", "--save_steps", "0")) == 0
     assert "stale lock" in capsys.readouterr().err
     assert (out / "summary.json").is_file() and not (out / rundir.LOCK_FILE).exists()
 
@@ -441,7 +441,7 @@ def test_disk_full_at_summary_leaves_no_finished_looking_final(setup, tmp_path, 
     monkeypatch.setattr(summary, "atomic_write_json",
                         lambda p, obj: _enospc(p) if Path(p).name == "summary.json" else real(p, obj))
     capsys.readouterr()
-    assert main(argv(model, corpus, out, "--save_steps", "0", "--max_steps", "1")) == 2
+    assert main(argv(model, corpus, out, "--save_steps", "0", "--max_steps", "1", "--warmup_steps", "1")) == 2
     assert str(out / "summary.json") in one_line(capsys)
     assert not (out / "final").exists() and (out / "final.incomplete" / "model.safetensors").is_file()
 
