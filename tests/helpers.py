@@ -62,3 +62,32 @@ def tiny_tokenizer(texts):
     bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                    unk_token="<|endoftext|>")
+
+
+# ---- shared by tests in several folders ------------------------------------------------------
+
+def train_tiny(tmp_path, tiny_assets, *extra):
+    """`pdp-gpt2 train` for 12 steps on the tiny assets (ramp 6, log every 2): (exit status, run dir)."""
+    from pdp_gpt2.cli import main
+
+    model_dir, corpus = tiny_assets
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
+            "--max_steps", "12", "--warmup_steps", "6", "--batch_size", "4", "--max_length", "32",
+            "--log_interval", "2", "--progress", "false", "--lr_warmup_steps", "0", *extra]
+    return main(argv), out
+
+
+def pruned_copy(src, dst, sparsity=0.9):
+    """The model in src with 90% of each block weight set to exact zeros (smallest magnitudes), saved to dst."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pdp_gpt2.pdp.targets import find_targets
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    for t in find_targets(model):
+        w = t.module.weight.data
+        w.view(-1)[w.abs().view(-1).argsort()[: int(w.numel() * sparsity)]] = 0
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst

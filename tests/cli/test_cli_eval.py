@@ -12,6 +12,8 @@ from pdp_gpt2.cli import main
 from pdp_gpt2.data.sources import EMBEDDED_MODEL_DIR, load_split_texts, token_stream
 from pdp_gpt2.train.pretrain import train_tokenizer
 
+from helpers import pruned_copy
+
 LINES = [f"Line {i}: to be, or not to be, that is the question {i % 7}.\n" for i in range(200)]
 
 
@@ -98,25 +100,10 @@ def test_embedded_model_loads_in_plain_transformers_and_reproduces_its_record():
     assert r["perplexity"] < record["eval"]["test"]["unigram_perplexity"] / 2
 
 
-def _pruned_copy(src, dst, sparsity=0.9):
-    """The model in src with 90% of each block weight set to exact zeros (smallest magnitudes), saved to dst."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pdp_gpt2.pdp.targets import find_targets
-
-    model = AutoModelForCausalLM.from_pretrained(src)
-    for t in find_targets(model):
-        w = t.module.weight.data
-        w.view(-1)[w.abs().view(-1).argsort()[: int(w.numel() * sparsity)]] = 0
-    model.save_pretrained(dst)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    return dst
-
-
 def test_eval_reads_a_compressed_export_in_both_runtimes(tiny_model_dir, tmp_path):
     from pdp_gpt2.export.writer import export
 
-    src = _pruned_copy(tiny_model_dir / "model", tmp_path / "final")
+    src = pruned_copy(tiny_model_dir / "model", tmp_path / "final")
     export(src, tmp_path / "exported")
     corpus = str(tiny_model_dir / "corpus.txt")
     results = {}

@@ -8,22 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pdp_gpt2.cli import main
-
-from helpers import ROOT
-
-
-def _train(tmp_path, tiny_assets, *extra):
-    model_dir, corpus = tiny_assets
-    out = tmp_path / "run"
-    argv = ["train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
-            "--max_steps", "12", "--warmup_steps", "6", "--batch_size", "4", "--max_length", "32",
-            "--log_interval", "2", "--progress", "false", "--lr_warmup_steps", "0", *extra]
-    return main(argv), out
+from helpers import ROOT, train_tiny
 
 
 def test_train_end_to_end_writes_contract(tmp_path, tiny_assets):
-    rc, out = _train(tmp_path, tiny_assets, "--sparsity", "0.75", "--tau", "0.02")
+    rc, out = train_tiny(tmp_path, tiny_assets, "--sparsity", "0.75", "--tau", "0.02")
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     for key in ("method", "model", "dataset", "sparsity_target", "sparsity_actual", "perplexity",
@@ -66,13 +55,13 @@ def test_main_py_accepts_original_flags(tmp_path, tiny_assets):
 
 
 def test_dense_method_has_no_zeros(tmp_path, tiny_assets):
-    rc, out = _train(tmp_path, tiny_assets, "--method", "dense")
+    rc, out = train_tiny(tmp_path, tiny_assets, "--method", "dense")
     s = json.loads((out / "summary.json").read_text())
     assert rc == 0 and s["sparsity_actual"] == 0.0 and s["perplexity_soft"] is None
 
 
 def test_gradient_accumulation_refreshes_once_per_optimizer_step(tmp_path, tiny_assets):
-    rc, out = _train(tmp_path, tiny_assets, "--gradient_accumulation_steps", "2", "--sparsity", "0.5")
+    rc, out = train_tiny(tmp_path, tiny_assets, "--gradient_accumulation_steps", "2", "--sparsity", "0.5")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rc == 0 and lines[-1]["step"] == 12  # steps count optimizer steps, not micro-batches
 
@@ -88,7 +77,7 @@ def test_trainer_uses_fused_adamw_on_cpu(tmp_path):
 
 
 def test_progress_bar_carries_the_loss_instead_of_printed_dicts(tmp_path, tiny_assets, capsys):
-    rc, out = _train(tmp_path, tiny_assets, "--progress", "true")
+    rc, out = train_tiny(tmp_path, tiny_assets, "--progress", "true")
     assert rc == 0
     cap = capsys.readouterr()
     both = cap.out + cap.err

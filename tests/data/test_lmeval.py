@@ -122,13 +122,13 @@ def test_offline_tasks_on_embedded_model_match_our_code(tmp_path, capsys, monkey
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_LM_EVAL, reason='lm_eval not installed (pip install -e ".[eval]")')
 def test_tasks_on_a_compressed_export_agree_across_runtimes(tmp_path, tiny_assets, monkeypatch):
-    from test_cli_eval import _pruned_copy
+    from helpers import pruned_copy
 
     from pdp_gpt2.export.writer import export
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model_dir, corpus = tiny_assets
-    export(_pruned_copy(model_dir, tmp_path / "final"), tmp_path / "exported")
+    export(pruned_copy(model_dir, tmp_path / "final"), tmp_path / "exported")
     docs = [line for line in corpus.read_text().splitlines()[:6] if line.strip()]
     questions = [{"question": "the quick brown", "choices": ["fox", "sun"], "label": 0}]
     _write_tasks(tmp_path / "tasks", docs, questions)
@@ -148,13 +148,13 @@ def test_tasks_on_a_compressed_export_agree_across_runtimes(tmp_path, tiny_asset
 def test_train_eval_tasks_puts_the_scores_in_summary(tmp_path, tiny_assets, monkeypatch):
     """`train --eval_tasks` scores final/ after pruning: summary.json carries the same numbers that
     `pdp-gpt2 eval --tasks` gives on the saved final/ (the in-memory model is the saved one)."""
-    from test_cli_train import _train
+    from helpers import train_tiny
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     _, corpus = tiny_assets
     docs = [line for line in corpus.read_text().splitlines()[:6] if line.strip()]
     _write_tasks(tmp_path / "tasks", docs, [{"question": "the quick brown", "choices": ["fox", "sun"], "label": 0}])
-    rc, out = _train(tmp_path, tiny_assets, "--sparsity", "0.5", "--eval_tasks", str(tmp_path / "tasks"))
+    rc, out = train_tiny(tmp_path, tiny_assets, "--sparsity", "0.5", "--eval_tasks", str(tmp_path / "tasks"))
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (out / "lm_eval.json").is_file()

@@ -470,11 +470,11 @@ def test_resume_from_a_named_damaged_checkpoint_is_one_line(setup, tmp_path, cap
 @pytest.mark.parametrize("errno_, text", [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left")])
 def test_export_out_that_cannot_be_written_is_one_line(tiny_assets, tmp_path, capsys, monkeypatch, errno_, text):
     """export --out on a read-only filesystem (or a full disk): one line, exit 2, no partial directory."""
-    from test_cli_eval import _pruned_copy
+    from helpers import pruned_copy
 
     from pdp_gpt2.export import writer
 
-    final = _pruned_copy(tiny_assets[0], tmp_path / "final")
+    final = pruned_copy(tiny_assets[0], tmp_path / "final")
     real = writer.tempfile.mkdtemp
 
     def refuse(*a, **k):  # root ignores permissions, so simulate the filesystem's answer
