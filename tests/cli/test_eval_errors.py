@@ -127,3 +127,14 @@ def test_json_in_a_new_directory_is_written(capsys, eval_argv, tmp_path):
     out = tmp_path / "new" / "sub" / "r.json"
     assert main(eval_argv + ["--json", str(out)]) == 0
     assert json.loads(out.read_text())["tokens"] > 64
+
+
+def test_export_without_tokenizer_is_refused(capsys, eval_argv, tmp_path):
+    import pdp_gpt2
+    from helpers import tiny_gpt2
+
+    model = tiny_gpt2()
+    pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=0.5)).finalize()
+    model.save_pretrained(tmp_path / "pruned")  # weights only: an export made from it has no tokenizer
+    assert main(["export", str(tmp_path / "pruned"), "--out", str(tmp_path / "exp")]) == 0
+    _refused(capsys, eval_argv[:2] + [str(tmp_path / "exp")] + eval_argv[3:], str(tmp_path / "exp"), "tokenizer")

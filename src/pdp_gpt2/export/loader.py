@@ -35,7 +35,7 @@ def load_for_inference(spec: str, runtime: str = "dense", dtype: torch.dtype = t
     """(model in eval mode on the CPU, tokenizer, kind) for any model argument; see the module docstring."""
     from transformers import AutoTokenizer
 
-    from pdp_gpt2.data.models import load_model_and_tokenizer
+    from pdp_gpt2.data.models import check_tokenizer, load_model_and_tokenizer
     from pdp_gpt2.export.sparse import sparsify
 
     if runtime not in RUNTIMES:
@@ -47,6 +47,7 @@ def load_for_inference(spec: str, runtime: str = "dense", dtype: torch.dtype = t
             tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise UsageError(f"{where}: no usable tokenizer next to the export ({str(e).splitlines()[0]})") from None
+        check_tokenizer(tokenizer, where)  # an export of a directory without one: transformers builds an empty one
         return model, tokenizer, kind
     model, tokenizer = load_model_and_tokenizer(str(where), dtype=dtype)
     if runtime == "sparse":
