@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from pdp_gpt2.train import rundir
+from pdp_gpt2.train import checkpoint
+from pdp_gpt2.train.metrics_log import MetricsLog
 from pdp_gpt2.cli import main
 from pdp_gpt2.train.guard import DivergedError, Interrupted, RunGuard
 
@@ -29,11 +30,11 @@ def test_huge_learning_rate_stops_with_exit_3_and_keeps_the_last_good_checkpoint
     assert step >= 2  # step 1 starts from the pretrained weights; its update is what blows up
     good = out / f"checkpoint-{step - 1}"
     assert f"the last good checkpoint is {good}" in err
-    assert [p.name for p in rundir.checkpoints(out)] == [f"checkpoint-{s}" for s in range(1, step)]
-    assert rundir.is_complete(good)
+    assert [p.name for p in checkpoint.checkpoints(out)] == [f"checkpoint-{s}" for s in range(1, step)]
+    assert checkpoint.is_complete(good)
     assert all(torch.isfinite(w).all() for w in load_file(good / "model.safetensors").values())
     assert not (out / "final").exists() and not (out / "summary.json").exists()
-    logged = rundir.MetricsLog(out / "metrics.jsonl").read()  # the diverged step is not logged
+    logged = MetricsLog(out / "metrics.jsonl").read()  # the diverged step is not logged
     assert [r["step"] for r in logged] == list(range(1, step)) and all(math.isfinite(r["loss"]) for r in logged)
 
 

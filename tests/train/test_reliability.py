@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from pdp_gpt2.cli import main
-from pdp_gpt2.train import rundir, runlock
+from pdp_gpt2.train import checkpoint, disk_errors, rundir, runlock
+from pdp_gpt2.train.metrics_log import MetricsLog
 
 TIME_FIELDS = ("train_seconds", "finished_at", "final_dir")
 
@@ -62,7 +63,7 @@ def same_result(a: Path, b: Path) -> None:
             s.pop(k)
         s["config"].pop("output_dir"), s["config"].pop("resume")
     assert sa == sb
-    assert rundir.MetricsLog(a / "metrics.jsonl").read() == rundir.MetricsLog(b / "metrics.jsonl").read()
+    assert MetricsLog(a / "metrics.jsonl").read() == MetricsLog(b / "metrics.jsonl").read()
 
 
 def one_line(capsys) -> str:
@@ -78,7 +79,7 @@ def test_resume_from_the_final_checkpoint_trains_no_step(setup, tmp_path):
     model, corpus, ref = setup
     run = killed_copy(ref, tmp_path / "run")
     assert main(argv(model, corpus, run, "--resume")) == 0
-    assert [rundir.step_of(p) for p in rundir.checkpoints(run)] == [2, 4]  # no checkpoint-5
+    assert [checkpoint.step_of(p) for p in checkpoint.checkpoints(run)] == [2, 4]  # no checkpoint-5
     assert json.loads((run / "summary.json").read_text())["train_steps"] == 4
     same_result(ref, run)
 
@@ -107,7 +108,7 @@ def test_second_run_into_a_locked_directory_is_refused(setup, tmp_path, capsys):
         assert main(argv(model, corpus, out)) == 2
         err = one_line(capsys)
         assert "locked" in err and f"pid {__import__('os').getpid()}" in err
-        assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK_FILE]  # nothing written
+        assert sorted(p.name for p in out.iterdir()) == [runlock.LOCK_FILE]  # nothing written
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -115,16 +116,18 @@ def test_lock_is_taken_before_the_first_write_and_released_at_exit(setup, tmp_pa
     model, corpus, _ = setup
     out = tmp_path / "run"
     seen = []
-    real = rundir.atomic_write_json
+    from pdp_gpt2.train import run as train_run  # the run's own files: run_config.json, dense_eval.json
+
+    real = train_run.atomic_write_json
 
     def spy(path, obj):
-        seen.append((Path(path).name, (out / rundir.LOCK_FILE).is_file()))
+        seen.append((Path(path).name, (out / runlock.LOCK_FILE).is_file()))
         real(path, obj)
 
-    monkeypatch.setattr(rundir, "atomic_write_json", spy)
+    monkeypatch.setattr(train_run, "atomic_write_json", spy)
     assert main(argv(model, corpus, out, "--max_steps", "1", "--warmup_steps", "1", "--save_steps", "0")) == 0
     assert seen and all(locked for _, locked in seen), seen
-    assert not (out / rundir.LOCK_FILE).exists() and (out / "summary.json").is_file()
+    assert not (out / runlock.LOCK_FILE).exists() and (out / "summary.json").is_file()
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(setup, tmp_path, capsys):
@@ -132,17 +135,17 @@ def test_stale_lock_of_a_dead_process_is_taken_over(setup, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     # What a SIGKILLed run leaves: the lock file, but no process holding its flock.
-    (out / rundir.LOCK_FILE).write_text(json.dumps({"pid": 2 ** 22 + 1, "host": runlock.hostname()}))
+    (out / runlock.LOCK_FILE).write_text(json.dumps({"pid": 2 ** 22 + 1, "host": runlock.hostname()}))
     assert main(argv(model, corpus, out, "--max_steps", "1", "--warmup_steps", "1", "--save_steps", "0")) == 0
     assert "stale lock" in capsys.readouterr().err
-    assert (out / "summary.json").is_file() and not (out / rundir.LOCK_FILE).exists()
+    assert (out / "summary.json").is_file() and not (out / runlock.LOCK_FILE).exists()
 
 
 def test_stale_lock_without_flock_is_reported_with_how_to_clear_it(setup, tmp_path, capsys, monkeypatch):
     model, corpus, _ = setup
     out = tmp_path / "run"
     out.mkdir()
-    lock = out / rundir.LOCK_FILE
+    lock = out / runlock.LOCK_FILE
     lock.write_text(json.dumps({"pid": 2 ** 22 + 1, "host": runlock.hostname()}))
 
     def no_flock(fd, op):
@@ -153,7 +156,7 @@ def test_stale_lock_without_flock_is_reported_with_how_to_clear_it(setup, tmp_pa
     assert main(argv(model, corpus, out)) == 2
     err = one_line(capsys)
     assert "stale" in err and str(2 ** 22 + 1) in err and f"rm {lock}" in err
-    assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [runlock.LOCK_FILE]
 
 
 # ---- 3. checkpoint validation and fallback --------------------------------------------------------
@@ -169,15 +172,15 @@ DAMAGES = {
     "truncated_optimizer": lambda c: _truncate(c / "optimizer.pt"),
     "empty_rng_state": lambda c: (c / "rng_state.pth").write_bytes(b""),
     "malformed_trainer_state": lambda c: (c / "trainer_state.json").write_text('{"global_step": 4,'),
-    "malformed_pdp_state": lambda c: (c / rundir.PDP_STATE).write_text("{"),
+    "malformed_pdp_state": lambda c: (c / checkpoint.PDP_STATE).write_text("{"),
 }
 
 
 def test_checkpoint_records_its_file_sizes(setup):
     _, _, ref = setup
-    for ckpt in rundir.checkpoints(ref):
-        sizes = json.loads((ckpt / rundir.PDP_STATE).read_text())[rundir.FILE_SIZES]
-        on_disk = {p.name: p.stat().st_size for p in ckpt.iterdir() if p.name != rundir.PDP_STATE}
+    for ckpt in checkpoint.checkpoints(ref):
+        sizes = json.loads((ckpt / checkpoint.PDP_STATE).read_text())[checkpoint.FILE_SIZES]
+        on_disk = {p.name: p.stat().st_size for p in ckpt.iterdir() if p.name != checkpoint.PDP_STATE}
         assert sizes == on_disk and "model.safetensors" in sizes and "optimizer.pt" in sizes
 
 
@@ -352,13 +355,13 @@ def test_disk_full_while_writing_final_is_one_line_and_not_finished(setup, tmp_p
     err = one_line(capsys)
     assert "No space left" in err and "model.safetensors" in err
     assert not (out / "summary.json").exists() and not (out / "final").exists()
-    assert not (out / rundir.LOCK_FILE).exists()
+    assert not (out / runlock.LOCK_FILE).exists()
 
 
 def test_disk_full_while_logging_is_one_line(setup, tmp_path, capsys, monkeypatch):
     model, corpus, _ = setup
     out = tmp_path / "run"
-    monkeypatch.setattr(rundir.MetricsLog, "write", lambda self, record: _enospc(self.path))
+    monkeypatch.setattr(MetricsLog, "write", lambda self, record: _enospc(self.path))
     capsys.readouterr()
     assert main(argv(model, corpus, out)) == 2
     err = one_line(capsys)
@@ -426,10 +429,10 @@ def test_disk_full_behind_torch_saves_opaque_error_is_recognized(tmp_path, monke
     # torch.save on a full disk raises RuntimeError("... unexpected pos 576 vs 534"), no errno:
     # the free space of the run directory tells what happened.
     err = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
-    assert runlock.disk_error(err, tmp_path) is None  # plenty of space here: an ordinary bug
-    monkeypatch.setattr(runlock.shutil, "disk_usage", lambda p: SimpleNamespace(total=10, used=10, free=0))
-    assert "No space left on device" in str(runlock.disk_error(err, tmp_path))
-    assert runlock.disk_error(ValueError("unrelated"), tmp_path) is None
+    assert disk_errors.disk_error(err, tmp_path) is None  # plenty of space here: an ordinary bug
+    monkeypatch.setattr(disk_errors.shutil, "disk_usage", lambda p: SimpleNamespace(total=10, used=10, free=0))
+    assert "No space left on device" in str(disk_errors.disk_error(err, tmp_path))
+    assert disk_errors.disk_error(ValueError("unrelated"), tmp_path) is None
 
 
 def test_disk_full_at_summary_leaves_no_finished_looking_final(setup, tmp_path, capsys, monkeypatch):

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pdp_gpt2.train import rundir
+from pdp_gpt2.train import checkpoint
+from pdp_gpt2.train.metrics_log import MetricsLog
 from pdp_gpt2.cli import main
 
 from helpers import ROOT
@@ -59,17 +60,17 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, dropout
     proc = subprocess.Popen([sys.executable, "-m", "pdp_gpt2.cli", *_argv(model, corpus, b, *extra)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: rundir.checkpoints(b, complete_only=True), proc)
+        _wait_for(lambda: checkpoint.checkpoints(b, complete_only=True), proc)
         proc.kill()  # SIGKILL: no handler runs, nothing is flushed or cleaned up
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (b / "summary.json").exists() and not (b / "final").exists()
-    last = rundir.checkpoints(b, complete_only=True)[-1]
+    last = checkpoint.checkpoints(b, complete_only=True)[-1]
     # A later checkpoint the kill interrupted mid-write: must be ignored, then replaced.
-    torn = b / f"checkpoint-{rundir.step_of(last) + 1}"
+    torn = b / f"checkpoint-{checkpoint.step_of(last) + 1}"
     shutil.copytree(last, torn)
-    (torn / rundir.PDP_STATE).unlink()
+    (torn / checkpoint.PDP_STATE).unlink()
     data = (torn / "model.safetensors").read_bytes()
     (torn / "model.safetensors").write_bytes(data[: len(data) // 2])
 
@@ -83,7 +84,7 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, dropout
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sb["sparsity_actual"] == sa["sparsity_actual"] and sb["layers"] == sa["layers"]
     assert sb["perplexity"] == sa["perplexity"] and sb["perplexity_dense"] == sa["perplexity_dense"]
-    ma, mb = (rundir.MetricsLog(d / "metrics.jsonl").read() for d in (a, b))
+    ma, mb = (MetricsLog(d / "metrics.jsonl").read() for d in (a, b))
     assert [r["step"] for r in mb] == [2, 3, 4, 6]  # each step once; 3 is the checkpoint
     assert ma == mb  # same losses too: the windows start at the same steps
 
@@ -106,7 +107,7 @@ def test_resume_with_other_flags_is_refused(tmp_path, dropout_model, capsys):
     out = tmp_path / "run"
     ckpt = out / "checkpoint-3"
     ckpt.mkdir(parents=True)
-    for name in rundir.CHECKPOINT_NEEDS:
+    for name in checkpoint.CHECKPOINT_NEEDS:
         (ckpt / name).write_text('{"global_step": 3}')  # parses as a checkpoint: resume's checks pass
     from pdp_gpt2.cli.main import build_parser
     from pdp_gpt2.cli.train import config_from_args
@@ -140,11 +141,11 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, dropout_model)
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
     last = (tmp_path / "err.log").read_text().strip().splitlines()[-1]
-    [ckpt] = rundir.checkpoints(out, complete_only=True)
-    step = rundir.step_of(ckpt)
+    [ckpt] = checkpoint.checkpoints(out, complete_only=True)
+    step = checkpoint.step_of(ckpt)
     assert "SIGTERM" in last and f"step {step}" in last and str(ckpt) in last and "--resume" in last
     assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == step
-    assert json.loads((ckpt / rundir.PDP_STATE).read_text())["steps"] == step
+    assert json.loads((ckpt / checkpoint.PDP_STATE).read_text())["steps"] == step
     assert not (out / "summary.json").exists()
 
     resume = _argv(model, corpus, out, "--resume")
@@ -152,5 +153,5 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, dropout_model)
     assert main(resume) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["train_steps"] == step + 2 and s["sparsity_actual"] == pytest.approx(0.75, abs=1e-3)
-    steps = [r["step"] for r in rundir.MetricsLog(out / "metrics.jsonl").read()]
+    steps = [r["step"] for r in MetricsLog(out / "metrics.jsonl").read()]
     assert steps == sorted(set(steps)) and steps[-1] == step + 2

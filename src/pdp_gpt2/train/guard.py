@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from pdp_gpt2.train import distributed
 
-from pdp_gpt2.train import rundir
+from pdp_gpt2.train import checkpoint
 
 
 class RunStopped(RuntimeError):
@@ -134,7 +134,7 @@ class RunGuard(TrainerCallback):
         """After ``trainer.train()``: the exception (for the CLI's exit status) if the run was stopped."""
         if self.diverged:
             step, what = self.diverged
-            good = rundir.checkpoints(output_dir, complete_only=True)
+            good = checkpoint.checkpoints(output_dir, complete_only=True)
             keep = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was saved (see --save_steps)"
             return DivergedError(f"training diverged at step {step}: {what}; stopped without saving, {keep}")
         if self.interrupted:

@@ -8,13 +8,17 @@ Trainer: one code path.  What only a `pdp-gpt2 train` run does is here:
 * :class:`RunMetrics`: one metrics.jsonl line per log step (and the W&B tracker), reading the
   pruning values PruningCallback put into the log record, so it must come after it;
 * :class:`BarProgress`: Trainer's progress bar with loss and sparsity in it;
-* :class:`MaskHistCallback`: soft-mask histograms at a few moments (``mask_hist.json``).
+* :class:`MaskHistCallback`: soft-mask histograms at a few moments (``mask_hist.json``);
+* :class:`RecordCheckpointFiles`: each checkpoint's file sizes into its pdp_state.json;
+* :func:`resume_without_training`: a checkpoint at the last step, resumed without a step.
 
-No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks.
+No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks, and
+Trainer's two loop events replayed where no loop runs.
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +26,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from pdp_gpt2.atomic import atomic_write_json
+from pdp_gpt2.errors import UsageError
+from pdp_gpt2.train.checkpoint import PDP_STATE, step_of, with_file_sizes
 
 # metrics.jsonl names of the values PruningCallback logs (the file's format predates the callback).
 _PRUNING_KEYS = {"sparsity": "sparsity_target", "sparsity_hard": "sparsity_hard", "band": "band",
@@ -29,7 +35,7 @@ _PRUNING_KEYS = {"sparsity": "sparsity_target", "sparsity_hard": "sparsity_hard"
 
 
 class RunMetrics(TrainerCallback):
-    """metrics.jsonl (``rundir.MetricsLog``) and the tracker: one record per training log step."""
+    """metrics.jsonl (``metrics_log.MetricsLog``) and the tracker: one record per training log step."""
 
     def __init__(self, metrics=None, tracker=None, is_main: bool = True):
         self.metrics, self.tracker, self.is_main = metrics, tracker, is_main
@@ -131,3 +137,51 @@ class MaskHistCallback(TrainerCallback):
             return  # dense fine-tuning: no masks
         self.records.append({"step": step, "max_steps": state.max_steps, **histogram(values)})
         atomic_write_json(Path(args.output_dir) / MASK_HIST, {"bins": BINS, "moments": self.records})
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+class RecordCheckpointFiles(TrainerCallback):
+    """Adds :func:`with_file_sizes` to each checkpoint's pdp_state.json, after PruningCallback
+    wrote it (the core writes the file but cannot know our run directory); atomic, still last.
+    A kill between the two writes leaves a complete checkpoint checked without sizes."""
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and (ckpt / PDP_STATE).is_file():
+            atomic_write_json(ckpt / PDP_STATE, with_file_sizes(ckpt, json.loads((ckpt / PDP_STATE).read_text())))
+
+
+def resume_without_training(trainer, checkpoint: Path | None, total_steps: int) -> bool:
+    """A checkpoint at or past the planned total: load its weights and state, train no step.
+
+    Trainer would run one more step (and save checkpoint-<N+1>); a kill during the final
+    evaluation leaves exactly this state, and its rerun must end as the uninterrupted run did.
+    """
+    step = step_of(checkpoint)
+    if step is None or step < total_steps:
+        return False
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    model = trainer.model
+    weights = load_file(str(Path(checkpoint) / "model.safetensors"))
+    result = model.load_state_dict(weights, strict=False)
+    loaded = {model.state_dict()[k].data_ptr() for k in weights}
+    missing = [k for k in result.missing_keys if model.state_dict()[k].data_ptr() not in loaded]  # tied: fine
+    if missing or result.unexpected_keys:
+        raise UsageError(f"--resume {checkpoint}: its model.safetensors does not fit the model "
+                         f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected tensors)")
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.state.is_local_process_zero = trainer.is_local_process_zero()
+    trainer.state.is_world_process_zero = trainer.is_world_process_zero()
+    # The events Trainer.train sends around its loop, so callbacks see the resumed state as on
+    # any resume (the pruning callback restores the checkpoint step's schedule and tau, the guard
+    # installs and removes its hooks); progress bars are left out, there is no step to show.
+    callbacks = [cb for cb in trainer.callback_handler.callbacks if not isinstance(cb, ProgressCallback)]
+    for event in ("on_train_begin", "on_train_end"):
+        for cb in callbacks:
+            getattr(cb, event)(trainer.args, trainer.state, trainer.control, model=trainer.model)
+    print(f"pdp-gpt2: {checkpoint} is at step {step} of {total_steps}: no training left, "
+          "evaluating and writing the result", file=sys.stderr, flush=True)
+    return True

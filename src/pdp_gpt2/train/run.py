@@ -8,7 +8,7 @@ checkpoints and ``torchrun``/``accelerate launch`` come from it, not from us.
 Under several processes every rank trains and evaluates, rank 0 alone writes files
 (distributed.py says why the masks agree).  ``guard.RunGuard`` turns a signal into a
 checkpoint and a NaN loss into DivergedError; a resumed run continues bit-identically
-(tests/test_resume.py).
+(tests/train/test_resume.py).
 """
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ from pathlib import Path
 import torch
 from torch.nn.utils import parametrize
 
+from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.train import distributed
 
-from pdp_gpt2.train import rundir
+from pdp_gpt2.train import checkpoint, rundir, runlock
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
-from pdp_gpt2.train.hf_trainer import BarProgress, MaskHistCallback, RunMetrics
+from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics,
+                                       resume_without_training)
+from pdp_gpt2.train.metrics_log import MetricsLog
 from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.train.tracking import make_tracker
@@ -68,7 +71,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
         output_dir = Path(cfg.resume).parent  # --resume run/checkpoint-N continues run/, not a new directory
     else:
         output_dir = default_output_dir(cfg)
-    rundir.claim(output_dir, lock=distributed.is_main())  # create + lock first: nothing else is written before
+    runlock.claim(output_dir, lock=distributed.is_main())  # create + lock first: nothing else is written before
     resume_from = rundir.check_output_dir(output_dir, overwrite=cfg.overwrite_output_dir, resume=cfg.resume)
     if resume_from is not None:
         check_resume_config(cfg, output_dir)
@@ -206,7 +209,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
     )
 
 
-@rundir.release_claims  # the lock is released however run() ends; a full disk is one line
+@runlock.release_claims  # the lock is released however run() ends; a full disk is one line
 def run(cfg: TrainConfig, kernels=None) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
     from transformers.trainer_callback import ProgressCallback
@@ -229,8 +232,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite_output_dir and not prep.resume_from:
             rundir.clear_run(out)
-        rundir.drop_unusable_checkpoints(out, prep.resume_from)
-        rundir.atomic_write_json(out / "run_config.json", cfg.to_dict())
+        checkpoint.drop_unusable_checkpoints(out, prep.resume_from)
+        atomic_write_json(out / "run_config.json", cfg.to_dict())
     set_seed(cfg.seed)
     model = prep.model
     ppl_dense = dense_perplexity(model, prep, cfg, is_main)
@@ -241,7 +244,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         pruner.load_state_dict(state)  # global budgets are from the original dense weights
     metrics = None
     if is_main:  # lines past the checkpoint we resume from are dropped: they will be logged again
-        metrics = rundir.MetricsLog(out / "metrics.jsonl", resume_step=rundir.step_of(prep.resume_from))
+        metrics = MetricsLog(out / "metrics.jsonl", resume_step=checkpoint.step_of(prep.resume_from))
     tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
     opt = None
     if cfg.custom_optimizer and pruner is not None:
@@ -257,11 +260,11 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
         trainer.add_callback(BarProgress())
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
-    trainer.add_callback(rundir.RecordCheckpointFiles())  # file sizes into pdp_state.json, for resume's checks
+    trainer.add_callback(RecordCheckpointFiles())  # file sizes into pdp_state.json, for resume's checks
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
     t0 = time.time()
-    if not rundir.resume_without_training(trainer, prep.resume_from, total):  # a checkpoint at the last step
+    if not resume_without_training(trainer, prep.resume_from, total):  # a checkpoint at the last step
         trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     train_seconds = time.time() - t0
     if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
@@ -292,7 +295,7 @@ def task_scores(model, tokenizer, cfg: TrainConfig, out: Path) -> dict:
     from pdp_gpt2.data.lmeval import evaluate_tasks, markdown_table, scores
 
     r = evaluate_tasks(model, tokenizer, cfg.eval_tasks, batch_size=cfg.eval_batch_size)
-    rundir.atomic_write_json(out / "lm_eval.json", r)
+    atomic_write_json(out / "lm_eval.json", r)
     print(markdown_table(r))
     return scores(r)
 
@@ -308,5 +311,5 @@ def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> 
             return float(cached["perplexity"])
     ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense")
     if is_main:
-        rundir.atomic_write_json(path, {"perplexity": ppl, "key": key})
+        atomic_write_json(path, {"perplexity": ppl, "key": key})
     return ppl
