@@ -25,7 +25,7 @@ _API = {
     "MaskAwareAdamW": "pdp_gpt2.pdp.optim",
     "PruningSchedule": "pdp_gpt2.pdp.schedule", "sparsity_at": "pdp_gpt2.pdp.schedule", "tau_at": "pdp_gpt2.pdp.schedule",
     "MethodSpec": "pdp_gpt2.pdp.registry", "register_method": "pdp_gpt2.pdp.registry",
-    "load_compressed": "pdp_gpt2.export.compressed",
+    "load_compressed": "pdp_gpt2.export.compressed_loader",
     "PruningCallback": "pdp_gpt2.pdp.callback",  # subclasses transformers.TrainerCallback
     **dict.fromkeys(("shard_model", "gather_plain_model", "save_sharded", "load_sharded"), "pdp_gpt2.fsdp"),
 }

@@ -391,7 +391,8 @@ def exported(setup, tmp_path):
 @pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
 def test_flipped_byte_in_any_exported_file_is_refused(exported, name, capsys):
     from pdp_gpt2 import UsageError
-    from pdp_gpt2.export.compressed import WEIGHTS_FILE, load_compressed, read_compressed
+    from pdp_gpt2.export.compressed import WEIGHTS_FILE, read_compressed
+    from pdp_gpt2.export.compressed_loader import load_compressed
 
     _, meta = read_compressed(exported / WEIGHTS_FILE)
     assert name in meta["files"] and "size_report.json" not in meta["files"]

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.export.compressed import RUNTIMES, WEIGHTS_FILE, load_compressed
+from pdp_gpt2.export.compressed import WEIGHTS_FILE
+from pdp_gpt2.export.compressed_loader import RUNTIMES, load_compressed
 
 
 def model_kind(spec: str) -> tuple[str, Path | str]:

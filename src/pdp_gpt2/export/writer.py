@@ -8,10 +8,10 @@ directory holding ``final/``) and writes one of:
   codes + per-channel scales when the weights lie on a quantization grid);
 * ``2:4``: every pruned tensor as kept values + 2-bit in-group indices.
 
-Both sparse layouts are one safetensors file described in docs/format.md and
-read back by :func:`pdp_gpt2.export.compressed.load_compressed`.  Output is built in a temporary sibling
-directory and renamed into place only when complete and verified, so a failed
-export leaves nothing behind.  Every export writes ``size_report.json`` with
+Both sparse layouts are one safetensors file described in docs/format.md and read
+back by :func:`pdp_gpt2.load_compressed` (export/compressed_loader.py).  Output is built
+in a temporary sibling directory and renamed into place only when complete and verified,
+so a failed export leaves nothing behind.  Every export writes ``size_report.json`` with
 sizes read from the real files on disk.
 """
 from __future__ import annotations
@@ -29,7 +29,6 @@ from torch import nn
 
 from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import nm24
-from pdp_gpt2.export.compressed import load_compressed  # noqa: F401  (the reader, next to the writer)
 from pdp_gpt2.data.manifest import MANIFEST, pruned_weights, quant_bits, read_manifest
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D, find_targets
