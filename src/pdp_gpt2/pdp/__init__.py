@@ -5,7 +5,7 @@ lifecycle and method registry (driver.py, attach.py, baselines.py), FSDP2 shards
 PruningCallback for any HF Trainer (callback.py, the one module that imports
 transformers; loaded only when used).
 
-Import rule: imports torch and, of this package, only ``pdp_gpt2.pdp.*`` and
-``pdp_gpt2.errors``. Never data, train, export, report or cli: the core must be usable
+Import rule: imports torch and, of this package, only ``pdp_gpt2.pdp.*``,
+``pdp_gpt2.errors`` and ``pdp_gpt2.atomic`` (two leaves). Never data, train, export, report or cli: the core must be usable
 (and testable) on a bare ``nn.Module`` with no run around it.
 """

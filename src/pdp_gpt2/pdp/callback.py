@@ -35,8 +35,6 @@ FSDP2 works in your own loop (attach first, then :func:`pdp_gpt2.fsdp.shard_mode
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.attach import attach
 from pdp_gpt2.pdp.config import PDPConfig
@@ -60,7 +59,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def barrier() -> None:
-    """Wait for every rank (a no-op in one process)."""
+    """Wait for every rank (a no-op in one process).  The one barrier of the package: the core
+    needs it here, and train/ and fsdp.py import it from here."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
@@ -74,19 +74,7 @@ def write_checkpoint_state(args, state, payload: dict) -> None:
     ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
     if not (args.should_save and ckpt.is_dir()):
         return
-    fd, tmp = tempfile.mkstemp(dir=ckpt, prefix=f".{STATE_FILE}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(payload, indent=2, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, ckpt / STATE_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(ckpt / STATE_FILE, payload)
 
 
 def read_checkpoint_state(checkpoint: Path) -> dict | None:

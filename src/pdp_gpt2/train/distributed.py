@@ -6,7 +6,8 @@ on all ranks, and PDP thresholds computed from them locally are equal too: no
 communication is needed for masks.  Two things do need the ranks to agree:
 
 * files: only rank 0 writes (and holds the run directory's lock, train/runlock.py), and
-  ``barrier()`` orders "everyone has read the run directory" before "rank 0 changes it";
+  ``barrier()`` (the core's, pdp/callback.py) orders "everyone has read the run directory"
+  before "rank 0 changes it";
 * stopping: a signal or a NaN loss may reach one rank only; ``max_over_ranks`` makes the
   decision collective, or one rank would wait forever in the next all-reduce.
 
@@ -58,11 +59,6 @@ def refuse_sharded() -> None:
 
 def _active() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and world_size() > 1
-
-
-def barrier() -> None:
-    if _active():
-        torch.distributed.barrier()
 
 
 def max_over_ranks(*values: float) -> list[float]:

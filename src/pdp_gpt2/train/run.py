@@ -27,7 +27,7 @@ from pdp_gpt2.train import distributed
 
 from pdp_gpt2.train import checkpoint, rundir, runlock
 from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
+from pdp_gpt2.pdp.callback import PruningCallback, barrier, read_checkpoint_state
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics,
                                        resume_without_training)
 from pdp_gpt2.train.metrics_log import MetricsLog
@@ -227,7 +227,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     n_blocks = len(prep.train_data) if not cfg.streaming else None
     total, ramp = plan_steps(n_blocks, cfg, distributed.world_size())
     args = training_args(cfg, out, total)  # under torchrun this joins the process group
-    distributed.barrier()  # every rank has read the run directory (prepare) before rank 0 changes it
+    barrier()  # every rank has read the run directory (prepare) before rank 0 changes it
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite_output_dir and not prep.resume_from:
