@@ -27,6 +27,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pdp.mask import BAND
 from pdp_gpt2.train.checkpoint import PDP_STATE, step_of, with_file_sizes
 
 # metrics.jsonl names of the values PruningCallback logs (the file's format predates the callback).
@@ -101,10 +102,10 @@ def mask_values(model: torch.nn.Module) -> torch.Tensor | None:
 def histogram(values: torch.Tensor, bins: int = BINS) -> dict:
     """Counts of mask values in ``bins`` equal bins over [0, 1], plus two summary fractions."""
     counts = torch.histc(values.clamp(0, 1), bins=bins, min=0.0, max=1.0)
-    n = values.numel()
+    n, (lo, hi) = values.numel(), BAND  # the band the driver's stats() count too
     return {"counts": [int(c) for c in counts], "edges": [i / bins for i in range(bins + 1)], "n": n,
             "below_half": float((values < 0.5).sum()) / n,
-            "band": float(((values > 0.05) & (values < 0.95)).sum()) / n}
+            "band": float(((values > lo) & (values < hi)).sum()) / n}
 
 
 class MaskHistCallback(TrainerCallback):
