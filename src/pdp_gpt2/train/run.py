@@ -148,28 +148,32 @@ def evaluate(model, tokens, cfg: TrainConfig, desc: str) -> float:
                           batch_size=cfg.eval_batch_size, progress=cfg.progress, desc=desc)["perplexity"]
 
 
-def pruning_callback(model, cfg: TrainConfig, ramp: int, kernels=None) -> PruningCallback:
+def pruning_callback(model, cfg: TrainConfig, ramp: int, train_data, kernels=None) -> PruningCallback:
     """The public PruningCallback for cfg.method (dense too: it writes the checkpoints' completion
     marker), attached to ``model`` now: the mask-aware optimizer needs the pruner before Trainer
-    exists.  It does not finalize: the run evaluates the soft model first.  ``kernels``: fused.KernelOptions."""
-    calibration = calibration_blocks(cfg) if registry.get(cfg.method).calibration else None
+    exists.  It does not finalize: the run evaluates the soft model first.  ``train_data``: the
+    prepared training blocks (a method's calibration set comes from them).  ``kernels``: fused.KernelOptions."""
+    calibration = calibration_blocks(train_data, cfg.seed) if registry.get(cfg.method).calibration else None
     callback = PruningCallback(cfg.pdp, method=cfg.method, ramp_steps=ramp, schedule=cfg.schedule, finalize=False,
                                log_layers=False, calibration=calibration, kernels=kernels)
     callback.attach(model)
     return callback
 
 
-def calibration_blocks(cfg: TrainConfig, n_blocks: int = 32) -> torch.Tensor:
-    """The first ``n_blocks`` training blocks of cfg's dataset, shuffled by cfg.seed (wanda's calibration set)."""
-    from transformers import AutoTokenizer
+def calibration_blocks(train_data, seed: int, n_blocks: int = 32) -> torch.Tensor:
+    """``n_blocks`` of the prepared training blocks, drawn by ``seed`` (wanda's calibration set).
 
-    from pdp_gpt2.data.models import resolve_model_path
-    from pdp_gpt2.data.sources import load_split_texts, tokenize_and_group
+    A stream (--streaming) yields the in-memory path's blocks in the same order, so it gives the
+    same draw: one pass counts them, a second picks the drawn ones (memory stays flat)."""
+    from pdp_gpt2.data.sources import LMBlockDataset
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
-    blocks = tokenize_and_group(tokenizer, load_split_texts(cfg.dataset, "train"), cfg.max_length)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return blocks[torch.randperm(len(blocks), generator=gen)[:n_blocks]]
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(train_data, LMBlockDataset):
+        return train_data.blocks[torch.randperm(len(train_data), generator=gen)[:n_blocks]]
+    drawn = torch.randperm(sum(1 for _ in train_data.blocks()), generator=gen)[:n_blocks].tolist()
+    wanted = set(drawn)
+    picked = {i: block for i, block in enumerate(train_data.blocks()) if i in wanted}
+    return torch.stack([picked[i] for i in drawn])
 
 
 def fused_adamw_ok() -> bool:
@@ -238,7 +242,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     model = prep.model
     ppl_dense = dense_perplexity(model, prep, cfg, is_main)
 
-    callback = pruning_callback(model, cfg, ramp, kernels)  # kernels: the CLI reads them from env
+    callback = pruning_callback(model, cfg, ramp, prep.train_data, kernels)  # kernels: the CLI reads them from env
     pruner = callback.pruner
     if pruner is not None and prep.resume_from is not None and (state := read_checkpoint_state(prep.resume_from)):
         pruner.load_state_dict(state)  # global budgets are from the original dense weights
