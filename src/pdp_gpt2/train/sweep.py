@@ -4,9 +4,9 @@ The same ``sweep_config.yaml`` works with ``wandb sweep`` + ``wandb agent`` and
 with ``pdp-gpt2 sweep``.  Locally:
 
 * ``grid`` expands every combination of ``values`` (in file order; ``--count``
-  keeps the first N); ``random`` draws ``--count`` trials from the parameter
-  distributions with a seeded RNG; ``bayes`` needs a server-side model, so it
-  falls back to ``random`` with a note.
+  keeps the first N, and only those are made; a grid over MAX_TRIALS needs ``--count``);
+  ``random`` draws ``--count`` trials from the parameter distributions with a seeded
+  RNG; ``bayes`` needs a server-side model, so it falls back to ``random`` with a note.
 * Each trial runs the train CLI in its own subprocess, with the flags a W&B
   agent would pass (``--name=value``), into ``<output_dir>/trial-NNN/``.  A crash,
   an out-of-memory kill or a bad value therefore ends that trial only: it is
@@ -183,19 +183,41 @@ def sample(p: dict, rng: random.Random):
     return round(x / q) * q if dist.startswith("q_") else float(f"{x:.6g}")
 
 
-def grid_trials(params: dict[str, dict]) -> list[dict]:
-    """Every combination, the last parameter varying fastest."""
+# A grid without --count runs every combination; past this many it is a mistake (each trial trains a
+# model), and expanding it alone took 7 GB for 30^8 combinations: refused before anything is made.
+MAX_TRIALS = 10_000
+
+
+def _grid_choices(params: dict[str, dict]) -> list[list]:
+    return [p["values"] if "values" in p else [p["value"]] for p in params.values()]
+
+
+def grid_size(params: dict[str, dict]) -> int:
+    """How many combinations a grid has, counted without making them."""
+    return math.prod(len(c) for c in _grid_choices(params))
+
+
+def grid_trials(params: dict[str, dict], count: int | None = None) -> list[dict]:
+    """The first ``count`` combinations (all if None), the last parameter varying fastest.
+    Enumerated lazily: only the trials returned are ever made."""
     import itertools
 
     names = list(params)
-    choices = [params[n]["values"] if "values" in params[n] else [params[n]["value"]] for n in names]
-    return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+    combos = itertools.islice(itertools.product(*_grid_choices(params)), count)
+    return [dict(zip(names, combo)) for combo in combos]
+
+
+def check_plan(spec: SweepSpec, count: int | None) -> None:
+    """UsageError for a grid too large to run whole (before any trial or directory is made)."""
+    if spec.method == "grid" and count is None and (n := grid_size(spec.parameters)) > MAX_TRIALS:
+        raise UsageError(f"the grid has {n:,} combinations (over {MAX_TRIALS:,}); pass --count N to run "
+                         "its first N, or list fewer values")
 
 
 def plan_trials(spec: SweepSpec, count: int | None, seed: int = 0) -> list[dict]:
+    check_plan(spec, count)
     if spec.method == "grid":
-        trials = grid_trials(spec.parameters)
-        return trials[:count] if count else trials
+        return grid_trials(spec.parameters, count)
     if spec.method == "bayes":
         print("pdp-gpt2 sweep: note: 'bayes' needs the W&B server; sampling at random instead", file=sys.stderr)
     rng = random.Random(seed)
@@ -355,6 +377,7 @@ def run_sweep_file(config: str | Path, out: Path, *, count: int | None = None, s
     from pdp_gpt2.atomic import atomic_write_text
 
     spec = load_spec(config)
+    check_plan(spec, count)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep_config.yaml", Path(config).read_text())
