@@ -135,7 +135,8 @@ def test_a_report_module_importing_training_is_caught(tmp_path, monkeypatch):
 # ---- transitive: what importing a module really loads (ast cannot see through other packages) ----
 
 # The plain schemas (report, sweeps and the CLI's --help read them) and the package itself.
-TORCH_FREE = ("pdp_gpt2", "pdp_gpt2.pdp.config", "pdp_gpt2.train.config", "pdp_gpt2.pdp.registry")
+TORCH_FREE = ("pdp_gpt2", "pdp_gpt2.pdp.config", "pdp_gpt2.train.config", "pdp_gpt2.pdp.registry",
+              "pdp_gpt2.train.flags")
 
 
 def heavy_modules_loaded_by(module: str, path: Path | None = None) -> list[str]:

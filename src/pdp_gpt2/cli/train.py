@@ -1,7 +1,8 @@
 """`pdp-gpt2 train` (and the root main.py): flags -> TrainConfig -> train.run.
 
 Every flag is generated from a dataclass field, so the help text, the default
-and the validation live in one place (config.py).  Flag spellings are the
+and the validation live in one place (config.py; the defaults that depend on
+other flags: train/flags.py).  Flag spellings are the
 original tool's (``--num_epochs``, ``--use_wandb``, ...).  Boolean flags accept
 ``--flag``, ``--flag true|false`` and ``--flag=True`` (the form ``wandb agent`` passes).
 """
@@ -11,9 +12,8 @@ import argparse
 import dataclasses
 import os
 
-
 from pdp_gpt2.pdp.fused import KernelOptions
-from pdp_gpt2.pdp.patterns import get_pattern
+from pdp_gpt2.train import flags
 from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
 
@@ -47,27 +47,23 @@ def _add_field(group, f: dataclasses.Field, default) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    run = parser.add_argument_group("run")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name != "pdp":
-            default = f.default if f.default is not dataclasses.MISSING else None
-            _add_field(run, f, default)
-    pdp = parser.add_argument_group("PDP")
-    for f in dataclasses.fields(PDPConfig):
-        # sparsity's default is filled in after parsing: an N:M pattern implies its own.
-        default = None if f.name == "sparsity" else f.default
-        if f.name == "sparsity":
-            pdp.add_argument("--sparsity", type=float, default=None,
-                             help=f"{f.metadata['help']} (default: 0.9; (M-N)/M for an N:M pattern)")
+    groups = {"run": parser.add_argument_group("run"), "PDP": parser.add_argument_group("PDP")}
+    pdp_names = {f.name for f in dataclasses.fields(PDPConfig)}
+    defaults = flags.cli_defaults()
+    for f in flags.fields():
+        group = groups["PDP" if f.name in pdp_names else "run"]
+        if f.name == "sparsity":  # filled in after parsing: an N:M pattern implies its own
+            group.add_argument("--sparsity", type=float, default=None,
+                               help=f"{f.metadata['help']} (default: 0.9; (M-N)/M for an N:M pattern)")
         else:
-            _add_field(pdp, f, default)
+            _add_field(group, f, defaults[f.name])
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args)
     pdp_kw = {f.name: values[f.name] for f in dataclasses.fields(PDPConfig)}
     if pdp_kw["sparsity"] is None:
-        pdp_kw["sparsity"] = get_pattern(pdp_kw["pattern"]).default_sparsity  # N:M implies its own
+        pdp_kw["sparsity"] = flags.default_sparsity(pdp_kw["pattern"])  # N:M implies its own
     train_kw = {f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name != "pdp"}
     return TrainConfig(**train_kw, pdp=PDPConfig(**pdp_kw))
 

@@ -52,10 +52,11 @@ def pieces(spec: str, split: str, streaming: bool = False) -> Iterator[Piece]:
     """
     check_split(split)
     spec = spec.strip()
-    if spec == DEFAULT_DATASET:
+    kind = source_kind(spec)
+    if kind == "embedded":
         for doc in load_embedded(split):  # small: bundled with the package
             yield from doc_lines(doc.splitlines(keepends=True))
-    elif looks_local(spec):
+    elif kind == "local":
         yield from _local_pieces(expand_paths(spec), split)
     else:
         from pdp_gpt2.data.hub_datasets import hf_pieces  # datasets is slow to import; only when needed
@@ -74,6 +75,14 @@ def embedded_titles(split: str) -> list[str]:
     """Titles of the embedded works in ``split``, in corpus order."""
     with gzip.open(EMBEDDED_CORPUS, "rt", encoding="utf-8") as f:
         return [r["title"] for r in map(json.loads, f) if r["split"] == split]
+
+
+def source_kind(spec: str) -> str:
+    """Where a dataset spec is read from: 'embedded' (the bundled corpus), 'local' (files) or 'hub'."""
+    spec = spec.strip()
+    if spec == DEFAULT_DATASET:
+        return "embedded"
+    return "local" if looks_local(spec) else "hub"
 
 
 def looks_local(spec: str) -> bool:

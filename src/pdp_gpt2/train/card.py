@@ -4,14 +4,13 @@ the saved files; summary.py writes them into final/ before it is renamed into pl
 """
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from pathlib import Path
 
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.attach import method_description  # the registry's one line per method
-from pdp_gpt2.pdp.patterns import get_pattern
-from pdp_gpt2.train.config import PDPConfig, TrainConfig
+from pdp_gpt2.train import flags
+from pdp_gpt2.train.config import TrainConfig
 
 # Flags that do not change the model a run makes: left out of the command in the card.
 NOT_IN_COMMAND = ("resume", "overwrite_output_dir", "progress")
@@ -40,24 +39,18 @@ def manifest(cfg: TrainConfig, targets, saved: dict, stats: dict | None) -> dict
 
 
 def command(cfg: TrainConfig) -> str:
-    """The `pdp-gpt2 train` command that makes this run: every flag whose value is not the default."""
+    """The `pdp-gpt2 train` command that makes this run: every flag whose value is not its default."""
     argv = ["pdp-gpt2", "train"]
-    pairs = [(f, getattr(cfg, f.name), TrainConfig) for f in dataclasses.fields(TrainConfig) if f.name != "pdp"]
-    pairs += [(f, getattr(cfg.pdp, f.name), PDPConfig) for f in dataclasses.fields(PDPConfig)]
-    for f, value, cls in pairs:
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name == "sparsity":
-            default = get_pattern(cfg.pdp.pattern).default_sparsity  # the CLI's default (N:M implies its own)
-        if f.name == "tau_final":  # the CLI's default: tau/100 for an annealing schedule, none for constant
-            default = PDPConfig(tau=cfg.pdp.tau, tau_schedule=cfg.pdp.tau_schedule).tau_final
-        if f.name in NOT_IN_COMMAND or value == default or value is None:
+    defaults = flags.cli_defaults(cfg.pdp)
+    for name, value in flags.values(cfg).items():
+        if name in NOT_IN_COMMAND or value == defaults[name] or value is None:
             continue
         if isinstance(value, bool):
-            argv += [f"--{f.name}"] if value else [f"--{f.name}", "false"]
+            argv += [f"--{name}"] if value else [f"--{name}", "false"]
         elif isinstance(value, list):
-            argv += [f"--{f.name}", ",".join(value)]
+            argv += [f"--{name}", ",".join(value)]
         else:
-            argv += [f"--{f.name}", str(value)]
+            argv += [f"--{name}", str(value)]
     return shlex.join(argv)
 
 
@@ -70,9 +63,9 @@ def _hub_model(spec: str) -> str | None:
 
 def _hub_dataset(spec: str) -> str | None:
     from pdp_gpt2.data.hub_datasets import parse_spec
-    from pdp_gpt2.data.sources import DEFAULT_DATASET, looks_local
+    from pdp_gpt2.data.sources import source_kind
 
-    return None if spec.strip() == DEFAULT_DATASET or looks_local(spec) else parse_spec(spec)[0]
+    return parse_spec(spec)[0] if source_kind(spec) == "hub" else None
 
 
 def _f(x, fmt=".2f") -> str:

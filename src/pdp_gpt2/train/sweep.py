@@ -19,7 +19,6 @@ with ``pdp-gpt2 sweep``.  Locally:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -50,11 +49,10 @@ class SweepSpec:
 
 
 def train_flags() -> set[str]:
-    """Every flag name `pdp-gpt2 train` accepts (they are generated from these dataclass fields)."""
-    from pdp_gpt2.train.config import PDPConfig, TrainConfig
+    """Every flag name `pdp-gpt2 train` accepts."""
+    from pdp_gpt2.train import flags
 
-    return {f.name for f in dataclasses.fields(TrainConfig) if f.name != "pdp"} | {
-        f.name for f in dataclasses.fields(PDPConfig)}
+    return {f.name for f in flags.fields()}
 
 
 def parse_spec(raw: dict, source: str = "sweep config") -> SweepSpec:
