@@ -185,8 +185,9 @@ def test_a_hard_mask_changed_between_forward_and_backward_is_refused_as_before(k
         loss.backward()
 
 
-@pytest.mark.parametrize("kernels", [_ON, KernelOptions(recompute=True, compile_min_numel=1024)],
-                         ids=["eager", "compiled"])
+@pytest.mark.parametrize("kernels", [pytest.param(_ON, id="eager"),
+                                     pytest.param(KernelOptions(recompute=True, compile_min_numel=1024), id="compiled",
+                                                  marks=pytest.mark.slow)])  # torch.compile: seconds
 def test_the_gradient_is_written_into_the_recomputed_weight(kernels):
     model = copy.deepcopy(tiny_gpt2())
     driver = pdp_gpt2.attach(model, PDPConfig(sparsity=0.8), kernels=kernels)
