@@ -11,6 +11,9 @@ minutes of data preparation.  The lock is ``<output_dir>/.pdp-gpt2.lock``:
 * Where the filesystem has no flock (some network mounts), creating the file with
   ``O_EXCL`` is the lock.  A leftover file is then reported, with the ``rm`` that clears it,
   instead of taken over: a dead pid on this host does not prove much across containers.
+* It is opened with ``O_NOFOLLOW`` and must be a regular file: a symlink planted at its path
+  would otherwise have its target overwritten with the lock's JSON, and a directory or a FIFO
+  there is refused in one line (a FIFO would block the read of the holder's name).
 
 Under DDP rank 0 alone holds the lock (the other ranks never write into the directory).
 ``release_claims`` (a decorator on train.run.run) releases the lock, and removes the
@@ -25,6 +28,7 @@ import functools
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -34,15 +38,20 @@ from pdp_gpt2.train.disk_errors import disk_error, unfinished
 
 LOCK_FILE = ".pdp-gpt2.lock"
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+# Never through a symlink; O_NONBLOCK so that opening a FIFO planted there cannot hang.
+_OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# What open() says when the path is a symlink (O_NOFOLLOW), a directory, a socket or a device.
+_NOT_REGULAR = {errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EMLINK}
 
 
 def hostname() -> str:
     return socket.gethostname()
 
 
-def _read_holder(path: Path) -> dict:
+def _read_holder(fd: int) -> dict:
+    """The holder's JSON, read from our open descriptor of the (regular) lock file."""
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(os.pread(fd, 1 << 16, 0))
         return d if isinstance(d, dict) else {}
     except (OSError, ValueError):
         return {}  # the holder had created the file but not yet written it
@@ -73,34 +82,52 @@ class RunLock:
         return UsageError(f"--output_dir {self.dir} is locked by another pdp-gpt2 run ({who}{since}); "
                           "wait for it to finish or choose another --output_dir")
 
+    def _not_regular(self) -> UsageError:
+        return UsageError(f"{self.path} is not a regular file (a symlink, directory or other special file is "
+                          f"there); pdp-gpt2 will not write through it: remove it, or choose another --output_dir")
+
+    def _open(self) -> tuple[int, bool] | None:
+        """(fd, created) of the lock file, None if it vanished between two opens."""
+        try:
+            try:
+                return os.open(self.path, _OPEN | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:  # also a symlink, dangling or not: O_EXCL never follows one
+                try:
+                    return os.open(self.path, _OPEN), False
+                except FileNotFoundError:
+                    return None
+        except OSError as e:
+            if e.errno in _NOT_REGULAR:
+                raise self._not_regular() from None
+            raise UsageError(f"--output_dir {self.dir} is not writable: {e.strerror}") from None
+
     def acquire(self) -> "RunLock":
         for _ in range(5):  # only loops when a releasing holder unlinks the file under us
-            try:
-                fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-            except FileExistsError:
-                try:
-                    fd, created = os.open(self.path, os.O_RDWR), False
-                except FileNotFoundError:
-                    continue
-            except OSError as e:
-                raise UsageError(f"--output_dir {self.dir} is not writable: {e.strerror}") from None
+            if (opened := self._open()) is None:
+                continue
+            fd, created = opened
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device opens fine
+                os.close(fd)
+                raise self._not_regular()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                holder = _read_holder(fd)
                 os.close(fd)
-                raise self._locked(_read_holder(self.path)) from None
+                raise self._locked(holder) from None
             except OSError as e:
                 if e.errno not in _NO_FLOCK or not created:
+                    holder = _read_holder(fd)
                     os.close(fd)
                     if e.errno in _NO_FLOCK:
-                        raise self._stale_or_locked(_read_holder(self.path)) from None
+                        raise self._stale_or_locked(holder) from None
                     raise
             if not self._same_file(fd):
                 os.close(fd)  # the previous holder unlinked it between our open and flock
                 continue
             if not created:
                 self.inherited = True
-                old = _read_holder(self.path)
+                old = _read_holder(fd)
                 print(f"pdp-gpt2: taking over the stale lock of pid {old.get('pid', '?')} on "
                       f"{old.get('host', '?')} in {self.dir} (that run is gone: nothing holds its lock)",
                       file=sys.stderr, flush=True)
@@ -128,7 +155,7 @@ class RunLock:
 
     def _same_file(self, fd: int) -> bool:
         try:
-            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             return False
 
