@@ -21,8 +21,14 @@ from helpers import ROOT, TESTS
 HERE = Path(__file__).resolve()
 
 
+def _env() -> dict:
+    """The ranks import tests/helpers.py; an outer PYTHONPATH (a source tree to test) stays in front."""
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(TESTS)) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 def launch(case: str, out: Path, nproc: int = 2, timeout: int = 240) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    env = _env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(HERE), case, str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -64,7 +70,7 @@ def test_fsdp_on_one_rank_gives_the_plain_run_s_final_weights(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_killed_after_a_checkpoint_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    env = _env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE), "resume_first", str(tmp_path)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
