@@ -28,6 +28,7 @@ import torch
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.callback import STATE_FILE, barrier
+from pdp_gpt2.pdp.param import ORIGINAL
 
 
 def _mesh():
@@ -44,11 +45,12 @@ def _is_main() -> bool:
 def plain_state_dict(state: dict) -> dict:
     """A masked model's state_dict with a plain model's keys: ``X.parametrizations.weight.original``
     becomes ``X.weight`` and the masks' buffers (thresholds, keep-masks) are dropped."""
+    masks = "." + ORIGINAL.removesuffix("original")  # ".parametrizations.weight.": the masks' buffers
     out = {}
     for k, v in state.items():
-        if k.endswith(".parametrizations.weight.original"):
-            out[k[: -len(".parametrizations.weight.original")] + ".weight"] = v
-        elif ".parametrizations.weight." not in k:
+        if k.endswith("." + ORIGINAL):
+            out[k.removesuffix(ORIGINAL) + "weight"] = v
+        elif masks not in k:
             out[k] = v
     return out
 

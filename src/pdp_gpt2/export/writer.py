@@ -31,6 +31,7 @@ from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import nm24
 from pdp_gpt2.data.manifest import MANIFEST, pruned_weights, quant_bits, read_manifest
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pdp.param import ORIGINAL
 from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D, find_targets
 
 FORMATS = ("dense", "compressed", "2:4")
@@ -99,7 +100,7 @@ def load_finalized(model_dir: Path) -> nn.Module:
 
     check_safetensors(model_dir)  # empty or truncated weights: one line, not a loader traceback
     for f in model_dir.glob("*.safetensors"):
-        if any("parametrizations" in k for k in st_header(f)):
+        if any(ORIGINAL in k for k in st_header(f)):
             raise UsageError(f"{model_dir} is not finalized: it still has PDP masks (parametrizations keys); "
                              "call Pruner.finalize() before saving")
     try:

@@ -16,6 +16,10 @@ from pdp_gpt2.pdp import mask as M
 from pdp_gpt2.pdp.fused import KernelOptions
 from pdp_gpt2.pdp.patterns import Pattern
 
+# Where torch.nn.utils.parametrize puts a parametrized weight's parameter and its masks (the
+# state_dict key of the dense weight is "<module>.<ORIGINAL>").
+ORIGINAL = "parametrizations.weight.original"
+
 
 class PDPMask(nn.Module):
     def __init__(self, shape: torch.Size, out_dim: int, *, pattern: Pattern, tau: float,
