@@ -70,11 +70,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    if cfg.eval_tasks:  # a missing extra or a mistyped task name: now, not after training
-        from pdp_gpt2.data.lmeval import resolve_tasks
-
-        resolve_tasks(cfg.eval_tasks)
-    from pdp_gpt2.train.run import run as train_run
+    from pdp_gpt2.train.run import run as train_run  # checks --eval_tasks' names first, before any work
 
     train_run(cfg, kernels=kernel_options(os.environ))
     return 0

@@ -12,7 +12,9 @@ Lifecycle, mapped on Trainer's events:
   fresh run, refused on a resume (Trainer would already have loaded the checkpoint into a model
   without masks, skipping the masked keys).
 * ``on_train_begin``: the schedule (:class:`~pdp_gpt2.pdp.schedule.PruningSchedule`) starts at
-  ``state.global_step`` (a resume continues the ramp and tau where the checkpoint left them).
+  ``state.global_step`` (a resume continues the ramp and tau where the checkpoint left them, as
+  planned when the run started: a resume with a larger ``max_steps`` keeps the old ramp and tau
+  window and trains the extra steps at the target sparsity and ``tau_final``).
 * ``on_step_end`` (once per optimizer step, after ``optimizer.step()``): sparsity and tau move,
   thresholds follow the updated weights.
 * ``on_log``: ``sparsity``, ``sparsity_hard``, ``band``, ``mask_mean``, ``tau`` and per-layer
@@ -23,8 +25,9 @@ Lifecycle, mapped on Trainer's events:
   atomically, last, by the process that saves, after every rank has reached it.  Why a file and not
   Trainer's ``ExportableState``: that restore (off by default) rebuilds a callback from JSON
   arguments, which cannot carry the attached masks.  On resume it is read back from
-  ``<output_dir>/checkpoint-<global_step>/`` (where Trainer's resume finds checkpoints); without it
-  the schedule is recomputed from the step, which gives the same state for the same model.
+  ``<output_dir>/checkpoint-<global_step>/`` (where Trainer's resume finds checkpoints), or from
+  ``resume_from`` when ``train(resume_from_checkpoint=...)`` names one elsewhere; without it the
+  schedule is recomputed from the step, which gives the same state for the same model and length.
 * ``on_train_end``: finalize (``finalize=True``): exact zeros, plain modules, so
   ``trainer.save_model()`` writes a normal checkpoint.
 
@@ -94,11 +97,14 @@ class PruningCallback(TrainerCallback):
     ``schedule`` (``cubic`` or ``linear``) shape the sparsity ramp; tau anneals after it.
     ``finalize=False`` leaves the masks on at the end (call :meth:`finalize` yourself).
     ``log_layers``: also log each target's hard sparsity and band.
+    ``resume_from``: the checkpoint directory given to ``trainer.train(resume_from_checkpoint=...)``
+    when it is not ``<output_dir>/checkpoint-<step>`` (callbacks are not told which one Trainer loads).
     """
 
     def __init__(self, config: PDPConfig | None = None, *, method: str = "pdp", ramp_steps: int | None = None,
                  ramp_fraction: float = 0.5, schedule: str = "cubic", finalize: bool = True,
-                 log_layers: bool = True, calibration: torch.Tensor | None = None, kernels=None):
+                 log_layers: bool = True, calibration: torch.Tensor | None = None, kernels=None,
+                 resume_from: str | Path | None = None):
         if config is not None and not isinstance(config, PDPConfig):
             raise TypeError(f"config must be a PDPConfig, got {type(config).__name__}")
         if method not in registry.names():
@@ -113,6 +119,7 @@ class PruningCallback(TrainerCallback):
         self.method, self.ramp_steps, self.ramp_fraction, self.kind = method, ramp_steps, ramp_fraction, schedule
         self.finalize_at_end, self.log_layers, self.calibration = finalize, log_layers, calibration
         self.kernels = kernels  # fused.KernelOptions for PDP's kernels (None: defaults)
+        self.resume_from = Path(resume_from) if resume_from is not None else None
         self.attached = False
         self.pruner = None
         self.schedule: PruningSchedule | None = None
@@ -165,9 +172,9 @@ class PruningCallback(TrainerCallback):
                                         ramp_fraction=self.ramp_fraction, schedule=self.kind,
                                         start_step=state.global_step)
         if state.global_step > 0:
-            saved = read_checkpoint_state(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            saved = read_checkpoint_state(self.resume_from or Path(args.output_dir) / f"checkpoint-{state.global_step}")
             if saved and int(saved.get("steps", -1)) == state.global_step:
-                self.schedule.load_state_dict(saved)  # budgets exactly as the run computed them
+                self.schedule.load_state_dict(saved)  # the run's plan, budgets exactly as it computed them
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.schedule is not None and not self.finalized:

@@ -66,6 +66,16 @@ def tau_at(kind: str, step: int, tau0: float, tau_final: float | None, start: in
     return math.exp(lo + (hi - lo) * (1.0 + math.cos(math.pi * p)) / 2.0)
 
 
+def plan_end(plan: dict) -> int:
+    """The step at which a schedule plan (``PruningSchedule.state_dict()["schedule"]``) is done: its
+    sparsity ramp has ended and, unless tau is constant, its tau anneal too.  A resumed run may not
+    end earlier (it would finalize in the middle of its plan); later steps stay at the target and tau_final."""
+    ramp_end = int(plan["ramp_steps"])
+    if plan.get("tau_schedule", "constant") == "constant":
+        return ramp_end
+    return max(ramp_end, int(plan.get("tau_end", plan["total_steps"])))
+
+
 class PruningSchedule:
     """Drives a pruner (PDP's or a baseline's) along the sparsity and tau schedules, step by step.
 
@@ -86,7 +96,10 @@ class PruningSchedule:
     Construction moves the pruner to ``start_step`` (0: no sparsity yet).  Checkpoint
     ``state_dict()`` with the model and optimizer; to continue exactly after a restart:
     attach, build the schedule, *then* load the model's state_dict (a gmp keep-mask is a
-    buffer in it) and ``load_state_dict`` the schedule.
+    buffer in it) and ``load_state_dict`` the schedule.  The loaded state brings its plan (ramp
+    length, tau window) with it, so a schedule built for more steps continues the old plan: an
+    extended run stays at the target sparsity and ``tau_final`` after the old end instead of
+    re-planning the ramp; one built for fewer steps than the plan needs is a ValueError.
     """
 
     def __init__(self, pruner, total_steps: int, *, ramp_steps: int | None = None, ramp_fraction: float = 0.5,
@@ -169,6 +182,24 @@ class PruningSchedule:
                              "tau_start": self.tau_start, "tau_end": self.tau_end}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore budgets and the step; the masks themselves come back with the model's state_dict."""
+        """Restore the plan, budgets and the step; the masks themselves come back with the model's state_dict."""
+        if state.get("schedule"):
+            self._continue(state["schedule"])
         self.pruner.load_state_dict(state)
         self.apply(int(state["steps"]))
+
+    def _continue(self, plan: dict) -> None:
+        """Adopt a saved plan: the ramp and tau window as they were planned when the run started."""
+        mine = {"kind": self.schedule, "tau_schedule": self.tau_schedule, "tau_final": self.tau_final}
+        differ = [k for k, v in mine.items() if k in plan and plan[k] != v]
+        if differ:
+            raise ValueError("the saved schedule has other " + ", ".join(f"{k} ({plan[k]!r}, here {mine[k]!r})"
+                                                                       for k in differ) + "; resume with the same")
+        end = plan_end(plan)
+        if self.total_steps < end:
+            raise ValueError(f"the saved schedule is planned to end at step {end} (sparsity ramp "
+                             f"{plan['ramp_steps']} steps, tau {plan.get('tau_schedule', 'constant')}); this one has "
+                             f"total_steps {self.total_steps}: resume with at least {end}")
+        self.ramp_steps = int(plan["ramp_steps"])
+        self.tau_start = int(plan.get("tau_start", self.ramp_steps))
+        self.tau_end = int(plan.get("tau_end", plan["total_steps"]))

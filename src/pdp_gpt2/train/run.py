@@ -28,6 +28,7 @@ from pdp_gpt2.train import distributed
 from pdp_gpt2.train import checkpoint, rundir, runlock
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.callback import PruningCallback, barrier, read_checkpoint_state
+from pdp_gpt2.pdp.schedule import plan_end
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics,
                                        resume_without_training)
 from pdp_gpt2.train.metrics_log import MetricsLog
@@ -74,7 +75,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     runlock.claim(output_dir, lock=distributed.is_main())  # create + lock first: nothing else is written before
     resume_from = rundir.check_output_dir(output_dir, overwrite=cfg.overwrite_output_dir, resume=cfg.resume)
     if resume_from is not None:
-        check_resume_config(cfg, output_dir)
+        check_resume_config(cfg, resume_from)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     if cfg.method != "dense":  # --targets matching nothing: refused now, not after the dense evaluation
         find_targets(model, cfg.pdp.targets)
@@ -97,25 +98,39 @@ def prepare(cfg: TrainConfig) -> Prepared:
 
 
 # Flags that change what a run computes: a resume must not change them (the masks, the data
-# order and the optimizer state in the checkpoint belong to the old values).
+# order, the optimizer state and the schedules' plan in the checkpoint belong to the old values).
+# --max_steps / --num_epochs may change: a longer run continues the planned schedules (plan_steps).
 SAME_ON_RESUME = ("model", "dataset", "streaming", "method", "seed", "batch_size", "gradient_accumulation_steps",
                   "max_length", "learning_rate", "weight_decay", "lr_scheduler", "lr_warmup_steps", "max_grad_norm",
-                  "custom_optimizer", "precision", "schedule", "pdp")
+                  "custom_optimizer", "precision", "schedule", "warmup_steps", "warmup_epochs", "pdp")
 
 
-def check_resume_config(cfg: TrainConfig, output_dir: Path) -> None:
-    path = output_dir / "run_config.json"
-    if not path.is_file():
-        return
+def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
+    """One check for ``--resume`` and ``--resume DIR/checkpoint-N``: the flags the checkpoint depends on
+    equal those of the run that wrote it (``run_config.json`` in the checkpoint's run directory,
+    wherever the resumed run writes)."""
+    run_dir = checkpoint.parent
+    path = run_dir / "run_config.json"
+    try:
+        old_cfg = json.loads(path.read_text())
+        if not isinstance(old_cfg, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        why = "there is none" if not path.is_file() else f"it does not parse ({e})"
+        raise UsageError(f"--resume {checkpoint}: the flags it was trained with cannot be checked: {path}: {why}; "
+                         "resume from a checkpoint inside the run directory that wrote it") from None
 
     def flat(d: dict) -> dict:  # PDP fields are flags too (--sparsity, --tau, ...)
-        return {**{k: v for k, v in d.items() if k in SAME_ON_RESUME and k != "pdp"}, **d.get("pdp", {})}
+        out = {**{k: v for k, v in d.items() if k in SAME_ON_RESUME and k != "pdp"}, **(d.get("pdp") or {})}
+        if out.get("warmup_steps") is not None:
+            out.pop("warmup_epochs", None)  # ignored next to --warmup_steps: a change to it changes nothing
+        return out
 
-    old, new = flat(json.loads(path.read_text())), flat(cfg.to_dict())
+    old, new = flat(old_cfg), flat(cfg.to_dict())
     changed = [k for k in new if k in old and old[k] != new[k]]
     if changed:
         raise UsageError(f"--resume with different {', '.join('--' + k for k in changed)} than the run in "
-                         f"{output_dir} (see its run_config.json); resume with the same flags")
+                         f"{run_dir} (see its run_config.json); resume with the same flags")
 
 
 def steps_per_epoch(n_blocks: int, cfg: TrainConfig, world: int) -> int:
@@ -123,12 +138,25 @@ def steps_per_epoch(n_blocks: int, cfg: TrainConfig, world: int) -> int:
     return max(1, micro // cfg.gradient_accumulation_steps)
 
 
-def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int) -> tuple[int, int]:
-    """(total optimizer steps, sparsity-ramp steps).  A stream (n_blocks None) counts --max_steps as its epoch."""
+def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int, planned: dict | None = None) -> tuple[int, int]:
+    """(total optimizer steps, sparsity-ramp steps).  A stream (n_blocks None) counts --max_steps as its epoch.
+    ``planned``: the schedule plan of the checkpoint a run resumes from (its pdp_state.json), which the
+    run continues: its ramp, whatever the new length (the README's resume contract)."""
     per_epoch = steps_per_epoch(n_blocks, cfg, world) if n_blocks is not None else cfg.max_steps
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * per_epoch)
+    length = f"--max_steps {cfg.max_steps}" if cfg.max_steps > 0 else f"--num_epochs {cfg.num_epochs:g}"
+    if planned:
+        end = plan_end(planned)
+        if total < end:
+            raise UsageError(f"--resume: {length} ends the run at step {total}, before the schedules planned when it "
+                             f"started end at step {end} (sparsity ramp {planned['ramp_steps']} steps, tau "
+                             f"{planned.get('tau_schedule', 'constant')}); resume with --max_steps {end} or more")
+        return total, int(planned["ramp_steps"])
     if cfg.warmup_steps is not None:
-        return total, min(cfg.warmup_steps, total)  # asked for explicitly: as given
+        if cfg.warmup_steps > total:  # the ramp would end past the last step, short of the target
+            raise UsageError(f"--warmup_steps {cfg.warmup_steps} is longer than the run ({total} steps of {length}): "
+                             f"the sparsity would not reach its target; use at most {total}")
+        return total, cfg.warmup_steps  # asked for explicitly: as given
     ramp = round(cfg.warmup_epochs * per_epoch)
     if ramp >= total and total > 1:
         # A --max_steps shorter than --warmup_epochs would reach the target only on the
@@ -221,15 +249,16 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     from pdp_gpt2.train.guard import RunGuard
     from pdp_gpt2.train.summary import finish_run
 
-    if cfg.eval_tasks:  # a missing extra fails now, not after training
-        from pdp_gpt2.data.lmeval import require_lm_eval
+    if cfg.eval_tasks:  # a missing extra or a mistyped task name fails now, not after training
+        from pdp_gpt2.data.lmeval import resolve_tasks
 
-        require_lm_eval()
+        resolve_tasks(cfg.eval_tasks)  # lm-eval's index is built once per process: the evaluation reuses it
     prep = prepare(cfg)
     out = prep.output_dir
     is_main = distributed.is_main()
     n_blocks = len(prep.train_data) if not cfg.streaming else None
-    total, ramp = plan_steps(n_blocks, cfg, distributed.world_size())
+    saved = read_checkpoint_state(prep.resume_from) if prep.resume_from is not None else None
+    total, ramp = plan_steps(n_blocks, cfg, distributed.world_size(), planned=(saved or {}).get("schedule"))
     args = training_args(cfg, out, total)  # under torchrun this joins the process group
     barrier()  # every rank has read the run directory (prepare) before rank 0 changes it
     if is_main:
@@ -243,9 +272,10 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     ppl_dense = dense_perplexity(model, prep, cfg, is_main)
 
     callback = pruning_callback(model, cfg, ramp, prep.train_data, kernels)  # kernels: the CLI reads them from env
+    callback.resume_from = prep.resume_from  # maybe in another run directory (a fork)
     pruner = callback.pruner
-    if pruner is not None and prep.resume_from is not None and (state := read_checkpoint_state(prep.resume_from)):
-        pruner.load_state_dict(state)  # global budgets are from the original dense weights
+    if pruner is not None and saved:
+        pruner.load_state_dict(saved)  # global budgets are from the original dense weights
     metrics = None
     if is_main:  # lines past the checkpoint we resume from are dropped: they will be logged again
         metrics = MetricsLog(out / "metrics.jsonl", resume_step=checkpoint.step_of(prep.resume_from))

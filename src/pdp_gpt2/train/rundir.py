@@ -48,6 +48,12 @@ def check_output_dir(output_dir: Path, *, overwrite: bool, resume: str | None) -
             if (why := checkpoint_damage(ckpt)) is not None:
                 raise UsageError(f"--resume {resume}: damaged checkpoint ({why}); "
                                  "pass --resume alone to use the latest usable one")
+            # Into another directory (a fork, e.g. to extend a finished run and keep it): only an
+            # empty one, or the resumed run would rewrite another run's metrics and config.
+            if (output_dir.resolve() != ckpt.parent.resolve() and output_dir.is_dir()
+                    and any(p.name != LOCK_FILE for p in output_dir.iterdir())):
+                raise UsageError(f"--resume {resume} --output_dir {output_dir}: {output_dir} already holds files "
+                                 f"(another run?); continue in {ckpt.parent} or into an empty directory")
             return ckpt
         found = checkpoints(output_dir, complete_only=True)
         if not found:
