@@ -1,5 +1,5 @@
 """The two extension points (issue 13): a pattern is one Pattern subclass + one PATTERNS line, a
-method is one MaskDriver subclass + one METHODS line.  Toys of each, registered here, run end to
+method is one MaskDriver subclass + one registered MethodSpec.  Toys of each, registered here, run end to
 end on a tiny GPT-2: attach, train steps, finalize, the CLI and its run directory."""
 import json
 
@@ -9,7 +9,8 @@ import torch
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig, UsageError
 from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.attach import METHODS, attach
+from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.attach import attach
 from pdp_gpt2.pdp.baselines import HardMask
 from pdp_gpt2.pdp.driver import MaskDriver
 from pdp_gpt2.pdp.patterns import PATTERNS, Pattern, get_pattern
@@ -28,17 +29,14 @@ class Columns(Pattern):
     def num_pruned(self, shape, out_dim, sparsity):
         return M.num_pruned(int(shape[1 - out_dim]), sparsity)
 
-    def _col_sq(self, x, out_dim):  # squared norm of each input feature, broadcastable to x
-        return (x * x).sum(dim=out_dim, keepdim=True)
-
-    def threshold(self, w, out_dim, k, hint=None, kernels=None):
-        return M.threshold(self._col_sq(w, out_dim).sqrt(), k), None
+    def scores(self, w, out_dim):  # the L2 norm of each input feature, broadcastable to w
+        return (w * w).sum(dim=out_dim, keepdim=True).sqrt()
 
     def soft_mask(self, w, out_dim, t, tau, tau_mode, beta):
-        return M.mask_from_gap(M.normalized_gap(self._col_sq(w, out_dim), t, tau_mode), tau, beta)
+        return M.mask_from_gap(M.normalized_gap((w * w).sum(dim=out_dim, keepdim=True), t, tau_mode), tau, beta)
 
-    def keep(self, scores, out_dim, k):
-        return M.hard_mask_from_scores(self._col_sq(scores, out_dim), k).expand_as(scores).clone()
+    def expand(self, keep_units, shape, out_dim):  # a kept input feature keeps all its weights
+        return keep_units.expand(shape)
 
 
 class RandomMask(MaskDriver):
@@ -59,7 +57,9 @@ class RandomMask(MaskDriver):
 @pytest.fixture
 def registered(monkeypatch):
     monkeypatch.setitem(PATTERNS, "columns", Columns)  # the one registry line of the pattern
-    monkeypatch.setitem(METHODS, "random", RandomMask)  # the one registry line of the method
+    registry.register(registry.MethodSpec("random", RandomMask))  # the one registry line of the method
+    yield
+    registry.unregister("random")
 
 
 def _ids(n=2, length=16):
@@ -177,7 +177,7 @@ def test_toy_method_and_pattern_through_the_cli(registered, tmp_path, tiny_asset
 
 
 def test_dense_is_no_driver():
-    assert METHODS["dense"] is None
+    assert registry.get("dense").driver_class() is None and not registry.get("dense").prunes
     assert attach(tiny_gpt2(), "dense", PDPConfig()) is None
 
 
@@ -189,15 +189,16 @@ def test_the_toys_in_docs_architecture_run():
     section = text.split("## Extension points", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 2
-    saved = dict(PATTERNS), dict(METHODS)
+    saved, methods = dict(PATTERNS), set(registry.names())
     try:
         for code in blocks:
             exec(code, {})
-        assert set(PATTERNS) - set(saved[0]) == {"columns"} and set(METHODS) - set(saved[1]) == {"random"}
+        assert set(PATTERNS) - set(saved) == {"columns"} and set(registry.names()) - methods == {"random"}
         model = tiny_gpt2()
         pdp_gpt2.attach(model, "random", PDPConfig(sparsity=0.5, pattern="columns")).finalize()
         w = model.transformer.h[1].mlp.c_proj.weight  # Conv1D (in=256, out=64)
         assert _dead_inputs(w, 1) == 128 and int((w == 0).sum()) == 128 * 64
     finally:
-        PATTERNS.clear(), PATTERNS.update(saved[0])
-        METHODS.clear(), METHODS.update(saved[1])
+        PATTERNS.clear(), PATTERNS.update(saved)
+        if "random" not in methods:
+            registry.unregister("random")

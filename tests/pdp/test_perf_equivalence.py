@@ -1,6 +1,6 @@
 """The fast paths (issue 5) give the same results as the definitions they replace.
 
-* mask.abs_threshold == mask.threshold(w.abs(), k), bit for bit, whatever the hint;
+* (thresholds: tests/pdp/test_select.py);
 * the masked weight and its gradient equal plain autograd of w * soft_mask(w), and
   the kernels never write into a tensor someone else holds (the incoming gradient);
 * KernelOptions travel through attach (flush, compile), and the compiled kernels
@@ -19,95 +19,6 @@ from pdp_gpt2 import PDPConfig
 from pdp_gpt2.pdp import fused as F
 from pdp_gpt2.pdp.fused import KernelOptions
 from pdp_gpt2.pdp import mask as M
-
-
-def _check(w, k, hint=None):
-    t, h = M.abs_threshold(w, k, hint)
-    ref = M.threshold(w.abs(), k)
-    assert t.dtype == ref.dtype and torch.equal(t, ref), (k, hint, t, ref)
-    return h
-
-
-# ---- thresholds ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_abs_threshold_equals_definition_on_random_tensors(dtype):
-    g = torch.Generator().manual_seed(0)
-    w = (torch.randn(50_003, generator=g) * 0.02).to(dtype)  # not a multiple of the block size
-    n = w.numel()
-    for k in (0, 1, 2, 17, n // 2, M.num_pruned(n, 0.9), n - 2, n - 1, n):
-        _check(w, k)
-
-
-def test_abs_threshold_with_ties_and_zeros():
-    g = torch.Generator().manual_seed(1)
-    levels = torch.randint(0, 12, (40_000,), generator=g).float() / 8  # many exact ties, 1/12 zeros
-    w = levels * (torch.randint(0, 2, (40_000,), generator=g) * 2 - 1)  # +-: |w| ties across signs
-    sorted_abs = w.abs().sort().values
-    # k right at, just before and just after tie boundaries, inside the block of zeros too
-    boundaries = (sorted_abs[1:] != sorted_abs[:-1]).nonzero().squeeze(1) + 1
-    ks = {1, 5, 100, 20_000, 39_999}
-    for b in boundaries.tolist():
-        ks |= {b - 1, b, b + 1}
-    for k in sorted(ks):
-        if 0 < k < w.numel():
-            _check(w, k)
-
-
-def test_abs_threshold_any_hint_gives_the_same_answer():
-    g = torch.Generator().manual_seed(2)
-    w = torch.randn(64, 1024, generator=g) * 0.05
-    k = M.num_pruned(w.numel(), 0.8)
-    good = _check(w, k)
-    assert good is not None and good.k == k and good.density > 0
-    bad_hints = [
-        good,
-        M.Hint(k, -5.0, 1e-9, 0.0),  # far below, density absurdly low
-        M.Hint(k, 100.0, 1e12, 0.0),  # far above, density absurdly high
-        M.Hint(k, good.value, 0.0, 0.0),  # density unknown
-        M.Hint(1, good.value, good.density, 1.0),  # another k, a huge miss
-        M.Hint(w.numel() - 1, 0.0, good.density, 0.0),
-    ]
-    for h in bad_hints:
-        _check(w, k, h)
-    for k2 in (1, 10, k - 5000, k + 5000, w.numel() - 1):  # a stale hint for another k
-        _check(w, k2, good)
-
-
-def test_abs_threshold_follows_drifting_weights_and_a_ramp():
-    g = torch.Generator().manual_seed(3)
-    w = torch.randn(300, 700, generator=g) * 0.02
-    hint = None
-    for step in range(30):
-        w += torch.randn(w.shape, generator=g) * 1e-4  # an optimizer step
-        k = M.num_pruned(w.numel(), min(0.9, 0.05 * step))  # the sparsity ramp moves k too
-        hint = _check(w, k, hint)
-
-
-def test_abs_threshold_non_contiguous_and_small_inputs():
-    w = torch.randn(512, 96).t()  # a transposed view
-    _check(w, M.num_pruned(w.numel(), 0.7))
-    small = torch.randn(10, 10)  # below FAST_MIN_NUMEL: the definition itself
-    t, h = M.abs_threshold(small, 37)
-    assert h is None and torch.equal(t, M.threshold(small.abs(), 37))
-
-
-def test_pruner_thresholds_stay_exact_across_steps():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 512), nn.Linear(512, 256))
-    pruner = pdp_gpt2.attach(model, PDPConfig(sparsity=0.9, targets=["0", "1"]))
-    for step in range(5):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 1e-4)
-        pruner.set_sparsity(0.9 - 0.1 * (step % 2))
-        pruner.step()
-        for t in pruner.targets:
-            w = pruner.original(t)
-            ref = M.threshold(w.abs(), M.num_pruned(w.numel(), pruner.layer_sparsity(t.name)))
-            assert torch.equal(pruner.mask_of(t).t, ref)
-            assert pruner.mask_of(t)._hint is not None  # the fast path ran
 
 
 # ---- the masked weight and its gradient ------------------------------------------------------
@@ -345,23 +256,6 @@ def test_compiled_kernels_equal_the_definition(beta, mode):
     assert {"forward", "backward"} <= F.compiled_kernels()
     assert torch.allclose(out, ref, atol=1e-6)
     assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_compiled_counting_gives_exact_thresholds():
-    opts = KernelOptions(compile_min_numel=1 << 12)
-    g = torch.Generator().manual_seed(4)
-    w = torch.randn(200, 333, generator=g) * 0.02
-    lo, hi = torch.tensor(0.01), torch.tensor(0.02)
-    n_body = w.numel() - w.numel() % F.BLOCK
-    eager = F._block_counts_expr(w.reshape(-1)[:n_body], lo, hi)
-    compiled = F.block_counts(w.reshape(-1)[:n_body], lo, hi, opts)
-    assert "block_counts" in F.compiled_kernels()
-    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
-    hint = None
-    for k in (1, 1000, M.num_pruned(w.numel(), 0.9), w.numel() - 1):
-        t, hint = M.abs_threshold(w, k, hint, opts)
-        assert torch.equal(t, M.threshold(w.abs(), k))
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
-"""The PDP core: pure mask math (mask.py, fused.py), patterns (patterns.py), the
-parametrization (param.py) and its backward recompute (recompute.py), the driver
-lifecycle and method registry (driver.py, attach.py, baselines.py), FSDP2 shards
-(sharded.py, sharded_driver.py), schedules (schedule.py), PDPConfig (config.py), and
+"""The PDP core: pure mask math (mask.py, fused.py), the exact batched selection of thresholds
+and keep-masks (select.py), patterns (patterns.py), the parametrization (param.py) and its
+backward recompute (recompute.py), the driver lifecycle (driver.py, attach.py, baselines.py),
+the method registry (registry.py, no torch), FSDP2 shards (sharded.py), schedules
+(schedule.py), PDPConfig (config.py), and
 PruningCallback for any HF Trainer (callback.py, the one module that imports
 transformers; loaded only when used).
 

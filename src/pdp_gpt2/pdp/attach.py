@@ -42,7 +42,17 @@ class Pruner(MaskDriver):
                        kernels=self.kernels)
 
     def update(self, t: Target, sparsity: float) -> None:
-        self.mask_of(t).refresh(self.original(t), sparsity)
+        self.update_all([t], [sparsity])
+
+    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
+        """Every target's threshold in one batched selection (pdp/select.py: one host transfer in a
+        steady state, however many targets; the same code on shards)."""
+        masks = [self.mask_of(t) for t in targets]
+        ks = [m._k(s) for m, s in zip(masks, sparsities)]
+        ts, hints, positive = self.pattern.thresholds([self.part(t) for t in targets], ks,
+                                                      [m._hint for m in masks], self.kernels)
+        for m, s, t, h, pos in zip(masks, sparsities, ts, hints, positive):
+            m.set_threshold(s, t, h, pos)
 
     def set_tau(self, tau: float) -> None:
         """Soft-mask temperature of every target (the tau schedule calls this).  Each mask reads

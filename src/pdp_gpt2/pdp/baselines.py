@@ -21,6 +21,10 @@ pruner, so a baseline is just another driver (registered in pdp/registry.py):
   Wanda's per-output row), so every method prunes exactly the same number of
   weights per tensor.
 
+Keep-masks of every target are selected together (``Pattern.keeps``, pdp/select.py: exact,
+with the counting on the device), and between sparsity changes gmp reads one count per
+target, all in one host transfer, to see that its masks would come back unchanged.
+
 The mask is hard: ``HardMask`` multiplies by a 0/1 keep-mask, a plain product,
 so no gradient flows through the mask and pruned weights get exactly zero
 gradient.  The keep-mask is a buffer of the parametrization, so Trainer
@@ -28,12 +32,16 @@ checkpoints carry it and a resumed run continues with the same mask.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp import sharded as S
 from pdp_gpt2.pdp.driver import MaskDriver
-from pdp_gpt2.pdp.patterns import Pattern
+from pdp_gpt2.pdp.param import final_values
+from pdp_gpt2.pdp.patterns import Part, Pattern
 from pdp_gpt2.pdp.targets import Target
 
 
@@ -48,6 +56,8 @@ def keep_from_scores(scores: torch.Tensor, sparsity: float, *, pattern: Pattern,
 
 class HardMask(nn.Module):
     """Parametrization w -> w * keep (then fake-quant if ``bits``)."""
+
+    soft = False
 
     def __init__(self, shape, out_dim: int, bits: int | None = None):
         super().__init__()
@@ -70,11 +80,28 @@ class HardMask(nn.Module):
         return self.keep.to(w.dtype)
 
     @torch.no_grad()
+    def local_soft_mask(self, part: Part) -> torch.Tensor:
+        return part.mine(self.keep).to(part.w.dtype)
+
+    @torch.no_grad()
+    def final_keep(self, part: Part) -> torch.Tensor:
+        return part.mine(self.keep)
+
+    @torch.no_grad()
+    def final_local(self, part: Part, keep: torch.Tensor) -> torch.Tensor:
+        return final_values(part, keep, self.bits)
+
+    @torch.no_grad()
     def final_weight(self, w: torch.Tensor) -> torch.Tensor:
         """Exact zeros as +0.0 (a product leaves -0.0 for negative pruned weights, and saved bytes
         should not depend on the signs of weights that are gone), as PDPMask.final_weight."""
-        out = torch.where(self.keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
-        return (M.fake_quant(out, self.bits, self.out_dim) if self.bits is not None else out).detach()
+        part = Part(w, self.out_dim)
+        return self.final_local(part, self.final_keep(part))
+
+    def to_identity(self) -> None:
+        """Mask nothing from now on (a finalized or removed sharded model keeps its parametrizations)."""
+        self.keep.fill_(True)
+        self.bits = None
 
 
 class HardPruner(MaskDriver):
@@ -91,8 +118,19 @@ class HardPruner(MaskDriver):
         return w.abs()
 
     def update(self, t: Target, sparsity: float) -> None:
-        self.mask_of(t).keep.copy_(keep_from_scores(self.score(t, self.original(t)), sparsity,
-                                                    pattern=self.pattern, out_dim=t.out_dim))
+        self.update_all([t], [sparsity])
+
+    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
+        parts = [self.part(t) for t in targets]
+        scored = [Part(self.score(t, p.w), p.out_dim, p.shard) for t, p in zip(targets, parts)]
+        self._set_keeps(targets, scored, sparsities)
+
+    def _set_keeps(self, targets, scored: list[Part], sparsities) -> None:
+        """Keep-masks pruning the lowest scores of every target together, into the masks' buffers."""
+        ks = [self.pattern.num_pruned(p.shape, p.out_dim, s) for p, s in zip(scored, sparsities)]
+        for t, p, keep in zip(targets, scored, self.pattern.keeps(scored, ks, self.kernels)):
+            whole = keep if p.shard is None else S.gather_dim0(keep, p.shard)  # every rank holds all of keep
+            self.mask_of(t).keep.copy_(whole)
 
 
 class Magnitude(HardPruner):
@@ -110,20 +148,34 @@ class GMP(HardPruner):
     def start(self) -> None:
         pass  # starts dense: the schedule's set_sparsity moves it
 
-    def update(self, t: Target, sparsity: float) -> None:
-        hm, w = self.mask_of(t), self.original(t)
-        score = w.abs()
-        k_new = M.num_pruned(w.numel(), sparsity)
-        pruned = int((~hm.keep).sum())
-        if pruned <= k_new:
-            # Pruned stay pruned: they score 0, so they are chosen first again.
-            score = score * hm.keep
-            # Between sparsity changes (after the ramp: every step) one counting pass can show
-            # that the mask would come back unchanged, instead of a selection over the tensor.
-            k = self.pattern.num_pruned(w.shape, t.out_dim, sparsity)
-            if pruned == k_new and self.pattern.unchanged(score, k):
-                return
-        hm.keep.copy_(keep_from_scores(score, sparsity, pattern=self.pattern, out_dim=t.out_dim))
+    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
+        parts = [self.part(t) for t in targets]
+        masks = [self.mask_of(t) for t in targets]
+        keeps = [p.mine(m.keep) for p, m in zip(parts, masks)]
+        # One host transfer for every target: entries pruned now, and how many weights the mask keeps
+        # nonzero (summed over the shards; every rank holds the whole keep-mask).
+        counts = []
+        if parts:
+            nonzero = torch.stack([((p.w != 0) & k).sum() for p, k in zip(parts, keeps)])
+            nonzero = S.all_reduce(nonzero, parts[0].group)
+            counts = torch.stack([torch.stack([(~m.keep).sum() for m in masks]), nonzero], dim=1).tolist()
+        todo, scored, todo_s = [], [], []
+        for t, p, keep, s, (pruned, nnz) in zip(targets, parts, keeps, sparsities, counts):
+            n = M.num_pruned(math.prod(p.shape), s)
+            score = p.w.abs()
+            if pruned <= n:
+                # Pruned stay pruned: they score 0, so they are chosen first again.
+                score = score * keep
+                # Between sparsity changes (after the ramp: every step) the counts can show that the
+                # mask would come back unchanged, instead of a selection over the tensor.
+                k = self.pattern.num_pruned(p.shape, p.out_dim, s)
+                if pruned == n and self.pattern.keep_is_nonzero(p.shape, p.out_dim, k, nnz):
+                    continue
+            todo.append(t)
+            scored.append(Part(score, p.out_dim, p.shard))
+            todo_s.append(s)
+        if todo:
+            self._set_keeps(todo, scored, todo_s)
 
 
 class Wanda(HardPruner):

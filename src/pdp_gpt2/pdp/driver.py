@@ -3,19 +3,26 @@
 A driver owns one model's masks from ``attach`` to ``finalize``.  A method defines
 three things (see attach.py for the registry and docs/architecture.md for a toy):
 
-* ``make_mask(target)``: the parametrization put on the target's weight.  It must
-  have ``soft_mask(w)`` (mask values as floats, w's shape) and ``final_weight(w)``
-  (the dense weight with exact zeros), and keep its state in buffers (they travel
-  in the model's state_dict); optionally ``recipe(w)``, to be recomputed in
-  backward instead of kept (pdp/recompute.py);
-* ``update(target, sparsity)``: recompute that target's mask for ``sparsity``;
+* ``make_mask(target)``: the parametrization put on the target's weight.  It keeps its
+  state in buffers (they travel in the model's state_dict) and says what it is: ``soft``
+  (differentiable or 0/1), ``soft_mask(w)`` / ``local_soft_mask(part)`` (its values, on the
+  whole weight or on the rows a shard holds), ``final_keep(part)`` and ``final_local(part, keep)``
+  (finalize's exact zeros on those rows), ``to_identity()`` (a sharded model keeps its
+  parametrizations); ``PDPMask`` and the baselines' ``HardMask`` are the two there are, and a
+  new method usually reuses one.  Optionally ``recipe(w)``, to be recomputed in backward
+  instead of kept (pdp/recompute.py);
+* ``update(target, sparsity)``: recompute that target's mask for ``sparsity``, or
+  ``update_all(targets, sparsities)`` to do every target at once (the built-in methods do:
+  one batched selection and one host transfer per step, pdp/select.py);
 * optionally ``prepare(calibration)`` (runs before any mask goes on), ``start()``
   (the masks right after attach), the class flags ``one_shot`` / ``keeps_history``
   and a one-line ``description``.
 
 Everything else is shared here: the schedule's ``set_sparsity`` and ``step``,
 per-layer budgets, ``stats``, ``masks``, ``state_dict`` / ``load_state_dict``,
-``finalize`` and ``remove``.
+``finalize`` and ``remove``.  Sharded weights (FSDP2) take the same paths: the driver hands
+its method and pattern :class:`~pdp_gpt2.pdp.patterns.Part` objects (the local shard and
+where it sits) and nothing here asks whether a weight is sharded but :meth:`part`.
 """
 from __future__ import annotations
 
@@ -24,9 +31,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import sharded, sharded_driver
+from pdp_gpt2.pdp import sharded
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.patterns import Part
 from pdp_gpt2.pdp.recompute import RecomputeHooks
 from pdp_gpt2.pdp.targets import Target
 
@@ -55,6 +63,7 @@ class MaskDriver:
         # Fraction of the global target each tensor takes (1.0 each under 'layer').
         self.budgets: dict[str, float] = {t.name: 1.0 for t in targets}
         self.method = type(self).__name__.lower()  # attach() sets the name it is registered under
+        self.spec = None  # and its registry.MethodSpec
         self._recompute: list[RecomputeHooks] = []
 
     # ---- what a method defines ------------------------------------------------------------
@@ -68,6 +77,11 @@ class MaskDriver:
         """Recompute target t's mask at ``sparsity`` (this tensor's share, see layer_sparsity)."""
         raise NotImplementedError
 
+    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
+        """Recompute every target's mask; a method that can batch the work across targets overrides this."""
+        for t, s in zip(targets, sparsities):
+            self.update(t, s)
+
     def start(self) -> None:
         """The masks right after attach: at the final target (a gradual method may start dense)."""
         self.sparsity = self.config.sparsity
@@ -79,6 +93,13 @@ class MaskDriver:
 
     def original(self, t: Target) -> nn.Parameter:
         return t.module.parametrizations.weight.original
+
+    def part(self, t: Target) -> Part:
+        """Target t's weight as this process holds it: the whole tensor, or (FSDP2) its shard."""
+        w = self.original(t)
+        if sharded.is_sharded(w):
+            return Part(w.to_local().detach(), t.out_dim, sharded.layout(w))
+        return Part(w.detach(), t.out_dim)
 
     def layer_sparsity(self, name: str, sparsity: float | None = None) -> float:
         s = self.sparsity if sparsity is None else sparsity
@@ -126,32 +147,38 @@ class MaskDriver:
 
     @torch.no_grad()
     def refresh(self) -> None:
-        if sharded_driver.any_sharded(self):  # FSDP2: the same buffers, from the shards (pdp/sharded_driver.py)
-            return sharded_driver.refresh(self)
-        for t in self.targets:
-            self.update(t, self.layer_sparsity(t.name))
+        self.update_all(self.targets, [self.layer_sparsity(t.name) for t in self.targets])
 
     @torch.no_grad()
     def finalize(self) -> nn.Module:
-        """Bake hard masks: exact zeros, plain modules, original state_dict keys."""
+        """Bake hard masks: exact zeros, plain modules, original state_dict keys.  Under FSDP2 every
+        rank writes the zeros into its own shard and the parametrizations stay, as the identity
+        (FSDP holds the parameters inside them); ``pdp_gpt2.fsdp.gather_plain_model`` then gives
+        the plain model."""
         self._unhook_recompute()
-        if sharded_driver.any_sharded(self):  # FSDP2: zeros written into every shard (pdp/sharded_driver.py)
-            return sharded_driver.finalize(self)
         for t in self.targets:
-            final = self.mask_of(t).final_weight(self.original(t))
-            parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
-            t.module.weight.copy_(final)
+            mask, part = self.mask_of(t), self.part(t)
+            final = mask.final_local(part, mask.final_keep(part))
+            if part.shard is not None:
+                self.original(t).to_local().copy_(final)
+                mask.to_identity()
+            else:
+                parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
+                t.module.weight.copy_(final)
         self.targets = []
         return self.model
 
     @torch.no_grad()
     def remove(self) -> nn.Module:
-        """Inverse of attach: drop the masks and restore the dense weights as they are."""
+        """Inverse of attach: drop the masks and restore the dense weights as they are (under FSDP2
+        the masks stay but become the identity: removing a parametrization would pull the parameter
+        out from under FSDP)."""
         self._unhook_recompute()
-        if sharded_driver.any_sharded(self):  # FSDP2: the masks stay but become the identity
-            return sharded_driver.remove(self)
         for t in self.targets:
-            parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
+            if self.part(t).shard is not None:
+                self.mask_of(t).to_identity()
+            else:
+                parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
         self.targets = []
         return self.model
 
@@ -167,20 +194,21 @@ class MaskDriver:
 
         "hard" is the fraction of entries below their threshold (m < 0.5): the zeros
         a finalize would make right now.  "band" is the fraction with 0.05 < m < 0.95
-        (always 0 for a hard 0/1 mask).  Cheap enough to call at every log step (no sort).
+        (always 0 for a hard 0/1 mask).  Cheap enough to call at every log step (no sort,
+        one host transfer for every target; under FSDP2 one all-reduce sums the shards' counts).
         """
         lo, hi = M.BAND
-        layers, total, zeros, band, msum = {}, 0, 0, 0, 0.0
-        counts = sharded_driver.mask_counts(self) if sharded_driver.any_sharded(self) else {}  # FSDP2: from the shards
+        rows, parts = [], []
         for t in self.targets:
-            if t.name in counts:
-                n, z, b, s = counts[t.name]
-            else:
-                m = self.mask_of(t).soft_mask(self.original(t))
-                n = m.numel()
-                z = int((m < 0.5).sum())
-                b = int(((m > lo) & (m < hi)).sum())
-                s = float(m.sum())
+            part = self.part(t)
+            m = self.mask_of(t).local_soft_mask(part)
+            rows.append(torch.stack([(m < 0.5).sum(), ((m > lo) & (m < hi)).sum(), m.sum()]).double())
+            parts.append(part)
+        counts = sharded.all_reduce(torch.stack(rows), parts[0].group).tolist() if rows else []
+        layers, total, zeros, band, msum = {}, 0, 0, 0, 0.0
+        for t, part, (z, b, s) in zip(self.targets, parts, counts):
+            n = int(torch.Size(part.shape).numel())
+            z, b = int(z), int(b)
             layers[t.name] = {"target": self.layer_sparsity(t.name), "hard": z / n, "band": b / n,
                               "mean_mask": s / n, "numel": n}
             total, zeros, band, msum = total + n, zeros + z, band + b, msum + s

@@ -25,8 +25,8 @@ tensors (test models, tiny configs) stay eager, where compiling would cost more
 than it saves.  If compiling fails (no C++ compiler, no Triton, an unsupported
 platform) we warn once and stay eager for the rest of the process.  Gradients too
 small for Adam's second moment are flushed to 0 (:func:`underflow_level`), which
-leaves the trained weights the same.  Thresholds: see ``mask.abs_threshold`` (the
-counting kernel lives here).
+leaves the trained weights the same.  Thresholds: see pdp/select.py (its counting
+kernel lives here).
 
 Only public APIs: the kernels never touch the incoming gradient (an earlier version
 reused buffers, guarded by private reference counts).  The forward writes a fresh
@@ -46,10 +46,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-
-# Threshold selection counts entries per block of this many (see mask.abs_threshold).
-BLOCK = 256
-
 
 @dataclass(frozen=True)
 class KernelOptions:
@@ -83,7 +79,7 @@ def compiled_kernels() -> set[str]:
 def _fast(name: str, expr, eager, kernels: KernelOptions | None, *args):
     """``expr(*args)`` compiled when worthwhile, else ``eager(*args)`` (same values).
 
-    ``args[0]`` is a flat contiguous tensor; the others are tensors of its size,
+    ``args[0]`` is the large tensor (its size decides); the others are tensors,
     0-d tensors, or Python floats (compiled as inputs, not constants).
     """
     kernels = kernels or DEFAULT
@@ -253,18 +249,22 @@ def soft_masked_weight(w, t, tau: float, tau_mode: str, beta: float | None, kern
 # ---- counting for threshold selection ---------------------------------------------------
 
 
-def _block_counts_expr(flat, lo, hi):
-    """Per block of BLOCK entries: how many |x| < lo, and how many lo <= |x| <= hi.
+def _row_block_counts_expr(body, lo, hi):
+    """The counting pass of pdp/select.py, per row and block of ``body`` ((rows, blocks, SB)),
+    with the row's bounds ``lo``, ``hi`` (shape (rows,)): how many |x| < lo, and how many
+    lo <= |x| <= hi.
 
-    Counts are summed as float32 (exact: at most BLOCK per block), which vectorizes
-    far better than integer sums on CPU.
+    Counts are summed as float32 (exact: at most SB per block), which vectorizes far better
+    than integer sums on CPU; the caller sums the blocks in float64 (exact at any size; inside
+    the compiled loop a float64 total made it 7x slower on CPU).
     """
-    a = flat.abs().view(-1, BLOCK)
-    below = (a < lo).to(torch.float32).sum(dim=1)
-    inside = ((a >= lo) & (a <= hi)).to(torch.float32).sum(dim=1)
+    a = body.abs()
+    lo3, hi3 = lo[:, None, None], hi[:, None, None]
+    below = (a < lo3).to(torch.float32).sum(dim=2)
+    inside = ((a >= lo3) & (a <= hi3)).to(torch.float32).sum(dim=2)
     return below, inside
 
 
-def block_counts(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kernels: KernelOptions | None = None):
-    """``_block_counts_expr`` on a flat tensor whose length is a multiple of BLOCK."""
-    return _fast("block_counts", _block_counts_expr, _block_counts_expr, kernels, flat, lo, hi)
+def row_block_counts(body: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kernels: KernelOptions | None = None):
+    """``_row_block_counts_expr``, compiled on large inputs."""
+    return _fast("block_counts", _row_block_counts_expr, _row_block_counts_expr, kernels, body, lo, hi)

@@ -26,7 +26,6 @@ Pass ``tau_mode="absolute"`` to get the paper's raw form x = w^2 - t^2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -63,137 +62,9 @@ def threshold(scores: torch.Tensor, k: int) -> torch.Tensor:
     return (lo + hi) / 2
 
 
-# ---- exact selection without a fresh full selection -----------------------------------
-# threshold() above is the definition.  Training recomputes it for every target
-# tensor after every optimizer step, and a fresh selection (kthvalue copies the
-# tensor and runs a single-threaded nth_element) cost more there than the masked
-# forward and backward together.  Weights move little per step, so the k-th
-# smallest |w| moves little: abs_threshold() guesses an interval [lo, hi] around
-# it, counts in one fused pass how many |w| lie below lo and inside [lo, hi]
-# (per block of fused.BLOCK entries), and when the counts show that the k-th and
-# (k+1)-th smallest both lie inside, sorts just the entries of the few blocks that
-# hold candidates.  The counts prove the bracket, so the result is exactly
-# threshold(w.abs(), k), ties included; a bad guess costs another counting pass,
-# and after a few the definition runs.
-
-FAST_MIN_NUMEL = 1 << 14  # below this the definition is as fast
-_TRIES = 4
-_SAMPLE = 4096  # entries in the strided sample that makes a first guess
-_MIN_CANDIDATES = 64  # aim for at least this many entries inside a bracket
-
-
-@dataclass
-class Hint:
-    """What one selection on a tensor tells the next one (a warm start; never affects the result)."""
-
-    k: int
-    value: float  # the k-th smallest |w| found
-    density: float  # entries of |w| per unit of magnitude near it (0: unknown)
-    miss: float  # |value - guess|: how far it was from where we looked
-
-
-def abs_threshold(w: torch.Tensor, k: int, hint: Hint | None = None,
-                  kernels=None) -> tuple[torch.Tensor, Hint | None]:
-    """``threshold(w.abs(), k)``, bit for bit, and a hint for the next call on this tensor.
-
-    ``hint`` (from the previous call on the same, slightly changed tensor) only
-    decides where to look; any hint, stale or wrong, gives the same threshold.
-    ``kernels``: the fused.KernelOptions of the counting pass.
-    """
-    flat = w.detach().reshape(-1)
-    n = flat.numel()
-    if k <= 0 or k >= n or n < FAST_MIN_NUMEL:
-        return threshold(flat.abs(), k), None
-    center, half, density = _first_guess(flat, k) if hint is None else _guess_from(hint, k)
-    guess = center
-    for _ in range(_TRIES):
-        lo, hi = max(center - half, 0.0), center + half
-        pair, below, inside = _select_in(flat, k, lo, hi, kernels)
-        if inside >= 2 and hi > lo:
-            density = inside / (hi - lo)
-        if pair is not None:
-            v_k, v_k1 = pair
-            value = float(v_k)
-            # a sample's guess misses by its sampling error, not by how the weights drift
-            miss = abs(value - guess) if hint is not None else 0.0
-            return (v_k + v_k1) / 2, Hint(k, value, density, miss)
-        # the counts say which side the k-th smallest is on, and (density) about how far
-        if below >= k:
-            shift = (below - k + 1) / density if density > 0 else 2 * half
-            center, half = lo - shift, max(2 * half, shift)
-        else:
-            shift = (k + 1 - below - inside) / density if density > 0 else 2 * half
-            center, half = hi + shift, max(2 * half, shift)
-    return threshold(flat.abs(), k), None
-
-
-def _first_guess(flat: torch.Tensor, k: int) -> tuple[float, float, float]:
-    """Center and half-width from a strided sample: its quantile at k/n, +- 4 standard errors."""
-    n = flat.numel()
-    sample = flat[:: max(1, n // _SAMPLE)].abs().float()
-    m = sample.numel()
-    q = k / n
-    se = max(1.0, math.sqrt(m * q * (1 - q)))  # standard error of the sample rank
-    r = min(m, max(1, round(q * m)))
-    r_lo, r_hi = max(1, r - math.ceil(4 * se)), min(m, r + math.ceil(4 * se))
-    v = [float(sample.kthvalue(i).values) for i in (r_lo, r, r_hi)]
-    center, half = v[1], max(v[1] - v[0], v[2] - v[1])
-    density = (r_hi - r_lo) * (n / m) / (v[2] - v[0]) if v[2] > v[0] else 0.0
-    if half <= 0:  # a sample of ties: look just around them
-        half = abs(center) * 1e-3 + 1e-30
-    return center, half, density
-
-
-def _guess_from(h: Hint, k: int) -> tuple[float, float, float]:
-    """Center and half-width for k from the last selection: shift by the rank change, allow for drift."""
-    if h.density > 0:
-        center = h.value + (k - h.k) / h.density
-        half = max(3 * h.miss, _MIN_CANDIDATES / (2 * h.density), 0.25 * abs(k - h.k) / h.density)
-    else:
-        center, half = h.value, max(3 * h.miss, abs(h.value) * 1e-3)
-    return center, max(half, abs(center) * 1e-7, 1e-30), h.density
-
-
-def bracket_counts(flat: torch.Tensor, lo: float, hi: float, kernels=None):
-    """How many |x| of ``flat`` lie below ``lo`` and inside [lo, hi]: the one exact count
-    threshold selection needs, in one pass and one host sync.
-
-    Returns (below, inside, inside_per_block, body, tail): the two totals as ints, and
-    what :func:`_select_in` needs to collect the candidates (per-block counts of the
-    first ``len(body)`` entries, blocks of fused.BLOCK; ``tail`` = the rest, as |x|).
-    """
-    from pdp_gpt2.pdp.fused import BLOCK, block_counts
-
-    lo_t = torch.tensor(lo, dtype=flat.dtype, device=flat.device)
-    hi_t = torch.tensor(hi, dtype=flat.dtype, device=flat.device)
-    n_body = flat.numel() - flat.numel() % BLOCK
-    body, tail = flat[:n_body], flat[n_body:].abs()
-    below_b, inside_b = block_counts(body, lo_t, hi_t, kernels)
-    tail_in = (tail >= lo_t) & (tail <= hi_t)
-    # one host sync for both counts; float64 sums of whole numbers are exact
-    below, inside = torch.stack([below_b.sum(dtype=torch.float64) + (tail < lo_t).sum(),
-                                 inside_b.sum(dtype=torch.float64) + tail_in.sum()]).tolist()
-    return int(below), int(inside), inside_b, body, tail
-
-
-def _select_in(flat: torch.Tensor, k: int, lo: float, hi: float, kernels=None):
-    """(k-th, (k+1)-th smallest |x|) if both lie in [lo, hi], else None; plus the two counts.
-
-    Returns (pair or None, #(|x| < lo), #(lo <= |x| <= hi)).
-    """
-    from pdp_gpt2.pdp.fused import BLOCK
-
-    below, inside, inside_b, body, tail = bracket_counts(flat, lo, hi, kernels)
-    if not (below <= k - 1 and below + inside >= k + 1):
-        return None, below, inside
-    lo_t = torch.tensor(lo, dtype=flat.dtype, device=flat.device)
-    hi_t = torch.tensor(hi, dtype=flat.dtype, device=flat.device)
-    blocks = inside_b.nonzero().squeeze(1)
-    vals = torch.cat([body.view(-1, BLOCK).index_select(0, blocks).abs().reshape(-1), tail])
-    cand = vals[(vals >= lo_t) & (vals <= hi_t)].sort().values
-    assert cand.numel() == inside, "block counts disagree with the entries they count"
-    j = k - below  # rank of the k-th smallest among the candidates (1-based)
-    return (cand[j - 1], cand[j]), below, inside
+# Training does not call threshold() per tensor: pdp/select.py finds the same values, bit for bit,
+# for every target at once with the counting on the device (this function is the definition its
+# tests compare against).
 
 
 def normalized_gap(sq: torch.Tensor, t: torch.Tensor, tau_mode: str = "relative") -> torch.Tensor:
@@ -328,21 +199,30 @@ def nm_hard_mask(w_in_last: torch.Tensor, k: int, m: int) -> torch.Tensor:
 # ---- fake quantization -------------------------------------------------------------
 
 
-def quant_scale(w: torch.Tensor, bits: int, out_dim: int) -> torch.Tensor:
-    """Symmetric per-output-channel scale max|w| / (2^(b-1) - 1), broadcastable to w."""
+def quant_scale(w: torch.Tensor, bits: int, out_dim: int, amax_reduce=None) -> torch.Tensor:
+    """Symmetric per-output-channel scale max|w| / (2^(b-1) - 1), broadcastable to w.
+
+    ``amax_reduce``: a function that turns this tensor's per-channel maxima into the whole
+    weight's, for a shard whose channels continue on other ranks (a maximum over shards is exact).
+    """
     qmax = 2 ** (bits - 1) - 1
     reduce = [d for d in range(w.dim()) if d != out_dim % w.dim()]
-    amax = w.detach().abs().amax(dim=reduce, keepdim=True)
+    if w.numel():
+        amax = w.detach().abs().amax(dim=reduce, keepdim=True)
+    else:  # an empty shard: its channels' maxima are the other ranks'
+        amax = w.new_zeros([1 if d in reduce else s for d, s in enumerate(w.shape)])
+    if amax_reduce is not None:
+        amax = amax_reduce(amax.contiguous())
     return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
 
 
-def fake_quant(w: torch.Tensor, bits: int, out_dim: int) -> torch.Tensor:
+def fake_quant(w: torch.Tensor, bits: int, out_dim: int, amax_reduce=None) -> torch.Tensor:
     """Round w to its channel's symmetric b-bit grid, straight-through in backward.
 
     Forward returns round(w / s) * s (zeros stay exactly zero); backward treats
     the rounding as identity, so the mask and the weights still get gradients.
     """
     qmax = 2 ** (bits - 1) - 1
-    s = quant_scale(w, bits, out_dim)
+    s = quant_scale(w, bits, out_dim, amax_reduce)
     q = torch.clamp(torch.round(w / s), -qmax, qmax) * s
     return w + (q - w).detach()

@@ -3,9 +3,16 @@
 ``torch.nn.utils.parametrize`` makes ``module.weight`` a computed property
 (original -> masked), so the model's own forward code is untouched and autograd
 sees the mask.  The threshold is cached in a buffer and refreshed by the driver
-once per optimizer step; a forward pass only applies it (gradient accumulation
-does not recompute thresholds per micro-batch).  Everything that depends on the
-sparsity pattern is the :class:`~pdp_gpt2.pdp.patterns.Pattern`'s.
+once per optimizer step, for every target together (``Pattern.thresholds``); a
+forward pass only applies it (gradient accumulation does not recompute thresholds
+per micro-batch).  Everything that depends on the sparsity pattern is the
+:class:`~pdp_gpt2.pdp.patterns.Pattern`'s; everything that depends on a shard, the
+:class:`~pdp_gpt2.pdp.patterns.Part`'s.
+
+What a mask module tells its driver (the baselines' ``HardMask`` the same): ``soft``
+(a differentiable mask, or 0/1), ``k`` (how many units it prunes now), ``local_soft_mask``
+(its values on the rows this process holds), ``final_keep`` / ``final_local`` (the exact
+zeros of finalize, on those rows) and ``to_identity`` (a sharded model keeps its masks).
 """
 from __future__ import annotations
 
@@ -13,8 +20,9 @@ import torch
 from torch import nn
 
 from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp import sharded as S
 from pdp_gpt2.pdp.fused import KernelOptions
-from pdp_gpt2.pdp.patterns import Pattern
+from pdp_gpt2.pdp.patterns import Part, Pattern
 
 # Where torch.nn.utils.parametrize puts a parametrized weight's parameter and its masks (the
 # state_dict key of the dense weight is "<module>.<ORIGINAL>").
@@ -22,6 +30,8 @@ ORIGINAL = "parametrizations.weight.original"
 
 
 class PDPMask(nn.Module):
+    soft = True
+
     def __init__(self, shape: torch.Size, out_dim: int, *, pattern: Pattern, tau: float,
                  tau_mode: str, beta: float | None, bits: int | None, kernels: KernelOptions | None = None):
         super().__init__()
@@ -32,21 +42,32 @@ class PDPMask(nn.Module):
         # Python-side copy of "is anything pruned?", so forward never syncs with the device.
         self.active = False
         self.sparsity = 0.0  # this tensor's current target sparsity
-        # Warm start for the next threshold (where the last one was); it only speeds the
-        # search up, the threshold is exact whatever it holds.
+        # Warm start for the next threshold (where the last one was, on the device); it only
+        # speeds the search up, the threshold is exact whatever it holds.
         self._hint = None
 
     def _k(self, sparsity: float) -> int:
         return self.pattern.num_pruned(self.shape, self.out_dim, sparsity)
 
+    @property
+    def k(self) -> int:
+        """Units pruned at the current sparsity."""
+        return self._k(self.sparsity)
+
+    def set_threshold(self, sparsity: float, t: torch.Tensor, hint, positive: bool) -> None:
+        """Take a threshold the driver selected (for every target at once) at ``sparsity``."""
+        self.sparsity = float(sparsity)
+        self.t.copy_(t.to(self.t.dtype))
+        self._hint = hint
+        self.active = self.k > 0 and positive
+
     @torch.no_grad()
     def refresh(self, w: torch.Tensor, sparsity: float) -> None:
-        """Recompute the threshold(s) of weight w at this tensor's sparsity."""
-        self.sparsity = float(sparsity)
-        k = self._k(sparsity)
-        t, self._hint = self.pattern.threshold(w, self.out_dim, k, self._hint, self.kernels)
-        self.t.copy_(t.to(self.t.dtype))
-        self.active = k > 0 and bool((self.t > 0).any())
+        """Recompute the threshold(s) of the whole weight w at this tensor's sparsity (one tensor;
+        the driver does all of them together)."""
+        (t,), (hint,), (pos,) = self.pattern.thresholds([Part(w, self.out_dim)], [self._k(sparsity)], [self._hint],
+                                                       self.kernels)
+        self.set_threshold(sparsity, t, hint, pos)
 
     # ---- forward ---------------------------------------------------------------
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -68,22 +89,53 @@ class PDPMask(nn.Module):
     @torch.no_grad()
     def soft_mask(self, w: torch.Tensor) -> torch.Tensor:
         """Current soft mask values, broadcast to w's shape (for stats and the optimizer)."""
+        return self.local_soft_mask(Part(w, self.out_dim))
+
+    @torch.no_grad()
+    def local_soft_mask(self, part: Part) -> torch.Tensor:
+        """The soft mask's values on the rows ``part`` holds."""
         if not self.active:
-            return torch.ones_like(w)
-        m = self.pattern.soft_mask(w, self.out_dim, self.t.to(w.dtype), self.tau, self.tau_mode, self.beta)
-        return m.expand_as(w)
+            return torch.ones_like(part.w)
+        return self.pattern.local_soft_mask(part, self.t, self.tau, self.tau_mode, self.beta).expand_as(part.w)
+
+    # ---- finalize ----------------------------------------------------------------
+    @torch.no_grad()
+    def final_keep(self, part: Part) -> torch.Tensor:
+        """Boolean keep-mask of ``part``'s rows with exactly this tensor's number of zeros."""
+        return self.pattern.keeps([part], [self.k], self.kernels)[0]
 
     @torch.no_grad()
     def hard_keep(self, w: torch.Tensor) -> torch.Tensor:
-        """Boolean keep-mask with exactly this tensor's number of zeros."""
-        return self.pattern.keep(w.abs(), self.out_dim, self._k(self.sparsity))
+        return self.final_keep(Part(w, self.out_dim))
+
+    @torch.no_grad()
+    def final_local(self, part: Part, keep: torch.Tensor) -> torch.Tensor:
+        return final_values(part, keep, self.bits)
 
     @torch.no_grad()
     def final_weight(self, w: torch.Tensor) -> torch.Tensor:
         """Dense weight with exact zeros (and on the quantization grid if quantizing)."""
-        # where(), not w * keep: a product leaves -0.0 for negative pruned weights, and a
-        # checkpoint's bytes should not depend on the signs of weights that are gone.
-        out = torch.where(self.hard_keep(w), w, torch.zeros((), dtype=w.dtype, device=w.device))
-        if self.bits is not None:
-            out = M.fake_quant(out, self.bits, self.out_dim)
-        return out.detach()
+        part = Part(w, self.out_dim)
+        return self.final_local(part, self.final_keep(part))
+
+    def to_identity(self) -> None:
+        """Mask nothing from now on (a finalized or removed sharded model keeps its parametrizations)."""
+        self.active, self.bits = False, None
+
+
+def final_values(part: Part, keep: torch.Tensor, bits: int | None) -> torch.Tensor:
+    """``part``'s rows with exact zeros where ``keep`` is False, then on the quantization grid.
+
+    where(), not w * keep: a product leaves -0.0 for negative pruned weights, and a checkpoint's
+    bytes should not depend on the signs of weights that are gone.  Quantization scales are
+    per output channel; a Conv1D shard's channels continue on other ranks, so their maxima are
+    reduced over the shard's group (exact for a maximum)."""
+    w = part.w
+    out = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    if bits is not None:
+        reduce = None
+        if part.shard is not None and part.out_dim == 1:
+            def reduce(amax, group=part.group):
+                return S.all_reduce_max(amax, group)
+        out = M.fake_quant(out, bits, part.out_dim, reduce)
+    return out.detach()

@@ -1,30 +1,27 @@
-"""Exact selection on sharded weights (FSDP2: ``fully_shard`` makes each weight a DTensor
-sharded along dim 0), with the same bits as the full-tensor functions in ``mask.py``.
+"""Shards (FSDP2: ``fully_shard`` makes each weight a DTensor sharded along dim 0): where a shard
+sits, the few collectives the selection needs, and the exact radix selection.
 
-No rank gathers a weight to rank it.  Each rank ranks its own shard and the ranks
-agree through all-reduces of small histograms:
+No rank gathers a weight to rank it (unless a pattern's units straddle shards, below).  The
+selection of pdp/select.py runs on every rank's own entries and agrees through an all-reduce of
+counts and an all-gather of a fixed number of candidates; its exact fallback is here:
 
-* Radix selection.  A non-negative float's bit pattern, read as an integer, orders like
-  the float (|w|, row norms and Wanda scores are never negative; ``abs`` turns -0.0 into
-  +0.0).  One pass per 8-bit digit, most significant first: every rank histograms the
-  digit among its entries whose higher digits equal the prefix found so far, one
-  all-reduce sums the histograms, and every rank reads off the same next digit.  After
-  the last pass the prefix *is* the k-th smallest key: an exact value, found in 4 passes
-  for float32 (2 for bfloat16/float16, 8 for float64), whatever the data.  The k-th and
-  (k+1)-th smallest are found in the same passes, so a threshold (their midpoint,
-  computed in the weight's dtype as ``mask.threshold`` does) costs 4 all-reduces of
-  256 (or 512) int64 counts, and many tensors share those calls (:func:`thresholds`).
-* Index-ordered ties.  ``mask.hard_mask_from_scores`` prunes, among the entries equal to
-  the k-th smallest value, those of lowest flat index.  Shard(0) chunks are consecutive
-  rows in rank order, so the global flat order is (chunk, local index): one all-reduce of
-  the per-rank tie counts tells each rank how many of its own ties to prune.
+* Radix selection.  A non-negative float's bit pattern, read as an integer, orders like the
+  float (|w|, row norms and Wanda scores are never negative; ``abs`` turns -0.0 into +0.0).
+  One pass per 8-bit digit, most significant first: every rank histograms the digit among its
+  entries whose higher digits equal the prefix found so far, one all-reduce sums the histograms
+  (none in one process), and every rank reads off the same next digit.  After the last pass the
+  prefix *is* the k-th smallest key: exact, in 4 passes for float32 (2 for bfloat16/float16, 8 for
+  float64), whatever the data.
+* Index-ordered ties.  ``mask.hard_mask_from_scores`` prunes, among the entries equal to the k-th
+  smallest value, those of lowest flat index.  Shard(0) chunks are consecutive rows in rank order,
+  so the global flat order is (chunk, local index): :func:`before_me` tells a rank how many ties
+  the ranks before it hold.
 
-What cannot be sharded exactly is refused or gathered, never approximated:
-row norms of GPT-2's Conv1D (output neurons are columns of an (in, out) weight, and a
-sum over shards rounds differently from the full sum) are computed from the gathered
-weight; N:M groups must not straddle a shard boundary (:func:`check_nm`).
+What cannot be sharded exactly is gathered, never approximated: each pattern says which of its
+units are local (patterns.py); a unit that straddles shards (a Conv1D column's norm: a sum over
+shards rounds differently from the full sum) is computed from the gathered weight.
 
-The drivers' refresh, finalize and stats on sharded weights are in pdp/sharded_driver.py.
+Every call into torch.distributed made here is counted in ``comm`` (docs/performance.md "Sharded").
 """
 from __future__ import annotations
 
@@ -33,8 +30,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-from pdp_gpt2.pdp import mask as M
 
 try:  # builds without torch.distributed (some macOS/mobile wheels) have no DTensor: nothing is sharded
     from torch.distributed.tensor import DTensor, Shard
@@ -94,11 +89,36 @@ def _on_comm_device(t: torch.Tensor, group) -> torch.Tensor:
 
 
 def all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """``t`` summed (or ``op``) over the group's ranks; ``t`` itself when ``group`` is None."""
+    if group is None:
+        return t
     comm["all_reduce"] += 1
     comm["all_reduce_bytes"] += t.numel() * t.element_size()
     sent = _on_comm_device(t, group)
     dist.all_reduce(sent, op=op, group=group)
     return sent.to(t.device)
+
+
+def all_reduce_max(t: torch.Tensor, group) -> torch.Tensor:
+    return all_reduce(t, group, dist.ReduceOp.MAX)
+
+
+def all_gather_fixed(t: torch.Tensor, group) -> torch.Tensor:
+    """Every rank's ``t`` (the same shape on every rank), stacked along a new dim 0 in rank order."""
+    sent = _on_comm_device(t.contiguous(), group)
+    parts = [torch.empty_like(sent) for _ in range(dist.get_world_size(group))]
+    comm["all_gather"] += 1
+    comm["all_gather_bytes"] += sent.numel() * sent.element_size() * len(parts)
+    dist.all_gather(parts, sent, group=group)
+    return torch.stack(parts).to(t.device)
+
+
+def before_me(count: torch.Tensor, group) -> torch.Tensor:
+    """The sum of ``count`` (a 0-d or 1-d tensor) over the ranks before this one (0 in one process)."""
+    if group is None:
+        return torch.zeros_like(count)
+    every = all_gather_fixed(count, group)
+    return every[:dist.get_rank(group)].sum(0)
 
 
 # ---- radix selection ---------------------------------------------------------------------
@@ -117,12 +137,14 @@ def _digits(bits: int) -> list[int]:
     return ([bits % DIGIT] if bits % DIGIT else []) + widths
 
 
-def select(jobs: list[tuple[list[torch.Tensor], list[int]]], group) -> list[list[tuple[int, int, int]]]:
+def radix_select(jobs: list[tuple[list[torch.Tensor], list[int]]], group) -> list[list[tuple[int, int, int]]]:
     """Order statistics of the global union of every rank's keys, for several jobs at once.
 
     ``jobs``: (local key tensors, ranks r (1-based) to find), the same on every rank but the
     tensors.  Returns, per job and rank, (key of the r-th smallest, how many keys are
     smaller, how many equal).  All jobs share each pass's all-reduce; keys must share a dtype.
+    ``group`` None: one process.  It reads each pass's histograms on the host, so it is the exact
+    fallback of pdp/select.py (a bracket that keeps missing), not the per-step path.
     """
     if not jobs:
         return []
@@ -134,7 +156,7 @@ def select(jobs: list[tuple[list[torch.Tensor], list[int]]], group) -> list[list
     bits = _KEY_BITS[kdt]
     shift = bits
     # int32 counts halve the bytes; any count is at most the number of keys in a job
-    most = max(sum(k.numel() for k in ks) for ks, _ in jobs) * dist.get_world_size(group)
+    most = max(sum(k.numel() for k in ks) for ks, _ in jobs) * (dist.get_world_size(group) if group else 1)
     count_dtype = torch.int32 if most < 2**31 else torch.int64
     for width in _digits(bits):
         shift -= width
@@ -167,64 +189,8 @@ def select(jobs: list[tuple[list[torch.Tensor], list[int]]], group) -> list[list
     return [[(s[0], s[2], s[-1]) for s in st] for st in state]
 
 
-def _value(key: int, dtype: torch.dtype, device) -> torch.Tensor:
+def key_value(key: int, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.tensor(key, dtype=_KEY[dtype]).view(dtype).to(device)
-
-
-def _pair_ranks(k: int, n: int) -> list[int]:
-    return [n] if k >= n else [k, k + 1]
-
-
-def _midpoint(found, k: int, n: int, dtype, device) -> torch.Tensor:
-    if k >= n:
-        return _value(found[0][0], dtype, device)
-    return (_value(found[0][0], dtype, device) + _value(found[1][0], dtype, device)) / 2
-
-
-def thresholds(items: list[tuple[list[torch.Tensor], int, int]], group) -> list[torch.Tensor]:
-    """``mask.threshold`` of each global score vector, bit for bit, in one set of passes.
-
-    ``items``: (local non-negative score tensors, k, global n).  Each result is a 0-d tensor.
-    """
-    out: list = [None] * len(items)
-    by_dtype: dict = {}
-    for i, (xs, k, n) in enumerate(items):
-        if k <= 0:
-            out[i] = xs[0].new_zeros(()).detach()
-        else:
-            by_dtype.setdefault(xs[0].dtype, []).append(i)
-    for dtype, idx in by_dtype.items():
-        found = select([([keys(x) for x in items[i][0]], _pair_ranks(items[i][1], items[i][2])) for i in idx], group)
-        for i, f in zip(idx, found):
-            out[i] = _midpoint(f, items[i][1], items[i][2], dtype, items[i][0][0].device)
-    return out
-
-
-def abs_threshold(w: DTensor, k: int) -> torch.Tensor:
-    """``mask.threshold(full.abs(), k)`` of the DTensor ``w``, from its local shard."""
-    return thresholds([([w.to_local()], k, w.numel())], layout(w).group)[0]
-
-
-def keep_smallest(scores: torch.Tensor, k: int, n: int, lay: Layout) -> torch.Tensor:
-    """This rank's part of ``mask.hard_mask_from_scores(global scores, k)`` (same shape as ``scores``).
-
-    ``scores``: this rank's chunk of a global score tensor cut along dim 0 in rank order
-    (a weight shard, or the shard's row scores), ``n`` the global number of scores.
-    """
-    if k <= 0:
-        return torch.ones_like(scores, dtype=torch.bool)
-    if k >= n:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    key = keys(scores)
-    (v, below, _), = select([([key], [k])], lay.group)[0]
-    keep = key > v
-    ties = (key == v).nonzero().squeeze(1)  # ascending local index
-    counts = torch.zeros(lay.world, dtype=torch.int64, device=scores.device)
-    counts[lay.index] = ties.numel()
-    counts = all_reduce(counts, lay.group).cpu()
-    need = k - below - int(counts[:lay.index].sum())  # ties still to prune when my chunk starts
-    keep[ties[max(0, min(need, ties.numel())):]] = True
-    return keep.view_as(scores)
 
 
 # ---- gathering small per-row results -----------------------------------------------------
@@ -256,40 +222,6 @@ def my_rows(full: torch.Tensor, lay: Layout) -> torch.Tensor:
     return full[lay.row0:lay.row0 + lay.rows]
 
 
-# ---- patterns ---------------------------------------------------------------------------
-
-
-def row_sq(x: torch.Tensor, out_dim: int) -> torch.Tensor:
-    return (x * x).sum(dim=1 - out_dim, keepdim=True)  # as PDPMask._row_sq
-
-
-def row_threshold(w: DTensor, out_dim: int, k: int) -> torch.Tensor:
-    """``mask.threshold`` of the output-row L2 norms of ``w``, bit for bit.
-
-    Linear (out_dim 0): each rank holds whole rows, so its norms are exact and only the
-    ranking is distributed.  Conv1D (out_dim 1): rows are columns split across ranks, and
-    summing partial sums would round differently, so the norms come from the gathered weight.
-    """
-    if out_dim == 0:
-        local = w.to_local().detach()
-        return thresholds([([row_sq(local, 0).sqrt()], k, w.shape[0])], layout(w).group)[0]
-    full = w.full_tensor().detach()
-    comm["all_gather"] += 1
-    comm["all_gather_bytes"] += full.numel() * full.element_size()
-    return M.threshold(row_sq(full, 1).sqrt(), k)
-
-
-def row_keep(scores: torch.Tensor, lay: Layout, out_dim: int, k: int) -> torch.Tensor:
-    """Local part of the keep-mask pruning the k output rows of smallest squared L2 norm of
-    ``scores`` (this rank's chunk of a weight-shaped score tensor), ties by row index."""
-    if out_dim == 0:
-        keep_rows = keep_smallest((scores * scores).sum(dim=1), k, lay.shape[0], lay)
-        return keep_rows.view(-1, 1).expand_as(scores)
-    full = gather_dim0(scores, lay)
-    keep_cols = M.hard_mask_from_scores((full * full).sum(dim=0), k)
-    return keep_cols.view(1, -1).expand_as(scores)
-
-
 def check_nm(lay: Layout, out_dim: int, m: int) -> None:
     """N:M groups run along the input dimension; under Conv1D's (in, out) layout that is dim 0,
     the one FSDP shards, and a group must not straddle two ranks."""
@@ -297,47 +229,3 @@ def check_nm(lay: Layout, out_dim: int, m: int) -> None:
         raise ValueError(f"N:M groups of {m} would straddle shards: a Conv1D weight {tuple(lay.shape)} "
                          f"split over {lay.world} ranks has {lay.chunk} input rows per rank, not a multiple "
                          f"of {m}; use a world size that divides {lay.shape[0] // m}")
-
-
-def nm_threshold(w: DTensor, out_dim: int, k: int, m: int) -> torch.Tensor:
-    """``mask.nm_threshold(in_last(full, out_dim), k, m)``: per-group, so each rank computes its
-    own groups exactly and one all-gather assembles them (shape (groups, 1))."""
-    from pdp_gpt2.pdp.targets import in_last
-
-    lay = layout(w)
-    check_nm(lay, out_dim, m)
-    local = w.to_local().detach()
-    t = M.nm_threshold(in_last(local, out_dim), k, m)
-    if out_dim == 0:  # (rows, in): my groups are rows row0.. of the (out, in / M) group grid
-        return gather_dim0(t.view(lay.rows, -1), lay).reshape(-1, 1)
-    out = lay.shape[1]  # (in, out) -> groups of (out, in / M); mine are columns row0 / M ..
-    grid = gather_dim0(t.view(out, -1).t().contiguous(), lay, per=m)
-    return grid.t().reshape(-1, 1)
-
-
-def nm_keep(local: torch.Tensor, lay: Layout, out_dim: int, k: int, m: int) -> torch.Tensor:
-    """Local keep-mask of N:M (each group lies on one rank, so this is local math)."""
-    from pdp_gpt2.pdp.targets import from_in_last, in_last
-
-    check_nm(lay, out_dim, m)
-    return from_in_last(M.nm_hard_mask(in_last(local, out_dim), k, m), out_dim)
-
-
-# ---- global allocation --------------------------------------------------------------------
-
-
-@torch.no_grad()
-def global_budgets(weights: dict[str, DTensor], sparsity: float) -> dict[str, float]:
-    """``attach.global_budgets`` of sharded weights, bit for bit: one radix selection over the
-    union of every tensor's |w| (as float32), then one all-reduce of per-tensor counts."""
-    if sparsity == 0:
-        return {k: 1.0 for k in weights}
-    group = layout(next(iter(weights.values()))).group
-    local = [w.to_local().detach().abs().float() for w in weights.values()]
-    n = sum(w.numel() for w in weights.values())
-    t = thresholds([(local, M.num_pruned(n, sparsity), n)], group)[0]
-    below = torch.stack([(x < t).sum() for x in local]).to(torch.int64)
-    below = all_reduce(below, group).cpu()
-    # the same float32 mean the full-tensor version takes (a float32 sum of 0/1 is exact below 2^24)
-    return {name: float(torch.tensor(float(c), dtype=torch.float32) / w.numel()) / sparsity
-            for (name, w), c in zip(weights.items(), below.tolist())}

@@ -1,0 +1,128 @@
+"""The method registry (pdp/registry.py): capabilities, plugins through entry points, no torch."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.registry import MethodSpec
+
+from helpers import ROOT
+
+PLUGIN = '''
+import torch
+from pdp_gpt2.pdp.baselines import HardMask
+from pdp_gpt2.pdp.driver import MaskDriver
+from pdp_gpt2.pdp.registry import MethodSpec
+
+
+class EveryOther(MaskDriver):
+    """One-shot: prunes the entries of odd flat index (a pattern nobody would choose)."""
+
+    one_shot = True
+    keeps_history = True
+
+    def make_mask(self, t):
+        return HardMask(t.module.weight.shape, t.out_dim)
+
+    def update(self, t, sparsity):
+        keep = torch.ones(self.original(t).numel(), dtype=torch.bool)
+        keep[1::2] = False
+        self.mask_of(t).keep.copy_(keep.view_as(self.mask_of(t).keep))
+
+
+SPEC = MethodSpec("everyother", "toyplugin:EveryOther", label="every other", colour="#123456",
+                  summary="prunes odd indices")
+'''
+
+
+def _install_plugin(root):
+    """A distribution on disk with one entry point in pdp_gpt2.methods (what pip install writes)."""
+    (root / "toyplugin.py").write_text(PLUGIN)
+    info = root / "toyplugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyplugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\neveryother = toyplugin:SPEC\n")
+    return root
+
+
+def test_builtins_declare_what_callers_ask():
+    assert registry.get("wanda").calibration and not registry.get("gmp").calibration
+    assert registry.get("pdp").soft and registry.get("pdp").uses_tau and not registry.get("gmp").uses_tau
+    assert registry.get("gmp").gradual and not registry.get("magnitude").gradual
+    assert not registry.get("dense").prunes and registry.get("pdp").prunes
+    with pytest.raises(KeyError):
+        registry.get("nope")
+
+
+@pytest.mark.parametrize("name", [s.name for s in registry.BUILTIN if s.driver is not None])
+def test_a_builtin_spec_agrees_with_its_driver(name):
+    spec = registry.get(name)
+    cls = spec.driver_class()
+    assert cls.one_shot == (not spec.gradual)
+
+
+def test_register_refuses_duplicates_and_builtins_cannot_go():
+    spec = registry.register(MethodSpec("toy-dup", None))
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            registry.register(MethodSpec("toy-dup", None))
+        assert "toy-dup" in registry.names()
+    finally:
+        registry.unregister("toy-dup")
+    assert spec.name not in registry.names()
+    with pytest.raises(ValueError, match="built-in"):
+        registry.unregister("pdp")
+
+
+def test_importing_the_registry_and_listing_plugins_loads_no_torch(tmp_path):
+    _install_plugin(tmp_path)
+    code = ("import sys; from pdp_gpt2.pdp import registry; names = registry.names(); "
+            "print(names[-1], 'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["everyother", "False"]
+
+
+def test_a_plugin_spec_loads_on_first_use(tmp_path, monkeypatch):
+    _install_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert "everyother" in registry.names()
+        spec = registry.get("everyother")
+        assert spec.label == "every other" and spec.driver_class().__name__ == "EveryOther"
+    finally:
+        registry.unregister("everyother")
+        sys.modules.pop("toyplugin", None)
+
+
+@pytest.mark.slow
+def test_a_plugin_method_trains_through_the_cli_in_a_subprocess(tmp_path, tiny_assets):
+    """``pdp-gpt2 train --method everyother`` in a fresh process finds the plugin by its entry point."""
+    model_dir, corpus = tiny_assets
+    (tmp_path / "site").mkdir()
+    plugin = _install_plugin(tmp_path / "site")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(ROOT / "src")])}
+    cmd = [sys.executable, "-m", "pdp_gpt2.cli", "train", "--model", str(model_dir), "--dataset", str(corpus),
+           "--output_dir", str(out), "--max_steps", "2", "--batch_size", "2", "--max_length", "32",
+           "--progress", "false", "--lr_warmup_steps", "0", "--method", "everyother", "--sparsity", "0.5"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "everyother"
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "final" / "model.safetensors")
+    for name, layer in summary["layers"].items():
+        w = weights[f"{name}.weight"].reshape(-1)
+        assert (w[1::2] == 0).all() and layer["zeros"] == w.numel() // 2, name
+
+
+def test_help_lists_every_method():
+    text = registry.help_text()
+    for name in ("pdp", "dense", "magnitude", "gmp", "wanda"):
+        assert f"{name}:" in text
+    assert "\n" not in text  # one line, for --help
