@@ -136,5 +136,9 @@ def test_export_without_tokenizer_is_refused(capsys, eval_argv, tmp_path):
     model = tiny_gpt2()
     pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=0.5)).finalize()
     model.save_pretrained(tmp_path / "pruned")  # weights only: an export made from it has no tokenizer
-    assert main(["export", str(tmp_path / "pruned"), "--out", str(tmp_path / "exp")]) == 0
+    # The CLI refuses to make such an export (tests/export/test_export_safety.py); the library makes
+    # it with a note (load_compressed needs no tokenizer), and eval refuses the result.
+    from pdp_gpt2.export.writer import export
+
+    export(tmp_path / "pruned", tmp_path / "exp")
     _refused(capsys, eval_argv[:2] + [str(tmp_path / "exp")] + eval_argv[3:], str(tmp_path / "exp"), "tokenizer")

@@ -16,7 +16,7 @@ from pdp_gpt2.export import nm24
 from pdp_gpt2.cli import main
 from pdp_gpt2.export.writer import export, pick_bits, quant_bits_hint
 
-from helpers import ROOT, tiny_gpt2, tiny_llama
+from helpers import CORPUS_LINES, ROOT, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 MAKERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 
@@ -32,6 +32,12 @@ def _finalized(tmp_path, kind="gpt2", name="src", bf16=False, **cfg):
     path = tmp_path / name
     model.save_pretrained(path)
     return path, AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
+
+
+def _with_tokenizer(path):
+    """The CLI refuses a model without a tokenizer (eval and generate would refuse the export)."""
+    tiny_tokenizer(CORPUS_LINES).save_pretrained(path)
+    return path
 
 
 def _same_logits(a, b):
@@ -262,21 +268,23 @@ def _cli_fails(capsys, argv, match, out):
 
 
 def test_cli_writes_table_and_files(tmp_path, capsys):
-    src, _ = _finalized(tmp_path, "gpt2")
+    src = _with_tokenizer(_finalized(tmp_path, "gpt2")[0])
     assert main(["export", str(src), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "| target weights (8 tensors) |" in out and "| whole model (weight files) |" in out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "generation_config.json",
-                                                                    C.WEIGHTS_FILE, "size_report.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "README.md", "config.json", "generation_config.json", C.WEIGHTS_FILE, "size_report.json",
+        "tokenizer.json", "tokenizer_config.json"]
 
 
 def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     _cli_fails(capsys, [str(tmp_path / "nope"), "--out", str(out)], "no such directory", out)
-    src, _ = _finalized(tmp_path, "gpt2")
+    src = _with_tokenizer(_finalized(tmp_path, "gpt2")[0])
     _cli_fails(capsys, [str(src), "--out", str(out), "--format", "2:4"], "not 2:4 sparse", out)
     dense = tmp_path / "dense"
     tiny_gpt2().save_pretrained(dense)
+    _with_tokenizer(dense)
     _cli_fails(capsys, [str(dense), "--out", str(out)], "not a pruned model", out)
     # still parametrized: a state_dict saved mid-training
     masked = tmp_path / "masked"
@@ -292,9 +300,12 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     _cli_fails(capsys, [str(src), "--out", str(out)], "not empty", out)
+    _cli_fails(capsys, [str(src), "--out", str(out), "--overwrite"], "not a pdp-gpt2 export", out)  # not ours
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert main(["export", str(src), "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / C.WEIGHTS_FILE).is_file()
+    (out / "keep.txt").unlink()
+    assert main(["export", str(src), "--out", str(out)]) == 0  # an empty directory is fine
+    assert main(["export", str(src), "--out", str(out), "--overwrite"]) == 0  # an earlier export is replaced
+    assert (out / C.WEIGHTS_FILE).is_file()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured 2:4 kernels need CUDA")

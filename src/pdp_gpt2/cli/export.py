@@ -14,14 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dense: copy of the finalized HF directory; compressed: bitmask + nonzero values "
                              "(or b-bit codes + scales for quantization-masked weights); 2:4: kept values + "
                              "2-bit indices, for 2:4-pruned models only (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="output directory; must not exist or be empty")
+    parser.add_argument("--out", required=True,
+                        help="output directory; must not exist or be empty, and must not be or hold the model")
     parser.add_argument("--values", default="auto", choices=list(VALUES),
                         help="dtype of the stored nonzero values: auto = the model's own (exact round trip); "
                              "fp16 halves them but rounds, so the loaded model is no longer identical "
                              "(default: %(default)s)")
     parser.add_argument("--no_codes", action="store_true",
                         help="store raw values even where the weights lie on a b-bit quantization grid")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in --out (a directory holding anything else is refused)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()  # the size table is the output; no loading bars around it
     report = export(args.model, args.out, args.format, values=args.values, codes=not args.no_codes,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, require_tokenizer=True)
     encodings = ", ".join(f"{n} {enc}" for enc, n in report["encodings"].items())
     print(f"pdp-gpt2 export: {report['source']} -> {report['out']} ({args.format}; {encodings})")
     print(markdown_table(report))

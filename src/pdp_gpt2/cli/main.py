@@ -17,7 +17,7 @@ from pdp_gpt2.errors import UsageError
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "train": ("pdp_gpt2.cli.train", "fine-tune a causal LM while PDP prunes it to a target sparsity"),
-    "eval": ("pdp_gpt2.cli.eval", "sliding-window perplexity, or lm-eval task scores (--tasks), of any checkpoint or export"),
+    "eval": ("pdp_gpt2.cli.eval", "sliding-window perplexity, or lm-eval task scores (--tasks), of any finished model or export"),
     "pretrain": ("pdp_gpt2.cli.pretrain", "densely pretrain the small embedded GPT-2 on the bundled corpus"),
     "sweep": ("pdp_gpt2.cli.sweep", "run a W&B sweep file locally: one subprocess per trial, sweep.csv"),
     "report": ("pdp_gpt2.cli.report", "plots + report.md + self-contained report.html from runs or sweeps"),

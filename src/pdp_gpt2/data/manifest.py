@@ -15,7 +15,9 @@ other.  The layout (version 1)::
                  {"shape": [64, 192], "out_dim": 1, "numel": 12288, "zeros": 11059,
                   "target_sparsity": 0.9}, ...}}
 
-``zeros`` are counted in the saved files.  ``out_dim`` is the axis of output channels
+``zeros`` are counted in the saved files, and export recounts them (:func:`check_counts`): the
+manifest is copied into an export and sealed by its checksum, so it must say what the weights are.
+``out_dim`` is the axis of output channels
 (1 for GPT-2's Conv1D, which stores (in, out); 0 for nn.Linear).  A tensor is pruned when
 its ``target_sparsity`` is above zero.
 """
@@ -60,3 +62,27 @@ def pruned_weights(manifest: dict) -> dict[str, int]:
 def quant_bits(manifest: dict) -> int | None:
     bits = manifest.get("bits")
     return int(bits) if bits is not None else None
+
+
+def check_counts(manifest: dict, state, where) -> None:
+    """UsageError unless each listed tensor has the manifest's shape, numel and zeros in ``state``
+    ({name: tensor}) and ``sparsity_actual`` is their zeros over their weights (what a run wrote:
+    an edited manifest, or one from another model, would otherwise travel on as the truth)."""
+    path, zeros, numel = Path(where) / MANIFEST, 0, 0
+    for name, t in manifest["tensors"].items():
+        w = state.get(name)
+        if w is None:
+            raise UsageError(f"{path} lists {name}, which the model does not have")
+        got = {"shape": list(w.shape), "numel": w.numel(), "zeros": int((w == 0).sum())}
+        for key, value in got.items():
+            if not isinstance(t, dict) or t.get(key) != value:
+                said = t.get(key) if isinstance(t, dict) else t
+                raise UsageError(f"{path} says {name} has {key} {said}, its weights have {value}: the manifest "
+                                 "was edited or belongs to another model; restore it (or delete it to export "
+                                 "from the zeros alone)")
+        zeros, numel = zeros + got["zeros"], numel + got["numel"]
+    actual, counted = manifest.get("sparsity_actual"), zeros / max(numel, 1)
+    if not isinstance(actual, (int, float)) or abs(actual - counted) > 1e-9:
+        raise UsageError(f"{path} says sparsity_actual {actual}, its weights have {counted:.6f}: the manifest "
+                         "was edited or belongs to another model; restore it (or delete it to export from the "
+                         "zeros alone)")

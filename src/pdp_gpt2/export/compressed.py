@@ -256,7 +256,9 @@ def decode_tensor(spec: dict, payloads: dict[str, torch.Tensor]) -> torch.Tensor
 
 # ---- the export's other files: config.json, tokenizer, generation config -----------------------
 
-NOT_CHECKSUMMED = (WEIGHTS_FILE, "size_report.json")  # the weights check themselves; the report is not the model
+# Not in the header's ``files``: the weights check themselves; the size report and the model card
+# are read by no loader (neither transformers nor tokenizers opens them), so they may be edited.
+NOT_CHECKSUMMED = (WEIGHTS_FILE, "size_report.json", "README.md")
 
 
 def add_file_checksums(header: dict, export_dir: Path) -> dict:
@@ -269,10 +271,27 @@ def add_file_checksums(header: dict, export_dir: Path) -> dict:
 
 
 def check_files(export_dir: Path, header: dict) -> None:
-    """UsageError naming the first file whose bytes differ from the header's ``files`` (if it has them)."""
-    for name, digest in (header.get("files") or {}).items():
+    """UsageError naming the first file whose bytes differ from the header's ``files``, or that is
+    there but not listed (exports written before ``files`` existed are not checked).
+
+    ``files`` is the complete set the export was written with: transformers reads any
+    added_tokens.json, special_tokens_map.json, chat_template.jinja, ... it finds, so one added
+    later changes the tokenizer (and the perplexity) as surely as an edited one.  Only the
+    NOT_CHECKSUMMED names and hidden ones (``.git``, ``.gitattributes`` of a hub clone; no
+    loader opens a dotfile) may be added."""
+    listed = header.get("files")
+    if listed is None:
+        return
+    for name, digest in listed.items():
         f = Path(export_dir) / name
+        if name in NOT_CHECKSUMMED:  # listed by exports written before README.md was exempt
+            continue
         if not f.is_file():
             raise UsageError(f"{export_dir} is incomplete: {name} is missing")
         if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
             raise UsageError(f"{f} is corrupt: sha256 mismatch with the export header (bit flip or edit)")
+    extra = sorted(p.name for p in Path(export_dir).iterdir()
+                   if p.name not in listed and p.name not in NOT_CHECKSUMMED and not p.name.startswith("."))
+    if extra:
+        raise UsageError(f"{Path(export_dir) / extra[0]} is not part of the export (its header lists every file "
+                         "it was written with) and the tokenizer or the model could read it: remove it")

@@ -11,14 +11,16 @@ directory holding ``final/``) and writes one of:
 Both sparse layouts are one safetensors file described in docs/format.md and read
 back by :func:`pdp_gpt2.load_compressed` (export/compressed_loader.py).  Output is built
 in a temporary sibling directory and renamed into place only when complete and verified,
-so a failed export leaves nothing behind.  Every export writes ``size_report.json`` with
-sizes read from the real files on disk.
+so a failed export leaves nothing behind; ``--out`` and ``--overwrite`` follow outdir.py.
+Every export writes ``size_report.json`` with sizes read from the real files on disk and
+the names of all its files; a sparse export also writes its own README.md (card.py).
+The zeros counted in the model's ``pdp_pruning.json`` are checked against the weights
+before anything is written (the manifest travels into the export).
 """
 from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,9 +29,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pdp_gpt2.atomic import normalize_modes
 from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import nm24
-from pdp_gpt2.data.manifest import MANIFEST, pruned_weights, quant_bits, read_manifest
+from pdp_gpt2.export.card import export_card
+from pdp_gpt2.export.outdir import REPORT, check_out, move_into_place, out_path
+from pdp_gpt2.data.manifest import MANIFEST, check_counts, pruned_weights, quant_bits, read_manifest
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.param import ORIGINAL
 from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D, find_targets
@@ -113,6 +118,20 @@ def load_finalized(model_dir: Path) -> nn.Module:
         bad = sorted(info["missing_keys"] or info["mismatched_keys"])
         raise UsageError(f"{model_dir} is incomplete: {len(bad)} weights missing or mis-shaped (first: {bad[0]})")
     return model.eval()
+
+
+def tokenizer_problem(model_dir: Path) -> str | None:
+    """Why ``model_dir`` has no usable tokenizer (transformers builds an empty one from a directory
+    without tokenizer files), or None."""
+    from transformers import AutoTokenizer
+
+    from pdp_gpt2.data.models import check_tokenizer
+
+    try:
+        check_tokenizer(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False), model_dir)
+    except (OSError, ValueError, UsageError) as e:
+        return str(e).splitlines()[0]
+    return None
 
 
 def pruned_tensors(model: nn.Module, manifest: dict | None = None) -> dict[str, int]:
@@ -236,25 +255,36 @@ def encode_model(model: nn.Module, fmt: str, values: str = "auto", hint: int | N
 
 
 def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values: str = "auto",
-           codes: bool = True, overwrite: bool = False) -> dict:
+           codes: bool = True, overwrite: bool = False, require_tokenizer: bool = False) -> dict:
     """Write ``src`` (finalized model dir or run dir) to ``out`` in ``fmt``; returns the size report.
 
     ``values``: dtype of stored nonzeros, 'auto' = the model's own (exact);
     'fp16' halves them at fp16 rounding (the loaded model is then not identical).
     ``codes``: store weights that lie on a b-bit grid as codes + scales (exact).
+    ``overwrite``: replace an earlier export in ``out`` (never anything else: outdir.py).
+    ``require_tokenizer``: refuse a model without a tokenizer (the CLI does: eval and generate
+    need one, and one added to an export later is refused by its loader); otherwise a note,
+    since ``load_compressed`` needs none and a caller may bring the base model's.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if values not in VALUES:
         raise UsageError(f"unknown --values {values!r}: use one of {', '.join(VALUES)}")
     source = resolve_source(src)
-    out = Path(out).expanduser()
-    _check_out(out, source.model_dir, overwrite)
-    model = load_finalized(source.model_dir)
+    out = out_path(out)
+    check_out(out, source.model_dir, overwrite)
+    model = load_finalized(source.model_dir)  # first: a checkpoint (masks attached, no tokenizer) says so
+    if (why := tokenizer_problem(source.model_dir)) is not None:
+        if require_tokenizer:
+            raise UsageError(f"{why}; an export of it could not be evaluated or generated from")
+        print(f"pdp-gpt2 export: note: {source.model_dir} has no tokenizer; the export holds the weights alone "
+              "(load_compressed works, pdp-gpt2 eval/generate refuse it)", flush=True)
     manifest = read_manifest(source.model_dir)  # which tensors are pruned, and the bits, as the run wrote them
     if manifest is None:
         print(f"pdp-gpt2 export: note: {source.model_dir} has no {MANIFEST} (pruned before runs wrote one); "
               "guessing the pruned tensors from their zeros", flush=True)
+    else:
+        check_counts(manifest, model.state_dict(), source.model_dir)
     hint = quant_bits(manifest) if manifest is not None else quant_bits_hint(source.summary)
     if fmt == "dense":
         if not pruned_tensors(model, manifest):
@@ -268,12 +298,10 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise survive the rename
         for f in sorted(source.model_dir.iterdir()):
             weights = f.name.endswith(WEIGHT_SUFFIXES)
-            if f.is_file() and f.name != "size_report.json" and (fmt == "dense" or not weights):
+            own_card = header is not None and f.name == "README.md"  # final/'s card says AutoModelForCausalLM
+            if f.is_file() and f.name != REPORT and not own_card and (fmt == "dense" or not weights):
                 shutil.copy2(f, tmp / f.name)
         if header is not None:
             from safetensors.torch import save_file
@@ -285,8 +313,12 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         pruned = sorted({aliases.get(n, n) for n in pruned_tensors(model, manifest)})  # a tied tensor counts once
         report = size_report(source.model_dir, tmp, fmt, header, pruned, aliases)
         report.update(source=str(source.model_dir), out=str(out), values=values)
-        (tmp / "size_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        _replace_dir(tmp, out)
+        if header is not None:
+            (tmp / "README.md").write_text(export_card(fmt, report, manifest, markdown_table(report)))
+        report["files"] = sorted({p.name for p in tmp.iterdir()} | {REPORT})  # what --overwrite may replace
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        normalize_modes(tmp)  # mkdtemp's 0700, safetensors' 0600, a copied file's own mode
+        move_into_place(tmp, out, overwrite)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
@@ -296,28 +328,6 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
-
-
-def _check_out(out: Path, model_dir: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
-        src, dst = model_dir.resolve(), out.resolve()
-        if dst == src or dst in src.parents:
-            raise UsageError(f"--out {out} contains the model being exported; choose another directory")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished tmp into place; an old out is only deleted after the new one is in."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _verify(out_dir: Path, state: dict[str, torch.Tensor], header: dict) -> None:
