@@ -42,11 +42,13 @@ def test_two_ranks_compute_identical_masks_and_rank0_writes(tmp_path, tiny_asset
         w = m.get_submodule(name).weight
         assert int((w == 0).sum()) == d["zeros"] == int(0.75 * w.numel()), name
     # one writer: each step logged once, one checkpoint per save with both ranks' RNG states
-    assert [x["step"] for x in MetricsLog(out / "metrics.jsonl").read()] == [2, 3, 4, 6]
+    assert [x["step"] for x in MetricsLog(out / "metrics.jsonl").read()] == [2, 4, 6]
     assert [p.name for p in checkpoint.checkpoints(out, complete_only=True)] == ["checkpoint-3", "checkpoint-6"]
     ckpt = out / "checkpoint-3"
     assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()
     assert json.loads((ckpt / checkpoint.PDP_STATE).read_text())["steps"] == 3
+    window = json.loads((ckpt / "metrics_state.json").read_text())["loss"]  # each rank's open loss sum (step 3)
+    assert window["since"] == 2 and len(window["sums"]) == 2 and all(x > 0 for x in window["sums"])
     assert "Traceback" not in r.stderr
 
 

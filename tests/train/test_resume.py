@@ -33,8 +33,8 @@ def dropout_model(tiny_assets, tmp_path_factory):
 
 
 def _argv(model, corpus, out, *extra):
-    # log_interval 2 with save_steps 3: the checkpoint step must become a log step, or the
-    # resumed run would log the loss of step 4 alone where the uninterrupted one averages 3..4.
+    # log_interval 2 with save_steps 3: the loss window open at the checkpoint (step 3) travels in it,
+    # or the resumed run would log the loss of step 4 alone where the uninterrupted one averages 3..4.
     return ["train", "--model", str(model), "--dataset", str(corpus), "--output_dir", str(out),
             "--max_steps", "6", "--save_steps", "3", "--warmup_steps", "4", "--batch_size", "4",
             "--max_length", "32", "--log_interval", "2", "--progress", "false", "--lr_warmup_steps", "0",
@@ -85,8 +85,8 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, dropout
     assert sb["sparsity_actual"] == sa["sparsity_actual"] and sb["layers"] == sa["layers"]
     assert sb["perplexity"] == sa["perplexity"] and sb["perplexity_dense"] == sa["perplexity_dense"]
     ma, mb = (MetricsLog(d / "metrics.jsonl").read() for d in (a, b))
-    assert [r["step"] for r in mb] == [2, 3, 4, 6]  # each step once; 3 is the checkpoint
-    assert ma == mb  # same losses too: the windows start at the same steps
+    assert [r["step"] for r in mb] == [2, 4, 6]  # each log step once; the checkpoint (3) is not one
+    assert ma == mb  # same losses too: step 4's window (3..4) was carried in checkpoint-3
 
 
 def test_resume_refuses_an_incomplete_checkpoint_and_changed_flags(tmp_path, dropout_model, capsys):
@@ -125,7 +125,8 @@ def test_resume_with_other_flags_is_refused(tmp_path, dropout_model, capsys):
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, dropout_model):
     model, corpus = dropout_model
     out = tmp_path / "run"
-    argv = _argv(model, corpus, out)
+    # tau constant: the resume below ends the run early, which an annealed tau's plan (to step 500) refuses
+    argv = _argv(model, corpus, out, "--tau_schedule", "constant")
     argv[argv.index("--max_steps") + 1] = "500"
     argv[argv.index("--save_steps") + 1] = "0"  # no periodic checkpoints: the signal must make one
     argv[argv.index("--log_interval") + 1] = "1"
@@ -148,10 +149,11 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, dropout_model)
     assert json.loads((ckpt / checkpoint.PDP_STATE).read_text())["steps"] == step
     assert not (out / "summary.json").exists()
 
-    resume = _argv(model, corpus, out, "--resume")
-    resume[resume.index("--max_steps") + 1] = str(step + 2)
+    resume = _argv(model, corpus, out, "--tau_schedule", "constant", "--resume")
+    total = max(step + 2, 4)  # not before the end of the ramp (--warmup_steps 4)
+    resume[resume.index("--max_steps") + 1] = str(total)
     assert main(resume) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["train_steps"] == step + 2 and s["sparsity_actual"] == pytest.approx(0.75, abs=1e-3)
+    assert s["train_steps"] == total and s["sparsity_actual"] == pytest.approx(0.75, abs=1e-3)
     steps = [r["step"] for r in MetricsLog(out / "metrics.jsonl").read()]
-    assert steps == sorted(set(steps)) and steps[-1] == step + 2
+    assert steps == sorted(set(steps)) and steps[-1] == total

@@ -314,7 +314,7 @@ def test_the_logged_loss_is_trainers_own_and_its_window_survives_a_resume(tmp_pa
                              saved=saved and saved["records"])
         rm = RunMetrics(metrics, resume_from=resume_from)
         t = RunTrainer(model=model_with_dropout(), args=targs(out, 8, logging_steps=4, save_strategy="no"),
-                       train_dataset=Blocks(), callbacks=[rm, *extra])
+                       train_dataset=Blocks(), callbacks=[rm.saver, rm, *extra])
         t.loss_window = rm.window
         t.train(resume_from_checkpoint=resume_from and str(resume_from))
         return t, metrics
@@ -331,6 +331,20 @@ def test_the_logged_loss_is_trainers_own_and_its_window_survives_a_resume(tmp_pa
     assert m.read() == MetricsLog(tmp_path / "a" / "metrics.jsonl").read()  # step 8 averages 5..8 as uninterrupted
 
 
+def test_the_last_step_is_a_log_step_and_a_checkpoint_step_is_not():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from pdp_gpt2.train.guard import RunGuard
+
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
+    seen = []
+    for step, save in ((5, True), (7, False), (8, False)):
+        state, control = TrainerState(global_step=step, max_steps=8), TrainerControl(should_save=save)
+        RunGuard().on_step_end(args, state, control)
+        seen.append((step, control.should_save, control.should_log))
+    assert seen == [(5, True, False), (7, False, False), (8, False, True)]
+
+
 # ---- 6. metrics.jsonl is kept in step with the checkpoint -----------------------------------------
 
 
@@ -342,6 +356,20 @@ def test_metrics_log_is_rewritten_from_the_checkpoints_copy(tmp_path):
     assert log.read() == records and path.read_text().count("\n") == 2
     log.write({"step": 6, "loss": 1.0})
     assert [r["step"] for r in MetricsLog(path).read()] == [2, 4, 6] and log.records[-1]["step"] == 6
+
+
+def test_without_a_copy_the_lines_up_to_the_checkpoint_are_kept_and_a_cut_one_is_named(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2}\n{"step": 4}\n{"step": 6}\n{"st')
+    assert MetricsLog(path, resume_step=4).records == [{"step": 2}, {"step": 4}]
+    assert path.read_text() == '{"step": 2}\n{"step": 4}\n'
+    assert f"{path}: dropping its cut-off last line" in one_line(capsys)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "metrics_state.json").write_text('{"records": [{"step": 2}], "loss": {"sums": [1.5]')
+    from pdp_gpt2.train.metrics_log import read_saved
+
+    assert read_saved(tmp_path / "ckpt") is None  # a damaged copy: the file's own lines, said in one line
+    assert "metrics_state.json does not parse" in one_line(capsys)
 
 
 # ---- 14. temporary files of the atomic writer ------------------------------------------------------
@@ -379,7 +407,7 @@ def test_overwrite_clears_leftover_temporary_files_too(tmp_path):
 # ---- 21. a malformed dense_eval.json -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", ["{", "[1]", '{"perplexity": "x", "key": null}'])
+@pytest.mark.parametrize("content", ["{", "[1]", '{"perplexity": 1.0}'])
 def test_a_malformed_dense_eval_is_computed_again(tmp_path, capsys, content):
     from helpers import tiny_gpt2
 
@@ -513,7 +541,7 @@ def test_ctrl_c_twice_while_saving_is_exit_130_one_line_and_no_half_checkpoint(t
     assert rc == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err) and len(err) == 2, err  # the notice of the first Ctrl-C, then this
-    assert err[-1] == (f"pdp-gpt2 train: aborted by a second SIGINT at step 5 without saving it; the newest "
+    assert err[-1] == (f"pdp-gpt2 train: aborted by a second SIGINT after step 5, without saving; the newest "
                        f"checkpoint is {run / 'checkpoint-4'}; continue with --resume")
     assert [p.name for p in run.iterdir() if p.name.startswith(("checkpoint", ".checkpoint"))] == ["checkpoint-4"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -8,9 +8,14 @@
 
 The stop is decided in ``on_step_end``, which Trainer calls after the optimizer step and
 before it logs or saves, and which runs after DefaultFlowCallback (user callbacks come
-after the defaults), so the flags set here override its "save now".  The same hook
-makes every checkpoint step a log step: a resumed run then averages the logged loss
-over the same steps as an uninterrupted one (Trainer starts a fresh window on resume).
+after the defaults), so the flags set here override its "save now".  The same hook makes
+the last step a log step, so the loss of the steps after the last multiple of
+``--log_interval`` is not lost.  A checkpoint step is not made a log step (a signal's would
+add a line an uninterrupted run does not have): the open loss window travels in the
+checkpoint instead (loss_window.py).
+
+A second Ctrl-C raises KeyboardInterrupt wherever the run is; ``aborted`` turns it into a
+one-line :class:`Interrupted` (exit 130) and removes the checkpoint it cut short.
 """
 from __future__ import annotations
 
@@ -112,8 +117,8 @@ class RunGuard(TrainerCallback):
         elif signum > 0:
             self.interrupted = (state.global_step, int(signum))
             control.should_save = control.should_training_stop = True
-        if control.should_save:
-            control.should_log = True
+        if bad == 0 and 0 < state.max_steps <= state.global_step:
+            control.should_log = True  # the last steps' loss, when the run does not end on a multiple of the interval
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -122,6 +127,10 @@ class RunGuard(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """Remove the loss hook and put the previous signal handlers back (also after an abort)."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -130,6 +139,17 @@ class RunGuard(TrainerCallback):
         self._old_handlers = {}
 
     # ---- reporting ------------------------------------------------------------------
+    def aborted(self, output_dir: Path, step: int) -> "Interrupted":
+        """After a KeyboardInterrupt out of ``trainer.train()`` (a second Ctrl-C): the hooks are
+        removed, a checkpoint the abort cut short is deleted (rank 0), and the one-line error."""
+        self.close()
+        if distributed.is_main():
+            checkpoint.drop_incomplete_checkpoints(output_dir)
+        good = checkpoint.checkpoints(output_dir, complete_only=True)
+        keep = f"the newest checkpoint is {good[-1]}; continue with --resume" if good else "no checkpoint was saved"
+        what = "a second SIGINT" if self.signum else "SIGINT"
+        return Interrupted(f"aborted by {what} after step {step}, without saving; {keep}", signal.SIGINT)
+
     def stop_error(self, output_dir: Path) -> RunStopped | None:
         """After ``trainer.train()``: the exception (for the CLI's exit status) if the run was stopped."""
         if self.diverged:

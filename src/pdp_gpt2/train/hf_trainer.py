@@ -6,14 +6,16 @@ checkpoint, dense runs included) is the public callback, the same one users put 
 Trainer: one code path.  What only a `pdp-gpt2 train` run does is here:
 
 * :class:`RunMetrics`: one metrics.jsonl line per log step (and the W&B tracker), reading the
-  pruning values PruningCallback put into the log record, so it must come after it;
+  pruning values PruningCallback put into the log record, so it must come after it; its loss
+  window (loss_window.py, fed by :class:`RunTrainer`) and a copy of the lines go into each checkpoint;
 * :class:`BarProgress`: Trainer's progress bar with loss and sparsity in it;
 * :class:`MaskHistCallback`: soft-mask histograms at a few moments (``mask_hist.json``);
 * :class:`RecordCheckpointFiles`: each checkpoint's file sizes into its pdp_state.json;
 * :func:`resume_without_training`: a checkpoint at the last step, resumed without a step.
 
-No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks, and
-Trainer's two loop events replayed where no loop runs.
+No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks, one
+``training_step`` that calls Trainer's own and passes its loss on, and Trainer's two loop
+events replayed where no loop runs.
 """
 from __future__ import annotations
 
@@ -22,29 +24,69 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.mask import BAND
 from pdp_gpt2.train.checkpoint import PDP_STATE, step_of, with_file_sizes
+from pdp_gpt2.train.loss_window import LossWindow
+from pdp_gpt2.train.metrics_log import read_saved, save_checkpoint_copy
 
 # metrics.jsonl names of the values PruningCallback logs (the file's format predates the callback).
 _PRUNING_KEYS = {"sparsity": "sparsity_target", "sparsity_hard": "sparsity_hard", "band": "band",
                  "mask_mean": "mask_mean", "tau": "tau"}
 
 
-class RunMetrics(TrainerCallback):
-    """metrics.jsonl (``metrics_log.MetricsLog``) and the tracker: one record per training log step."""
+class RunTrainer(Trainer):
+    """Trainer whose ``training_step`` (Trainer's own, through super()) also hands its loss to
+    ``loss_window``, so the logged loss can continue across a resume (loss_window.py)."""
 
-    def __init__(self, metrics=None, tracker=None, is_main: bool = True):
+    loss_window: LossWindow | None = None
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        if self.loss_window is not None:
+            self.loss_window.add(loss)
+        return loss
+
+
+class RunMetrics(TrainerCallback):
+    """metrics.jsonl (``metrics_log.MetricsLog``) and the tracker: one record per training log step.
+
+    The record's loss is ``window``'s (the steps since the previous line, the same value as
+    Trainer's, also across a resume); each checkpoint gets the lines so far and the open window
+    (``metrics_state.json``) from ``saver``, a callback that must come before PruningCallback,
+    whose pdp_state.json marks the checkpoint complete: a kill right after that mark must not
+    leave a checkpoint without them.  ``resume_from``: the checkpoint the run resumes from, if any."""
+
+    def __init__(self, metrics=None, tracker=None, is_main: bool = True, resume_from: Path | None = None):
         self.metrics, self.tracker, self.is_main = metrics, tracker, is_main
+        self.resume_from = Path(resume_from) if resume_from is not None else None
+        self.window = LossWindow()
+        self.saver = _SaveMetrics(self)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = None
+        if state.global_step > 0:
+            saved = read_saved(self.resume_from or Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        self.window.start(state.global_step, args.device, saved and saved["loss"])
+
+    def save(self, args, state) -> None:
+        loss = self.window.state()  # every rank: its sum is gathered
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and self.metrics is not None and ckpt.is_dir():
+            save_checkpoint_copy(ckpt, self.metrics.records, loss)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" not in logs or not self.is_main:
+        logs = logs if logs is not None else {}
+        if "loss" not in logs:
             return  # the end-of-training summary line is not a step
+        if (loss := self.window.take(state.global_step)) is not None:  # every rank (a gather)
+            logs["loss"] = loss  # the progress bar and later callbacks show it too
+        if not self.is_main:
+            return
         record = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
                   "loss": logs.get("loss"), "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
         record.update({name: logs[key] for key, name in _PRUNING_KEYS.items() if key in logs})
@@ -53,6 +95,16 @@ class RunMetrics(TrainerCallback):
         if self.tracker is not None:
             self.tracker.log({f"train/{k}": v for k, v in record.items() if k != "step" and v is not None},
                              step=state.global_step)
+
+
+class _SaveMetrics(TrainerCallback):
+    """RunMetrics' part of a checkpoint, written before the checkpoint is marked complete."""
+
+    def __init__(self, owner: RunMetrics):
+        self.owner = owner
+
+    def on_save(self, args, state, control, **kwargs):
+        self.owner.save(args, state)
 
 
 class BarProgress(ProgressCallback):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,9 +30,9 @@ from pdp_gpt2.train import checkpoint, rundir, runlock
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.callback import PruningCallback, barrier, read_checkpoint_state
 from pdp_gpt2.pdp.schedule import plan_end
-from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics,
+from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics, RunTrainer,
                                        resume_without_training)
-from pdp_gpt2.train.metrics_log import MetricsLog
+from pdp_gpt2.train.metrics_log import MetricsLog, read_saved
 from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.train.tracking import make_tracker
@@ -243,7 +244,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, total_steps: int):
 
 @runlock.release_claims  # the lock is released however run() ends; a full disk is one line
 def run(cfg: TrainConfig, kernels=None) -> dict:
-    from transformers import Trainer, default_data_collator, set_seed
+    from transformers import default_data_collator, set_seed
     from transformers.trainer_callback import ProgressCallback
 
     from pdp_gpt2.train.guard import RunGuard
@@ -266,6 +267,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         if cfg.overwrite_output_dir and not prep.resume_from:
             rundir.clear_run(out)
         checkpoint.drop_unusable_checkpoints(out, prep.resume_from)
+        rundir.remove_leftovers(out)  # temporary files of writes a kill cut short (we hold the lock)
         atomic_write_json(out / "run_config.json", cfg.to_dict())
     set_seed(cfg.seed)
     model = prep.model
@@ -277,8 +279,12 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     if pruner is not None and saved:
         pruner.load_state_dict(saved)  # global budgets are from the original dense weights
     metrics = None
-    if is_main:  # lines past the checkpoint we resume from are dropped: they will be logged again
-        metrics = MetricsLog(out / "metrics.jsonl", resume_step=checkpoint.step_of(prep.resume_from))
+    if is_main:
+        # rewritten from the checkpoint's copy of its lines (or, without one, cut to its step):
+        # lines past the checkpoint will be logged again, and a line cut off since comes back
+        saved_lines = read_saved(prep.resume_from)
+        metrics = MetricsLog(out / "metrics.jsonl", resume_step=checkpoint.step_of(prep.resume_from),
+                             saved=saved_lines and saved_lines["records"])
     tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
     opt = None
     if cfg.custom_optimizer and pruner is not None:
@@ -286,11 +292,14 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
 
         opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate, "fused": fused_adamw_ok() or None})
     guard = RunGuard()
-    trainer = Trainer(model=model, args=args, data_collator=default_data_collator,
-                      train_dataset=prep.train_data,
-                      # RunMetrics after PruningCallback: it writes the values PruningCallback logs
-                      callbacks=[callback, guard, RunMetrics(metrics, tracker, is_main)],
-                      optimizer_cls_and_kwargs=opt)
+    run_metrics = RunMetrics(metrics, tracker, is_main, resume_from=prep.resume_from)
+    trainer = RunTrainer(model=model, args=args, data_collator=default_data_collator,
+                         train_dataset=prep.train_data,
+                         # RunMetrics after PruningCallback: it writes the values PruningCallback logs;
+                         # its saver before, whose pdp_state.json marks a checkpoint complete
+                         callbacks=[run_metrics.saver, callback, guard, run_metrics],
+                         optimizer_cls_and_kwargs=opt)
+    trainer.loss_window = run_metrics.window
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
         trainer.add_callback(BarProgress())
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
@@ -298,8 +307,12 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
     t0 = time.time()
-    if not resume_without_training(trainer, prep.resume_from, total):  # a checkpoint at the last step
-        trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
+    try:
+        if not resume_without_training(trainer, prep.resume_from, total):  # a checkpoint at the last step
+            trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
+    except KeyboardInterrupt:  # a second Ctrl-C: one line and exit 130, no half-written checkpoint left
+        tracker.finish()
+        raise guard.aborted(out, trainer.state.global_step) from None
     train_seconds = time.time() - t0
     if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
         tracker.finish()
@@ -340,9 +353,14 @@ def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> 
     key = {"model": cfg.model, "dataset": cfg.dataset, "eval_split": cfg.eval_split, "window": cfg.max_length,
            "stride": cfg.stride, "eval_tokens": int(len(prep.eval_tokens))}
     if prep.resume_from is not None and path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return float(cached["perplexity"])
+        try:
+            cached = json.loads(path.read_text())
+            if cached["key"] == key:
+                return float(cached["perplexity"])
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a cut-off or edited file: not worth a traceback
+            if is_main:
+                print(f"pdp-gpt2: warning: {path} does not parse ({type(e).__name__}: {e}); computing it again",
+                      file=sys.stderr, flush=True)
     ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense")
     if is_main:
         atomic_write_json(path, {"perplexity": ppl, "key": key})

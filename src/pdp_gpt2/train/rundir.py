@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -91,6 +92,34 @@ RUN_FILES = (*RUN_MARKERS, DENSE_EVAL, "final", ".final.tmp", ".final.old", "fin
              "plots", "mask_hist.json", "wandb")
 
 
+# What a kill leaves of an atomic write (atomic.py): ".<name>.<mkstemp's 8 characters>.tmp" files, and
+# atomic_dir's ".final.tmp" / ".final.old"; checkpoint.py's ".checkpoint-<N>.incomplete|.damaged" trash.
+TMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+TMP_DIRS = re.compile(r"^\.(final\.(tmp|old)|checkpoint-\d+\.(incomplete|damaged))$")
+
+
+def leftovers(output_dir: Path) -> list[Path]:
+    """Temporary files and directories a killed run left at the top of its directory or in a checkpoint."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if TMP_FILE.match(p.name) or TMP_DIRS.match(p.name)]
+    for ckpt in checkpoints(output_dir):
+        found += [p for p in ckpt.iterdir() if TMP_FILE.match(p.name)]
+    return sorted(found)
+
+
+def remove_leftovers(output_dir: Path) -> list[Path]:
+    """Remove :func:`leftovers` (the resuming run holds the lock: no writer of ours is alive to own them).
+    A symlink is unlinked, never followed."""
+    found = leftovers(output_dir)
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
+
+
 def clear_run(output_dir: Path) -> None:
     """With --overwrite_output_dir: remove the previous run's files (only ours, never through a link).
 
@@ -99,7 +128,7 @@ def clear_run(output_dir: Path) -> None:
     back, so the directory is either cleared or as it was, never half of each.
     """
     names = [n for n in RUN_FILES if os.path.lexists(output_dir / n)]
-    names += [p.name for p in output_dir.iterdir() if CHECKPOINT.match(p.name)
+    names += [p.name for p in output_dir.iterdir() if CHECKPOINT.match(p.name) or TMP_FILE.match(p.name)
               or p.name.startswith((".checkpoint-", ".pdp-gpt2-cleared-"))]  # and what a kill mid-clear left
     if not names:
         return
