@@ -64,7 +64,7 @@ def check_out(out: Path, model_dir: Path, overwrite: bool) -> None:
     non-empty one without ``--overwrite``, and with it, anything but an earlier export."""
     src, dst = model_dir.resolve(), out.resolve()
     if dst == src or dst in src.parents or src in dst.parents:
-        raise UsageError(f"--out {out} is, holds or lies inside the model being exported ({model_dir}); "
+        raise UsageError(f"--out {out} is, holds or lies inside the model being exported ({src}); "
                          "choose another directory")
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
