@@ -41,6 +41,7 @@ Memory runs first, before the timing process has built any model.
 
     python benchmarks/step_overhead.py                          # GPT-2 small, batch 4 x 128, CPU
     python benchmarks/step_overhead.py --batch 8 --json out.json
+    python benchmarks/step_overhead.py --device cuda --batch 8 --seq 1024 --precision bf16 --variants dense,pdp,gmp
 """
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"comma-separated, from {', '.join(VARIANTS)}; ratios are to dense (always run)")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw-fused",
                    help="AdamW implementation: fused=True (default), torch's per-tensor loop, or foreach=True")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="mixed precision as Hugging Face's Trainer runs it: fp32 weights and optimizer, the "
+                        "forward and loss under torch.autocast(bf16|fp16), fp16 with a GradScaler")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--mem-steps", type=int, default=3, help="steps in each memory subprocess (0: skip memory)")
     p.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
@@ -123,11 +127,20 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **OPTIMIZERS[args.optimizer])
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=g).to(device)
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    # fp16 needs loss scaling (Trainer's GradScaler); bf16 has float32's range and needs none
+    scaler = torch.amp.GradScaler(device.type) if amp is torch.float16 else None
 
     def step() -> None:
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = model(input_ids=ids, labels=ids).loss
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         opt.zero_grad(set_to_none=True)
         if pruner is not None:
             pruner.step()
@@ -142,6 +155,9 @@ def pdp_own_work(pruner, device: torch.device, reps: int = 5) -> dict:
     weights once more for the backward's recompute.  What an A/B
     step ratio should show above 1 on a quiet machine, without the A/B's noise."""
     mods = [t.module for t in pruner.targets]
+    # the upstream gradients exist before the clock starts: allocating them inside the timed backward
+    # measured the kernel's page faults on fresh memory, not the kernel (5x the forward on one machine)
+    upstream = [torch.full_like(pruner.original(t), 1e-3) for t in pruner.targets]
     rows = []
     for _ in range(reps + 1):  # the first is a warm-up
         sync(device)
@@ -149,7 +165,7 @@ def pdp_own_work(pruner, device: torch.device, reps: int = 5) -> dict:
         ws = [m.weight for m in mods]
         sync(device)
         t1 = time.perf_counter()
-        torch.autograd.backward(ws, [torch.full_like(w, 1e-3) for w in ws])
+        torch.autograd.backward(ws, upstream)
         sync(device)
         t2 = time.perf_counter()
         del ws
@@ -289,7 +305,7 @@ def measure_memory(args: argparse.Namespace) -> dict:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", v, "--model", args.model,
                "--batch", str(args.batch), "--seq", str(args.seq), "--device", args.device,
                "--sparsity", str(args.sparsity), "--threads", str(args.threads),
-               "--optimizer", args.optimizer, "--mem-steps", str(args.mem_steps)]
+               "--optimizer", args.optimizer, "--mem-steps", str(args.mem_steps), "--precision", args.precision]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         peaks[v] = json.loads(out.strip().splitlines()[-1])["peak_bytes"]
     kind = "cuda max_memory_allocated" if args.device.startswith("cuda") else "process peak RSS (VmHWM)"
@@ -309,7 +325,26 @@ def _provenance() -> dict:
     except (OSError, subprocess.CalledProcessError):
         rev, dirty = None, None
     return {"pdp_gpt2": src, "git": rev, "pdp_gpt2_modified": dirty, "torch": torch.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count()}
+            "machine": platform.machine(), "cpus": os.cpu_count(), **_hardware()}
+
+
+def _hardware() -> dict:
+    """What a timing depends on: the CPU model and its vector ISA, the load when it started, the GPU."""
+    out = {"load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), None)
+        flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+        out["cpu_model"] = model
+        out["cpu_isa"] = "avx512" if "avx512f" in flags else ("avx2" if "avx2" in flags else "other")
+        out["cpu_avx_flags"] = sorted(f for f in flags if f.startswith("avx"))
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+        out["cuda"] = torch.version.cuda
+    return out
 
 
 def main(argv=None) -> None:
@@ -320,10 +355,10 @@ def main(argv=None) -> None:
         return child(args)
     device = torch.device(args.device)
     print(f"{args.model} batch {args.batch} x {args.seq} on {device} ({torch.get_num_threads()} threads), "
-          f"{args.optimizer}, sparsity {args.sparsity}; {', '.join(args.variants)}; {args.warmup} warm-up + "
+          f"{args.precision}, {args.optimizer}, sparsity {args.sparsity}; {', '.join(args.variants)}; {args.warmup} warm-up + "
           f"{args.steps} timed steps each, alternating order", file=sys.stderr, flush=True)
     res = {"model": args.model, "batch": args.batch, "seq": args.seq, "device": str(device),
-           "variants": args.variants,
+           "variants": args.variants, "precision": args.precision,
            "threads": torch.get_num_threads(), "optimizer": args.optimizer, "sparsity": args.sparsity,
            "steps": args.steps, "warmup": args.warmup, "mem_steps": args.mem_steps,
            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}, **_provenance()}

@@ -273,14 +273,16 @@ def _round(queries, todo, start, group, kernels) -> dict:
     cold = any(start[i] is None for i in todo)
     batches = _batches(queries, todo)
     order = [p for pos in batches for p in pos]
-    whole = len(batches) == 1
+    in_order = order == sorted(order)  # always on CPU (one query per batch, in turn)
 
     def rows_of(t, pos):
-        return t if whole else t.index_select(0, torch.tensor(pos, device=dev))
+        if pos == list(range(pos[0], pos[0] + len(pos))):
+            return t[pos[0]:pos[0] + len(pos)]  # a view
+        return t.index_select(0, torch.tensor(pos, device=dev))
 
     def in_todo_order(parts):
         out = torch.cat(parts) if len(parts) > 1 else parts[0]
-        if whole:
+        if in_order:
             return out
         inv = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=dev)
         return out.index_select(0, inv)
