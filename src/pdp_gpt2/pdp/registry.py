@@ -78,6 +78,9 @@ BUILTIN: tuple[MethodSpec, ...] = (
                summary="gradual magnitude pruning on the schedule"),
     MethodSpec("wanda", f"{_CORE}.baselines:Wanda", label="Wanda", colour="#9467bd", calibration=True,
                summary="one-shot |w|*||x|| on calibration data, mask frozen"),
+    MethodSpec("movement", f"{_CORE}.movement:Movement", label="movement", colour="#d62728", gradual=True,
+               trainable_state=True, summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
+               "top-k on the schedule"),
 )
 
 _specs: dict[str, MethodSpec] = {s.name: s for s in BUILTIN}

@@ -1,0 +1,157 @@
+"""Movement pruning (Sanh, Wolf, Rush, "Movement Pruning: Adaptive Sparsity by Fine-Tuning",
+NeurIPS 2020): the same :class:`~pdp_gpt2.pdp.driver.MaskDriver` contract as PDP and the baselines.
+
+Every target weight W gets learned scores S of its shape.  Forward: W' = W * M, where M keeps the
+highest-scoring (1 - r) of the entries at the schedule's sparsity r (exactly floor(r n) pruned,
+ties by flat index).  Backward, straight-through on the top-k:
+
+    dL/dW = dL/dW' * M        (pruned weights are frozen, but keep their values)
+    dL/dS = dL/dW' * W        (every entry, pruned or not: a pruned weight can come back)
+
+so under gradient descent S accumulates -lr * W * dL/dW: a weight moving away from zero gains
+score.  M is recomputed after every optimizer step (``step``) for every target at once, by the
+pattern's exact batched selection (pdp/select.py), and at finalize the weights keep the top-k of
+the last scores: exact zeros, plain modules, a fresh model's state_dict keys (the scores go with
+the parametrization).
+
+Decisions:
+
+* Scores start at 0 (the paper's and Hugging Face's emmental ``mask_init="constant"``,
+  ``mask_scale=0``), and the mask starts dense: the cubic schedule moves the sparsity (like gmp).
+* No score learning rate of its own.  Emmental trains S at 1e-2 against 3e-5 for the weights, a
+  separate optimizer group.  Here S is an ``nn.Parameter`` of the mask module, so it is in
+  ``model.parameters()``, Trainer's optimizer, checkpoints and DDP's gradient sync with no change
+  to the loop, at the weights' learning rate, and that is the same run: the top-k reads only
+  the order of S, nothing else in forward or backward reads S, and an Adam/AdamW/SGD update is
+  the learning rate times a function of the gradients.  From S = 0 the scores under learning
+  rate c * lr are therefore c times the scores under lr, step for step, with the same masks and
+  the same weights (tests/pdp/test_movement.py checks this bit for bit with c = 1024).  The one
+  exception is decoupled weight decay, which shrinks S by (1 - lr * wd) per step, a relative
+  forgetting of old movement (emmental gives the scores none); the run's default is 0.  A scale
+  S = c * theta would change nothing either, so there is no setting for it.  Soft movement, whose
+  threshold on sigmoid(S) reads the scale of S, would need one; it is not here (docs: the report).
+* Entrywise patterns only ('unstructured', N:M): each weight is ranked by its own score.  A
+  pattern that ranks units of several weights (whole rows) would need one score per unit.
+
+Why the selection runs on keys: pdp/select.py ranks magnitudes (it takes ``abs``), and here the
+sign of a score matters.  :func:`order_keys` maps each score to a non-negative float that orders
+exactly like it (its bit pattern made unsigned, in a float type wide enough to hold it exactly),
+so the k lowest keys are the k lowest scores, ties by index as in ``mask.hard_mask_from_scores``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp import sharded as S
+from pdp_gpt2.pdp.baselines import HardMask
+from pdp_gpt2.pdp.driver import MaskDriver
+from pdp_gpt2.pdp.patterns import Part, Pattern
+from pdp_gpt2.pdp.targets import Target
+
+# score dtype -> (its bits as an integer, a float type that holds every unsigned key exactly)
+_KEYS = {torch.float32: (torch.int32, torch.float64), torch.bfloat16: (torch.int16, torch.float32),
+         torch.float16: (torch.int16, torch.float32)}
+
+
+def order_keys(scores: torch.Tensor) -> torch.Tensor:
+    """Non-negative floats ordered exactly like ``scores`` (-0.0 counts as +0.0, as ``==`` says).
+
+    The bit pattern of a float, read as a signed integer i, orders like the float for i >= 0 and
+    in reverse for i < 0; ``i + 2^(b-1)`` and ``~i`` put both halves on [0, 2^b) in float order.
+    Those b-bit integers are exact in the wider float type (float64 for float32 scores)."""
+    try:
+        ints, wide = _KEYS[scores.dtype]
+    except KeyError:
+        raise TypeError(f"movement scores must be float32, bfloat16 or float16, not {scores.dtype}") from None
+    i = (scores.detach() + 0.0).view(ints).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
+    half = 1 << (torch.iinfo(ints).bits - 1)
+    return torch.where(i >= 0, i + half, ~i).to(wide)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """w * keep forward; backward: keep * g to the weight, w * g to the scores (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, w, scores, keep):
+        ctx.save_for_backward(w, keep)  # keep is saved: autograd refuses a backward after it changed
+        return w * keep
+
+    @staticmethod
+    def backward(ctx, g):
+        w, keep = ctx.saved_tensors
+        gw = g * keep if ctx.needs_input_grad[0] else None
+        gs = g * w if ctx.needs_input_grad[1] else None
+        return gw, gs, None
+
+
+class MovementMask(HardMask):
+    """Parametrization w -> w * keep with learned ``scores`` (an ``nn.Parameter``): HardMask's
+    keep-mask buffer, finalize and identity, plus the straight-through gradient to the scores."""
+
+    def __init__(self, weight: torch.Tensor, out_dim: int, bits: int | None = None):
+        super().__init__(weight.shape, out_dim, bits)
+        if weight.dtype not in _KEYS:  # one line at attach, not a TypeError at the first refresh
+            raise UsageError(f"movement pruning needs float32, bfloat16 or float16 weights, not {weight.dtype}")
+        self.scores = nn.Parameter(torch.zeros_like(weight, memory_format=torch.contiguous_format))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        out = _StraightThrough.apply(w, self.scores, self.keep)
+        return M.fake_quant(out, self.bits, self.out_dim) if self.bits is not None else out
+
+
+def entrywise(pattern: Pattern) -> bool:
+    """Whether ``pattern`` ranks single entries by their own score (its ``scores`` is the default
+    |x| per entry): 'unstructured' and N:M are, 'row' (one norm per output neuron) is not."""
+    return type(pattern).scores is Pattern.scores
+
+
+class Movement(MaskDriver):
+    """Movement pruning: learned scores, top-k on the schedule, straight-through (module docstring)."""
+
+    description = ("movement pruning (Sanh, Wolf, Rush, NeurIPS 2020) while fine-tuning: scores learned from "
+                   "-w * dL/dw through a straight-through top-k mask, sparsity on a schedule, exact zeros at the end")
+    # The masks are the top-k of the scores, which are parameters: they come back with the checkpoint.
+    keeps_history = True
+
+    def __init__(self, model, config, targets, *, kernels=None):
+        super().__init__(model, config, targets, kernels=kernels)
+        if not entrywise(self.pattern):
+            raise UsageError(f"movement pruning ranks single weights by their scores; pattern "
+                             f"{self.pattern.name!r} ranks groups of weights: use 'unstructured' or N:M (e.g. '2:4')")
+
+    def make_mask(self, t: Target) -> nn.Module:
+        bits = self.config.bits if self.config.quantize else None
+        return MovementMask(t.module.weight.detach(), t.out_dim, bits)
+
+    def start(self) -> None:
+        pass  # starts dense, scores at 0: the schedule's set_sparsity moves it
+
+    def update(self, t: Target, sparsity: float) -> None:
+        self.update_all([t], [sparsity])
+
+    def scores_part(self, t: Target) -> Part:
+        """Target t's scores as order keys, as this process holds them (the whole tensor or its shard)."""
+        s = self.mask_of(t).scores
+        if S.is_sharded(s):
+            return Part(order_keys(s.to_local()), t.out_dim, S.layout(s))
+        return Part(order_keys(s), t.out_dim)
+
+    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
+        """Every target's keep-mask from its scores, in one batched selection (one host read in a
+        steady state, however many targets; pdp/select.py)."""
+        todo, parts, ks = [], [], []
+        for t, s in zip(targets, sparsities):
+            shape = self.mask_of(t).keep.shape
+            k = self.pattern.num_pruned(shape, t.out_dim, s)
+            if k <= 0:  # nothing pruned: no keys, no selection
+                self.mask_of(t).keep.fill_(True)
+                continue
+            todo.append(t)
+            parts.append(self.scores_part(t))
+            ks.append(k)
+        for t, p, keep in zip(todo, parts, self.pattern.keeps(parts, ks, self.kernels)):
+            whole = keep if p.shard is None else S.gather_dim0(keep, p.shard)  # every rank holds all of keep
+            self.mask_of(t).keep.copy_(whole)
