@@ -122,9 +122,10 @@ class Run:
 def variant(s: dict) -> str:
     """'pdp', 'pdp+improved', 'gmp+q8', ...: the method plus the extensions that change it."""
     method = s.get("method", "?")
-    if method == "dense":
-        return "dense"
     cfg = s.get("config") or {}
+    distilled = ["distill"] if (cfg.get("distill") or 0) > 0 else []  # --distill: any method, dense too
+    if method == "dense":
+        return "+".join(["dense", *distilled])
     p = cfg.get("pdp") or {}
     parts = [method]
     if method == "pdp" and p.get("improved_masking"):
@@ -142,7 +143,7 @@ def variant(s: dict) -> str:
         parts.append("global")
     if p.get("pattern", "unstructured") != "unstructured":
         parts.append(p["pattern"])
-    return "+".join(parts)
+    return "+".join(parts + distilled)
 
 
 def _jsonl(path: Path) -> list[dict]:

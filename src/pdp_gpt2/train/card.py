@@ -18,7 +18,7 @@ NOT_IN_COMMAND = ("resume", "overwrite_output_dir", "progress")
 
 def manifest(cfg: TrainConfig, targets, saved: dict, stats: dict | None) -> dict:
     """The content of final/pdp_pruning.json (data/manifest.py describes the layout)."""
-    pruning = cfg.method != "dense"
+    pruning = registry.get(cfg.method).prunes
     tensors = {}
     for t in targets:
         d = saved["layers"][t.name]
@@ -36,6 +36,14 @@ def manifest(cfg: TrainConfig, targets, saved: dict, stats: dict | None) -> dict
         "bits": cfg.pdp.bits if pruning and cfg.pdp.quantize else None,
         "base_model": cfg.model, "dataset": cfg.dataset, "tensors": tensors,
     }
+
+
+def distillation(cfg: TrainConfig) -> dict | None:
+    """What --distill did, for summary.json and the card: None without it."""
+    if not cfg.distill:
+        return None
+    return {"alpha": cfg.distill, "temperature": cfg.distill_temperature, "teacher": "the starting model (--model)",
+            "kl": "KL(p_teacher || p_student) per token"}
 
 
 def command(cfg: TrainConfig) -> str:
@@ -86,6 +94,9 @@ def model_card(cfg: TrainConfig, summary: dict, man: dict, layers_table: str) ->
                 ("tau", None if man["tau"] is None else f"{man['tau']:g} ({man['tau_mode']})"),
                 ("quantization", None if man["bits"] is None else f"{man['bits']}-bit grid, per output channel"),
                 ("schedule", f"{cfg.schedule}, {summary['ramp_steps']} of {summary['train_steps']} steps"),
+                ("distillation", None if not cfg.distill else
+                 f"from the starting model: (1 - {cfg.distill:g}) LM + {cfg.distill:g} T² KL(teacher ‖ student), "
+                 f"T = {cfg.distill_temperature:g}"),
                 ("base model", f"`{cfg.model}`"), ("dataset", f"`{cfg.dataset}`")]
     name = base or Path(cfg.model).name or cfg.model
     what = (f"{len(pruned)} weight tensors ({summary['target_weights']:,} weights: the Linear/Conv1D layers of the "

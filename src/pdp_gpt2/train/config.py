@@ -10,6 +10,8 @@ from pdp_gpt2.pdp import registry  # method names and capabilities; imports noth
 from pdp_gpt2.pdp.config import PATTERNS_HELP, PDPConfig  # noqa: F401  (re-exported for the CLI)
 
 
+DISTILL_TEMPERATURE = 2.0  # --distill_temperature's default: DistilBERT's and movement pruning's T
+
 # transformers' SchedulerType values that run without extra flags: reduce_lr_on_plateau needs an
 # evaluation loop, cosine_with_min_lr / cosine_warmup_with_min_lr / warmup_stable_decay need
 # lr_scheduler_kwargs, which `train` does not take.  (A test checks this list against transformers.)
@@ -47,6 +49,9 @@ class TrainConfig:
     lr_scheduler: str = field(default="linear", metadata={"help": "HF learning-rate schedule after warm-up (linear, cosine, constant, ...)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables clipping"})
     custom_optimizer: bool = field(default=False, metadata={"help": "mask-aware AdamW: scale each masked weight's gradient by 0.1 + 0.9 m"})
+    # distillation from the starting model (train/distill.py)
+    distill: float = field(default=0.0, metadata={"help": "distil from the starting model (frozen, unpruned) with weight ALPHA in [0, 1]: loss = (1-ALPHA) LM + ALPHA T^2 KL(p_teacher || p_student), per token over the vocabulary at T (the Hinton / DistilBERT / movement-pruning direction, teacher as the reference distribution); 0: off. Costs a teacher forward per step (docs/performance.md)"})
+    distill_temperature: float = field(default=DISTILL_TEMPERATURE, metadata={"help": "softmax temperature T of --distill (DistilBERT's and movement pruning's default)"})
     max_length: int = field(default=128, metadata={"help": "tokens per training block and evaluation window"})
     seed: int = field(default=42, metadata={"help": "random seed (data order, dropout, init of anything new)"})
     precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 mixed precision"})
@@ -84,6 +89,8 @@ class TrainConfig:
              f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}"),
+            (0 <= self.distill <= 1, f"distill must be in [0, 1] (0: off), got {self.distill}"),
+            (0 < self.distill_temperature < math.inf, f"distill_temperature must be > 0 and finite, got {self.distill_temperature}"),
             (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}"),
             (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
             (self.precision in ("fp32", "bf16", "fp16"), f"precision must be fp32, bf16 or fp16, got {self.precision!r}"),

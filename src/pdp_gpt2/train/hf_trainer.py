@@ -14,8 +14,8 @@ Trainer: one code path.  What only a `pdp-gpt2 train` run does is here:
 * :func:`resume_without_training`: a checkpoint at the last step, resumed without a step.
 
 No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks, one
-``training_step`` that calls Trainer's own and passes its loss on, and Trainer's two loop
-events replayed where no loop runs.
+``training_step`` that calls Trainer's own and passes its loss on, distillation's ``compute_loss``
+around Trainer's own (distill.py), and Trainer's two loop events replayed where no loop runs.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.mask import BAND
 from pdp_gpt2.train.checkpoint import PDP_STATE, step_of, with_file_sizes
+from pdp_gpt2.train.distill import DistillMixin
 from pdp_gpt2.train.loss_window import LossWindow
 from pdp_gpt2.train.metrics_log import read_saved, save_checkpoint_copy
 
@@ -39,9 +40,10 @@ _PRUNING_KEYS = {"sparsity": "sparsity_target", "sparsity_hard": "sparsity_hard"
                  "mask_mean": "mask_mean", "tau": "tau"}
 
 
-class RunTrainer(Trainer):
+class RunTrainer(DistillMixin, Trainer):
     """Trainer whose ``training_step`` (Trainer's own, through super()) also hands its loss to
-    ``loss_window``, so the logged loss can continue across a resume (loss_window.py)."""
+    ``loss_window``, so the logged loss can continue across a resume (loss_window.py); with
+    ``--distill`` its ``compute_loss`` adds the teacher's KL term (distill.DistillMixin)."""
 
     loss_window: LossWindow | None = None
 

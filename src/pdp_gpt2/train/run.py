@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.train import distributed
 
-from pdp_gpt2.train import checkpoint, rundir, runlock
+from pdp_gpt2.train import checkpoint, distill, rundir, runlock
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.callback import PruningCallback, barrier, read_checkpoint_state
 from pdp_gpt2.pdp.schedule import plan_end
@@ -56,7 +56,7 @@ def run_name(cfg: TrainConfig) -> str:
     if cfg.run_name:
         return cfg.run_name
     model = Path(cfg.model).name or cfg.model
-    return f"{model}-{cfg.method}-s{cfg.pdp.sparsity:g}" if cfg.method != "dense" else f"{model}-dense"
+    return f"{model}-{cfg.method}-s{cfg.pdp.sparsity:g}" if registry.get(cfg.method).prunes else f"{model}-{cfg.method}"
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
@@ -78,7 +78,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if resume_from is not None:
         check_resume_config(cfg, resume_from)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    if cfg.method != "dense":  # --targets matching nothing: refused now, not after the dense evaluation
+    if registry.get(cfg.method).prunes:  # --targets matching nothing: refused now, not after the dense evaluation
         find_targets(model, cfg.pdp.targets)
     context = context_length(model.config)
     if context and cfg.max_length > context:
@@ -103,7 +103,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
 # --max_steps / --num_epochs may change: a longer run continues the planned schedules (plan_steps).
 SAME_ON_RESUME = ("model", "dataset", "streaming", "method", "seed", "batch_size", "gradient_accumulation_steps",
                   "max_length", "learning_rate", "weight_decay", "lr_scheduler", "lr_warmup_steps", "max_grad_norm",
-                  "custom_optimizer", "precision", "schedule", "warmup_steps", "warmup_epochs", "pdp")
+                  "custom_optimizer", "precision", "schedule", "warmup_steps", "warmup_epochs", "distill",
+                  "distill_temperature", "pdp")
 
 
 def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
@@ -272,6 +273,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     set_seed(cfg.seed)
     model = prep.model
     ppl_dense = dense_perplexity(model, prep, cfg, is_main)
+    # the teacher: the starting model, copied before any mask goes on (a resume makes it again from --model)
+    teacher = distill.frozen_copy(model) if cfg.distill else None
 
     callback = pruning_callback(model, cfg, ramp, prep.train_data, kernels)  # kernels: the CLI reads them from env
     callback.resume_from = prep.resume_from  # maybe in another run directory (a fork)
@@ -300,6 +303,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
                          callbacks=[run_metrics.saver, callback, guard, run_metrics],
                          optimizer_cls_and_kwargs=opt)
     trainer.loss_window = run_metrics.window
+    trainer.distill_from(teacher, cfg.distill, cfg.distill_temperature)
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
         trainer.add_callback(BarProgress())
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds

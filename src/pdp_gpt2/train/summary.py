@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from pdp_gpt2.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from pdp_gpt2.data.manifest import write_manifest
+from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.targets import find_targets
 from pdp_gpt2.train import card
 from pdp_gpt2.train.config import TrainConfig
@@ -78,10 +79,11 @@ def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dic
         gap = result["ppl_hard"] / result["ppl_soft"] - 1
     return {
         "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "eval_split": cfg.eval_split,
-        "sparsity_target": cfg.pdp.sparsity if cfg.method != "dense" else 0.0,
+        "sparsity_target": cfg.pdp.sparsity if registry.get(cfg.method).prunes else 0.0,
         "sparsity_actual": saved["sparsity"], "perplexity": result["ppl_hard"],
         "perplexity_dense": result["ppl_dense"], "perplexity_soft": result["ppl_soft"], "soft_hard_gap": gap,
-        "tau": cfg.pdp.tau, "train_steps": result["train_steps"], "ramp_steps": result["ramp_steps"],
+        "tau": cfg.pdp.tau, "distill": card.distillation(cfg),
+        "train_steps": result["train_steps"], "ramp_steps": result["ramp_steps"],
         "train_seconds": round(result["train_seconds"], 2), "eval_tokens": result["eval_tokens"],
         "band_at_end": stats["band"] if stats else None, "final_dir": str(final),
         "target_weights": saved["numel"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
