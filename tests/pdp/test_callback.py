@@ -65,6 +65,7 @@ CONFIGS = {
     "pdp_tau_exp_global": ("pdp", pdp_gpt2.PDPConfig(sparsity=SPARSITY, tau=0.02, allocation="global", tau_schedule="exp",
                                                       tau_final=1e-3)),
     "gmp": ("gmp", pdp_gpt2.PDPConfig(sparsity=SPARSITY)),
+    "movement": ("movement", pdp_gpt2.PDPConfig(sparsity=SPARSITY)),  # scores: parameters in the optimizer's state
 }
 
 

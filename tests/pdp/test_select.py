@@ -214,7 +214,7 @@ def _model(n_targets: int) -> nn.Module:
     return nn.Sequential(*[nn.Linear(192, 128) for _ in range(n_targets)])  # 24,576 entries each: bracketed
 
 
-@pytest.mark.parametrize("method", ["pdp", "gmp"])
+@pytest.mark.parametrize("method", ["pdp", "gmp", "movement"])
 def test_a_refresh_reads_the_device_at_most_twice_whatever_the_number_of_tensors(method):
     counts = {}
     for n in (8, 32):
