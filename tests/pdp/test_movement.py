@@ -221,6 +221,35 @@ def test_tiny_gpt2_end_to_end_exact_zeros_plain_keys_and_reload(tmp_path):
         assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
 
 
+def test_remove_is_the_inverse_of_attach():
+    model, fresh = tiny_gpt2(), tiny_gpt2()
+    driver = pdp_gpt2.attach(model, "movement", PDPConfig(sparsity=0.75))
+    driver.set_sparsity(0.75)
+    assert any(n.endswith(".scores") for n, _ in model.named_parameters())
+    driver.remove()
+    a, b = model.state_dict(), fresh.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_under_bf16_autocast_the_gradients_stay_float32_and_straight_through():
+    model = tiny_gpt2(n_layer=1).train()
+    driver = pdp_gpt2.attach(model, "movement", PDPConfig(sparsity=0.5))
+    with torch.no_grad():
+        for t in driver.targets:
+            driver.mask_of(t).scores.copy_(torch.randn(driver.mask_of(t).scores.shape))
+    driver.set_sparsity(0.5)
+    x = _ids(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=x, labels=x).loss
+    loss.backward()
+    for t in driver.targets:
+        m, w = driver.mask_of(t), driver.original(t)
+        assert m.scores.grad.dtype == w.grad.dtype == torch.float32
+        # the same upstream gradient g: dL/dW = g * M and dL/dS = g * W, so they agree where M = 1
+        assert torch.equal(m.scores.grad[m.keep], (w.grad * w.detach())[m.keep])
+        assert (w.grad[~m.keep] == 0).all() and (m.scores.grad[~m.keep] != 0).any()
+
+
 def test_quantized_movement_masks_and_fake_quantizes():
     model = nn.Sequential(nn.Linear(16, 8))
     driver = pdp_gpt2.attach(model, "movement", PDPConfig(sparsity=0.5, quantize=True, bits=4))
@@ -346,6 +375,8 @@ def _fsdp(rank: int, out: Path) -> dict:
                 assert torch.equal(m.keep, M.hard_mask_from_scores(full, k)), (kind, step, t.name)
             digests.append(_digest([driver.mask_of(t).keep for t in driver.targets]))
         assert _same_on_every_rank(digests) and len(set(digests)) > 1, kind
+        for t in driver.targets:  # the scores' gradients reached their shards
+            assert driver.mask_of(t).scores.full_tensor().abs().min() > 0, (kind, t.name)
         driver.finalize()
         plain = gather_plain_model(model)
         if rank == 0:

@@ -158,7 +158,7 @@ def test_recompute_off_installs_nothing_and_remove_finalize_take_every_hook_off(
         assert hooks(m) == 0 and driver._recompute == []
 
 
-@pytest.mark.parametrize("method", ["gmp", "magnitude"])
+@pytest.mark.parametrize("method", ["gmp", "magnitude", "movement"])
 def test_hard_mask_baselines_recompute_bit_identically(method):
     def grads(kernels):
         model = copy.deepcopy(tiny_gpt2())
