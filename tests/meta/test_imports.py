@@ -27,8 +27,8 @@ ALLOWED = {
     "data": ("pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
     "train": ("pdp_gpt2.train", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
     "export": ("pdp_gpt2.export", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
-    # report reads run outputs (files); it imports nothing of the core or of training
-    "report": ("pdp_gpt2.report", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
+    # report reads run outputs (files); of the core only the method registry (torch-free), never training
+    "report": ("pdp_gpt2.report", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.pdp.registry"),
     # FSDP2 for your own loop: library code on top of the core, below every app layer
     "fsdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
     "cli": ("pdp_gpt2",),
@@ -114,6 +114,8 @@ def test_the_walker_sees_function_level_and_relative_imports(tmp_path, monkeypat
                                             ("pdp_gpt2.data.sources", 5, False), ("pdp_gpt2.train.run", 7, True)]
     assert not _allowed("pdp", "pdp_gpt2.data.sources") and _allowed("pdp", "pdp_gpt2.pdp.mask")
     assert not _allowed("report", "pdp_gpt2.train.config") and not _allowed("report", "pdp_gpt2.train.run")
+    assert _allowed("report", "pdp_gpt2.pdp.registry") and not _allowed("report", "pdp_gpt2.pdp.attach")
+    assert not _allowed("report", "pdp_gpt2.pdp")  # the registry, not the core it sits in
 
 
 def test_no_forbidden_import_edges():

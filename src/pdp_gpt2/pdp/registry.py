@@ -83,6 +83,10 @@ BUILTIN: tuple[MethodSpec, ...] = (
                "top-k on the schedule"),
 )
 
+# The method this package ships (--method's default): the report's findings measure every other
+# pruning method against it; the others are its baselines, whoever registered them.
+SHIPPED = "pdp"
+
 _specs: dict[str, MethodSpec] = {s.name: s for s in BUILTIN}
 _plugins_loaded: set[str] = set()
 

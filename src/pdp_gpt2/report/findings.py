@@ -10,10 +10,13 @@ import json
 from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.report import methods
+from pdp_gpt2.report.methods import SHIPPED, is_baseline, method_of
 from pdp_gpt2.report.stats import Point, dense_mean, points, rel
 
-BASELINES = ("magnitude", "gmp", "wanda")
-NAMES = {"gmp": "GMP", "pdp": "PDP", "wanda": "Wanda"}  # how a title names a method
+# The findings are about the shipped method (pdp); its baselines are every other pruning method the
+# registry knows, plugins included (methods.is_baseline); titles name methods by their registered label.
+NAME = methods.title(SHIPPED)  # 'PDP'
 
 
 def _pct(x: float) -> str:
@@ -21,15 +24,16 @@ def _pct(x: float) -> str:
 
 
 def _pruned_points(runs) -> dict[str, dict[float, Point]]:
-    return points([r for r in runs if r.method != "dense" and r.target > 0])
+    return points([r for r in runs if r.prunes and r.target > 0])
 
 
 def dense_ppl(runs) -> float | None:
     return dense_mean(runs)
 
 
-def _method(label: str) -> str:
-    return label.split("+", 1)[0].split("@", 1)[0].split(" ", 1)[0]
+def _shipped_variant(label: str) -> bool:
+    """'pdp+improved', 'pdp@tau=0.05', ...: the shipped method with something changed."""
+    return method_of(label) == SHIPPED and label != SHIPPED
 
 
 def top_sparsity(runs) -> dict | str:
@@ -49,30 +53,30 @@ def top_sparsity(runs) -> dict | str:
 def pdp_vs_best(runs) -> dict | str:
     """Plain PDP against the best plain baseline at the highest sparsity both reached."""
     pts = _pruned_points(runs)
-    base = {m: pts[m] for m in BASELINES if m in pts}
-    if "pdp" not in pts or not base:
-        return "needs plain pdp runs and a baseline (magnitude, gmp or wanda) at the same sparsity"
-    shared = [t for t in pts["pdp"] if any(t in by for by in base.values())]
+    base = {lab: by for lab, by in pts.items() if method_of(lab) == lab and is_baseline(lab)}
+    if SHIPPED not in pts or not base:
+        return f"needs plain {SHIPPED} runs and a baseline (magnitude, gmp, wanda, ...) at the same sparsity"
+    shared = [t for t in pts[SHIPPED] if any(t in by for by in base.values())]
     if not shared:
-        return "pdp and the baselines share no target sparsity"
+        return f"{SHIPPED} and the baselines share no target sparsity"
     top = max(shared)
-    pdp = pts["pdp"][top]
+    pdp = pts[SHIPPED][top]
     rivals = sorted((by[top] for by in base.values() if top in by), key=lambda p: p.mean)
     # PDP's other settings with repeats at this sparsity (a tau schedule, say) stand next to it
     others = [by[top] for lab, by in sorted(pts.items())
-              if _method(lab) == "pdp" and lab != "pdp" and top in by and by[top].n > 1]
+              if _shipped_variant(lab) and top in by and by[top].n > 1]
     best = rivals[0]
     d = rel(pdp.mean, best.mean)
     word = "below" if d < 0 else "above"
-    title = f"PDP is {abs(d):.1f}% {word} {NAMES.get(best.label, best.label)} at {_pct(top)}"
+    heading = f"{NAME} is {abs(d):.1f}% {word} {methods.title(best.label)} at {_pct(top)}"
     if min(pdp.n, best.n) > 1:
-        sub = f"mean ± sd over seeds (pdp {pdp.n}, {best.label} {best.n}); each dot is one seed"
+        sub = f"mean ± sd over seeds ({SHIPPED} {pdp.n}, {best.label} {best.n}); each dot is one seed"
         spread = max(pdp.sd, best.sd)
         if spread:
             sub += f"; the gap is {abs(pdp.mean - best.mean) / spread:.1f}× the larger seed sd"
     else:
         sub = "one seed per method: the spread between seeds is not measured"
-    return {"title": title, "sub": sub, "top": top, "points": [pdp, *others, *rivals], "delta": d}
+    return {"title": heading, "sub": sub, "top": top, "points": [pdp, *others, *rivals], "delta": d}
 
 
 def tau_picture(runs) -> dict | str:
@@ -82,9 +86,9 @@ def tau_picture(runs) -> dict | str:
     if grid:
         return grid
     pts = _pruned_points(runs)
-    sched = {lab: by for lab, by in pts.items() if _method(lab) == "pdp" and "tau-" in lab}
-    deltas = {lab: {t: rel(p.mean, pts["pdp"][t].mean) for t, p in by.items() if t in pts["pdp"]}
-              for lab, by in sched.items()} if "pdp" in pts else {}
+    sched = {lab: by for lab, by in pts.items() if method_of(lab) == SHIPPED and "tau-" in lab}
+    deltas = {lab: {t: rel(p.mean, pts[SHIPPED][t].mean) for t, p in by.items() if t in pts[SHIPPED]}
+              for lab, by in sched.items()} if SHIPPED in pts else {}
     deltas = {lab: d for lab, d in deltas.items() if d}
     if not deltas:
         return ("needs plain pdp runs at two or more tau values at one sparsity, or a tau schedule "
@@ -104,7 +108,7 @@ def tau_picture(runs) -> dict | str:
 
 
 def _tau_grid(runs) -> dict | None:
-    pdp = [r for r in runs if r.family == "pdp" and r.ppl is not None]
+    pdp = [r for r in runs if r.family == SHIPPED and r.ppl is not None]
     pts = points(pdp, key=lambda r: f"{r.tau:g}")
     by_target: dict[float, list[Point]] = {}
     for by in pts.values():
@@ -138,11 +142,11 @@ def _mean_gap(p: Point) -> float | None:
 def extensions(runs) -> dict | str:
     """Each pdp extension against plain pdp at the same sparsity, in percent."""
     pts = _pruned_points(runs)
-    if "pdp" not in pts:
-        return "needs plain pdp runs to compare the extensions with"
+    if SHIPPED not in pts:
+        return f"needs plain {SHIPPED} runs to compare the extensions with"
     ext = {lab: by for lab, by in pts.items()  # tau settings are on the tau slide
-           if _method(lab) == "pdp" and lab != "pdp" and "@" not in lab and "tau-" not in lab}
-    deltas = {lab: {t: rel(p.mean, pts["pdp"][t].mean) for t, p in by.items() if t in pts["pdp"]}
+           if _shipped_variant(lab) and "@" not in lab and "tau-" not in lab}
+    deltas = {lab: {t: rel(p.mean, pts[SHIPPED][t].mean) for t, p in by.items() if t in pts[SHIPPED]}
               for lab, by in ext.items()}
     deltas = {lab: d for lab, d in deltas.items() if d}
     if not deltas:
@@ -155,7 +159,7 @@ def extensions(runs) -> dict | str:
         title = (f"The extensions move perplexity by at most {biggest:.2f}%"
                  f" (best at {_pct(top)}: {best}, {at_top[best]:+.2f}%)")
     else:
-        title = f"{best} is the best extension at {_pct(top)}: {at_top[best]:+.1f}% vs plain PDP"
+        title = f"{best} is the best extension at {_pct(top)}: {at_top[best]:+.1f}% vs plain {NAME}"
     return {"title": title, "deltas": deltas}
 
 
@@ -190,8 +194,8 @@ def load_cost(paths: list[str | Path]) -> dict:
 def cost_title(cost: dict) -> str | None:
     parts = []
     step = cost.get("step", {}).get("ratio", {})
-    if "pdp" in step:
-        parts.append(f"a PDP training step costs {step['pdp']:.2f}× dense")
+    if SHIPPED in step:
+        parts.append(f"a {NAME} training step costs {step[SHIPPED]:.2f}× dense")
     if "size" in cost:
         parts.append(f"the {cost['size']['format']} export is {cost['size']['whole']['ratio']:.2f}× the dense size")
     if cost.get("speed"):
@@ -206,44 +210,43 @@ def cost_title(cost: dict) -> str | None:
 def losses(runs, cost: dict) -> dict | str:
     """Where PDP does worse: baselines that beat it, its distance to dense, soft-to-hard gaps, cost."""
     pts = _pruned_points(runs)
-    if "pdp" not in pts:
-        return "needs plain pdp runs"
+    if SHIPPED not in pts:
+        return f"needs plain {SHIPPED} runs"
+    ours = pts[SHIPPED]
+    rivals = {lab: by for lab, by in sorted(pts.items()) if is_baseline(method_of(lab))}
     lines, lost = [], []
-    for lab, by in sorted(pts.items()):
-        if _method(lab) in BASELINES:
-            for t, p in sorted(by.items()):
-                q = pts["pdp"].get(t)
-                if q and p.mean <= q.mean:
-                    lost.append((rel(q.mean, p.mean), lab, t))
+    for lab, by in rivals.items():
+        for t, p in sorted(by.items()):
+            q = ours.get(t)
+            if q and p.mean <= q.mean:
+                lost.append((rel(q.mean, p.mean), lab, t))
     for d, lab, t in sorted(lost, reverse=True):
-        lines.append(f"{lab} beats pdp at {_pct(t)}: pdp is {d:+.2f}%")
-    for lab, by in sorted(pts.items()):  # where PDP wins, the closest call per baseline
-        if _method(lab) in BASELINES:
-            won = [(rel(pts["pdp"][t].mean, p.mean), t) for t, p in by.items()
-                   if t in pts["pdp"] and pts["pdp"][t].mean < p.mean]
-            if won:
-                d, t = max(won)
-                lines.append(f"closest win over {lab}: {_pct(t)}, pdp {d:+.2f}%")
+        lines.append(f"{lab} beats {SHIPPED} at {_pct(t)}: {SHIPPED} is {d:+.2f}%")
+    for lab, by in rivals.items():  # where PDP wins, the closest call per baseline
+        won = [(rel(ours[t].mean, p.mean), t) for t, p in by.items() if t in ours and ours[t].mean < p.mean]
+        if won:
+            d, t = max(won)
+            lines.append(f"closest win over {lab}: {_pct(t)}, {SHIPPED} {d:+.2f}%")
     for lab, by in sorted(pts.items()):
-        if _method(lab) == "pdp":
+        if method_of(lab) == SHIPPED:
             for t, p in sorted(by.items()):
                 g = _mean_gap(p)
                 if g is not None and g > 0.01:
                     lines.append(f"{lab} at {_pct(t)}: soft-to-hard gap {100 * g:+.1f}% (perplexity jumps at finalize)")
     d = dense_ppl(runs)
-    top = max(pts["pdp"])
+    top = max(ours)
     if d:
-        lines.append(f"pdp at {_pct(top)} is {rel(pts['pdp'][top].mean, d):+.1f}% vs dense fine-tuned")
+        lines.append(f"{SHIPPED} at {_pct(top)} is {rel(ours[top].mean, d):+.1f}% vs dense fine-tuned")
     step = cost.get("step", {}).get("ratio", {})
-    if step.get("pdp", 1.0) > 1.0:
-        lines.append(f"each PDP training step costs {step['pdp']:.2f}× a dense step")
+    if step.get(SHIPPED, 1.0) > 1.0:
+        lines.append(f"each {NAME} training step costs {step[SHIPPED]:.2f}× a dense step")
     if all(p.n == 1 for by in pts.values() for p in by.values()):
         lines.append("one seed per point: margins smaller than the run-to-run noise are not established")
     if lost:
         d0, lab, t = max(lost)
-        title = f"PDP loses to {lab} in {len(lost)} comparison(s); worst at {_pct(t)}: {d0:+.2f}%"
+        heading = f"{NAME} loses to {lab} in {len(lost)} comparison(s); worst at {_pct(t)}: {d0:+.2f}%"
     else:
-        n = sum(1 for lab, by in pts.items() if _method(lab) in BASELINES for t in by if t in pts["pdp"])
-        title = f"No baseline beats PDP in {n} comparison(s)" + (
-            f"; it still trails dense by {rel(pts['pdp'][top].mean, d):.1f}% at {_pct(top)}" if d else "")
-    return {"title": title, "lines": lines}
+        n = sum(1 for by in rivals.values() for t in by if t in ours)
+        heading = f"No baseline beats {NAME} in {n} comparison(s)" + (
+            f"; it still trails dense by {rel(ours[top].mean, d):.1f}% at {_pct(top)}" if d else "")
+    return {"title": heading, "lines": lines}

@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pdp_gpt2.report import style  # noqa: E402
+from pdp_gpt2.report.methods import SHIPPED  # noqa: E402
 from pdp_gpt2.report.stats import any_repeats, dense_mean, points  # noqa: E402
 
 MAX_CURVES = 8  # more curves than this on one axis is unreadable
@@ -37,7 +38,7 @@ def _log_y(ax) -> None:
 
 
 def pruned(runs):
-    return [r for r in runs if r.method != "dense"]
+    return [r for r in runs if r.prunes]
 
 
 def focus_runs(runs) -> list:
@@ -52,7 +53,7 @@ def focus_runs(runs) -> list:
             if abs(r.target - top) < 1e-9 and r.label not in seen:
                 seen.add(r.label)
                 out.append(r)
-    dense = [r for r in runs if r.method == "dense"][:1]
+    dense = [r for r in runs if not r.prunes][:1]
     return out[:MAX_CURVES - len(dense)] + dense
 
 
@@ -108,7 +109,7 @@ def _tau_key(taus: list[float]):
 
 
 def draw_tau_heatmap(ax, runs):
-    p = [r for r in runs if r.family == "pdp" and r.ppl is not None]
+    p = [r for r in runs if r.family == SHIPPED and r.ppl is not None]  # plain pdp: tau is all that differs
     key = _tau_key([r.tau for r in p])
     cells = {}
     for r in p:
@@ -138,7 +139,7 @@ def draw_tau_heatmap(ax, runs):
 
 
 def draw_masking_compare(ax, runs):
-    p = [r for r in runs if r.method == "pdp" and r.ppl is not None and not r.quantize and not r.custom_opt]
+    p = [r for r in runs if r.method == SHIPPED and r.ppl is not None and not r.quantize and not r.custom_opt]
     std = {r.target: r.ppl for r in sorted(p, key=lambda r: -r.ppl) if not r.improved}
     imp = {r.target: r.ppl for r in sorted(p, key=lambda r: -r.ppl) if r.improved}
     sps = sorted(set(std) & set(imp))
@@ -146,10 +147,10 @@ def draw_masking_compare(ax, runs):
         return "needs pdp runs with and without --improved_masking at the same sparsity"
     xs = range(len(sps))
     w = 0.38
-    ax.bar([x - w / 2 for x in xs], [std[s] for s in sps], w, label="pdp: standard (sigmoid)",
-           color=style.color("pdp"))
-    ax.bar([x + w / 2 for x in xs], [imp[s] for s in sps], w, label="pdp+improved (sigmoid + tanh)",
-           color=style.color("pdp+improved"))
+    ax.bar([x - w / 2 for x in xs], [std[s] for s in sps], w, label=f"{SHIPPED}: standard (sigmoid)",
+           color=style.color(SHIPPED))
+    ax.bar([x + w / 2 for x in xs], [imp[s] for s in sps], w, label=f"{SHIPPED}+improved (sigmoid + tanh)",
+           color=style.color(f"{SHIPPED}+improved"))
     for x, s in zip(xs, sps):
         ax.text(x - w / 2, std[s], f"{std[s]:.3g}", ha="center", va="bottom", fontsize=7)
         ax.text(x + w / 2, imp[s], f"{imp[s]:.3g}", ha="center", va="bottom", fontsize=7)
@@ -170,7 +171,7 @@ def draw_layer_bars(ax, runs):
     """Global allocation: the zeros per layer differ, so show them.  Layer-wise allocation puts
     every layer at the target, so the bars would all be equal: show what differs instead, the
     fraction of each layer's weights still in the soft band at the end (PDP runs only)."""
-    rs = [r for r in focus_runs(runs) if r.method != "dense" and r.layers][:5]
+    rs = [r for r in focus_runs(runs) if r.prunes and r.layers][:5]
     if not rs:
         return "no pruned run with per-layer sparsity (summary.json 'layers')"
     # hard-mask baselines write a band of 0 everywhere: no bar to show
@@ -220,7 +221,7 @@ def hist_run(runs):
     with_hist = [r for r in runs if r.hist and r.hist.get("moments")]
     if not with_hist:
         return None
-    return max(with_hist, key=lambda r: (r.label == "pdp", r.family == "pdp", r.method == "pdp", r.target))
+    return max(with_hist, key=lambda r: (r.label == SHIPPED, r.family == SHIPPED, r.method == SHIPPED, r.target))
 
 
 def draw_mask_hist(ax, runs):

@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.report import methods
 
 # Variant labels name what differs from plain constant-tau PDP at tau 0.02 (the reference every
 # earlier run and the tau grid use), not from whatever the shipped default is today: a label must
@@ -41,6 +42,20 @@ class Run:
     @property
     def method(self) -> str:
         return self.summary.get("method", "?")
+
+    @property
+    def spec(self):
+        """The method's MethodSpec (report/methods.py): what it can do, how it is labelled and coloured."""
+        return methods.spec(self.method)
+
+    @property
+    def prunes(self) -> bool:
+        """False for the dense reference (a method without masks)."""
+        return self.spec.prunes
+
+    @property
+    def distilled(self) -> bool:
+        return (self.cfg.get("distill") or 0) > 0
 
     @property
     def cfg(self) -> dict:
@@ -112,32 +127,34 @@ class Run:
 
     @property
     def label(self) -> str:
-        """The family, plus '@tau=X' for a pdp run whose tau is not the default."""
-        if (self.method == "pdp" and self.tau and abs(self.tau - DEFAULT_TAU) > 1e-12
+        """The family, plus '@tau=X' for a run of a method with tau (pdp) whose tau is not the default."""
+        if (self.spec.uses_tau and self.tau and abs(self.tau - DEFAULT_TAU) > 1e-12
                 and "tau-" not in self.family):  # a tau schedule names its variant; its start tau is in config
             return f"{self.family}@tau={self.tau:g}"
         return self.family
 
 
 def variant(s: dict) -> str:
-    """'pdp', 'pdp+improved', 'gmp+q8', ...: the method plus the extensions that change it."""
+    """'pdp', 'pdp+improved', 'gmp+q8', 'gmp+distill', ...: the method plus the extensions that change it.
+    Which extensions apply is the method's capability (its MethodSpec), not its name."""
     method = s.get("method", "?")
+    spec = methods.spec(method)
     cfg = s.get("config") or {}
     distilled = ["distill"] if (cfg.get("distill") or 0) > 0 else []  # --distill: any method, dense too
-    if method == "dense":
-        return "+".join(["dense", *distilled])
+    if not spec.prunes:
+        return "+".join([method, *distilled])
     p = cfg.get("pdp") or {}
     parts = [method]
-    if method == "pdp" and p.get("improved_masking"):
+    if spec.uses_tau and p.get("improved_masking"):  # improved masking reshapes the tau-scaled soft mask
         parts.append("improved")
-    if method == "pdp" and p.get("tau_mode") == "absolute":
+    if spec.uses_tau and p.get("tau_mode") == "absolute":
         parts.append("abs-tau")
     if p.get("quantize"):
         parts.append(f"q{p.get('bits', 8)}")
-    if method == "pdp" and cfg.get("custom_optimizer"):  # a no-op under hard masks: only pdp is tagged
+    if spec.soft and cfg.get("custom_optimizer"):  # scales by the mask: a no-op under hard 0/1 masks
         parts.append("maskopt")
     sched = p.get("tau_schedule") or "constant"  # older summaries have no schedule: constant tau
-    if method == "pdp" and sched != DEFAULT_TAU_SCHEDULE:
+    if spec.uses_tau and sched != DEFAULT_TAU_SCHEDULE:
         parts.append(f"tau-{sched}")
     if p.get("allocation") == "global":
         parts.append("global")
@@ -241,7 +258,7 @@ def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     for r in runs:
         s = r.summary
         gap = s.get("soft_hard_gap")
-        rows.append([r.dir.name, r.label, f"{r.tau:g}" if r.method == "pdp" else "-", f"{100 * r.target:g}",
+        rows.append([r.dir.name, r.label, f"{r.tau:g}" if r.spec.uses_tau else "-", f"{100 * r.target:g}",
                      f"{100 * r.actual:.2f}", _f(r.ppl), _f(s.get("perplexity_soft")),
                      "-" if gap is None else f"{100 * gap:+.2f}%",
                      "-" if ref is None or r.ppl is None else f"{100 * (r.ppl / ref - 1):+.1f}%",
@@ -302,7 +319,7 @@ def headline(runs: list[Run]) -> list[str]:
     """One line per target sparsity: the best variant and its perplexity (mean over seeds)."""
     from pdp_gpt2.report.stats import dense_mean, points
 
-    pts = points([r for r in runs if r.method != "dense"])
+    pts = points([r for r in runs if r.prunes])
     out = []
     for t in sorted({t for by in pts.values() for t in by}):
         best = min((by[t] for by in pts.values() if t in by), key=lambda p: p.mean)

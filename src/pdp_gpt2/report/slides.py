@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from pdp_gpt2.report import findings, plots, style  # noqa: E402
+from pdp_gpt2.report.methods import SHIPPED  # noqa: E402
 
 SIZE = (13.33, 7.5)  # 16:9 inches
 TOP = 0.68  # charts end here: room for a two-line title and a two-line subtitle above
@@ -55,7 +56,7 @@ def _one_of(runs, key: str, default: str = "?") -> str:
 
 def cover(runs, title: str, note: str, skipped: list[str]):
     fig = _slide(title, note)
-    pruned = [r for r in runs if r.method != "dense"]
+    pruned = [r for r in runs if r.prunes]
     steps = sorted({r.summary.get("train_steps") for r in runs if r.summary.get("train_steps")})
     ramps = sorted({r.summary.get("ramp_steps") for r in pruned if r.summary.get("ramp_steps")})
     seeds = sorted({str(r.seed) for r in runs if r.seed is not None})
@@ -74,7 +75,7 @@ def cover(runs, title: str, note: str, skipped: list[str]):
                    + (f", batch {values('batch_size')} × {values('max_length')} tokens"
                       if values("batch_size") else "")
                    + (f", learning rate {values('learning_rate', '{:g}')}" if values("learning_rate") else "")),
-        ("Methods", ", ".join(sorted({r.label for r in runs}, key=lambda s: (s != "dense", s)))),
+        ("Methods", ", ".join(lab for _, lab in sorted({(r.prunes, r.label) for r in runs}))),  # dense first
         ("Sparsity", ", ".join(f"{100 * t:g}%" for t in sorted({r.target for r in pruned})) or "-"),
         ("Runs", f"{len(runs)} finished, seed(s) {', '.join(seeds) or '?'}"),
     ]
@@ -142,14 +143,14 @@ def tau_slide(runs):
     else:  # one sparsity only: a curve instead of a one-column heatmap
         left.clear()
         row = f["row"]
-        left.plot([float(p.label) for p in row], [p.mean for p in row], **style.line_kw("pdp"))
+        left.plot([float(p.label) for p in row], [p.mean for p in row], **style.line_kw(SHIPPED))
         left.set_xscale("log")
         left.set_xlabel("tau (log scale)")
         left.set_ylabel(f"perplexity at {100 * f['target']:g}%")
         left.grid(True, which="both", alpha=0.3)
     if f["gaps"]:
         taus = [float(p.label) for p, _ in f["gaps"]]
-        right.plot(taus, [100 * g for _, g in f["gaps"]], **style.line_kw("pdp"))
+        right.plot(taus, [100 * g for _, g in f["gaps"]], **style.line_kw(SHIPPED))
         right.set_xscale("log")
         right.axhline(0, color="gray", lw=0.8)
         right.set_xlabel("tau (log scale)")
@@ -166,7 +167,7 @@ def _draw_band(ax, runs, target: float) -> str | None:
     """Fraction of weights in the soft band over training, one curve per pdp variant (lowest seed)."""
     chosen = {}
     for r in sorted(runs, key=lambda r: str(r.seed)):
-        if r.method == "pdp" and abs(r.target - target) < 1e-9 and any(m.get("band") is not None for m in r.metrics):
+        if r.method == SHIPPED and abs(r.target - target) < 1e-9 and any(m.get("band") is not None for m in r.metrics):
             chosen.setdefault(r.label, r)
     if not chosen:
         return "no metrics.jsonl with the soft band"
@@ -193,7 +194,7 @@ def _relative_bars(ax, deltas: dict, ylabel: str, zero_label: str) -> None:
         ax.bar(xs, vals, w, color=style.color(lab), label=lab)
         for x, v in zip(xs, vals):
             ax.annotate(f"{v:+.2f}%", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=9)
-    ax.axhline(0, color=style.color("pdp"), lw=1.5, label=zero_label)
+    ax.axhline(0, color=style.color(SHIPPED), lw=1.5, label=zero_label)
     ax.set_xticks(range(len(targets)), [f"{100 * t:g}%" for t in targets], fontsize=12)
     ax.set_xlim(-0.6, len(targets) - 0.4)
     ax.set_xlabel("target sparsity")
@@ -239,7 +240,7 @@ def cost_slide(cost: dict):
         elif k == "size":
             z = cost["size"]
             ax.bar(["target weights", "whole model"], [z["target"]["ratio"], z["whole"]["ratio"]],
-                   color=style.color("pdp"))
+                   color=style.color(SHIPPED))
             ax.set_title(f"{z['format']} export, bytes vs dense", fontsize=10)
         else:
             names = list(cost["speed"])

@@ -65,9 +65,10 @@ def points(runs, key=lambda r: r.label, value=lambda r: r.ppl) -> dict[str, dict
 
 
 def dense_mean(runs) -> float | None:
-    """The dense fine-tuned reference: the mean over its seeds (the best run per seed)."""
-    pts = points([r for r in runs if r.method == "dense"], key=lambda r: "dense")
-    by = pts.get("dense")
+    """The dense fine-tuned reference: the mean over its seeds (the best run per seed) of the runs without
+    masks (the registry's method that does not prune), plain fine-tuning only (not distilled)."""
+    pts = points([r for r in runs if not r.prunes and not r.distilled], key=lambda r: "reference")
+    by = pts.get("reference")
     return statistics.fmean(p.mean for p in by.values()) if by else None
 
 

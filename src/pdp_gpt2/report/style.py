@@ -4,34 +4,30 @@ A colour depends on the label alone, never on which other labels share the figur
 so ``gmp`` is the same orange in the perplexity plot, the per-layer bars and slide 3.
 Labels are the report's variants (``pdp``, ``pdp+improved``, ``gmp+q8``, ``pdp@tau=0.05``):
 
-* the five methods have fixed colours;
-* PDP's extensions have fixed colours of their own (they are compared with plain pdp);
+* a method's colour is the one it registered (``MethodSpec.colour``, pdp/registry.py);
+* the shipped method's extensions have fixed colours of their own (they are compared with it);
 * a non-default tau (``@tau=``) keeps its variant's colour and is told apart by line style;
-* any other label (a future method or extension) gets a stable pick from a spare palette,
-  chosen by a hash of the label, so it too is the same in every figure.
+* any other label (a method without a colour, another extension) gets a stable pick from a
+  spare palette, chosen by a hash of the label, so it too is the same in every figure.
 """
 from __future__ import annotations
 
 import zlib
 
-METHOD_COLORS = {
-    "dense": "#333333",
-    "pdp": "#2ca02c",        # green
-    "gmp": "#ff7f0e",        # orange
-    "magnitude": "#1f77b4",  # blue
-    "wanda": "#9467bd",      # purple
-}
-VARIANT_COLORS = {
-    "pdp+improved": "#17becf",  # cyan
-    "pdp+q8": "#bcbd22",        # olive
-    "pdp+maskopt": "#8c564b",   # brown
-    "pdp+global": "#98df8a",    # light green
-    "pdp+abs-tau": "#aec7e8",
+from pdp_gpt2.report import methods
+
+# The shipped method's extensions ('pdp+improved', ...), each against plain pdp on the extensions slide.
+EXTENSION_COLORS = {
+    "improved": "#17becf",  # cyan
+    "q8": "#bcbd22",        # olive
+    "maskopt": "#8c564b",   # brown
+    "global": "#98df8a",    # light green
+    "abs-tau": "#aec7e8",
 }
 ANNEALED_COLOR = "#e377c2"  # pink: pdp with a tau schedule, whatever the schedule is called
 SPARE = ("#d62728", "#7f7f7f", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#ffbb78")
 # The reference lines every plot draws the same way.
-DENSE_LINE = {"color": METHOD_COLORS["dense"], "lw": 1.2}
+DENSE_LINE = {"color": methods.reference().colour, "lw": 1.2}
 BEFORE_LINE = {"color": "gray", "lw": 1, "ls": "--"}
 
 
@@ -42,10 +38,12 @@ def base(label: str) -> str:
 
 def color(label: str) -> str:
     b = base(label)
-    if b in METHOD_COLORS:
-        return METHOD_COLORS[b]
-    if b in VARIANT_COLORS:
-        return VARIANT_COLORS[b]
+    method = methods.method_of(b)
+    if b == method and methods.colour(method):
+        return methods.colour(method)
+    extension = b[len(method) + 1:]
+    if method == methods.SHIPPED and extension in EXTENSION_COLORS:
+        return EXTENSION_COLORS[extension]
     if "anneal" in b or "tau-" in b:
         return ANNEALED_COLOR
     return SPARE[zlib.crc32(b.encode()) % len(SPARE)]

@@ -1,0 +1,93 @@
+"""The report asks the method registry, never a method's name: labels, colours, which extensions a
+label names, which runs are the dense reference and which are baselines: built-ins, a plugin, a method
+not installed where the report runs, and distilled runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pdp_gpt2.pdp import registry
+from pdp_gpt2.report import findings, methods, style
+from pdp_gpt2.report.report import collect, variant
+from pdp_gpt2.report.stats import dense_mean
+
+
+@pytest.fixture
+def plugin():
+    """A plugin method registered in this process, the way an entry point would add it."""
+    methods.spec.cache_clear()
+    specs = [registry.register(registry.MethodSpec("random", "x:RandomMask", label="Random", colour="#123456")),
+             registry.register(registry.MethodSpec("softplug", "x:Soft", soft=True, uses_tau=True))]
+    yield specs
+    for s in specs:
+        registry.unregister(s.name)
+    methods.spec.cache_clear()
+
+
+def _run(root, name, method, target, ppl, **config):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({
+        "method": method, "sparsity_target": target, "sparsity_actual": target, "perplexity": ppl,
+        "perplexity_dense": 125.0, "tau": 0.02, "config": {"seed": 0, "pdp": {"tau": 0.02}, **config}}))
+    return d
+
+
+def test_builtin_labels_and_colours_are_the_registrys():
+    for spec in registry.BUILTIN:
+        if spec.colour:
+            assert style.color(spec.name) == spec.colour, spec.name
+        assert methods.title(spec.name) == spec.display
+    # today's look, unchanged: the five colours, the titles' names, the extensions' colours
+    assert [style.color(m) for m in ("dense", "pdp", "gmp", "magnitude", "wanda")] == \
+        ["#333333", "#2ca02c", "#ff7f0e", "#1f77b4", "#9467bd"]
+    assert [methods.title(m) for m in ("pdp", "gmp", "wanda", "magnitude")] == ["PDP", "GMP", "Wanda", "magnitude"]
+    assert (style.color("pdp+improved"), style.color("pdp+q8@tau=0.05"), style.color("pdp+tau-exp")) == \
+        ("#17becf", "#bcbd22", style.ANNEALED_COLOR)
+    assert style.color("gmp+q8") in style.SPARE  # an extension colour is the shipped method's only
+    assert style.DENSE_LINE["color"] == registry.get("dense").colour
+
+
+def test_a_plugin_is_labelled_coloured_and_compared_as_a_baseline(tmp_path, plugin):
+    _run(tmp_path, "p", "pdp", 0.9, 130.0)
+    _run(tmp_path, "r", "random", 0.9, 120.0)
+    _run(tmp_path, "d", "dense", 0.0, 100.0)
+    runs, _ = collect([tmp_path])
+    assert style.color("random") == "#123456" and style.color("softplug") in style.SPARE
+    assert methods.is_baseline("random") and not methods.is_baseline("pdp") and not methods.is_baseline("dense")
+    f = findings.pdp_vs_best(runs)
+    assert f["title"] == "PDP is 8.3% above Random at 90%"
+    assert "random beats pdp at 90%: pdp is +8.33%" in findings.losses(runs, {})["lines"]
+    assert dense_mean(runs) == 100.0
+
+
+def test_which_extensions_a_label_names_is_the_methods_capability(plugin):
+    extended = {"pdp": {"tau": 0.02, "improved_masking": True, "tau_schedule": "exp"}, "custom_optimizer": True}
+    assert variant({"method": "pdp", "config": extended}) == "pdp+improved+maskopt+tau-exp"
+    assert variant({"method": "softplug", "config": extended}) == "softplug+improved+maskopt+tau-exp"
+    assert variant({"method": "random", "config": extended}) == "random"  # hard, no tau: none of them apply
+    assert variant({"method": "gmp", "config": extended}) == "gmp"
+
+
+def test_distilled_runs_are_marked_and_not_the_dense_reference(tmp_path):
+    assert variant({"method": "gmp", "config": {"distill": 0.5}}) == "gmp+distill"
+    assert variant({"method": "pdp", "config": {"distill": 0.5, "pdp": {"improved_masking": True}}}) == \
+        "pdp+improved+distill"
+    assert variant({"method": "dense", "config": {"distill": 0.5}}) == "dense+distill"
+    assert variant({"method": "gmp", "config": {"distill": 0.0}}) == "gmp"
+    _run(tmp_path, "d", "dense", 0.0, 100.0)
+    _run(tmp_path, "dd", "dense", 0.0, 90.0, distill=0.5)
+    _run(tmp_path, "g", "gmp", 0.9, 130.0, distill=0.5)
+    runs, _ = collect([tmp_path])
+    assert sorted(r.label for r in runs) == ["dense", "dense+distill", "gmp+distill"]
+    assert dense_mean(runs) == 100.0  # the reference is plain fine-tuning
+
+
+def test_a_method_not_installed_here_is_a_pruning_method_with_a_spare_colour(tmp_path):
+    methods.spec.cache_clear()
+    _run(tmp_path, "x", "not-installed-here", 0.9, 140.0)
+    (run,), _ = collect([tmp_path])
+    assert run.prunes and run.label == "not-installed-here" and not run.spec.uses_tau
+    assert style.color(run.label) in style.SPARE and methods.title(run.label) == "not-installed-here"
+    assert methods.is_baseline(run.method)
