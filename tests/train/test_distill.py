@@ -251,3 +251,30 @@ def test_a_stopped_distilled_run_resumes_bit_identically(tmp_path, tiny_assets, 
     fork = argv(tmp_path / "c", "--resume", str(tmp_path / "b" / "checkpoint-3"), "--distill", "0.25")
     assert main(fork) == 2  # another alpha than the checkpoint was trained with: refused
     assert "--resume with different --distill than the run" in capsys.readouterr().err
+
+
+def test_your_own_trainer_with_pruning_callback_and_distill_mixin(tmp_path):
+    """The README's snippet: DistillMixin in a user's Trainer next to the public PruningCallback."""
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from pdp_gpt2 import PDPConfig, PruningCallback
+
+    class MyTrainer(DistillMixin, Trainer):
+        pass
+
+    model = tiny_gpt2().train()
+    teacher = frozen_copy(model)  # before the callback attaches its masks (inside Trainer(...))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, report_to="none",
+                             use_cpu=True, save_strategy="no", disable_tqdm=True, learning_rate=1e-3)
+    trainer = MyTrainer(model=model, args=args, train_dataset=Blocks(n=8), data_collator=default_data_collator,
+                        callbacks=[PruningCallback(PDPConfig(sparsity=0.5), method="gmp", ramp_steps=2)])
+    seen = []
+    real = trainer.compute_loss
+    trainer.compute_loss = lambda *a, **k: seen.append(trainer.teacher is teacher) or real(*a, **k)
+    trainer.distill_from(teacher, alpha=0.5).train()
+    assert seen == [True] * 4
+    w = model.transformer.h[0].mlp.c_fc.weight
+    assert int((w == 0).sum()) == w.numel() // 2  # finalized at the target by the callback
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher: untouched, dense
+    assert not any("parametrizations" in k for k in teacher.state_dict())

@@ -35,7 +35,7 @@ def str2bool(v: str) -> bool:
 
 def _add_field(group, f: dataclasses.Field, default) -> None:
     flag = f"--{f.name}"
-    help_ = f.metadata.get("help", "")
+    help_ = flags.help_of(f)  # --method's lists the registry's methods, plugins included
     if f.name == "resume":
         group.add_argument(flag, nargs="?", const="latest", default=None, metavar=_METAVAR["resume"], help=help_)
     elif isinstance(default, bool):

@@ -27,7 +27,7 @@ class TrainConfig:
     dataset: str = field(default="shakespeare", metadata={"help": "'shakespeare' (bundled), a HF dataset 'name[:config]' such as wikitext:wikitext-2-raw-v1, or local .txt files/globs (comma-separated)"})
     streaming: bool = field(default=False, metadata={"help": "read --dataset (HF or local .txt) as a stream of blocks, never whole in memory; needs --max_steps, and --warmup_epochs then counts fractions of --max_steps (a stream has no epochs)"})
     streaming_eval_tokens: int = field(default=1_000_000, metadata={"help": "with --streaming: evaluate on the first N tokens of the held-out split"})
-    method: str = field(default="pdp", metadata={"help": "pruning method, a name in the method registry (pdp/registry.py; installed plugins too): pdp (default), dense (fine-tune only), magnitude, wanda, gmp, ..."})
+    method: str = field(default="pdp", metadata={"help": "pruning method, a name in the method registry (pdp/registry.py; installed plugins too)"})  # the CLI appends the list (flags.help_of)
     output_dir: str | None = field(default=None, metadata={"help": "where the run is written (default: runs/<run_name>-<time>)"})
     run_name: str | None = field(default=None, metadata={"help": "name of the run (W&B and default output_dir)"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a different run already in --output_dir"})

@@ -22,6 +22,24 @@ def fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(TrainConfig) if f.name != "pdp"] + list(dataclasses.fields(PDPConfig))
 
 
+def help_of(f: dataclasses.Field) -> str:
+    """A flag's help.  ``--method``'s lists the methods the registry knows when the parser is built,
+    installed plugins included (their entry points are named, not imported: a plugin that fails to
+    load cannot break ``--help``)."""
+    text = f.metadata.get("help", "")
+    if f.name == "method":
+        text += ": " + "; ".join(method_lines())
+    return text
+
+
+def method_lines() -> list[str]:
+    from pdp_gpt2.pdp import registry
+
+    builtin = {s.name: s for s in registry.BUILTIN}
+    return [f"{n}: {builtin[n].summary}" if n in builtin and builtin[n].summary else f"{n} (plugin)"
+            for n in registry.names()]
+
+
 def values(cfg: TrainConfig) -> dict[str, object]:
     """{flag name: its value in ``cfg``}: the run's and PDP's settings as one flat set of flags."""
     return {f.name: getattr(cfg.pdp if f.name in _PDP else cfg, f.name) for f in fields()}
