@@ -111,3 +111,12 @@ def test_a_name_comparison_is_caught(tmp_path):
     hits = scan(tmp_path)
     assert [int(h.split(":")[1]) for h in hits] == [2, 4, 6, 8, 10, 13, 15, 15], hits
     assert hits[0] == "plugin_branch.py:2: cfg.method == 'wanda'"
+
+
+def test_the_worked_example_in_docs_is_movements_registration():
+    """docs/architecture.md shows movement's MethodSpec as the plugin route's example: it must be the real one."""
+    import re
+
+    section = (ROOT / "docs" / "architecture.md").read_text().split("## Methods as plugins", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    assert eval(code, {"MethodSpec": registry.MethodSpec}) == registry.get("movement")
