@@ -28,8 +28,12 @@ Decisions:
   the same weights (tests/pdp/test_movement.py checks this bit for bit with c = 1024).  The one
   exception is decoupled weight decay, which shrinks S by (1 - lr * wd) per step, a relative
   forgetting of old movement (emmental gives the scores none); the run's default is 0.  A scale
-  S = c * theta would change nothing either, so there is no setting for it.  Soft movement, whose
-  threshold on sigmoid(S) reads the scale of S, would need one; it is not here (docs: the report).
+  S = c * theta would change nothing either, so there is no setting for it.
+* No soft movement (the paper's M = 1(sigmoid(S) > tau) with lambda * mean sigmoid(S) added to the
+  loss).  Its sparsity is whatever lambda and tau make of training, per tensor and overall, not
+  the schedule's floor(r n): a top-k at finalize would ship another mask than the one trained,
+  and landing on r means tuning lambda per run.  It also reads the scale of S (so it would need
+  a score learning rate after all) and adds a loss term, which needs the training loop.
 * Entrywise patterns only ('unstructured', N:M): each weight is ranked by its own score.  A
   pattern that ranks units of several weights (whole rows) would need one score per unit.
 
