@@ -23,7 +23,7 @@ import pdp_gpt2
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp import mask as M
 from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.pdp.movement import MovementMask, order_keys
+from pdp_gpt2.pdp.movement import order_keys
 from pdp_gpt2.pdp.targets import find_targets, in_last
 
 from helpers import ROOT, TESTS, tiny_gpt2, tiny_llama, train_tiny
