@@ -35,8 +35,8 @@ class TrainConfig:
     # schedule
     # 0.5 epoch by default: the no-argument run on the embedded model (~690 steps) must stay
     # well under 10 minutes on 2 CPU cores, evaluations included.
-    num_epochs: float = field(default=0.5, metadata={"help": "training epochs over the train split, fractions allowed (ignored if --max_steps > 0)"})
-    max_steps: int = field(default=-1, metadata={"help": "total optimizer steps; overrides --num_epochs when > 0"})
+    num_epochs: float = field(default=0.5, metadata={"help": "training epochs over the train split, fractions allowed (ignored if --max_steps >= 0)"})
+    max_steps: int = field(default=-1, metadata={"help": "total optimizer steps; overrides --num_epochs when >= 0 (0: no training, the masks a one-shot method made at attach, evaluated and saved as they are)"})
     warmup_epochs: float = field(default=0.25, metadata={"help": "sparsity ramps from 0 to --sparsity over this many epochs; the rest of training recovers at the target"})
     warmup_steps: int | None = field(default=None, metadata={"help": "sparsity ramp length in optimizer steps, at most --max_steps (overrides --warmup_epochs)"})
     schedule: str = field(default="cubic", metadata={"help": "sparsity ramp shape: linear (original tool) or cubic (Zhu & Gupta)"})
@@ -73,7 +73,11 @@ class TrainConfig:
             (self.method in registry.names(),
              f"method must be one of {', '.join(registry.names())}, got {self.method!r}"),
             (self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}"),
-            (self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 (or -1), got {self.max_steps}"),
+            (self.max_steps >= -1, f"max_steps must be >= 0 (or -1), got {self.max_steps}"),
+            # 0 steps: a one-shot method's masks at attach, evaluated as they are; a gradual one never prunes
+            (self.max_steps != 0 or self.method not in registry.names() or not registry.get(self.method).gradual,
+             f"--max_steps 0 trains nothing, and {self.method} prunes along the schedule while training; use "
+             "--max_steps > 0, or a one-shot method"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             # A ramp past the last step would leave the run short of its target (pdp/schedule.py).
@@ -100,7 +104,7 @@ class TrainConfig:
             (self.eval_batch_size > 0, f"eval_batch_size must be > 0, got {self.eval_batch_size}"),
             (self.log_interval > 0, f"log_interval must be > 0, got {self.log_interval}"),
             (self.save_steps >= 0, f"save_steps must be >= 0, got {self.save_steps}"),
-            (not self.streaming or self.max_steps > 0, "--streaming needs --max_steps: a stream has no length to count epochs in"),
+            (not self.streaming or self.max_steps >= 0, "--streaming needs --max_steps: a stream has no length to count epochs in"),
             (self.streaming_eval_tokens >= 2, f"streaming_eval_tokens must be >= 2, got {self.streaming_eval_tokens}"),
         ]
         for ok, msg in checks:

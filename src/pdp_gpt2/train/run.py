@@ -145,8 +145,8 @@ def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int, planned: dict
     ``planned``: the schedule plan of the checkpoint a run resumes from (its pdp_state.json), which the
     run continues: its ramp, whatever the new length (the README's resume contract)."""
     per_epoch = steps_per_epoch(n_blocks, cfg, world) if n_blocks is not None else cfg.max_steps
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * per_epoch)
-    length = f"--max_steps {cfg.max_steps}" if cfg.max_steps > 0 else f"--num_epochs {cfg.num_epochs:g}"
+    total = cfg.max_steps if cfg.max_steps >= 0 else math.ceil(cfg.num_epochs * per_epoch)
+    length = f"--max_steps {cfg.max_steps}" if cfg.max_steps >= 0 else f"--num_epochs {cfg.num_epochs:g}"
     if planned:
         end = plan_end(planned)
         if total < end:
@@ -154,6 +154,8 @@ def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int, planned: dict
                              f"started end at step {end} (sparsity ramp {planned['ramp_steps']} steps, tau "
                              f"{planned.get('tau_schedule', 'constant')}); resume with --max_steps {end} or more")
         return total, int(planned["ramp_steps"])
+    if total == 0:  # --max_steps 0: no training (config.py allows it for methods that prune at attach)
+        return 0, 0
     if cfg.warmup_steps is not None:
         if cfg.warmup_steps > total:  # the ramp would end past the last step, short of the target
             raise UsageError(f"--warmup_steps {cfg.warmup_steps} is longer than the run ({total} steps of {length}): "
@@ -312,7 +314,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         trainer.add_callback(digest)
     t0 = time.time()
     try:
-        if not resume_without_training(trainer, prep.resume_from, total):  # a checkpoint at the last step
+        # total 0: nothing to train (Trainer would read max_steps=0 as "count epochs"); a checkpoint at the last step
+        if total > 0 and not resume_without_training(trainer, prep.resume_from, total):
             trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     except KeyboardInterrupt:  # a second Ctrl-C: one line and exit 130, no half-written checkpoint left
         tracker.finish()
