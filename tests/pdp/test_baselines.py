@@ -140,7 +140,8 @@ def _train(tmp_path, tiny_assets, method, *extra):
     return main(argv), out
 
 
-@pytest.mark.parametrize("method", ["magnitude", "gmp", pytest.param("wanda", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["magnitude", "gmp", pytest.param("wanda", marks=pytest.mark.slow),
+                                    pytest.param("sparsegpt", marks=pytest.mark.slow)])
 def test_cli_baseline_writes_contract_with_exact_zeros(tmp_path, tiny_assets, method):
     rc, out = _train(tmp_path, tiny_assets, method, "--sparsity", "0.75")
     assert rc == 0

@@ -123,6 +123,6 @@ def test_a_plugin_method_trains_through_the_cli_in_a_subprocess(tmp_path, tiny_a
 
 def test_help_lists_every_method():
     text = registry.help_text()
-    for name in ("pdp", "dense", "magnitude", "gmp", "wanda"):
+    for name in ("pdp", "dense", "magnitude", "gmp", "wanda", "sparsegpt"):
         assert f"{name}:" in text
     assert "\n" not in text  # one line, for --help

@@ -81,6 +81,8 @@ BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("movement", f"{_CORE}.movement:Movement", label="movement", colour="#d62728", gradual=True,
                trainable_state=True, summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),
+    MethodSpec("sparsegpt", f"{_CORE}.sparsegpt:SparseGPT", label="SparseGPT", colour="#e6ab02", calibration=True,
+               summary="one-shot SparseGPT on calibration data (weights reconstructed layer by layer), mask frozen"),
 )
 
 # The method this package ships (--method's default): the report's findings measure every other

@@ -1,0 +1,198 @@
+"""SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
+One-Shot", ICML 2023): one-shot pruning that also *reconstructs* the weights that stay.
+
+For one layer with inputs X (in x tokens) the loss of changing W to W' is ||W X - W' X||^2, whose
+Hessian in each output row is H = 2 X X^T / n.  Going through the input columns left to right,
+each pruned weight's error is spread over the columns not yet visited by the optimal brain surgeon
+update, computed from the upper Cholesky factor of H^-1 (the paper's Algorithm 1, and
+IST-DASLab/sparsegpt's ``fasterprune``):
+
+* H is dampened by ``percdamp`` (1%) of its mean diagonal; a *dead* input (H_ii = 0: always zero on
+  the calibration data) gets H_ii = 1, so it is decoupled from the others in H^-1;
+* columns go in blocks of ``blocksize`` (128).  At the start of each block the mask of its columns
+  is chosen from the weights as updated so far, by the OBS saliency w^2 / [H^-1]_ii^2 (adaptive
+  mask selection); an N:M pattern instead chooses each group of M inputs when the loop reaches it;
+* within a block the update is applied column by column, and to the later blocks once per block.
+
+Where this departs from the reference, and why:
+
+* **Exact counts.**  The reference prunes everything at or below the ``int(r * block)``-th smallest
+  saliency of each block (one more, and ties), so a tensor's count drifts.  Every method of this
+  harness prunes exactly k = floor(r n) weights per tensor, so block b (columns [c0, c1) of C) prunes
+  exactly floor(k c1 / C) - floor(k c0 / C) of its entries, the lowest saliencies, ties by index:
+  these shares add up to k by construction (a telescoping sum), and each is the block's fair
+  share of the columns, as in the reference.  N:M prunes exactly its count in every group.
+* **Dead inputs.**  The reference zeroes their whole column.  Their weights multiply an input that
+  is zero on the calibration data, so pruning them costs nothing there: their saliency is 0 and
+  they go first, but within the block's count; one the count does not reach keeps its value (it
+  is decoupled in H^-1, so no update moves it, and the mask says it is kept).
+* H is averaged over tokens (the reference over sequences): a scale, which changes nothing here
+  (the damping is relative, saliencies and updates are invariant to H's scale).  Its factorisation
+  runs in float64 (the damped H of a few thousand tokens can be ill-conditioned in float32).
+
+The driver (:class:`SparseGPT`) runs this layer by layer with the pruned outputs fed forward
+(pdp/sequential.py) on the caller's calibration blocks, at attach, at the final target; the
+weights it reconstructed are written into the parameters before the masks go on, and the mask is
+a frozen ``HardMask`` (a buffer: checkpoints and resume carry it), as for magnitude and Wanda.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp.baselines import HardPruner
+from pdp_gpt2.pdp.patterns import NM, Unstructured
+from pdp_gpt2.pdp.sequential import visit_sequentially
+from pdp_gpt2.pdp.targets import Target, from_in_last, in_last
+
+BLOCKSIZE = 128  # columns per block of adaptive mask selection and lazy updates (the paper's B_s)
+PERCDAMP = 0.01  # damping, as a fraction of the mean diagonal of H
+
+
+# ---- pure math ------------------------------------------------------------------------------------
+
+def add_to_hessian(h: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Fold inputs ``x`` (..., in) into the running H = 2 X X^T / n over all ``n`` rows seen so far.
+
+    Returns (H, n) updated; ``h`` None starts one (float32, on x's device).  The running mean keeps
+    H's entries at the inputs' scale however many rows go in."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    if h is None:
+        h = x.new_zeros(x.shape[1], x.shape[1])
+    m = x.shape[0]
+    if m == 0:
+        return h, n
+    h.mul_(n / (n + m))
+    n += m
+    x = x * math.sqrt(2.0 / n)
+    h.addmm_(x.t(), x)
+    return h, n
+
+
+def inverse_hessian_factor(h: torch.Tensor, percdamp: float = PERCDAMP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, dead): U the upper Cholesky factor of (H + damp I)^-1, float32; dead the inputs with H_ii = 0.
+
+    Dead inputs get H_ii = 1 first (H must be positive definite); damp is ``percdamp`` of the mean
+    diagonal.  Computed in float64."""
+    hd = h.detach().double().clone()
+    diag = hd.diagonal()
+    dead = diag == 0
+    diag[dead] = 1.0
+    diag += percdamp * diag.mean()
+    # H^-1 = solve(H, I) through H's Cholesky factor (cholesky_inverse is the same math, but 10x slower on CPU)
+    hinv = torch.cholesky_solve(torch.eye(hd.shape[0], dtype=hd.dtype, device=hd.device), torch.linalg.cholesky(hd))
+    return torch.linalg.cholesky(hinv, upper=True).to(torch.float32), dead
+
+
+def block_counts(k: int, columns: int, blocksize: int) -> list[int]:
+    """How many of k pruned weights each block of ``blocksize`` columns takes: its share of the
+    columns, floor(k c1 / C) - floor(k c0 / C), which add up to exactly k."""
+    return [(k * min(c + blocksize, columns)) // columns - (k * c) // columns for c in range(0, columns, blocksize)]
+
+
+@torch.no_grad()
+def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, k: int = 0, *, nm: tuple[int, int] | None = None,
+                    blocksize: int = BLOCKSIZE, percdamp: float = PERCDAMP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune ``w`` (out, in) given its inputs' Hessian ``h`` (in, in): (new weights, keep-mask), float32.
+
+    Unstructured: exactly ``k`` weights pruned, spread over the blocks by :func:`block_counts`.
+    ``nm=(p, m)``: exactly p of every group of m consecutive inputs of a row pruned (k is ignored).
+    Pruned weights are exactly 0; the kept ones carry the OBS updates (module docstring)."""
+    # Worked on as V = W^T (in, out): the loop visits one input at a time, and its weights are a
+    # contiguous row of V, so each step is three in-place ops on contiguous memory.
+    V = w.detach().to(torch.float32).t().contiguous()
+    cols = V.shape[0]
+    hinv, dead = inverse_hessian_factor(h.to(V.device), percdamp)
+    if nm is not None:
+        p, m = nm
+        blocksize = max(m, blocksize // m * m)  # a group never straddles two blocks
+    shares = block_counts(k, cols, blocksize) if nm is None else None
+    pruned = torch.zeros_like(V, dtype=torch.bool)
+    d = hinv.diagonal()
+
+    def saliency(vs: torch.Tensor, c0: int, c1: int) -> torch.Tensor:  # w^2 / [H^-1]_ii^2, 0 where dead
+        s = vs * vs / (d[c0:c1] * d[c0:c1]).unsqueeze(1)
+        return s.masked_fill(dead[c0:c1].unsqueeze(1), 0.0)
+
+    for b, i1 in enumerate(range(0, cols, blocksize)):
+        i2 = min(i1 + blocksize, cols)
+        V1, U1, P1 = V[i1:i2], hinv[i1:i2, i1:i2], pruned[i1:i2]  # views: updated in place
+        E1 = torch.zeros_like(V1)  # each input's scaled error, for the lazy update of the later blocks
+        if nm is None:
+            P1.copy_(~M.hard_mask_from_scores(saliency(V1, i1, i2), shares[b]))
+        for i in range(i2 - i1):
+            if nm is not None and i % m == 0:  # the group starting here, from the weights as updated now
+                P1[i:i + m] = ~M.nm_hard_mask(saliency(V1[i:i + m], i1 + i, i1 + i + m).t(), p, m).t()
+            e = torch.mul(V1[i], P1[i], out=E1[i]).div_(U1[i, i])  # (w - q) / [U]_ii, q = w with pruned -> 0
+            V1[i + 1:].addr_(U1[i, i + 1:], e, alpha=-1)  # the OBS update of the rest of the block
+            V1[i].masked_fill_(P1[i], 0.0)  # exactly +0 where pruned (w - e U_ii need not round to 0)
+        V[i2:].addmm_(hinv[i1:i2, i2:].t(), E1, alpha=-1)  # the lazy batch update of the inputs after the block
+    return V.t(), ~pruned.t()
+
+
+# ---- the driver -----------------------------------------------------------------------------------
+
+class SparseGPT(HardPruner):
+    """One-shot SparseGPT at the final target on the caller's calibration blocks, then frozen."""
+
+    description = ("one-shot SparseGPT (Frantar & Alistarh 2023: masks chosen and the remaining weights "
+                   "reconstructed from calibration Hessians, layer by layer), then fine-tuning with the mask frozen")
+    one_shot = True
+    keeps_history = True
+
+    def __init__(self, model: nn.Module, config, targets: list[Target], **kw):
+        super().__init__(model, config, targets, **kw)
+        if not isinstance(self.pattern, (Unstructured, NM)):
+            raise UsageError(f"sparsegpt prunes unstructured or N:M patterns, not {self.pattern.name!r} "
+                             "(its weight updates compensate single weights, not whole neurons)")
+        self._keeps: dict[str, torch.Tensor] | None = None
+
+    def prepare(self, calibration) -> None:
+        if calibration is None:
+            raise ValueError("sparsegpt needs calibration token blocks (attach(..., calibration=blocks))")
+        hessians: dict[str, tuple[torch.Tensor | None, int]] = {t.name: (None, 0) for t in self.targets}
+        self._keeps = {}
+        if self.config.sparsity == 0:  # nothing is pruned: no calibration forward either
+            self._keeps = {t.name: torch.ones_like(t.module.weight, dtype=torch.bool) for t in self.targets}
+            return
+
+        def observe(t: Target, x: torch.Tensor) -> None:
+            hessians[t.name] = add_to_hessian(*hessians[t.name], x)
+
+        def visit(block: list[Target]) -> None:
+            for t in block:
+                h, _ = hessians.pop(t.name)
+                self._keeps[t.name] = self.prune_target(t, h)
+
+        visit_sequentially(self.model, self.targets, calibration, observe, visit, desc="sparsegpt")
+
+    @torch.no_grad()
+    def prune_target(self, t: Target, h: torch.Tensor | None) -> torch.Tensor:
+        """Prune one plain target weight at its final sparsity from its inputs' Hessian ``h``: the
+        reconstructed weights go into the parameter, the keep-mask (the weight's layout) is returned."""
+        weight = t.module.weight
+        s = self.layer_sparsity(t.name, self.config.sparsity)
+        k = self.pattern.num_pruned(weight.shape, t.out_dim, s)
+        if k == 0:
+            return torch.ones_like(weight, dtype=torch.bool)
+        if h is None:
+            raise ValueError(f"{t.name} saw no calibration inputs: is it used in the model's forward?")
+        nm = (k, self.pattern.m) if isinstance(self.pattern, NM) else None
+        w, keep = sparsegpt_prune(in_last(weight.detach(), t.out_dim), h, k, nm=nm)
+        weight.copy_(from_in_last(w, t.out_dim).to(weight.dtype))
+        return from_in_last(keep, t.out_dim).contiguous()
+
+    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
+        """The keep-masks ``prepare`` chose (at attach, once: the masks are frozen after it)."""
+        if self._keeps is None:
+            return
+        for t in targets:
+            self.mask_of(t).keep.copy_(self._keeps[t.name])
+
+    def start(self) -> None:
+        super().start()
+        self._keeps = None  # now in the masks' buffers
