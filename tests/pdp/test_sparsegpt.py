@@ -144,7 +144,9 @@ def _copy(layer: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("layer_cls", [nn.Linear, Conv1D])
 def test_reconstructs_correlated_inputs_better_than_wanda_and_magnitude(layer_cls):
     e50, e90 = _errors(layer_cls, 0.5), _errors(layer_cls, 0.9)
-    # measured: 50%: 2.9e9 vs Wanda 4.8e9, magnitude 4.8e9; 90%: 3.5e10 vs 3.9e10, 3.9e10
+    # measured (Linear; Conv1D within 2%): 50%: 7.4e8 vs Wanda 1.26e9, magnitude 1.26e9;
+    # 90%: 8.7e9 vs 9.7e9, 9.7e9.  (With all inputs in one block of 128 columns, the mask selection is
+    # not adaptive and at 90% SparseGPT can lose to Wanda: the paper's layers have many blocks.)
     assert e50["sparsegpt"] < 0.7 * min(e50["wanda"], e50["magnitude"])
     assert e90["sparsegpt"] < 0.95 * min(e90["wanda"], e90["magnitude"])
 
@@ -290,6 +292,18 @@ def test_cli_max_steps_0_is_pure_one_shot(tmp_path, tiny_assets):
         w = final.get_submodule(name).weight
         assert int((w == 0).sum()) == d["zeros"] == int(0.75 * w.numel()), name
         assert not torch.equal(w[w != 0], dense[f"{name}.weight"][w != 0]), name  # reconstructed weights
+
+
+def test_max_steps_0_plans_no_steps_for_a_one_shot_method():
+    from pdp_gpt2.train.config import TrainConfig
+    from pdp_gpt2.train.run import plan_steps
+
+    cfg = TrainConfig(method="sparsegpt", max_steps=0, warmup_steps=5)  # a ramp means nothing without steps
+    assert plan_steps(1000, cfg, world=1) == (0, 0)
+    with pytest.raises(UsageError, match="--max_steps 0 trains nothing"):
+        TrainConfig(method="pdp", max_steps=0)
+    with pytest.raises(UsageError, match="max_steps must be >= 0"):
+        TrainConfig(method="sparsegpt", max_steps=-2)
 
 
 def test_cli_max_steps_0_refused_for_a_gradual_method(tmp_path, tiny_assets, capsys):
