@@ -249,6 +249,25 @@ def test_the_keep_mask_travels_in_the_state_dict_and_row_is_refused():
         attach(tiny_gpt2(), "sparsegpt", sparsity=0.5)
 
 
+def test_a_target_outside_the_blocks_is_visited_last_on_the_changed_model():
+    model = tiny_llama()  # untied LM head
+    targets = find_targets(model, ["*.mlp.down_proj", "lm_head"])
+    ids = torch.randint(0, 128, (4, 16))
+    seen: dict[str, list] = {}
+
+    def visit(block):
+        for t in block:
+            if t.name != "lm_head":
+                t.module.weight.data.mul_(0.5)
+
+    visit_sequentially(model, targets, ids, lambda t, x: seen.setdefault(t.name, []).append(x), visit)
+    after = _inputs_in_a_full_forward(model, targets[-1:], ids)  # batches of 2 there, of 8 here
+    assert torch.allclose(torch.cat(seen["lm_head"]), torch.cat(after["lm_head"]), atol=1e-6)
+    pruner = attach(tiny_llama(), "sparsegpt", calibration=ids, sparsity=0.5, targets=["*.mlp.down_proj", "lm_head"])
+    for t in pruner.targets:
+        assert int((~pruner.mask_of(t).keep).sum()) == t.module.weight.numel() // 2, t.name
+
+
 def test_global_allocation_prunes_each_tensor_at_its_budget():
     model = tiny_gpt2()
     pruner = attach(model, "sparsegpt", calibration=torch.randint(0, 128, (4, 16)), sparsity=0.6,
