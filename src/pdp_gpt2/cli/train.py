@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 
+from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.fused import KernelOptions
 from pdp_gpt2.train import flags
 from pdp_gpt2.train.config import PDPConfig, TrainConfig
@@ -78,10 +79,14 @@ def run(args: argparse.Namespace) -> int:
 
 def kernel_options(environ) -> KernelOptions:
     """PDP_GPT2_COMPILE=0 / PDP_GPT2_FLUSH=0 / PDP_GPT2_RECOMPUTE=0 switch PDP's kernel compilation /
-    gradient flush / backward recompute of masked weights off (ablations; the only place the package
-    reads these variables)."""
+    gradient flush / backward recompute of masked weights off, PDP_GPT2_COLLECT=fixed|compact picks how
+    threshold selection collects candidates (ablations and benchmarks; the only place the package reads
+    these variables)."""
     def on(name: str) -> bool:
         return environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
+    collect = environ.get("PDP_GPT2_COLLECT", "auto").strip().lower()
+    if collect not in ("auto", "fixed", "compact"):
+        raise UsageError(f"PDP_GPT2_COLLECT must be auto, fixed or compact, got {collect!r}")
     return KernelOptions(compile=on("PDP_GPT2_COMPILE"), flush=on("PDP_GPT2_FLUSH"),
-                         recompute=on("PDP_GPT2_RECOMPUTE"))
+                         recompute=on("PDP_GPT2_RECOMPUTE"), collect=collect)

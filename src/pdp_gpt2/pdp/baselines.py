@@ -40,6 +40,7 @@ from torch import nn
 from pdp_gpt2.pdp import mask as M
 from pdp_gpt2.pdp import sharded as S
 from pdp_gpt2.pdp.driver import MaskDriver
+from pdp_gpt2.pdp.fused import mask_counts
 from pdp_gpt2.pdp.param import final_values
 from pdp_gpt2.pdp.patterns import Part, Pattern
 from pdp_gpt2.pdp.targets import Target
@@ -152,25 +153,26 @@ class GMP(HardPruner):
         parts = [self.part(t) for t in targets]
         masks = [self.mask_of(t) for t in targets]
         keeps = [p.mine(m.keep) for p, m in zip(parts, masks)]
-        # One host transfer for every target: entries pruned now, and how many weights the mask keeps
-        # nonzero (summed over the shards; every rank holds the whole keep-mask).
+        # One host transfer for every target: entries pruned now, and kept entries that are nonzero
+        # (summed over the shards; every rank holds the whole keep-mask, so pruned is not summed).
         counts = []
         if parts:
-            nonzero = torch.stack([((p.w != 0) & k).sum() for p, k in zip(parts, keeps)])
-            nonzero = S.all_reduce(nonzero, parts[0].group)
-            counts = torch.stack([torch.stack([(~m.keep).sum() for m in masks]), nonzero], dim=1).tolist()
+            c = torch.stack([mask_counts(p.w, k, self.kernels) for p, k in zip(parts, keeps)])
+            c[:, 1] = S.all_reduce(c[:, 1].contiguous(), parts[0].group)
+            if parts[0].shard is not None:
+                c[:, 0] = torch.stack([(~m.keep).sum() for m in masks]).double()
+            counts = c.tolist()
         todo, scored, todo_s = [], [], []
         for t, p, keep, s, (pruned, nnz) in zip(targets, parts, keeps, sparsities, counts):
             n = M.num_pruned(math.prod(p.shape), s)
+            k = self.pattern.num_pruned(p.shape, p.out_dim, s)
+            # Between sparsity changes (after the ramp: every step) the counts can show that the mask
+            # would come back unchanged, instead of a selection over the tensor.
+            if pruned == n and self.pattern.keep_is_nonzero(p.shape, p.out_dim, k, int(nnz)):
+                continue
             score = p.w.abs()
             if pruned <= n:
-                # Pruned stay pruned: they score 0, so they are chosen first again.
-                score = score * keep
-                # Between sparsity changes (after the ramp: every step) the counts can show that the
-                # mask would come back unchanged, instead of a selection over the tensor.
-                k = self.pattern.num_pruned(p.shape, p.out_dim, s)
-                if pruned == n and self.pattern.keep_is_nonzero(p.shape, p.out_dim, k, nnz):
-                    continue
+                score = score * keep  # pruned stay pruned: they score 0, so they are chosen first again
             todo.append(t)
             scored.append(Part(score, p.out_dim, p.shard))
             todo_s.append(s)

@@ -14,18 +14,20 @@ step, so each selection starts from a bracket [lo, hi] around where the last one
 
 1. **count** (one pass, fused): per row, how many scores lie below ``lo`` and how many inside
    [lo, hi], the inside ones counted per block of ``SB`` entries;
-2. **collect** the candidates without knowing how many there are: the ``BLOCKS`` blocks with the
-   most inside entries (``topk``) are gathered, entries outside the bracket become +inf, and the
-   ``CAND`` smallest of the result (a fixed size) are taken in order (another ``topk``);
+2. **collect** the candidates (:class:`Plan`): on a GPU without knowing how many there are (the
+   blocks with most inside entries are gathered by ``topk``, entries outside the bracket become
+   +inf, and a fixed number of the smallest are taken in order by another ``topk``); on a CPU,
+   where reading a count back costs nothing, exactly the entries inside;
 3. **pick** the (k - below)-th and next candidate by a device-side index.
 
-The counts prove the answer: it is exact when below <= k - 1, below + inside >= k + 1, no
-more than ``BLOCKS`` blocks held candidates and no more than ``CAND`` entries are inside.  Those flags, for every row of every call, are read
-back in **one** host transfer (with anything else the caller wants read, ``flags``).  A row whose
+The counts prove the answer: it is exact when below <= k - 1, below + inside >= k + 1 and the
+collection held every entry inside.  Those verdicts, for every row of every call, are read back
+in **one** host transfer (with anything else the caller wants read, ``flags``).  A row whose
 bracket missed gets a new bracket computed on the device from its counts (shifted past the side
 it missed on, or narrowed by interpolation when it held too many) and another round; after
 ``ROUNDS`` rounds the exact radix selection (``sharded.radix_select``) answers.  A warm bracket
-(``Hint``, device tensors) almost always hits: one round, one host read, per refresh.
+(``Hint``, device tensors: where the last step's k-th smallest was, the density there, and how
+far the last guess missed) usually hits: one round, one host read, per refresh.
 
 Shards (``group``): each rank counts and collects on its own rows; one all-reduce sums the counts
 of every row, one all-gather joins the candidates, and every rank picks the same pair.
@@ -45,12 +47,40 @@ import torch
 from pdp_gpt2.pdp import sharded as S
 
 SB = 256  # entries per counting block (smaller blocks made the counting pass 2x slower on CPU)
-BLOCKS = 128  # at most this many blocks (BLOCKS * SB entries) are collected per row and rank
-CAND = 256  # of their entries, the CAND smallest inside the bracket are kept (a topk, not a sort)
 SMALL = 1 << 14  # vectors this short (globally) are sorted whole
 ROUNDS = 6  # bracket rounds before the exact radix selection takes over
-AIM = 48  # how many entries a bracket built from a density aims to hold
 SAMPLE = 4096  # entries in the strided sample that makes a first bracket
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a round collects its candidates (``fused.KernelOptions.collect`` chooses):
+
+    * "fixed": the ``blocks`` blocks with most candidates are gathered and the ``cand`` smallest
+      entries inside the bracket kept (two topk): a fixed size, so nothing is read back from the
+      device to size it.  A bracket holding more than that costs another round (one more host
+      read), so brackets aim at ``aim`` entries, well inside the capacity.  The default on a GPU.
+    * "compact": exactly the entries inside (a boolean gather, which reads a count back from the
+      device; on a CPU that costs nothing), so any bracket fits.  The default on a CPU, where
+      gathering a fixed capacity of whole blocks cost more than the counting pass itself.
+
+    Either gives the same results, bit for bit (tests run both on every device)."""
+
+    compact: bool
+    blocks: int = 0
+    cand: int = 0
+    aim: int = 64
+
+
+def plan_for(device, kernels=None) -> Plan:
+    mode = getattr(kernels, "collect", "auto")
+    if mode == "auto":
+        mode = "fixed" if device.type == "cuda" else "compact"
+    if mode == "compact":
+        return Plan(True, aim=256)
+    if mode != "fixed":
+        raise ValueError(f"collect must be auto, fixed or compact, got {mode!r}")
+    return Plan(False, blocks=2048, cand=4096, aim=512)
 
 
 @dataclass
@@ -73,7 +103,12 @@ class Hint:
     k: int
     value: torch.Tensor  # the k-th smallest found
     density: torch.Tensor  # scores per unit of value near it (0: unknown)
-    miss: torch.Tensor  # how far the value was from the bracket's centre
+    miss: torch.Tensor  # how far the value was from where this call first expected it
+    # the entries around it, ascending (+inf-padded), and how many entries lay below the first:
+    # the next bracket is read off them by rank, which follows an uneven density (a gap opening
+    # at the threshold as the masks harden) where one density number cannot
+    window: torch.Tensor | None = None
+    window_below: torch.Tensor | None = None
 
 
 @dataclass
@@ -165,12 +200,18 @@ def _sorted_pairs(queries: list[Query], group) -> list[Found]:
 
 # ---- brackets (0-d or per-row float64 device tensors) ----------------------------------------
 
+_FIELDS = ("lo", "hi", "center", "guess")
+
 
 @dataclass
 class _Bracket:
     lo: torch.Tensor
     hi: torch.Tensor
     center: torch.Tensor
+    # where this call first expected the k-th smallest (from the hint), kept through retries so that
+    # the next hint learns how far the weights really drift in a step (NaN: a sample's guess, whose
+    # error is sampling noise, not drift)
+    guess: torch.Tensor
 
 
 def _sample_bracket(q: Query, group) -> _Bracket:
@@ -191,28 +232,47 @@ def _sample_bracket(q: Query, group) -> _Bracket:
     pad = torch.clamp(center.abs() * 1e-3, min=1e-30)  # a sample of ties gives lo == hi: look around them
     same = hi <= lo
     return _Bracket(torch.where(same, torch.clamp(center - pad, min=0.0), lo), torch.where(same, center + pad, hi),
-                    center)
+                    center, torch.full_like(center, math.nan))
 
 
-def _hint_brackets(hints: list[Hint], ks: list[int], device) -> _Bracket:
-    """Per-row brackets from last step's hints: shifted by the change of k, wide enough for the drift."""
+def _hint_brackets(hints: list[Hint], ks: list[int], device, plan: Plan) -> _Bracket:
+    """Per-row brackets from last step's hints: shifted by the change of k at the density found
+    there, and wide enough for how far the last step's guess missed (the weights' drift, and the
+    error of that shift during a sparsity ramp: both carry over from step to step)."""
     value = torch.stack([h.value for h in hints])
     density = torch.stack([h.density for h in hints])
     miss = torch.stack([h.miss for h in hints])
-    dk = _vec([k - h.k for h, k in zip(hints, ks)], device)
+    kk = _vec(ks, device)
+    dk = kk - _vec([h.k for h in hints], device)
     known = density > 0
     d = torch.where(known, density, 1.0)
     center = torch.where(known, value + dk / d, value)
-    half = torch.maximum(3 * miss, torch.where(known, AIM / (2 * d) + 0.05 * dk.abs() / d, value.abs() * 1e-3))
-    return _clamped(center, half)
+    half = torch.maximum(3 * miss, torch.where(known, plan.aim / (2 * d), value.abs() * 1e-3))
+    b = _clamped(center, half, center)
+    if any(h.window is None for h in hints):
+        return b
+    # by rank: last step's entries at ranks k - aim/2 .. k + aim/2 (for the new k), widened by the drift
+    width = max(h.window.numel() for h in hints)
+    win = torch.stack([torch.nn.functional.pad(h.window, (0, width - h.window.numel()), value=math.inf)
+                       for h in hints])
+    at = (kk - torch.stack([h.window_below for h in hints]) - 1).to(torch.int64)  # index of rank k
+    half_rank = plan.aim // 2
+    lo_i, hi_i = at - half_rank, at + half_rank + 1
+    inside = (lo_i >= 0) & (hi_i < (win < math.inf).sum(1))
+    last = width - 1
+    lo_w = win.gather(1, lo_i.clamp(0, last)[:, None])[:, 0] - 3 * miss
+    hi_w = win.gather(1, hi_i.clamp(0, last)[:, None])[:, 0] + 3 * miss
+    mid = win.gather(1, at.clamp(0, last)[:, None])[:, 0]
+    return _Bracket(torch.where(inside, torch.clamp(lo_w, min=0.0), b.lo), torch.where(inside, hi_w, b.hi),
+                    torch.where(inside, mid, b.center), torch.where(inside, mid, b.guess))
 
 
-def _clamped(center, half) -> _Bracket:
+def _clamped(center, half, guess) -> _Bracket:
     half = torch.maximum(half, torch.clamp(center.abs() * 1e-7, min=1e-30))
-    return _Bracket(torch.clamp(center - half, min=0.0), center + half, center)
+    return _Bracket(torch.clamp(center - half, min=0.0), center + half, center, guess)
 
 
-def _next_bracket(b: _Bracket, k, n, below, inside) -> _Bracket:
+def _next_bracket(b: _Bracket, k, n, below, inside, aim: int) -> _Bracket:
     """After a miss: move past the side the pair lies on, or narrow around it by interpolation.
     Everything elementwise, so it serves one row (0-d) or a batch."""
     width = b.hi - b.lo
@@ -225,25 +285,27 @@ def _next_bracket(b: _Bracket, k, n, below, inside) -> _Bracket:
     is_up = below + inside < torch.minimum(k + 1, n)
     frac = ((k - below) - 0.5) / torch.clamp(inside, min=1.0)  # inside, but too many candidates
     center = torch.where(is_dn, b.lo - shift_dn, torch.where(is_up, b.hi + shift_up, b.lo + frac * width))
-    half = torch.where(is_dn, torch.maximum(2 * grow, shift_dn),
-                       torch.where(is_up, torch.maximum(2 * grow, shift_up),
-                                   torch.where(d > 0, AIM / (2 * safe_d), width / 4)))
-    return _clamped(center, half)
+    near = torch.where(d > 0, aim / (2 * safe_d), width / 4)
+    # past a side: the density found inside extrapolates worse the further it reaches, so allow
+    # half the distance again (and without a density, grow the bracket)
+    half = torch.where(is_dn, torch.where(d > 0, near + shift_dn / 2, shift_dn),
+                       torch.where(is_up, torch.where(d > 0, near + shift_up / 2, shift_up), near))
+    return _clamped(center, half, b.guess)
 
 
-def _start(queries, todo, start, group, device) -> _Bracket:
+def _start(queries, todo, start, group, device, plan: Plan) -> _Bracket:
     """The round's brackets, one row per query: from hints (vectorized), earlier rounds, or samples."""
     if all(isinstance(start[i], Hint) for i in todo):
-        return _hint_brackets([start[i] for i in todo], [queries[i].k for i in todo], device)
+        return _hint_brackets([start[i] for i in todo], [queries[i].k for i in todo], device, plan)
     bs = []
     for i in todo:
         s = start[i]
         if isinstance(s, Hint):
-            s = _hint_brackets([s], [queries[i].k], device)
+            s = _hint_brackets([s], [queries[i].k], device, plan)
         elif s is None:
             s = _sample_bracket(queries[i], group)
         bs.append(s)
-    return _Bracket(*(torch.stack([getattr(b, f).reshape(()) for b in bs]) for f in ("lo", "hi", "center")))
+    return _Bracket(*(torch.stack([getattr(b, f).reshape(()) for b in bs]) for f in _FIELDS))
 
 
 # ---- one round: count, collect, pick ------------------------------------------------------------
@@ -266,7 +328,10 @@ def _round(queries, todo, start, group, kernels) -> dict:
     counting pass and the collection run per batch (per tensor on CPU).  Under shards the round
     makes one all-reduce (the counts) and one all-gather (the candidates), however many queries."""
     dev = queries[todo[0]].x.device
-    b = _start(queries, todo, start, group, dev)
+    plan = plan_for(dev, kernels)
+    if group is not None and plan.compact:  # candidates cross ranks in fixed-size messages
+        plan = plan_for(dev, _Fixed())
+    b = _start(queries, todo, start, group, dev, plan)
     ks, ns = [queries[i].k for i in todo], [queries[i].n for i in todo]
     kk, nn_ = _vec(ks, dev), _vec(ns, dev)
     k1 = torch.minimum(kk + 1, nn_)
@@ -281,6 +346,9 @@ def _round(queries, todo, start, group, kernels) -> dict:
         return t.index_select(0, torch.tensor(pos, device=dev))
 
     def in_todo_order(parts):
+        if parts[0].dim() == 2 and len({t.shape[1] for t in parts}) > 1:  # candidates of unequal width
+            width = max(t.shape[1] for t in parts)
+            parts = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=math.inf) for t in parts]
         out = torch.cat(parts) if len(parts) > 1 else parts[0]
         if in_order:
             return out
@@ -290,16 +358,20 @@ def _round(queries, todo, start, group, kernels) -> dict:
     counted = []
     for pos in batches:
         xs = [queries[todo[p]].x for p in pos]
-        bb = _Bracket(rows_of(b.lo, pos), rows_of(b.hi, pos), rows_of(b.center, pos))
-        counted.append(_Batch(xs, bb, rows_of(kk, pos), rows_of(nn_, pos), rows_of(k1, pos), group, kernels, cold))
+        bb = _Bracket(*(rows_of(getattr(b, f), pos) for f in _FIELDS))
+        counted.append(_Batch(xs, bb, rows_of(kk, pos), rows_of(nn_, pos), rows_of(k1, pos), group, kernels,
+                              cold, plan))
     c = S.all_reduce(in_todo_order([cb.c for cb in counted]), group)  # every row's counts in one call
-    c[:, 2] = ((c[:, 2] > 0) | (c[:, 1] > CAND)).double()  # "over": more candidates than one collection keeps
+    if not plan.compact:  # "over": more candidates than one collection keeps
+        c[:, 2] = ((c[:, 2] > 0) | (c[:, 1] > plan.cand)).double()
     srt = in_todo_order([cb.collect() for cb in counted])
     if group is not None:  # every rank's candidates side by side, in one call
         srt = S.all_gather_fixed(srt, group).permute(1, 0, 2).reshape(len(todo), -1).sort(dim=1).values
-    b = _Bracket(*(in_todo_order([getattr(cb.b, f) for cb in counted]) for f in ("lo", "hi", "center")))
+    b = _Bracket(*(in_todo_order([getattr(cb.b, f) for cb in counted]) for f in _FIELDS))
     below, inside, over = c[:, 0], c[:, 1], c[:, 2]
-    last = srt.shape[1] - 1
+    last = max(srt.shape[1] - 1, 0)
+    if srt.shape[1] == 0:  # no row had a candidate (compact): every row missed
+        srt = torch.full((len(todo), 1), math.inf, dtype=srt.dtype, device=dev)
     j = (kk - below).to(torch.int64)
     lo_v = srt.gather(1, (j - 1).clamp(0, last)[:, None])[:, 0]
     hi_v = srt.gather(1, torch.where(kk < nn_, j, j - 1).clamp(0, last)[:, None])[:, 0]
@@ -309,39 +381,46 @@ def _round(queries, todo, start, group, kernels) -> dict:
     span = b.hi - b.lo
     dens = torch.where(span > 0, inside / torch.where(span > 0, span, 1.0), 0.0)
     value = lo_v.double()
-    miss = (value - b.center).abs()
+    miss = torch.where(b.guess.isnan(), 0.0, (value - b.guess).abs())
+    window = srt.double()
     out = {}
     for r, i in enumerate(todo):
         dt = queries[i].x.dtype
-        f = Found(lo_v[r].to(dt), hi_v[r].to(dt), below_k[r], equal[r], Hint(ks[r], value[r], dens[r], miss[r]),
-                  ok=ok[r])
+        f = Found(lo_v[r].to(dt), hi_v[r].to(dt), below_k[r], equal[r],
+                  Hint(ks[r], value[r], dens[r], miss[r], window[r], below[r]), ok=ok[r])
 
         def retry(r=r):  # only after a miss: the next bracket from this round's counts
-            return _next_bracket(_Bracket(b.lo[r], b.hi[r], b.center[r]), kk[r], nn_[r], below[r], inside[r])
+            return _next_bracket(_Bracket(*(getattr(b, f)[r] for f in _FIELDS)), kk[r], nn_[r], below[r], inside[r],
+                                 plan.aim)
 
         out[i] = (f, retry)
     return out
+
+
+class _Fixed:
+    collect = "fixed"
 
 
 class _Batch:
     """Rows of equal length (one tensor on CPU; tensors of one size, stacked, on CUDA): this process's
     counts for a bracket per row, then its candidates.  ``b``: the bounds as compared (x's dtype,
     back in float64); ``c``: (rows, 3) local counts below, inside, and whether too many blocks
-    held candidates."""
+    held candidates (always 0 when collecting compactly)."""
 
-    def __init__(self, xs, b: _Bracket, kk, nn_, k1, group, kernels, cold: bool):
+    def __init__(self, xs, b: _Bracket, kk, nn_, k1, group, kernels, cold: bool, plan: Plan):
         rows = len(xs)
         x = torch.stack([t.detach().reshape(-1) for t in xs]) if rows > 1 else xs[0].detach().reshape(1, -1)
-        self.dtype, self.kernels = x.dtype, kernels
+        self.dtype, self.kernels, self.plan = x.dtype, kernels, plan
         n_body = x.shape[1] - x.shape[1] % SB
         self.body, self.tail = x[:, :n_body].reshape(rows, -1, SB), x[:, n_body:].abs()
         self._count(b)
         if cold:  # a sample's bracket holds far too many: narrow once on the device before reading anything
             c = S.all_reduce(self.c, group)
-            fits = (c[:, 2] == 0) & (c[:, 1] <= CAND) & (c[:, 0] <= kk - 1) & (c[:, 0] + c[:, 1] >= k1)
-            nb = _next_bracket(self.b, kk, nn_, c[:, 0], c[:, 1])
-            self._count(_Bracket(*(torch.where(fits, getattr(self.b, f), getattr(nb, f))
-                                   for f in ("lo", "hi", "center"))))
+            fits = (c[:, 2] == 0) & (c[:, 0] <= kk - 1) & (c[:, 0] + c[:, 1] >= k1)
+            if not plan.compact:
+                fits &= c[:, 1] <= plan.cand
+            nb = _next_bracket(self.b, kk, nn_, c[:, 0], c[:, 1], plan.aim)
+            self._count(_Bracket(*(torch.where(fits, getattr(self.b, f), getattr(nb, f)) for f in _FIELDS)))
 
     def _count(self, b: _Bracket) -> None:
         from pdp_gpt2.pdp.fused import row_block_counts
@@ -352,17 +431,22 @@ class _Batch:
         if self.tail.shape[1]:
             below = below + (self.tail < lo[:, None]).sum(1)
             inside = inside + ((self.tail >= lo[:, None]) & (self.tail <= hi[:, None])).sum(1)
-        blocks_over = ((self.inside_b > 0).sum(1) > BLOCKS).double()
+        if self.plan.compact:
+            over = torch.zeros_like(below)
+        else:
+            over = ((self.inside_b > 0).sum(1) > self.plan.blocks).double()
         self.lo, self.hi = lo, hi
-        self.b = _Bracket(lo.double(), hi.double(), b.center)
-        self.c = torch.stack([below, inside, blocks_over], dim=1)
+        self.b = _Bracket(lo.double(), hi.double(), b.center, b.guess)
+        self.c = torch.stack([below, inside, over], dim=1)
 
     def collect(self) -> torch.Tensor:
-        """The CAND smallest entries inside each row's bracket, ascending, +inf-padded: all of them
-        unless the round's counts say "over"."""
+        """The entries inside each row's bracket, ascending, +inf-padded to one width: all of them
+        (compact), or the ``cand`` smallest, which is all of them unless the counts say "over"."""
+        if self.plan.compact:
+            return self._compact()
         rows, nblk = self.inside_b.shape
         vals = self.tail
-        take = min(BLOCKS, nblk)
+        take = min(self.plan.blocks, nblk)
         if take:  # the blocks with most candidates
             top = self.inside_b.topk(take, dim=1).indices
             if rows > 1:  # as row-major block numbers: one index_select copies whole blocks (a gather is slower)
@@ -371,8 +455,17 @@ class _Batch:
             if self.tail.shape[1]:
                 vals = torch.cat([vals, self.tail], dim=1)
         cand = torch.where((vals >= self.lo[:, None]) & (vals <= self.hi[:, None]), vals, math.inf)
-        srt = cand.topk(min(CAND, cand.shape[1]), dim=1, largest=False).values
-        return torch.nn.functional.pad(srt, (0, CAND - srt.shape[1]), value=math.inf)
+        srt = cand.topk(min(self.plan.cand, cand.shape[1]), dim=1, largest=False).values
+        return torch.nn.functional.pad(srt, (0, self.plan.cand - srt.shape[1]), value=math.inf)
+
+    def _compact(self) -> torch.Tensor:
+        out = []
+        for r in range(self.inside_b.shape[0]):
+            blocks = self.inside_b[r].nonzero().squeeze(1)
+            vals = torch.cat([self.body[r].index_select(0, blocks).abs().reshape(-1), self.tail[r]])
+            out.append(vals[(vals >= self.lo[r]) & (vals <= self.hi[r])].sort().values)
+        width = max(v.numel() for v in out)
+        return torch.stack([torch.nn.functional.pad(v, (0, width - v.numel()), value=math.inf) for v in out])
 
 
 def _vec(values: list, device) -> torch.Tensor:
