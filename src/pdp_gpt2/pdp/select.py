@@ -39,6 +39,7 @@ cost more there than the launches it saves).  The math is the same either way.
 """
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -50,6 +51,9 @@ SB = 256  # entries per counting block (smaller blocks made the counting pass 2x
 SMALL = 1 << 14  # vectors this short (globally) are sorted whole
 ROUNDS = 6  # bracket rounds before the exact radix selection takes over
 SAMPLE = 4096  # entries in the strided sample that makes a first bracket
+# How many rounds (host reads of verdicts) each select() call took, over this process: what
+# benchmarks/refresh_rounds.py reports (0: every vector was short and sorted whole).
+rounds: collections.Counter = collections.Counter()
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,11 @@ def select(queries: list[Query], group=None, kernels=None, flags=None) -> tuple[
         found[i] = f
     todo = [i for i, q in enumerate(queries) if q.n > SMALL]
     start = {i: queries[i].hint for i in todo}  # a Hint, None (cold) or a _Bracket (a retry)
+    used = 0
     for _ in range(ROUNDS):
         if not todo:
             break
+        used += 1
         tried = _round(queries, todo, start, group, kernels)
         verdicts = [tried[i][0].ok for i in todo]
         wanted = [flags(i, tried[i][0]) for i in todo] + [flags(i, found[i]) for i in unread]
@@ -158,6 +164,7 @@ def select(queries: list[Query], group=None, kernels=None, flags=None) -> tuple[
                 start[i] = tried[i][1]()  # the next bracket, from this round's counts
                 retry.append(i)
         todo = retry
+    rounds[used + (1 if todo else 0)] += 1  # the radix fallback counted as one more
     for i in todo:  # brackets kept missing (heavy ties, NaNs): the exact radix selection answers
         found[i] = _radix(queries[i], group)
         unread.append(i)
