@@ -27,8 +27,8 @@ import torch
 
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.callback import STATE_FILE, barrier
-from pdp_gpt2.pdp.param import ORIGINAL
+from pdp_gpt2.names import ORIGINAL, STATE_FILE
+from pdp_gpt2.pdp.sharded import barrier
 
 
 def _mesh():

@@ -23,17 +23,21 @@ PKG = SRC / "pdp_gpt2"
 # Which parts of pdp_gpt2 each part may import (a prefix allows the module and everything under it).
 # Each subpackage's __init__ docstring states the same rule in words (test_docstrings_state_these_rules).
 ALLOWED = {
-    "pdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic"),  # errors, atomic: leaves that import nothing
-    "data": ("pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
-    "train": ("pdp_gpt2.train", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
-    "export": ("pdp_gpt2.export", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
+    # errors, atomic, names: leaves that import nothing
+    "pdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.names"),
+    "data": ("pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.names"),
+    "train": ("pdp_gpt2.train", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic",
+              "pdp_gpt2.names"),
+    "export": ("pdp_gpt2.export", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic",
+               "pdp_gpt2.names"),
     # report reads run outputs (files); of the core only the method registry (torch-free), never training
     "report": ("pdp_gpt2.report", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.pdp.registry"),
     # FSDP2 for your own loop: library code on top of the core, below every app layer
-    "fsdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic"),
+    "fsdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.names"),
     "cli": ("pdp_gpt2",),
     "atomic": (),
     "errors": (),
+    "names": (),
     # `import pdp_gpt2` is the public API: the core, the loader, errors; never the training or app code.
     "__init__": ("pdp_gpt2.pdp", "pdp_gpt2.fsdp", "pdp_gpt2.export", "pdp_gpt2.errors"),
     "__main__": ("pdp_gpt2.cli",),

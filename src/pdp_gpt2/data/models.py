@@ -8,6 +8,7 @@ Remote code is never trusted.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -15,7 +16,23 @@ import torch
 
 from pdp_gpt2.data.sources import DEFAULT_MODEL, EMBEDDED_MODEL_DIR
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.names import ORIGINAL, STATE_FILE
 from pdp_gpt2.data.hub import offline_unless_reachable
+
+
+@functools.lru_cache(maxsize=1)
+def _dtype_key() -> str:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def dtype_kwarg(dtype) -> dict:
+    """``{"dtype": dtype}`` for ``from_pretrained``/``from_config``: transformers 4.56 renamed the keyword
+    from ``torch_dtype`` (which still works after, with a deprecation warning; before, ``dtype`` reaches
+    the model's ``__init__`` and fails), so the old name is passed to older versions."""
+    return {_dtype_key(): dtype}
 
 
 def resolve_model_path(spec: str) -> Path | str:
@@ -66,8 +83,8 @@ def check_safetensors(model_dir: Path) -> None:
             raise UsageError(f"cannot load model from {model_dir}: {why}")
 
 
-MASKED_KEY = ".parametrizations."  # torch.nn.utils.parametrize's state_dict keys: masks still attached
-CHECKPOINT_STATE = "pdp_state.json"  # pdp/callback.py's STATE_FILE (data/ may not import pdp/)
+MASKED_KEY = "." + ORIGINAL.split(".")[0] + "."  # parametrize's state_dict keys: masks still attached
+CHECKPOINT_STATE = STATE_FILE  # what completes a training checkpoint
 
 
 def _safetensors_keys(f: Path) -> list[str]:
@@ -101,17 +118,37 @@ def check_model_dir(model_dir: Path) -> None:
                          "(from_pretrained, then save_pretrained(dir, safe_serialization=True))")
 
 
+def _no_tokenizer(where) -> UsageError:
+    return UsageError(f"{where} has no tokenizer (no vocabulary besides special tokens): add the tokenizer files "
+                      "of the model it was trained from (tokenizer.json, or vocab.json + merges.txt)")
+
+
 def check_tokenizer(tokenizer, where) -> None:
     """UsageError for a tokenizer with no vocabulary: transformers builds one from a directory without
     tokenizer files, and it turns any text into a few special tokens (a perplexity "over 1 tokens")."""
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise UsageError(f"{where} has no tokenizer (no vocabulary besides special tokens): add the tokenizer files "
-                         "of the model it was trained from (tokenizer.json, or vocab.json + merges.txt)")
+        raise _no_tokenizer(where)
+
+
+def load_tokenizer(where):
+    """``AutoTokenizer.from_pretrained(where)``, checked by :func:`check_tokenizer`.  From a local directory
+    without tokenizer files transformers 5 builds an empty tokenizer, while 4.x falls back to the slow
+    one and fails opening its vocabulary file ``None`` (TypeError): both are the same one line."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+    except TypeError:
+        if not isinstance(where, Path) or any(where.glob("*tokenizer*.json")) or (where / "vocab.json").is_file():
+            raise
+        raise _no_tokenizer(where) from None
+    check_tokenizer(tokenizer, where)
+    return tokenizer
 
 
 def load_model_and_tokenizer(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)`` for a spec; the model is in eval mode on the CPU."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     where = resolve_model_path(spec)
     if isinstance(where, Path):
@@ -121,9 +158,8 @@ def load_model_and_tokenizer(spec: str = DEFAULT_MODEL, dtype: torch.dtype = tor
     safetensors = True if isinstance(where, Path) and any(where.glob("*.safetensors")) else None
     try:
         with offline_unless_reachable():
-            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
-            check_tokenizer(tokenizer, where)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=safetensors,
+            tokenizer = load_tokenizer(where)
+            model = AutoModelForCausalLM.from_pretrained(where, **dtype_kwarg(dtype), use_safetensors=safetensors,
                                                          trust_remote_code=False)
     except UsageError:
         raise

@@ -34,9 +34,10 @@ from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import nm24
 from pdp_gpt2.export.card import export_card
 from pdp_gpt2.export.outdir import REPORT, check_out, move_into_place, out_path
+from pdp_gpt2.data.models import dtype_kwarg
 from pdp_gpt2.data.manifest import MANIFEST, check_counts, pruned_weights, quant_bits, read_manifest
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.param import ORIGINAL
+from pdp_gpt2.names import ORIGINAL
 from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D, find_targets
 
 FORMATS = ("dense", "compressed", "2:4")
@@ -109,7 +110,7 @@ def load_finalized(model_dir: Path) -> nn.Module:
             raise UsageError(f"{model_dir} is not finalized: it still has PDP masks (parametrizations keys); "
                              "call Pruner.finalize() before saving")
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", use_safetensors=True,
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwarg("auto"), use_safetensors=True,
                                                            trust_remote_code=False, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model from {model_dir}: {str(e).splitlines()[0]}") from None
@@ -123,12 +124,10 @@ def load_finalized(model_dir: Path) -> nn.Module:
 def tokenizer_problem(model_dir: Path) -> str | None:
     """Why ``model_dir`` has no usable tokenizer (transformers builds an empty one from a directory
     without tokenizer files), or None."""
-    from transformers import AutoTokenizer
-
-    from pdp_gpt2.data.models import check_tokenizer
+    from pdp_gpt2.data.models import load_tokenizer
 
     try:
-        check_tokenizer(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False), model_dir)
+        load_tokenizer(Path(model_dir))
     except (OSError, ValueError, UsageError) as e:
         return str(e).splitlines()[0]
     return None

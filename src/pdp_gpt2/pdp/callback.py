@@ -47,11 +47,12 @@ from transformers import TrainerCallback
 
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.pdp import registry
+from pdp_gpt2.names import STATE_FILE
 from pdp_gpt2.pdp.attach import attach
+from pdp_gpt2.pdp.sharded import barrier
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.schedule import SCHEDULES, PruningSchedule
 
-STATE_FILE = "pdp_state.json"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -59,14 +60,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     while isinstance(getattr(model, "module", None), nn.Module):
         model = model.module
     return model
-
-
-def barrier() -> None:
-    """Wait for every rank (a no-op in one process).  The one barrier of the package: the core
-    needs it here, and train/ and fsdp.py import it from here."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def write_checkpoint_state(args, state, payload: dict) -> None:

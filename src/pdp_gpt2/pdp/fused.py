@@ -133,7 +133,7 @@ def underflow_level(dtype: torch.dtype, enabled: bool = True) -> float:
     of a subnormal.  Under AdamW such an entry moves its weight by at most
     lr * 1.4e-17 / eps (eps = 1e-8), under SGD by lr * 1.4e-17: at lr = 1e-3
     below half an ulp of any weight larger than ~1e-4, so the weights come out the
-    same (tests/test_perf_equivalence.py trains both ways and compares).  float16
+    same (tests/pdp/test_perf_equivalence.py trains both ways and compares).  float16
     gradients (whose sqrt(tiny) is 0.008) are never flushed; ``enabled=False``
     (``KernelOptions(flush=False)``) turns the flush off.
     """

@@ -24,9 +24,7 @@ from pdp_gpt2.pdp import sharded as S
 from pdp_gpt2.pdp.fused import KernelOptions
 from pdp_gpt2.pdp.patterns import Part, Pattern
 
-# Where torch.nn.utils.parametrize puts a parametrized weight's parameter and its masks (the
-# state_dict key of the dense weight is "<module>.<ORIGINAL>").
-ORIGINAL = "parametrizations.weight.original"
+from pdp_gpt2.names import ORIGINAL  # noqa: F401  (where parametrize keeps the dense weight; re-exported)
 
 
 class PDPMask(nn.Module):

@@ -99,6 +99,12 @@ def all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return sent.to(t.device)
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def all_reduce_max(t: torch.Tensor, group) -> torch.Tensor:
     return all_reduce(t, group, dist.ReduceOp.MAX)
 

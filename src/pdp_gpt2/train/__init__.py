@@ -3,5 +3,5 @@
 sweep runner (one `pdp-gpt2 train` subprocess per trial).
 
 Import rule: may import ``pdp_gpt2.pdp``, ``pdp_gpt2.data``, ``pdp_gpt2.errors``,
-``pdp_gpt2.atomic`` and ``pdp_gpt2.train.*``; never export, report or cli.
+``pdp_gpt2.atomic``, ``pdp_gpt2.names`` and ``pdp_gpt2.train.*``; never export, report or cli.
 """

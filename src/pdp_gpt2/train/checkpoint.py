@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.callback import STATE_FILE as PDP_STATE  # the last file of a checkpoint: marks it complete
+from pdp_gpt2.names import STATE_FILE as PDP_STATE  # the last file of a checkpoint: marks it complete
 from pdp_gpt2.train.distributed import rank
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

@@ -28,7 +28,8 @@ from pdp_gpt2.train import distributed
 
 from pdp_gpt2.train import checkpoint, distill, rundir, runlock
 from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.callback import PruningCallback, barrier, read_checkpoint_state
+from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
+from pdp_gpt2.pdp.sharded import barrier
 from pdp_gpt2.pdp.schedule import plan_end
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics, RunTrainer,
                                        resume_without_training)
