@@ -20,6 +20,40 @@ def tiny_gpt2(seed: int = 0, n_layer: int = 2, n_embd: int = 64, vocab: int = 12
     return GPT2LMHeadModel(cfg).eval()
 
 
+def model_with_dropout(seed: int = 0):
+    """A tiny GPT-2 whose dropout is on: resume tests need the RNG state to matter."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0,
+                     resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    return GPT2LMHeadModel(cfg)
+
+
+class Blocks(torch.utils.data.Dataset):
+    """Fixed random token blocks, labels = inputs (what run_clm.py's group_texts makes)."""
+
+    def __init__(self, n: int = 64, length: int = 16):
+        self.ids = torch.randint(0, 64, (n, length), generator=torch.Generator().manual_seed(1))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def killed_copy(ref, dst):
+    """A finished run as a kill during its final evaluation leaves it: every checkpoint, no result."""
+    import shutil
+
+    shutil.copytree(ref, dst)
+    for name in ("summary.json", "layers.md"):
+        (dst / name).unlink()
+    shutil.rmtree(dst / "final")
+    return dst
+
+
 def tiny_llama(seed: int = 0):
     """A Linear-based decoder (Llama-style: q/k/v/o + gate/up/down projections)."""
     from transformers import LlamaConfig, LlamaForCausalLM

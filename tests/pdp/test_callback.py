@@ -6,33 +6,15 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import pdp_gpt2
 from pdp_gpt2.pdp.callback import STATE_FILE
 from pdp_gpt2.pdp.targets import find_targets
 
+from helpers import Blocks, model_with_dropout
+
 STEPS, RAMP, SPARSITY = 8, 4, 0.75
-
-
-def model_with_dropout(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0,
-                     resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
-    return GPT2LMHeadModel(cfg)
-
-
-class Blocks(torch.utils.data.Dataset):
-    """Fixed random token blocks, labels = inputs (what run_clm.py's group_texts makes)."""
-
-    def __init__(self, n: int = 64, length: int = 16):
-        self.ids = torch.randint(0, 64, (n, length), generator=torch.Generator().manual_seed(1))
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
 class Recorder(TrainerCallback):
