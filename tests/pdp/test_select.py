@@ -129,6 +129,11 @@ def test_non_contiguous_small_and_empty_edge_sizes():
     assert keep[0].all() and not keep[1].any()
 
 
+def test_an_unknown_collection_mode_is_refused():
+    with pytest.raises(ValueError, match="collect must be auto, fixed or compact"):
+        KernelOptions(collect="sometimes")
+
+
 def test_nan_scores_follow_the_definition():
     g = torch.Generator().manual_seed(5)
     w = torch.randn(30_000, generator=g)

@@ -63,6 +63,10 @@ class KernelOptions:
     # "fixed" or "compact"; all give the same thresholds
     collect: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.collect not in ("auto", "fixed", "compact"):
+            raise ValueError(f"KernelOptions.collect must be auto, fixed or compact, got {self.collect!r}")
+
 
 DEFAULT = KernelOptions()
 
