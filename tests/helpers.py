@@ -3,12 +3,24 @@ from configs (no downloads, milliseconds to build), a small corpus and its BPE t
 ``tests/`` is on sys.path through pyproject's ``pythonpath``, so any test folder can import this."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent  # the repository root (README.md, docs/, benchmarks/)
+
+
+def needs(module: str, install: str):
+    """Skip (with the reason) where ``module`` is not installed: the extras (wandb, jsonschema, lm_eval), and
+    datasets, which a source tree run with PYTHONPATH=src may lack (the library imports it only for hub datasets)."""
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} not installed ({install})")
+
+
+NEEDS_DATASETS = needs("datasets", 'pip install -e .')
+NEEDS_JSONSCHEMA = needs("jsonschema", 'pip install -e ".[dev]"')
 
 
 def tiny_gpt2(seed: int = 0, n_layer: int = 2, n_embd: int = 64, vocab: int = 128, n_positions: int = 64):

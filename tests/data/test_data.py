@@ -11,7 +11,7 @@ from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.train.pretrain import train_tokenizer
 
-from helpers import ROOT
+from helpers import NEEDS_DATASETS, ROOT
 
 TEXT = ("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
         "Rough winds do shake the darling buds of May,\nAnd summer's lease hath all too short a date.\n")
@@ -149,6 +149,7 @@ def test_hf_line_per_row_datasets_become_one_document():
     assert rows_to_documents(["doc one", "", "doc two"]) == ["doc one", "doc two"]
 
 
+@NEEDS_DATASETS
 @pytest.mark.parametrize("spec", ["no-such-dataset-x1", "some-org/no-such-dataset:cfg"])
 def test_unreachable_hub_dataset_is_a_usage_error(monkeypatch, spec):
     from pdp_gpt2.data import hub

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from helpers import CORPUS_LINES, tiny_tokenizer
+from helpers import CORPUS_LINES, NEEDS_DATASETS, tiny_tokenizer
 from pdp_gpt2.data import streaming as S
 from pdp_gpt2.cli import main
 from pdp_gpt2.data.sources import load_split_texts, token_stream, tokenize_and_group
@@ -108,6 +108,7 @@ def _docs(pieces):
     return docs
 
 
+@NEEDS_DATASETS
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_hf_stream_carves_the_same_held_out_rows(monkeypatch, split):
     import datasets
@@ -121,6 +122,7 @@ def test_hf_stream_carves_the_same_held_out_rows(monkeypatch, split):
     assert _docs(S.pieces("someorg/owt", split)) == expected
 
 
+@NEEDS_DATASETS
 def test_hf_stream_joins_line_per_row_datasets(monkeypatch):
     rows = [" = Title = \n", "", " some text . \n", " more text . \n", ""] * 50
     _fake_hub(monkeypatch, {"train": rows, "validation": rows[:10], "test": rows[:5]})
@@ -150,6 +152,7 @@ def test_cli_streaming_run(tmp_path, tiny_assets):
     assert s["sparsity_actual"] == pytest.approx(0.5, abs=1e-3)
 
 
+@NEEDS_DATASETS
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_hf_in_memory_documents_are_the_streams_joined(monkeypatch, split):
     """One document source: the downloaded dataset and the stream give the same documents, also
