@@ -15,6 +15,7 @@ from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import nm24
 from pdp_gpt2.cli import main
 from pdp_gpt2.export.writer import export, pick_bits, quant_bits_hint
+from pdp_gpt2.data.models import dtype_kwarg
 
 from helpers import CORPUS_LINES, ROOT, tiny_gpt2, tiny_llama, tiny_tokenizer
 
@@ -31,7 +32,7 @@ def _finalized(tmp_path, kind="gpt2", name="src", bf16=False, **cfg):
     pdp_gpt2.attach(model, PDPConfig(**(cfg or {"sparsity": 0.9}))).finalize()
     path = tmp_path / name
     model.save_pretrained(path)
-    return path, AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
+    return path, AutoModelForCausalLM.from_pretrained(path, **dtype_kwarg("auto")).eval()
 
 
 def _with_tokenizer(path):
@@ -272,9 +273,12 @@ def test_cli_writes_table_and_files(tmp_path, capsys):
     assert main(["export", str(src), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "| target weights (8 tensors) |" in out and "| whole model (weight files) |" in out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "README.md", "config.json", "generation_config.json", C.WEIGHTS_FILE, "size_report.json",
-        "tokenizer.json", "tokenizer_config.json"]
+    # the tokenizer's own files: tokenizer.json, tokenizer_config.json (+ special_tokens_map.json before transformers 5)
+    tiny_tokenizer(CORPUS_LINES).save_pretrained(tmp_path / "tok")
+    tokenizer_files = [p.name for p in (tmp_path / "tok").iterdir()]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(tokenizer_files)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([
+        "README.md", "config.json", "generation_config.json", C.WEIGHTS_FILE, "size_report.json", *tokenizer_files])
 
 
 def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys):

@@ -29,6 +29,7 @@ from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import writer
 from pdp_gpt2.export.writer import export
 from pdp_gpt2.pdp.targets import find_targets
+from pdp_gpt2.train.config import transformers_version
 
 from helpers import pruned_copy, tiny_gpt2
 
@@ -111,14 +112,19 @@ ADDED = {  # files transformers' tokenizer (or model) loading reads when present
 @pytest.mark.parametrize("name", list(ADDED))
 def test_an_added_file_is_refused_by_the_loader_and_the_cli(exported, capsys, name):
     path = exported / name
+    # transformers < 5 saves special_tokens_map.json with the tokenizer: then it is a changed file of the export
+    changed = path.exists()
     path.parent.mkdir(exist_ok=True)
     path.write_text(ADDED[name])
     top = name.split("/")[0]
     with pytest.raises(UsageError, match=re.escape(top)):
         pdp_gpt2.load_compressed(exported)
-    _one_line(capsys, ["generate", str(exported), "--prompt", "the", "--max_new_tokens", "2"], top, "not part of")
+    _one_line(capsys, ["generate", str(exported), "--prompt", "the", "--max_new_tokens", "2"], top,
+              "is corrupt" if changed else "not part of")
 
 
+@pytest.mark.skipif(transformers_version() < (5, 0), reason="transformers < 5 ignores added_tokens.json beside "
+                    "tokenizer.json (the loader refuses the file all the same: the test above)")
 def test_added_tokens_json_really_changes_the_tokenizer(exported):
     """Why the loader must refuse it: transformers reads it and the token ids change."""
     before = AutoTokenizer.from_pretrained(exported)

@@ -409,12 +409,27 @@ def test_lr_scheduler_list_runs_in_transformers():
     from transformers import get_scheduler
     from transformers.trainer_utils import SchedulerType
 
-    from pdp_gpt2.train.config import LR_SCHEDULERS
+    from pdp_gpt2.train.config import LR_SCHEDULER_SINCE, LR_SCHEDULERS, transformers_version
 
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     for name in LR_SCHEDULERS:
+        if transformers_version() < LR_SCHEDULER_SINCE.get(name, (0, 0)):  # refused by TrainConfig (below)
+            assert name not in {t.value for t in SchedulerType}
+            continue
         assert SchedulerType(name).value == name
         get_scheduler(name, opt, num_warmup_steps=2, num_training_steps=10)
+
+
+def test_a_scheduler_newer_than_the_installed_transformers_is_one_line(monkeypatch):
+    from pdp_gpt2 import UsageError
+    from pdp_gpt2.train import config
+
+    monkeypatch.setattr(config, "transformers_version", lambda: (5, 3))
+    with pytest.raises(UsageError, match=r"^lr_scheduler greedy needs transformers >= 5\.4; this is 5\.3$"):
+        config.TrainConfig(lr_scheduler="greedy")
+    config.TrainConfig(lr_scheduler="cosine")  # the others are unaffected
+    monkeypatch.setattr(config, "transformers_version", lambda: (5, 4))
+    config.TrainConfig(lr_scheduler="greedy")
 
 
 def test_gmp_resume_from_the_final_checkpoint_is_bit_identical(setup, tmp_path):

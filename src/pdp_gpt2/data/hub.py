@@ -38,13 +38,15 @@ def offline_unless_reachable():
         return
     from huggingface_hub import constants
 
-    # datasets copies the flag at import time, so patch its copy too (if imported).
-    targets = [constants] + [m for m in (sys.modules.get("datasets.config"),) if m is not None]
-    saved = [t.HF_HUB_OFFLINE for t in targets]
-    for t in targets:
-        t.HF_HUB_OFFLINE = True
+    # datasets copies the flag at import time, so patch its copy too (if imported): HF_HUB_OFFLINE
+    # in datasets >= 2.20, HF_DATASETS_OFFLINE before (still there later, as an alias).
+    modules = [constants] + [m for m in (sys.modules.get("datasets.config"),) if m is not None]
+    targets = [(m, a) for m in modules for a in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(m, a)]
+    saved = [getattr(m, a) for m, a in targets]
+    for m, a in targets:
+        setattr(m, a, True)
     try:
         yield
     finally:
-        for t, v in zip(targets, saved):
-            t.HF_HUB_OFFLINE = v
+        for (m, a), v in zip(targets, saved):
+            setattr(m, a, v)

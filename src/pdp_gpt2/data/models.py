@@ -132,13 +132,14 @@ def check_tokenizer(tokenizer, where) -> None:
 
 def load_tokenizer(where):
     """``AutoTokenizer.from_pretrained(where)``, checked by :func:`check_tokenizer`.  From a local directory
-    without tokenizer files transformers 5 builds an empty tokenizer, while 4.x falls back to the slow
-    one and fails opening its vocabulary file ``None`` (TypeError): both are the same one line."""
+    without tokenizer files transformers 5 builds an empty tokenizer, while 4.x raises (OSError "Can't load
+    tokenizer", or a TypeError from the slow tokenizer opening its vocabulary file ``None``): all three are
+    the same one line."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
-    except TypeError:
+    except (OSError, TypeError):
         if not isinstance(where, Path) or any(where.glob("*tokenizer*.json")) or (where / "vocab.json").is_file():
             raise
         raise _no_tokenizer(where) from None

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pdp_gpt2.data.models import dtype_kwarg
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.export.compressed import WEIGHTS_FILE, check_files, dtype_of, read_compressed
 from pdp_gpt2.export.nm24 import to_semi_structured
@@ -43,7 +44,7 @@ def load_compressed(path: str | Path, *, runtime: str = "dense", semi_structured
         state[alias] = state[first]
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype_of(header["torch_dtype"]))
+        model = AutoModelForCausalLM.from_config(config, **dtype_kwarg(dtype_of(header["torch_dtype"])))
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot build the model from {path / 'config.json'}: {str(e).splitlines()[0]}") from None
     want = set(model.state_dict())

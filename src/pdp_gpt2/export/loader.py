@@ -34,9 +34,7 @@ def model_kind(spec: str) -> tuple[str, Path | str]:
 
 def load_for_inference(spec: str, runtime: str = "dense", dtype: torch.dtype = torch.float32):
     """(model in eval mode on the CPU, tokenizer, kind) for any model argument; see the module docstring."""
-    from transformers import AutoTokenizer
-
-    from pdp_gpt2.data.models import check_tokenizer, load_model_and_tokenizer
+    from pdp_gpt2.data.models import load_model_and_tokenizer, load_tokenizer
     from pdp_gpt2.export.sparse import sparsify
 
     if runtime not in RUNTIMES:
@@ -44,11 +42,12 @@ def load_for_inference(spec: str, runtime: str = "dense", dtype: torch.dtype = t
     kind, where = model_kind(spec)
     if kind == "export":
         model = load_compressed(where, runtime=runtime)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+        try:  # an export of a directory without one: transformers builds an empty one (load_tokenizer refuses it)
+            tokenizer = load_tokenizer(Path(where))
+        except UsageError:
+            raise
         except (OSError, ValueError) as e:
             raise UsageError(f"{where}: no usable tokenizer next to the export ({str(e).splitlines()[0]})") from None
-        check_tokenizer(tokenizer, where)  # an export of a directory without one: transformers builds an empty one
         return model, tokenizer, kind
     model, tokenizer = load_model_and_tokenizer(str(where), dtype=dtype)
     if runtime == "sparse":

@@ -17,6 +17,26 @@ DISTILL_TEMPERATURE = 2.0  # --distill_temperature's default: DistilBERT's and m
 # lr_scheduler_kwargs, which `train` does not take.  (A test checks this list against transformers.)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "greedy")
+# Those that transformers added after our floor (pyproject): the first (major, minor) that has them.
+LR_SCHEDULER_SINCE = {"greedy": (5, 4)}
+
+
+def transformers_version() -> tuple[int, int]:
+    """The installed transformers' (major, minor), read from its metadata (nothing is imported)."""
+    from importlib.metadata import version
+
+    return tuple(int(x) for x in version("transformers").split(".")[:2])
+
+
+def _scheduler_available(name: str) -> bool:
+    return name not in LR_SCHEDULER_SINCE or transformers_version() >= LR_SCHEDULER_SINCE[name]
+
+
+def _scheduler_refusal(name: str) -> str:
+    if name not in LR_SCHEDULER_SINCE:
+        return ""
+    dotted = lambda v: ".".join(map(str, v))  # noqa: E731
+    return f"lr_scheduler {name} needs transformers >= {dotted(LR_SCHEDULER_SINCE[name])}; this is {dotted(transformers_version())}"
 
 
 @dataclass
@@ -91,6 +111,7 @@ class TrainConfig:
             (0 <= self.seed < 2 ** 32, f"seed must be in 0..2**32-1 (numpy's range), got {self.seed}"),
             (self.lr_scheduler in LR_SCHEDULERS,
              f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}"),
+            (_scheduler_available(self.lr_scheduler), _scheduler_refusal(self.lr_scheduler)),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}"),
             (0 <= self.distill <= 1, f"distill must be in [0, 1] (0: off), got {self.distill}"),
