@@ -10,7 +10,8 @@ def bash_blocks():
 
 def test_first_block_installs_and_runs_the_main_job():
     first = bash_blocks()[0].strip()
-    assert "pip install torch==2.13.0" in first and 'pip install -e ".[dev,wandb]"' in first
+    # eval: CI runs tests/data/test_lmeval.py in this venv (.ci/run), none of it skipped
+    assert "pip install torch==2.13.0" in first and 'pip install -e ".[dev,wandb,eval]"' in first
     assert first.endswith("pdp-gpt2 train")  # the embedded default, no arguments
 
 
