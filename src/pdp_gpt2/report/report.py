@@ -285,6 +285,13 @@ def build(runs: list[Run], failed: list[dict], out: Path, title: str) -> list[tu
             blocks.append(("p", "Mean ± sample standard deviation over seeds (n = number of seeds), "
                                 "then each seed's value."))
             blocks.append(("table", *seeds))
+        tasks = task_table(runs)
+        if tasks:  # runs made with --eval_tasks; with none, the report has no trace of this section
+            blocks.append(("h2", "lm-eval task scores"))
+            blocks.append(("p", "lm-evaluation-harness on the final hard-pruned weights (train --eval_tasks), "
+                                "next to the perplexity of the same runs; ↑ higher is better, ↓ lower; where a "
+                                "point has several seeds, mean ± sample standard deviation."))
+            blocks.append(("table", *tasks))
     if failed:
         blocks.append(("h2", "Failed trials"))
         blocks.append(("table", ["sweep", "trial", "returncode", "error"],
@@ -300,6 +307,14 @@ def build(runs: list[Run], failed: list[dict], out: Path, title: str) -> list[tu
     plots.save_dashboard(runs, out / "dashboard.png", title, headline(runs))
     blocks.append(("img", "Dashboard", "dashboard.png"))
     return blocks
+
+
+def task_table(runs: list[Run]) -> tuple[list[str], list[list[str]]] | None:
+    """lm-eval scores per variant and target sparsity next to the perplexity (report/tasks.py);
+    None when no run has any."""
+    from pdp_gpt2.report import tasks
+
+    return tasks.table(runs)
 
 
 def seeds_table(runs: list[Run]) -> tuple[list[str], list[list[str]]] | None:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from pdp_gpt2.report import findings, plots, style  # noqa: E402
+from pdp_gpt2.report import findings, plots, style, tasks  # noqa: E402
 from pdp_gpt2.report.methods import SHIPPED  # noqa: E402
 
 SIZE = (13.33, 7.5)  # 16:9 inches
@@ -123,6 +123,42 @@ def pdp_vs_best_slide(runs):
     ax.set_ylabel(f"{runs[0].split} perplexity at {100 * f['top']:g}% sparsity")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=9, loc="upper left")
+    return fig
+
+
+TASK_ROWS = 14  # rows of the task table that fit a slide; report.md has them all
+
+
+def tasks_slide(runs):
+    """lm-eval scores next to the perplexity; None (no slide, no 'not made' line) when no run has any."""
+    f = tasks.finding(runs)
+    if f is None:
+        return None
+    head, rows = tasks.table(runs)
+    shown = rows[-TASK_ROWS:]  # sorted by sparsity: keep the highest
+    sub = ("lm-evaluation-harness on the final hard-pruned weights (train --eval_tasks); ↑ higher is better, "
+           "↓ lower; mean ± sd over seeds where several")
+    if len(shown) < len(rows):
+        sub += f"; the {len(shown)} rows at the highest sparsities of {len(rows)} (all in report.md)"
+    fig = _slide(f["title"], sub)
+    ax = fig.add_axes((0.04, 0.05, 0.92, TOP - 0.07))
+    ax.axis("off")
+    labels = [h.replace("/", "/\n", 1) for h in head]  # 'task/\nmetric ↑': long names on two lines
+    tab = ax.table(cellText=shown, colLabels=labels, loc="upper center", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(11 if len(head) <= 6 else 9)
+    tab.scale(1, 1.6)
+    for j in range(len(head)):
+        tab[0, j].set_height(2 * tab[0, j].get_height())
+    best = {m: lab for m, (lab, _) in f["best"].items()}
+    for (i, j), cell in tab.get_celld().items():
+        if i == 0:
+            cell.set_text_props(weight="bold")
+        elif j == 0:
+            cell.set_text_props(color=style.color(shown[i - 1][0]), weight="bold")
+        elif j >= 3 and shown[i - 1][1] == f"{100 * f['top']:g}" \
+                and best.get(head[j].rsplit(" ", 1)[0]) == shown[i - 1][0]:
+            cell.set_text_props(weight="bold")  # the best value at the sparsity the title speaks of
     return fig
 
 
@@ -267,7 +303,7 @@ def lose_slide(runs, cost: dict):
 
 
 SLIDES = [("Perplexity vs sparsity", ppl_slide), ("PDP vs the best baseline", pdp_vs_best_slide),
-          ("The τ picture", tau_slide), ("The extensions", extensions_slide)]
+          ("lm-eval task scores", tasks_slide), ("The τ picture", tau_slide), ("The extensions", extensions_slide)]
 
 
 def build(runs, title: str, note: str = "", cost: dict | None = None) -> tuple[list, list[str]]:
@@ -276,6 +312,8 @@ def build(runs, title: str, note: str = "", cost: dict | None = None) -> tuple[l
     figs, skipped = [], []
     for name, make in [*SLIDES, ("Cost", lambda r: cost_slide(cost)), ("Where we lose", lambda r: lose_slide(r, cost))]:
         out = make(runs)
+        if out is None:  # a slide that only exists for some runs (lm-eval scores): absent, not "not made"
+            continue
         if isinstance(out, str):
             skipped.append(f"{name}: {out}")
         else:
