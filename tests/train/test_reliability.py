@@ -20,6 +20,8 @@ from pdp_gpt2.cli import main
 from pdp_gpt2.train import checkpoint, disk_errors, rundir, runlock
 from pdp_gpt2.train.metrics_log import MetricsLog
 
+from helpers import killed_copy
+
 TIME_FIELDS = ("train_seconds", "finished_at", "final_dir")
 
 
@@ -43,15 +45,6 @@ def argv(model, corpus, out, *extra):
             "--max_steps", "4", "--save_steps", "2", "--warmup_steps", "2", "--batch_size", "4",
             "--max_length", "64", "--log_interval", "1", "--progress", "false", "--lr_warmup_steps", "0",
             "--sparsity", "0.5", "--seed", "7", *extra]
-
-
-def killed_copy(ref: Path, dst: Path) -> Path:
-    """The reference run as a kill during its final evaluation leaves it: every checkpoint, no result."""
-    shutil.copytree(ref, dst)
-    for name in ("summary.json", "layers.md"):
-        (dst / name).unlink()
-    shutil.rmtree(dst / "final")
-    return dst
 
 
 def same_result(a: Path, b: Path) -> None:
