@@ -24,6 +24,7 @@ is first asked for.  In one process, :func:`register` adds a spec directly.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -44,12 +45,20 @@ class MethodSpec:
     uses_tau: bool = False  # tau, its schedule and improved masking apply
     calibration: bool = False  # needs calibration token blocks before attach (attach(..., calibration=))
     trainable_state: bool = False  # brings parameters of its own (scores) that the optimizer trains
+    # the pattern kinds it can prune ("unstructured", "row", "N:M"); empty: every pattern.  Checked
+    # when a run is configured, before any work (the driver refuses too, for library callers)
+    patterns: tuple = ()
     summary: str = ""  # one line for people (model cards, --help)
     extras: dict = field(default_factory=dict)  # anything else a plugin wants to declare
 
     @property
     def prunes(self) -> bool:
         return self.driver is not None
+
+    def accepts(self, pattern_spec: str) -> bool:
+        """Whether this method can prune the pattern a spec names ('2:4' is of kind N:M)."""
+        kind = "N:M" if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", pattern_spec) else pattern_spec
+        return not self.patterns or kind in self.patterns
 
     @property
     def display(self) -> str:
@@ -79,10 +88,10 @@ BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("wanda", f"{_CORE}.baselines:Wanda", label="Wanda", colour="#9467bd", calibration=True,
                summary="one-shot |w|*||x|| on calibration data, mask frozen"),
     MethodSpec("movement", f"{_CORE}.movement:Movement", label="movement", colour="#d62728", gradual=True,
-               trainable_state=True, summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
+               trainable_state=True, patterns=("unstructured", "N:M"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),
     MethodSpec("sparsegpt", f"{_CORE}.sparsegpt:SparseGPT", label="SparseGPT", colour="#e6ab02", calibration=True,
-               summary="one-shot SparseGPT on calibration data (weights reconstructed layer by layer), mask frozen"),
+               patterns=("unstructured", "N:M"), summary="one-shot SparseGPT on calibration data (weights reconstructed layer by layer), mask frozen"),
 )
 
 # The method this package ships (--method's default): the report's findings measure every other

@@ -131,6 +131,10 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
+        spec = registry.get(self.method)
+        if spec.prunes and not spec.accepts(self.pdp.pattern):
+            raise UsageError(f"method {self.method} prunes {' or '.join(spec.patterns)} patterns, not "
+                             f"{self.pdp.pattern!r}")
 
     @property
     def stride(self) -> int:
