@@ -247,3 +247,33 @@ def test_cost_inputs_are_read_by_shape_and_bad_ones_are_one_line(tmp_path, capsy
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_benchmark_of_the_shipped_defaults_compares_them(tmp_path):
+    """No constant-tau pdp runs (benchmark v3): the findings take PDP as shipped ('pdp+tau-exp') as
+    PDP itself, its extensions against it, and distilled baselines against distilled PDP."""
+    from pdp_gpt2.report.labels import shipped_label
+
+    root = tmp_path / "runs"
+    shipped = {"tau_schedule": "exp", "tau_final": 0.001}
+    assert shipped_label() == "pdp+tau-exp"
+    for k in range(2):
+        _write_run(root, f"pdp-s95-seed{k}", "pdp", 0.95, 105.0 + k, seed=k, tau=0.1, pdp=shipped)
+        _write_run(root, f"gmp-s95-seed{k}", "gmp", 0.95, 108.0 + k, seed=k)
+        _write_run(root, f"movement-s95-seed{k}", "movement", 0.95, 112.0 + k, seed=k)
+        _write_run(root, f"pdpd-s95-seed{k}", "pdp", 0.95, 101.0 + k, seed=k, tau=0.1, pdp=shipped)
+        _write_run(root, f"gmpd-s95-seed{k}", "gmp", 0.95, 100.0 + k, seed=k)
+    for name in ("pdpd-s95-seed0", "pdpd-s95-seed1", "gmpd-s95-seed0", "gmpd-s95-seed1"):  # distilled
+        s = json.loads((root / name / "summary.json").read_text())
+        s["config"]["distill"] = 0.9
+        (root / name / "summary.json").write_text(json.dumps(s))
+    _write_run(root, "pdp+q8-s95-seed0", "pdp", 0.95, 104.0, tau=0.1, pdp={**shipped, "quantize": True})
+    runs, _ = collect([root])
+    best = findings.pdp_vs_best(runs)
+    assert best["title"] == "PDP is 2.8% below GMP at 95%"  # 105.5 vs 108.5, distilled runs aside
+    ext = findings.extensions(runs)
+    assert set(ext["deltas"]) == {"pdp+q8+tau-exp"} and ext["deltas"]["pdp+q8+tau-exp"][0.95] == pytest.approx(
+        100 * (104.0 / 105.5 - 1))
+    lose = findings.losses(runs, {})
+    # gmp+distill (100.5) beats distilled pdp (101.5): it is compared with it, not with plain pdp (105.5)
+    assert any(line.startswith("gmp+distill beats pdp at 95%: pdp is +1.00%") for line in lose["lines"])

@@ -98,6 +98,16 @@ BUILTIN: tuple[MethodSpec, ...] = (
 # pruning method against it; the others are its baselines, whoever registered them.
 SHIPPED = "pdp"
 
+
+def shipped_defaults() -> dict:
+    """The settings the shipped method runs with when none are given (PDPConfig's field defaults;
+    ``tau_final`` None means the schedule's default, tau / 100).  Read without torch."""
+    import dataclasses
+
+    from pdp_gpt2.pdp.config import PDPConfig  # a plain schema: no torch on import
+
+    return {f.name: f.default for f in dataclasses.fields(PDPConfig) if f.default is not dataclasses.MISSING}
+
 _specs: dict[str, MethodSpec] = {s.name: s for s in BUILTIN}
 _plugins_loaded: set[str] = set()
 

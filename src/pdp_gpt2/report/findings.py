@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.report import methods
+from pdp_gpt2.report.labels import shipped_label
 from pdp_gpt2.report.methods import SHIPPED, is_baseline, method_of
 from pdp_gpt2.report.stats import Point, dense_mean, points, rel
 
@@ -31,9 +32,28 @@ def dense_ppl(runs) -> float | None:
     return dense_mean(runs)
 
 
-def _shipped_variant(label: str) -> bool:
+def plain(pts) -> str | None:
+    """The label that stands for PDP itself among these points: 'pdp' (constant τ 0.02, the
+    labels' reference) when such runs are there, else the label of PDP as the package ships it
+    ('pdp+tau-exp'): a benchmark of the shipped defaults has no constant-τ runs.  None: neither."""
+    if SHIPPED in pts:
+        return SHIPPED
+    shipped = shipped_label()
+    return shipped if shipped in pts else None
+
+
+def _shipped_variant(label: str, ref: str = SHIPPED) -> bool:
     """'pdp+improved', 'pdp@tau=0.05', ...: the shipped method with something changed."""
-    return method_of(label) == SHIPPED and label != SHIPPED
+    return method_of(label) == SHIPPED and label != ref
+
+
+def _extension(label: str, ref: str) -> bool:
+    """``label`` is ``ref`` plus one extension (improved masking, quantization, ...), not a τ setting."""
+    if "@" in label or "@" in ref or method_of(label) != SHIPPED:
+        return False
+    extra = [x for x in label.split("+") if x not in ref.split("+")]
+    missing = [x for x in ref.split("+") if x not in label.split("+")]
+    return len(extra) == 1 and not missing and not extra[0].startswith("tau-") and extra[0] != "distill"
 
 
 def top_sparsity(runs) -> dict | str:
@@ -54,17 +74,18 @@ def pdp_vs_best(runs) -> dict | str:
     """Plain PDP against the best plain baseline at the highest sparsity both reached."""
     pts = _pruned_points(runs)
     base = {lab: by for lab, by in pts.items() if method_of(lab) == lab and is_baseline(lab)}
-    if SHIPPED not in pts or not base:
+    ref = plain(pts)
+    if ref is None or not base:
         return f"needs plain {SHIPPED} runs and a baseline (magnitude, gmp, wanda, ...) at the same sparsity"
-    shared = [t for t in pts[SHIPPED] if any(t in by for by in base.values())]
+    shared = [t for t in pts[ref] if any(t in by for by in base.values())]
     if not shared:
         return f"{SHIPPED} and the baselines share no target sparsity"
     top = max(shared)
-    pdp = pts[SHIPPED][top]
+    pdp = pts[ref][top]
     rivals = sorted((by[top] for by in base.values() if top in by), key=lambda p: p.mean)
     # PDP's other settings with repeats at this sparsity (a tau schedule, say) stand next to it
     others = [by[top] for lab, by in sorted(pts.items())
-              if _shipped_variant(lab) and top in by and by[top].n > 1]
+              if _shipped_variant(lab, ref) and "distill" not in lab.split("+") and top in by and by[top].n > 1]
     best = rivals[0]
     d = rel(pdp.mean, best.mean)
     word = "below" if d < 0 else "above"
@@ -142,11 +163,11 @@ def _mean_gap(p: Point) -> float | None:
 def extensions(runs) -> dict | str:
     """Each pdp extension against plain pdp at the same sparsity, in percent."""
     pts = _pruned_points(runs)
-    if SHIPPED not in pts:
+    ref = plain(pts)
+    if ref is None:
         return f"needs plain {SHIPPED} runs to compare the extensions with"
-    ext = {lab: by for lab, by in pts.items()  # tau settings are on the tau slide
-           if _shipped_variant(lab) and "@" not in lab and "tau-" not in lab}
-    deltas = {lab: {t: rel(p.mean, pts[SHIPPED][t].mean) for t, p in by.items() if t in pts[SHIPPED]}
+    ext = {lab: by for lab, by in pts.items() if _extension(lab, ref)}  # tau settings are on the tau slide
+    deltas = {lab: {t: rel(p.mean, pts[ref][t].mean) for t, p in by.items() if t in pts[ref]}
               for lab, by in ext.items()}
     deltas = {lab: d for lab, d in deltas.items() if d}
     if not deltas:
@@ -210,20 +231,28 @@ def cost_title(cost: dict) -> str | None:
 def losses(runs, cost: dict) -> dict | str:
     """Where PDP does worse: baselines that beat it, its distance to dense, soft-to-hard gaps, cost."""
     pts = _pruned_points(runs)
-    if SHIPPED not in pts:
+    ref = plain(pts)
+    if ref is None:
         return f"needs plain {SHIPPED} runs"
-    ours = pts[SHIPPED]
+    ours = pts[ref]
+
+    def ours_for(lab: str) -> dict:  # a distilled baseline meets distilled PDP where there is one
+        if "distill" in lab.split("+") and f"{ref}+distill" in pts:
+            return pts[f"{ref}+distill"]
+        return ours
+
     rivals = {lab: by for lab, by in sorted(pts.items()) if is_baseline(method_of(lab))}
     lines, lost = [], []
     for lab, by in rivals.items():
         for t, p in sorted(by.items()):
-            q = ours.get(t)
+            q = ours_for(lab).get(t)
             if q and p.mean <= q.mean:
                 lost.append((rel(q.mean, p.mean), lab, t))
     for d, lab, t in sorted(lost, reverse=True):
         lines.append(f"{lab} beats {SHIPPED} at {_pct(t)}: {SHIPPED} is {d:+.2f}%")
     for lab, by in rivals.items():  # where PDP wins, the closest call per baseline
-        won = [(rel(ours[t].mean, p.mean), t) for t, p in by.items() if t in ours and ours[t].mean < p.mean]
+        mine = ours_for(lab)
+        won = [(rel(mine[t].mean, p.mean), t) for t, p in by.items() if t in mine and mine[t].mean < p.mean]
         if won:
             d, t = max(won)
             lines.append(f"closest win over {lab}: {_pct(t)}, {SHIPPED} {d:+.2f}%")
@@ -246,7 +275,7 @@ def losses(runs, cost: dict) -> dict | str:
         d0, lab, t = max(lost)
         heading = f"{NAME} loses to {lab} in {len(lost)} comparison(s); worst at {_pct(t)}: {d0:+.2f}%"
     else:
-        n = sum(1 for by in rivals.values() for t in by if t in ours)
+        n = sum(1 for lab, by in rivals.items() for t in by if t in ours_for(lab))
         heading = f"No baseline beats {NAME} in {n} comparison(s)" + (
             f"; it still trails dense by {rel(ours[top].mean, d):.1f}% at {_pct(top)}" if d else "")
     return {"title": heading, "lines": lines}

@@ -22,13 +22,8 @@ from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.report import methods
+from pdp_gpt2.report.labels import variant, with_tau  # noqa: F401  (variant: re-exported)
 
-# Variant labels name what differs from plain constant-tau PDP at tau 0.02 (the reference every
-# earlier run and the tau grid use), not from whatever the shipped default is today: a label must
-# mean the same thing in a report of old runs and of new ones.  So an annealed run is
-# 'pdp+tau-exp' (its start tau is in its config) and a constant one at tau 0.05 'pdp@tau=0.05'.
-DEFAULT_TAU = 0.02
-DEFAULT_TAU_SCHEDULE = "constant"
 
 
 @dataclass
@@ -128,39 +123,7 @@ class Run:
     @property
     def label(self) -> str:
         """The family, plus '@tau=X' for a run of a method with tau (pdp) whose tau is not the default."""
-        if (self.spec.uses_tau and self.tau and abs(self.tau - DEFAULT_TAU) > 1e-12
-                and "tau-" not in self.family):  # a tau schedule names its variant; its start tau is in config
-            return f"{self.family}@tau={self.tau:g}"
-        return self.family
-
-
-def variant(s: dict) -> str:
-    """'pdp', 'pdp+improved', 'gmp+q8', 'gmp+distill', ...: the method plus the extensions that change it.
-    Which extensions apply is the method's capability (its MethodSpec), not its name."""
-    method = s.get("method", "?")
-    spec = methods.spec(method)
-    cfg = s.get("config") or {}
-    distilled = ["distill"] if (cfg.get("distill") or 0) > 0 else []  # --distill: any method, dense too
-    if not spec.prunes:
-        return "+".join([method, *distilled])
-    p = cfg.get("pdp") or {}
-    parts = [method]
-    if spec.uses_tau and p.get("improved_masking"):  # improved masking reshapes the tau-scaled soft mask
-        parts.append("improved")
-    if spec.uses_tau and p.get("tau_mode") == "absolute":
-        parts.append("abs-tau")
-    if p.get("quantize"):
-        parts.append(f"q{p.get('bits', 8)}")
-    if spec.soft and cfg.get("custom_optimizer"):  # scales by the mask: a no-op under hard 0/1 masks
-        parts.append("maskopt")
-    sched = p.get("tau_schedule") or "constant"  # older summaries have no schedule: constant tau
-    if spec.uses_tau and sched != DEFAULT_TAU_SCHEDULE:
-        parts.append(f"tau-{sched}")
-    if p.get("allocation") == "global":
-        parts.append("global")
-    if p.get("pattern", "unstructured") != "unstructured":
-        parts.append(p["pattern"])
-    return "+".join(parts + distilled)
+        return with_tau(self.family, self.tau)
 
 
 def _jsonl(path: Path) -> list[dict]:
