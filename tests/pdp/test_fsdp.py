@@ -92,6 +92,17 @@ def test_fsdp_gradients_through_the_masks_reach_the_shards(tmp_path):
     assert set(res[0]) == {"gpt2-pdp-layer-unstructured", "llama-gmp-layer-row"}
 
 
+@pytest.mark.slow
+def test_a_toy_pattern_runs_sharded_with_nothing_added_to_the_sharded_code(tmp_path):
+    """docs/architecture.md's Columns pattern (whole-tensor methods only) under 2-rank FSDP2: the
+    masks equal the full weight's at every step and finalize prunes whole input features."""
+    res = launch("toy", tmp_path, timeout=300)
+    assert res[0] == res[1] and set(res[0]) == {"gpt2-pdp-layer-columns", "gpt2-gmp-global-columns",
+                                                "llama-pdp-layer-columns"}
+    # 0.75 of every target's input features: gpt2 (64 -> 48, 256 -> 192 inputs), counted on rank 0
+    assert all(r["dead_inputs"] > 0 and r["dead_inputs"] == r["expected"] for r in res[0].values())
+
+
 # ---- the workers (run under torchrun) ------------------------------------------------------
 
 
@@ -398,6 +409,47 @@ def _one_rank(out: Path) -> None:
 
 
 
+def _toy(out: Path) -> None:
+    """The toy pattern of tests/pdp/test_extension_points.py (the one of docs/architecture.md),
+    registered here and nowhere else: a sharded pruning loop checked against the full weight at
+    every step (_steps), then finalize: exactly floor(r * inputs) whole input features are zero."""
+    import torch.distributed as dist
+
+    from pdp_gpt2.fsdp import gather_plain_model
+    from pdp_gpt2.pdp import mask as M
+    from pdp_gpt2.pdp.patterns import PATTERNS
+
+    sys.path.insert(0, str(HERE.parent))
+    from test_extension_points import Columns
+
+    PATTERNS["columns"] = Columns
+    rank, world = dist.get_rank(), dist.get_world_size()
+    report = {}
+    for combo in [("gpt2", "pdp", "layer", "columns"), ("gpt2", "gmp", "global", "columns"),
+                  ("llama", "pdp", "layer", "columns")]:
+        model, driver, digests, _ = _train(*combo, steps=6, shard=True)
+        every = [None] * world
+        dist.all_gather_object(every, digests)
+        assert all(d == digests for d in every) and len(set(digests)) > 1, combo
+        sparsity = {t.name: driver.layer_sparsity(t.name) for t in driver.targets}
+        out_dims = {t.name: t.out_dim for t in driver.targets}
+        driver.finalize()
+        plain = gather_plain_model(model)  # the whole model on rank 0, None elsewhere
+        counted = [None]
+        if rank == 0:
+            dead = expected = 0
+            for name, s in sparsity.items():
+                w, od = plain.get_submodule(name).weight, out_dims[name]
+                dead_here = int((w == 0).all(dim=od).sum())
+                assert int((w == 0).sum()) == dead_here * w.shape[od], (combo, name)  # whole inputs only
+                dead += dead_here
+                expected += M.num_pruned(w.shape[1 - od], s)
+            counted = [{"dead_inputs": dead, "expected": expected}]
+        dist.broadcast_object_list(counted, src=0)
+        report["-".join(combo)] = counted[0]
+    (out / f"ok{rank}.json").write_text(json.dumps(report))
+
+
 RESUME_COMBOS = [("gpt2", "gmp", "layer", "unstructured"), ("llama", "pdp", "global", "unstructured")]
 
 
@@ -457,6 +509,6 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     try:
         {"selection": _selection, "loop": _loop, "grads": _grads, "one_rank": _one_rank,
-         "resume_first": _resume_first, "resume_second": _resume_second}[case](out_dir)
+         "resume_first": _resume_first, "resume_second": _resume_second, "toy": _toy}[case](out_dir)
     finally:
         dist.destroy_process_group()
