@@ -91,3 +91,16 @@ def test_a_method_not_installed_here_is_a_pruning_method_with_a_spare_colour(tmp
     assert run.prunes and run.label == "not-installed-here" and not run.spec.uses_tau
     assert style.color(run.label) in style.SPARE and methods.title(run.label) == "not-installed-here"
     assert methods.is_baseline(run.method)
+
+
+def test_a_distilled_run_pairs_with_its_method_and_a_schedule_hides_no_extension():
+    # benchmark v3's labels: before, every PDP line (shipped, distilled, three extensions) was pink
+    assert style.color("gmp+distill") == style.color("gmp") and style.color("movement+distill") == \
+        style.color("movement")
+    assert style.color("pdp+tau-exp+distill") == style.color("pdp+tau-exp") == style.ANNEALED_COLOR
+    assert (style.linestyle("gmp+distill"), style.marker("gmp+distill")) == ("-.", "^")
+    assert (style.linestyle("gmp"), style.marker("gmp")) == ("-", "o")
+    assert [style.color(f"pdp+{e}+tau-exp") for e in ("improved", "q8", "maskopt")] == \
+        [style.EXTENSION_COLORS[e] for e in ("improved", "q8", "maskopt")]
+    labels = ["pdp+tau-exp", "pdp+tau-exp+distill", "pdp+improved+tau-exp", "pdp+q8+tau-exp", "pdp+maskopt+tau-exp"]
+    assert len({(style.color(x), style.linestyle(x)) for x in labels}) == len(labels)  # five lines, five looks

@@ -7,6 +7,10 @@ Labels are the report's variants (``pdp``, ``pdp+improved``, ``gmp+q8``, ``pdp@t
 * a method's colour is the one it registered (``MethodSpec.colour``, pdp/registry.py);
 * the shipped method's extensions have fixed colours of their own (they are compared with it);
 * a non-default tau (``@tau=``) keeps its variant's colour and is told apart by line style;
+* a tau schedule (``+tau-exp``) does not hide an extension: ``pdp+improved+tau-exp`` is improved's
+  colour; the shipped method with a schedule and nothing else is pink;
+* a distilled variant (``+distill``) is its undistilled variant's colour, dash-dotted with triangles,
+  so each method and its distilled run read as a pair;
 * any other label (a method without a colour, another extension) gets a stable pick from a
   spare palette, chosen by a hash of the label, so it too is the same in every figure.
 """
@@ -36,25 +40,44 @@ def base(label: str) -> str:
     return label.split("@", 1)[0]
 
 
+DISTILL = "distill"
+
+
+def _parts(b: str) -> list[str]:
+    """'pdp+improved+tau-exp+distill' -> ['improved', 'tau-exp', 'distill'] (after the method)."""
+    return [x for x in b.split("+")[1:] if x]
+
+
+def distilled(label: str) -> bool:
+    return DISTILL in _parts(base(label))
+
+
 def color(label: str) -> str:
     b = base(label)
     method = methods.method_of(b)
+    parts = _parts(b)
+    if DISTILL in parts:  # the pair: a method and its distilled run share a colour
+        return color("+".join([method, *(x for x in parts if x != DISTILL)]))
     if b == method and methods.colour(method):
         return methods.colour(method)
-    extension = b[len(method) + 1:]
-    if method == methods.SHIPPED and extension in EXTENSION_COLORS:
-        return EXTENSION_COLORS[extension]
-    if "anneal" in b or "tau-" in b:
+    extensions = [x for x in parts if not x.startswith("tau-")]
+    if method == methods.SHIPPED and len(extensions) == 1 and extensions[0] in EXTENSION_COLORS:
+        return EXTENSION_COLORS[extensions[0]]
+    if not extensions and (parts or "anneal" in b):  # a tau schedule and nothing else
         return ANNEALED_COLOR
     return SPARE[zlib.crc32(b.encode()) % len(SPARE)]
 
 
 def linestyle(label: str) -> str:
-    return "--" if "@" in label else "-"
+    if "@" in label:
+        return "--"
+    return "-." if distilled(label) else "-"
 
 
 def marker(label: str) -> str:
-    return "s" if "@" in label else "o"
+    if "@" in label:
+        return "s"
+    return "^" if distilled(label) else "o"
 
 
 def line_kw(label: str) -> dict:
