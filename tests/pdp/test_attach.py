@@ -164,6 +164,31 @@ def test_global_allocation_hits_global_target_with_uneven_layers():
     assert rep["layers"]["transformer.h.0.mlp.c_fc"]["sparsity"] < 0.2  # the big layer keeps most
 
 
+
+def test_global_allocation_holds_a_small_layer_at_the_cap_and_still_hits_the_target():
+    """A layer whose weights are all tiny would be pruned whole by the global ranking; it stops at
+    max_layer_sparsity and the rest of the target goes to the others (clipping alone fell short:
+    a 0.98 run ended at 0.978)."""
+    from pdp_gpt2.pdp import mask as M
+
+    model = tiny_gpt2()
+    small = "transformer.h.1.mlp.c_proj"
+    with torch.no_grad():
+        model.get_submodule(small).weight.mul_(1e-3)
+    pruner = pdp_gpt2.attach(model, PDPConfig(sparsity=0.9, allocation="global", max_layer_sparsity=0.95))
+    assert pruner.layer_sparsity(small) == pytest.approx(0.95)
+    assert all(pruner.layer_sparsity(t.name) <= 0.95 + 1e-12 for t in pruner.targets)
+    names = [t.name for t in pruner.targets]
+    assert len(names) == 8
+    pruner.finalize()
+    rep = pdp_gpt2.sparsity_report(model)
+    w = model.get_submodule(small).weight
+    assert int((w == 0).sum()) == M.num_pruned(w.numel(), 0.95)
+    n = sum(model.get_submodule(name).weight.numel() for name in names)
+    zeros = sum(int((model.get_submodule(name).weight == 0).sum()) for name in names)
+    assert M.num_pruned(n, 0.9) - len(names) <= zeros <= M.num_pruned(n, 0.9)  # floor per tensor
+    assert rep["sparsity"] == pytest.approx(0.9, abs=1e-3)
+
 def test_mask_aware_optimizer_scales_gradients_by_mask(gpt2):
     pruner = pdp_gpt2.attach(gpt2, PDPConfig(sparsity=0.9))
     opt = MaskAwareAdamW(gpt2.parameters(), pruner=pruner, lr=1e-3)

@@ -103,7 +103,8 @@ def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig 
     driver = driver_cls(model, config, targets, kernels=kernels)
     driver.method, driver.spec = method, spec
     if config.allocation == "global":  # from the dense weights, before a method's prepare may change them
-        driver.budgets = global_budgets({t.name: t.module.weight for t in targets}, config.sparsity)
+        driver.budgets = global_budgets({t.name: t.module.weight for t in targets}, config.sparsity,
+                                        config.max_layer_sparsity)
     driver.prepare(calibration)  # before any mask: the weights are still plain
     for t in targets:
         parametrize.register_parametrization(t.module, "weight", driver.make_mask(t).to(t.module.weight.device))

@@ -233,15 +233,33 @@ class MaskDriver:
 
 
 @torch.no_grad()
-def global_budgets(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, float]:
+def global_budgets(weights: dict[str, torch.Tensor], sparsity: float, cap: float = 1.0) -> dict[str, float]:
     """Per-tensor share of the global target from one magnitude ranking over all tensors.
 
     Returns b_l = (fraction of tensor l below the global threshold) / sparsity, so a
     tensor's sparsity at global level s is s * b_l (exact at s = sparsity; the
-    weighted mean of b_l is 1).
+    weighted mean of b_l is 1).  No tensor goes past ``cap`` (max_layer_sparsity): a tensor
+    the ranking would prune further is held at the cap and the rest of the target is ranked
+    again over the others, so the weighted mean stays 1 (clipping alone ended a 0.98 run at
+    0.978).
     """
     if sparsity == 0:
         return {k: 1.0 for k in weights}
-    flat = torch.cat([w.detach().abs().reshape(-1).float().cpu() for w in weights.values()])
-    t = M.threshold(flat, M.num_pruned(flat.numel(), sparsity))
-    return {k: float((w.detach().abs().float() < t).float().mean()) / sparsity for k, w in weights.items()}
+    mags = {k: w.detach().abs().reshape(-1).float().cpu() for k, w in weights.items()}
+    total = M.num_pruned(sum(m.numel() for m in mags.values()), sparsity)
+    capped: set = set()
+    while True:  # each round caps at least one more tensor or ends: at most len(weights) rounds
+        free = [k for k in mags if k not in capped]
+        k_free = total - sum(min(M.num_pruned(mags[k].numel(), cap), mags[k].numel()) for k in capped)
+        flat = torch.cat([mags[k] for k in free]) if free else torch.zeros(0)
+        if not free or k_free <= 0:
+            fracs = {k: 0.0 for k in free}
+        else:
+            t = M.threshold(flat, min(k_free, flat.numel()))
+            fracs = {k: float((mags[k] < t).float().mean()) for k in free}
+        over = {k for k in free if fracs[k] > cap}
+        if not over:
+            break
+        capped |= over
+    fracs.update({k: cap for k in capped})
+    return {k: fracs[k] / sparsity for k in mags}
