@@ -46,13 +46,12 @@ from torch import nn
 from transformers import TrainerCallback
 
 from pdp_gpt2.atomic import atomic_write_json
-from pdp_gpt2.pdp import registry
 from pdp_gpt2.names import STATE_FILE
+from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.attach import attach
-from pdp_gpt2.pdp.sharded import barrier
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.schedule import SCHEDULES, PruningSchedule
-
+from pdp_gpt2.pdp.sharded import barrier
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -250,11 +250,10 @@ def global_budgets(weights: dict[str, torch.Tensor], sparsity: float, cap: float
     capped: set = set()
     while True:  # each round caps at least one more tensor or ends: at most len(weights) rounds
         free = [k for k in mags if k not in capped]
-        k_free = total - sum(min(M.num_pruned(mags[k].numel(), cap), mags[k].numel()) for k in capped)
-        flat = torch.cat([mags[k] for k in free]) if free else torch.zeros(0)
-        if not free or k_free <= 0:
-            fracs = {k: 0.0 for k in free}
-        else:
+        k_free = total - sum(M.num_pruned(mags[k].numel(), cap) for k in capped)
+        fracs = {k: 0.0 for k in free}
+        if free and k_free > 0:
+            flat = torch.cat([mags[k] for k in free])
             t = M.threshold(flat, min(k_free, flat.numel()))
             fracs = {k: float((mags[k] < t).float().mean()) for k in free}
         over = {k for k in free if fracs[k] > cap}
