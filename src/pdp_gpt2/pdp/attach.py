@@ -71,6 +71,37 @@ def method_description(method: str) -> str:
     return cls.description or (cls.__doc__ or method).strip().splitlines()[0]
 
 
+def driver_class(spec: registry.MethodSpec) -> type[MaskDriver] | None:
+    """``spec``'s driver class, or a UsageError naming the method when a plugin's driver cannot be
+    imported or is not a MaskDriver (found before any work, not when the masks go on)."""
+    try:
+        cls = spec.driver_class()
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"method {spec.name!r}: its driver {spec.driver!r} cannot be loaded "
+                         f"({type(e).__name__}: {e})") from None
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, MaskDriver)):
+        raise UsageError(f"method {spec.name!r}: its driver {spec.driver!r} is not a MaskDriver subclass "
+                         "(pdp_gpt2.pdp.driver.MaskDriver)")
+    return cls
+
+
+def check_fit(model: nn.Module, method: str, config: PDPConfig) -> list[Target]:
+    """Everything about ``model``'s shapes that ``attach`` would refuse late, refused now in one line: the
+    method's driver loads, the targets exist, and the pattern fits every target weight.  Returns the targets
+    ([] for a method without masks)."""
+    try:
+        spec = registry.get(method)
+    except KeyError:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(registry.names())}") from None
+    if driver_class(spec) is None:
+        return []
+    targets = find_targets(model, config.targets)
+    pattern = config.mask_pattern
+    for t in targets:
+        pattern.check_shape(t.name, t.module.weight.shape, t.out_dim)
+    return targets
+
+
 def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig | None = None, *,
            calibration: torch.Tensor | None = None, kernels: KernelOptions | None = None,
            **overrides) -> MaskDriver | None:
@@ -93,10 +124,10 @@ def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig 
         config = PDPConfig(**overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
-    driver_cls = spec.driver_class()
+    driver_cls = driver_class(spec)
     if driver_cls is None:
         return None
-    targets = find_targets(model, config.targets)
+    targets = check_fit(model, method, config)
     for t in targets:
         if parametrize.is_parametrized(t.module, "weight"):
             raise ValueError(f"{t.name}.weight already has a parametrization (attached twice?)")

@@ -65,7 +65,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.data.models import load_model_and_tokenizer
     from pdp_gpt2.data.perplexity import context_length
-    from pdp_gpt2.pdp.targets import find_targets
+    from pdp_gpt2.pdp.attach import check_fit
 
     distributed.refuse_sharded()
     if cfg.output_dir:
@@ -79,8 +79,9 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if resume_from is not None:
         check_resume_config(cfg, resume_from)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    if registry.get(cfg.method).prunes:  # --targets matching nothing: refused now, not after the dense evaluation
-        find_targets(model, cfg.pdp.targets)
+    # the method's driver, --targets and --pattern against the model's shapes: refused now, not after the
+    # dense evaluation
+    check_fit(model, cfg.method, cfg.pdp)
     context = context_length(model.config)
     if context and cfg.max_length > context:
         raise UsageError(f"--max_length {cfg.max_length} exceeds the model's context of {context} tokens")
@@ -300,7 +301,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     guard = RunGuard()
     run_metrics = RunMetrics(metrics, tracker, is_main, resume_from=prep.resume_from)
     trainer = RunTrainer(model=model, args=args, data_collator=default_data_collator,
-                         train_dataset=prep.train_data,
+                         # none when nothing trains: Trainer refuses a stream without --max_steps > 0
+                         train_dataset=prep.train_data if total > 0 else None,
                          # RunMetrics after PruningCallback: it writes the values PruningCallback logs;
                          # its saver before, whose pdp_state.json marks a checkpoint complete
                          callbacks=[run_metrics.saver, callback, guard, run_metrics],
