@@ -11,6 +11,7 @@ Trainer: one code path.  What only a `pdp-gpt2 train` run does is here:
 * :class:`BarProgress`: Trainer's progress bar with loss and sparsity in it;
 * :class:`MaskHistCallback`: soft-mask histograms at a few moments (``mask_hist.json``);
 * :class:`RecordCheckpointFiles`: each checkpoint's file sizes into its pdp_state.json;
+* :class:`SaveTrained`: a checkpoint at the last step, before the evaluations;
 * :func:`resume_without_training`: a checkpoint at the last step, resumed without a step.
 
 No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks, one
@@ -205,6 +206,20 @@ class RecordCheckpointFiles(TrainerCallback):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and (ckpt / PDP_STATE).is_file():
             atomic_write_json(ckpt / PDP_STATE, with_file_sizes(ckpt, json.loads((ckpt / PDP_STATE).read_text())))
+
+
+class SaveTrained(TrainerCallback):
+    """Makes the last step a checkpoint step (unless ``guard`` stopped the run for a NaN loss): the trained
+    state is on disk before the evaluations after training start, so a failure or a signal there loses
+    nothing and ``--resume`` only evaluates (:func:`resume_without_training`).  Must come after the guard."""
+
+    def __init__(self, guard):
+        self.guard = guard
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.guard.diverged is None and 0 < state.max_steps <= state.global_step:
+            control.should_save = True
+        return control
 
 
 def resume_without_training(trainer, checkpoint: Path | None, total_steps: int) -> bool:

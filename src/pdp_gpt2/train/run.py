@@ -32,7 +32,7 @@ from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
 from pdp_gpt2.pdp.sharded import barrier
 from pdp_gpt2.pdp.schedule import plan_end
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics, RunTrainer,
-                                       resume_without_training)
+                                       SaveTrained, resume_without_training)
 from pdp_gpt2.train.metrics_log import MetricsLog, read_saved
 from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
@@ -313,12 +313,14 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         trainer.add_callback(BarProgress())
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
     trainer.add_callback(RecordCheckpointFiles())  # file sizes into pdp_state.json, for resume's checks
+    trainer.add_callback(SaveTrained(guard))  # after the guard: a checkpoint at the last step, unless diverged
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
     t0 = time.time()
     try:
         # total 0: nothing to train (Trainer would read max_steps=0 as "count epochs"); a checkpoint at the last step
-        if total > 0 and not resume_without_training(trainer, prep.resume_from, total):
+        evaluate_only = total > 0 and resume_without_training(trainer, prep.resume_from, total)
+        if total > 0 and not evaluate_only:
             trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     except KeyboardInterrupt:  # a second Ctrl-C: one line and exit 130, no half-written checkpoint left
         tracker.finish()
@@ -331,20 +333,45 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         tracker.finish()
         return {}
 
-    ppl_soft, stats = None, None
-    if pruner is not None:
-        pruner.set_sparsity(cfg.pdp.sparsity)  # a run stopped before the end of the ramp still ends at target
-        stats = pruner.stats()
-        ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft")
-        callback.finalize()
-    ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned")
-    lm_eval = task_scores(model, prep.tokenizer, cfg, out) if cfg.eval_tasks else None
-    result = dict(lm_eval=lm_eval, ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
-                  train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
-                  eval_tokens=int(len(prep.eval_tokens)))
-    summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
+    # The trained state is in checkpoint-<last step> (SaveTrained; none when nothing trained): a failure or
+    # a signal from here on loses nothing, --resume evaluates it and finishes (resume_without_training).
+    trained = (None if total == 0 else prep.resume_from if evaluate_only
+               else out / f"checkpoint-{trainer.state.global_step}")
+    try:
+        with guard_evaluating(trained):
+            ppl_soft, stats = None, None
+            if pruner is not None:
+                pruner.set_sparsity(cfg.pdp.sparsity)  # a run stopped before the end of the ramp still ends at target
+                stats = pruner.stats()
+                ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft")
+                callback.finalize()
+            ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned")
+            lm_eval = task_scores(model, prep.tokenizer, cfg, out) if cfg.eval_tasks else None
+            result = dict(lm_eval=lm_eval, ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
+                          train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
+                          eval_tokens=int(len(prep.eval_tokens)))
+            summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
+    except UsageError as e:  # e.g. lm-eval data gone since the check: the training is not lost
+        tracker.finish()
+        if trained is None or not trained.is_dir():
+            raise
+        raise UsageError(f"{e}; the trained model is saved in {trained}: --resume evaluates it") from None
+    except BaseException:
+        tracker.finish()
+        raise
     tracker.finish()
+    if (trained is not None and trained.parent == out and trained.is_dir()
+            and (not cfg.save_steps or trainer.state.global_step % cfg.save_steps)):
+        checkpoint.remove_checkpoint(trained)  # made only to survive the evaluations; the run has finished
     return summary
+
+
+def guard_evaluating(trained: Path | None):
+    from contextlib import nullcontext
+
+    from pdp_gpt2.train.guard import evaluating
+
+    return evaluating(trained) if trained is not None else nullcontext()
 
 
 def task_scores(model, tokenizer, cfg: TrainConfig, out: Path) -> dict:
