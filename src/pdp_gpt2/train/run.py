@@ -255,10 +255,10 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     from pdp_gpt2.train.guard import RunGuard
     from pdp_gpt2.train.summary import finish_run
 
-    if cfg.eval_tasks:  # a missing extra or a mistyped task name fails now, not after training
-        from pdp_gpt2.data.lmeval import resolve_tasks
+    if cfg.eval_tasks:  # a missing extra, a mistyped task name or data that cannot load fail now, not after training
+        from pdp_gpt2.data.lmeval import check_task_data
 
-        resolve_tasks(cfg.eval_tasks)  # lm-eval's index is built once per process: the evaluation reuses it
+        check_task_data(cfg.eval_tasks)  # lm-eval's index is built once per process: the evaluation reuses it
     prep = prepare(cfg)
     out = prep.output_dir
     is_main = distributed.is_main()
