@@ -1,8 +1,9 @@
 """``--streaming``: the train split as an endless stream of fixed-length blocks.
 
-Nothing is held whole: the pieces of ``sources.pieces`` (a line of a local file, a row
-of ``load_dataset(..., streaming=True)``) are tokenized about ``chunk_chars`` characters
-at a time and cut into blocks; at most one chunk's tokens plus less than one block of
+Nothing is held whole: the pieces of ``sources.pieces`` (a line of a local file, read in
+bounded parts, a row of ``load_dataset(..., streaming=True)``) are tokenized about
+``chunk_chars`` characters at a time, in segments of about ``segment_chars`` however long a
+line is, and cut into blocks; at most one chunk's tokens plus less than one block of
 leftover are in memory (``StreamingBlocks.peak_tokens`` counts them).
 
 The pieces are the ones the in-memory path joins into documents (same splits, same
@@ -16,6 +17,7 @@ shuffles, so a resumed run, which skips the batches already seen, sees the same 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import torch
@@ -52,6 +54,22 @@ def _cut_at(prev: str, nxt: str) -> int | None:
     return None if k is None else k - 1
 
 
+# The last whitespace character of a run, followed by a word: cutting before it is _cut_at's cut,
+# found inside one piece (a long line, read in parts, has few piece boundaries that end in whitespace).
+_INSIDE = re.compile(r"\s(?=\S)")
+
+
+def _bounded(source: Iterator[Piece], limit: int) -> Iterator[Piece]:
+    """The pieces of ``source`` in parts of at most ``limit`` characters (a long row or line is tokenized
+    in segments like any other text, so memory does not grow with the length of a line)."""
+    for text, starts in source:
+        if len(text) <= limit:
+            yield text, starts
+            continue
+        for i in range(0, len(text), limit):
+            yield text[i:i + limit], starts and i == 0
+
+
 def token_chunks(tokenizer, source: Iterator[Piece], chunk_chars: int = CHUNK_CHARS,
                  segment_chars: int = SEGMENT_CHARS) -> Iterator[list[int]]:
     """``sources.token_stream`` of the documents in ``source``, a chunk of token ids at a time."""
@@ -72,11 +90,13 @@ def token_chunks(tokenizer, source: Iterator[Piece], chunk_chars: int = CHUNK_CH
             out.extend(ids)
         return out
 
-    for text, starts in source:
+    for text, starts in _bounded(source, segment_chars):
         new_segment = starts or not segments
         if not new_segment and seg_len >= segment_chars:
             parts = segments[-1][0]
             at = _cut_at(parts[-1], text)
+            if at is None and (m := _INSIDE.search(text)) is not None:
+                at = m.start()  # a long line: cut inside it, before the last whitespace of a run
             if at is not None:
                 if at < 0:
                     parts[-1], text = parts[-1][:-1], parts[-1][-1] + text
