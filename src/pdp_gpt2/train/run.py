@@ -352,14 +352,11 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
                           eval_tokens=int(len(prep.eval_tokens)))
             summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
     except UsageError as e:  # e.g. lm-eval data gone since the check: the training is not lost
-        tracker.finish()
         if trained is None or not trained.is_dir():
             raise
         raise UsageError(f"{e}; the trained model is saved in {trained}: --resume evaluates it") from None
-    except BaseException:
+    finally:
         tracker.finish()
-        raise
-    tracker.finish()
     if (trained is not None and trained.parent == out and trained.is_dir()
             and (not cfg.save_steps or trainer.state.global_step % cfg.save_steps)):
         checkpoint.remove_checkpoint(trained)  # made only to survive the evaluations; the run has finished
@@ -367,6 +364,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
 
 
 def guard_evaluating(trained: Path | None):
+    """SIGINT / SIGTERM during the evaluations as one line naming ``trained`` (guard.evaluating); without
+    a trained checkpoint (nothing trained) they keep their usual meaning."""
     from contextlib import nullcontext
 
     from pdp_gpt2.train.guard import evaluating
