@@ -65,3 +65,15 @@ def test_a_resume_that_cannot_write_its_lock_names_the_disk_and_the_cut_short_ch
                             "on device (checkpoint-20 in it: incomplete, cut short while saving; deleting it frees "
                             "space); free space on that disk and run again")
     assert not os.path.exists(run / runlock.LOCK_FILE)
+
+
+@pytest.mark.slow
+def test_a_disk_error_inside_training_puts_the_signal_handlers_back(tiny_assets, tmp_path, monkeypatch):
+    import signal
+
+    from pdp_gpt2.train.metrics_log import MetricsLog
+
+    monkeypatch.setattr(MetricsLog, "write", lambda self, record: enospc(self.path))
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert main(argv(tiny_assets, tmp_path / "run")) == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -325,6 +325,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     except KeyboardInterrupt:  # a second Ctrl-C: one line and exit 130, no half-written checkpoint left
         tracker.finish()
         raise guard.aborted(out, trainer.state.global_step) from None
+    finally:
+        guard.close()  # also when training raised (a full disk): the caller's signal handlers come back
     train_seconds = time.time() - t0
     if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
         tracker.finish()
