@@ -47,6 +47,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pdp_gpt2.pdp.mask import Z_FLOOR, saturated_sigmoid
+
 @dataclass(frozen=True)
 class KernelOptions:
     """How the PDP kernels run.  None of these changes a mask; ``flush`` changes gradients
@@ -110,7 +112,7 @@ def _fast(name: str, expr, eager, kernels: KernelOptions | None, *args):
 
 def _mask_and_slope(w, a, b, beta: float | None):
     z = w * w * a - b
-    s = torch.sigmoid(z)
+    s = saturated_sigmoid(z)  # exact 0 when saturated: subnormal masks slow every op that reads them
     if beta is None:
         return s, s * (1 - s)
     th = torch.tanh(beta * z)
@@ -169,11 +171,11 @@ def _backward_into(out, grad, w, a, b, beta: float | None, flush: float):
 
 def _forward_eager(w, a, b, beta: float | None):
     z = torch.mul(w, w).mul_(a).sub_(b)
-    if beta is None:
-        m = z.sigmoid_()
-    else:
-        th = torch.tanh(z * beta)
-        m = z.sigmoid_().mul_(0.7).add_(th.add_(1).mul_(0.15))
+    th = None if beta is None else torch.tanh(z * beta)
+    saturated = z < Z_FLOOR  # mask.saturated_sigmoid, in place
+    m = z.clamp_min_(Z_FLOOR).sigmoid_().masked_fill_(saturated, 0.0)
+    if th is not None:
+        m = m.mul_(0.7).add_(th.add_(1).mul_(0.15))
     return m.mul_(w)
 
 

@@ -81,6 +81,20 @@ def normalized_gap(sq: torch.Tensor, t: torch.Tensor, tau_mode: str = "relative"
     raise ValueError(f"unknown tau_mode {tau_mode!r}")
 
 
+# Below this z = x / tau the sigmoid is taken as exactly 0 (its value would be under e^-64 ~ 1.6e-28).
+# Saturated masks must hold exact zeros, not subnormal numbers: a sigmoid below ~e^-87, or a masked
+# weight w * m below float32's normal range (1.2e-38), makes every op that reads it run on the CPU's
+# slow path (15-20x slower steps while tau anneals). Nothing a float32 run computes can see the
+# difference: w * m changes by under 1.6e-28 |w|, and the gradients it drops are under the flush
+# level of pdp/fused.py's underflow_level for any upstream gradient below ~1e8.
+Z_FLOOR = -64.0
+
+
+def saturated_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """sigmoid(z), exactly 0 (value and slope) where z < Z_FLOOR; never a subnormal number."""
+    return torch.where(z < Z_FLOOR, 0.0, torch.sigmoid(z.clamp_min(Z_FLOOR)))
+
+
 def mask_from_gap(x: torch.Tensor, tau: float, beta: float | None = None) -> torch.Tensor:
     """Soft mask from the normalized gap x.
 
@@ -90,7 +104,7 @@ def mask_from_gap(x: torch.Tensor, tau: float, beta: float | None = None) -> tor
     mask commits faster far from the threshold while staying smooth at it.
     """
     z = x / tau
-    m = torch.sigmoid(z)
+    m = saturated_sigmoid(z)
     if beta is not None:
         m = 0.7 * m + 0.15 * (torch.tanh(beta * z) + 1.0)
     return m
