@@ -85,8 +85,9 @@ BUILTIN: tuple[MethodSpec, ...] = (
                summary="one-shot |w| at the target, mask frozen"),
     MethodSpec("gmp", f"{_CORE}.baselines:GMP", label="GMP", colour="#ff7f0e", gradual=True,
                summary="gradual magnitude pruning on the schedule"),
-    MethodSpec("wanda", f"{_CORE}.baselines:Wanda", label="Wanda", colour="#9467bd", calibration=True,
-               summary="one-shot |w|*||x|| on calibration data, mask frozen"),
+    MethodSpec("wanda", f"{_CORE}.wanda:Wanda", label="Wanda", colour="#9467bd", calibration=True,
+               summary="one-shot |w|*||x|| on calibration data, calibrated block by block, compared per output row "
+               "as published (--wanda_groups tensor: across the tensor), exactly floor(r n) zeros; mask frozen"),
     MethodSpec("movement", f"{_CORE}.movement:Movement", label="movement", colour="#d62728", gradual=True,
                trainable_state=True, patterns=("unstructured", "N:M"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),

@@ -160,6 +160,14 @@ class SparseGPT(HardPruner):
                              "(its weight updates compensate single weights, not whole neurons)")
         self._keeps: dict[str, torch.Tensor] | None = None
 
+    @classmethod
+    def record(cls, config) -> dict:
+        count = ("k = floor(r n) per tensor; the block of columns [c0, c1) of C prunes floor(k c1 / C) - "
+                 f"floor(k c0 / C), blocks of {BLOCKSIZE}") if isinstance(config.mask_pattern, Unstructured) else \
+            f"the {config.mask_pattern.name!r} pattern's count in every group"
+        return {"count": count, "calibration": "sequential: block by block, on the outputs of the blocks already pruned",
+                "damping": f"{PERCDAMP:g} of the mean live diagonal of H; a dead input's H_ii = the damped live mean"}
+
     def prepare(self, calibration) -> None:
         if calibration is None:
             raise ValueError("sparsegpt needs calibration token blocks (attach(..., calibration=blocks))")
