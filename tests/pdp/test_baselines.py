@@ -280,6 +280,17 @@ def test_wanda_help_and_record_say_how_the_count_is_defined():
     assert method_record("magnitude", PDPConfig()) == {}
 
 
+def test_wanda_groups_is_refused_for_another_method(tmp_path, capsys):
+    from pdp_gpt2.train.config import TrainConfig
+
+    assert TrainConfig(method="wanda", pdp=PDPConfig(wanda_groups="tensor")).pdp.wanda_groups == "tensor"
+    with pytest.raises(UsageError, match="--wanda_groups applies to --method wanda only, not gmp"):
+        TrainConfig(method="gmp", pdp=PDPConfig(wanda_groups="tensor"))
+    rc = main(["train", "--method", "magnitude", "--wanda_groups", "tensor", "--output_dir", str(tmp_path / "r")])
+    assert rc == 2 and "--wanda_groups applies to --method wanda only" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 # ---- the CLI contract ----------------------------------------------------------------------
 
 def _train(tmp_path, tiny_assets, method, *extra):
