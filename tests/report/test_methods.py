@@ -70,6 +70,13 @@ def test_which_extensions_a_label_names_is_the_methods_capability(plugin):
     assert variant({"method": "gmp", "config": extended}) == "gmp"
 
 
+def test_a_methods_own_option_names_its_run_when_changed():
+    tensor = {"pdp": {"wanda_groups": "tensor"}}
+    assert variant({"method": "wanda", "config": tensor}) == "wanda+tensor"
+    assert variant({"method": "wanda", "config": {"pdp": {"wanda_groups": "output"}}}) == "wanda"  # the default
+    assert variant({"method": "wanda", "config": {"pdp": {}}}) == "wanda"  # a summary from before the option
+
+
 def test_distilled_runs_are_marked_and_not_the_dense_reference(tmp_path):
     assert variant({"method": "gmp", "config": {"distill": 0.5}}) == "gmp+distill"
     assert variant({"method": "pdp", "config": {"distill": 0.5, "pdp": {"improved_masking": True}}}) == \

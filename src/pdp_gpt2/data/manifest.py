@@ -7,6 +7,7 @@ other.  The layout (version 1)::
 
     {"format": "pdp-gpt2/pruning", "version": 1,
      "method": "pdp", "pattern": "unstructured", "allocation": "layer",
+     "method_record": {},                                 # the method's own: e.g. Wanda's comparison group and count
      "sparsity_target": 0.9, "sparsity_actual": 0.9,     # over all target weights
      "tau": 0.02, "tau_mode": "relative",                 # null for methods without a soft mask
      "bits": null,                                        # b of the b-bit grid with --quantize

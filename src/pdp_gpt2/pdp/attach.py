@@ -71,6 +71,13 @@ def method_description(method: str) -> str:
     return cls.description or (cls.__doc__ or method).strip().splitlines()[0]
 
 
+def method_record(method: str, config: PDPConfig) -> dict:
+    """The method's own entry of pdp_pruning.json (``MaskDriver.record``): {} for a method without masks."""
+    cls = registry.get(method).driver_class()
+    record = getattr(cls, "record", None)  # a plugin's driver need not derive from MaskDriver
+    return record(config) if callable(record) else {}
+
+
 def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig | None = None, *,
            calibration: torch.Tensor | None = None, kernels: KernelOptions | None = None,
            **overrides) -> MaskDriver | None:

@@ -14,12 +14,9 @@ pruner, so a baseline is just another driver (registered in pdp/registry.py):
   an already-pruned weight scores 0 and is chosen again while the target grows.
   Without that, a pruned weight - frozen, since it gets no gradient - could
   re-enter whenever a kept weight shrank below it, and the mask would flicker.
-* ``wanda``: one-shot like ``magnitude`` but with the score |W| * ||X||_2 of the
-  weight's input feature over a few calibration blocks (Sun et al. 2023), which
-  the caller passes in (``attach(..., calibration=blocks)``; the core loads no data).
-  The comparison group is the pattern's (the whole tensor when unstructured, not
-  Wanda's per-output row), so every method prunes exactly the same number of
-  weights per tensor.
+
+Wanda (pdp/wanda.py) and SparseGPT (pdp/sparsegpt.py) build on ``HardPruner`` and ``HardMask``:
+one-shot too, from calibration blocks the caller passes in (the core loads no data).
 
 Keep-masks of every target are selected together (``Pattern.keeps``, pdp/select.py: exact,
 with the counting on the device), and between sparsity changes gmp reads one count per
@@ -178,51 +175,3 @@ class GMP(HardPruner):
             todo_s.append(s)
         if todo:
             self._set_keeps(todo, scored, todo_s)
-
-
-class Wanda(HardPruner):
-    """One-shot with scores |W| * ||X||_2 from the caller's calibration blocks."""
-
-    description = ("one-shot Wanda pruning (|w| times input-activation norm), then fine-tuning with the mask "
-                   "frozen")
-    one_shot = True
-
-    def prepare(self, calibration) -> None:
-        if calibration is None:
-            raise ValueError("wanda needs calibration token blocks (attach(..., calibration=blocks))")
-        self.scores = wanda_scores(self.model, self.targets, calibration)
-
-    def score(self, t: Target, w: torch.Tensor) -> torch.Tensor:
-        return self.scores[t.name].to(w.device)
-
-
-@torch.no_grad()
-def wanda_scores(model: nn.Module, targets: list[Target], blocks: torch.Tensor, batch_size: int = 8) -> dict:
-    """|W| * ||X||_2 per weight, X the inputs each target sees on ``blocks`` (n, length) of token ids."""
-    sq = {t.name: None for t in targets}
-
-    def hook(name):
-        def fn(_module, inputs, _output):
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            s = (x * x).sum(0)
-            sq[name] = s if sq[name] is None else sq[name] + s
-        return fn
-
-    handles = [t.module.register_forward_hook(hook(t.name)) for t in targets]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for i in range(0, len(blocks), batch_size):
-            model(input_ids=blocks[i:i + batch_size].to(device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    out = {}
-    for t in targets:
-        norm = sq[t.name].sqrt()  # one value per input feature
-        shape = [1, 1]
-        shape[t.in_dim] = -1
-        out[t.name] = t.module.weight.detach().abs().float() * norm.view(shape).to(t.module.weight.device)
-    return out

@@ -53,6 +53,14 @@ class PDPConfig:
         default=None,
         metadata={"help": "module-name glob patterns to prune; default: every Linear/Conv1D inside the repeated blocks"},
     )
+    wanda_groups: str = field(
+        default="output",
+        metadata={"help": "--method wanda's comparison group: 'output' (the paper's: each output row ranks its own "
+                          "weights; every row prunes floor(r cols), and so many rows one more (those whose next-lowest "
+                          "score is lowest) that the tensor has exactly floor(r n) zeros, as under every method) or "
+                          "'tensor' (the floor(r n) lowest scores of the whole tensor); N:M and 'row' keep their own "
+                          "groups (pdp/wanda.py)"},
+    )
     max_layer_sparsity: float = field(
         default=0.99, metadata={"help": "cap on every tensor's sparsity, under both allocations; a sparsity above it is refused (raise this, < 1, for more)"}
     )
@@ -74,6 +82,8 @@ class PDPConfig:
             raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {self.tau_mode!r}")
         if self.allocation not in ("layer", "global"):
             raise UsageError(f"allocation must be 'layer' or 'global', got {self.allocation!r}")
+        if self.wanda_groups not in ("output", "tensor"):
+            raise UsageError(f"wanda_groups must be 'output' or 'tensor', got {self.wanda_groups!r}")
         if not 0 < self.beta < float("inf"):
             raise UsageError(f"beta must be > 0 and finite, got {self.beta}")
         if not (2 <= int(self.bits) <= 8) or int(self.bits) != self.bits:

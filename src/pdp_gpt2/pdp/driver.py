@@ -82,6 +82,12 @@ class MaskDriver:
         for t, s in zip(targets, sparsities):
             self.update(t, s)
 
+    @classmethod
+    def record(cls, config: PDPConfig) -> dict:
+        """What a run's pdp_pruning.json says about this method beyond the shared settings (its
+        comparison group, how its count is defined, its calibration); nothing by default."""
+        return {}
+
     def start(self) -> None:
         """The masks right after attach: at the final target (a gradual method may start dense)."""
         self.sparsity = self.config.sparsity

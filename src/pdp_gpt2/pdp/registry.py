@@ -48,6 +48,9 @@ class MethodSpec:
     # the pattern kinds it can prune ("unstructured", "row", "N:M"); empty: every pattern.  Checked
     # when a run is configured, before any work (the driver refuses too, for library callers)
     patterns: tuple = ()
+    # the PDPConfig fields only this method reads (Wanda's wanda_groups): any other method refuses a
+    # value other than the field's default, and the report names a run by the values it changed
+    options: tuple = ()
     summary: str = ""  # one line for people (model cards, --help)
     extras: dict = field(default_factory=dict)  # anything else a plugin wants to declare
 
@@ -85,8 +88,10 @@ BUILTIN: tuple[MethodSpec, ...] = (
                summary="one-shot |w| at the target, mask frozen"),
     MethodSpec("gmp", f"{_CORE}.baselines:GMP", label="GMP", colour="#ff7f0e", gradual=True,
                summary="gradual magnitude pruning on the schedule"),
-    MethodSpec("wanda", f"{_CORE}.baselines:Wanda", label="Wanda", colour="#9467bd", calibration=True,
-               summary="one-shot |w|*||x|| on calibration data, mask frozen"),
+    MethodSpec("wanda", f"{_CORE}.wanda:Wanda", label="Wanda", colour="#9467bd", calibration=True,
+               options=("wanda_groups",),
+               summary="one-shot |w|*||x|| on calibration data, calibrated block by block, compared per output row "
+               "as published (--wanda_groups tensor: across the tensor), exactly floor(r n) zeros; mask frozen"),
     MethodSpec("movement", f"{_CORE}.movement:Movement", label="movement", colour="#d62728", gradual=True,
                trainable_state=True, patterns=("unstructured", "N:M"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),
@@ -154,6 +159,11 @@ def get(name: str) -> MethodSpec:
                         f"{name!r}, got {spec!r}")
     _plugins_loaded.add(name)
     return _specs.setdefault(name, spec)
+
+
+def owner_of(option: str) -> MethodSpec | None:
+    """The method (built in, or registered in this process) that declares a PDPConfig field as its own."""
+    return next((s for s in _specs.values() if option in s.options), None)
 
 
 def all_specs() -> list[MethodSpec]:

@@ -7,8 +7,9 @@ each pruned weight's error is spread over the columns not yet visited by the opt
 update, computed from the upper Cholesky factor of H^-1 (the paper's Algorithm 1, and
 IST-DASLab/sparsegpt's ``fasterprune``):
 
-* H is dampened by ``percdamp`` (1%) of its mean diagonal; a *dead* input (H_ii = 0: always zero on
-  the calibration data) gets H_ii = 1, so it is decoupled from the others in H^-1;
+* H is dampened by ``percdamp`` (1%) of the mean of its live diagonal; a *dead* input (H_ii = 0:
+  always zero on the calibration data) gets the damped live mean as H_ii, so H is positive definite
+  and the dead input stays decoupled from the others in H^-1;
 * columns go in blocks of ``blocksize`` (128).  At the start of each block the mask of its columns
   is chosen from the weights as updated so far, by the OBS saliency w^2 / [H^-1]_ii^2 (adaptive
   mask selection); an N:M pattern instead chooses each group of M inputs when the loop reaches it;
@@ -26,9 +27,13 @@ Where this departs from the reference, and why:
   is zero on the calibration data, so pruning them costs nothing there: their saliency is 0 and
   they go first, but within the block's count; one the count does not reach keeps its value (it
   is decoupled in H^-1, so no update moves it, and the mask says it is kept).
-* H is averaged over tokens (the reference over sequences): a scale, which changes nothing here
-  (the damping is relative, saliencies and updates are invariant to H's scale).  Its factorisation
-  runs in float64 (the damped H of a few thousand tokens can be ill-conditioned in float32).
+* **Damping with dead inputs.**  The reference sets a dead H_ii to 1 and then damps with 1% of the
+  mean diagonal, those 1s included.  A fixed 1 is not at H's scale, so its result depends on how H
+  was normalised (its H is averaged over sequences, ours over tokens: a factor of the sequence
+  length).  Here the damping comes from the live diagonal alone and a dead H_ii is set to the
+  damped live mean, both proportional to H, so the result is invariant to H's scale, with dead
+  inputs or without (and without them the same as the reference's).  The factorisation runs in
+  float64 (the damped H of a few thousand tokens can be ill-conditioned in float32).
 
 The driver (:class:`SparseGPT`) runs this layer by layer with the pruned outputs fed forward
 (pdp/sequential.py) on the caller's calibration blocks, at attach, at the final target; the
@@ -76,13 +81,17 @@ def add_to_hessian(h: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple[tor
 def inverse_hessian_factor(h: torch.Tensor, percdamp: float = PERCDAMP) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, dead): U the upper Cholesky factor of (H + damp I)^-1, float32; dead the inputs with H_ii = 0.
 
-    Dead inputs get H_ii = 1 first (H must be positive definite); damp is ``percdamp`` of the mean
-    diagonal.  Computed in float64."""
+    damp is ``percdamp`` of the mean of the live diagonal (the inputs with H_ii > 0); a dead input's
+    H_ii becomes that mean, damped too (H must be positive definite).  Both scale with H, so U
+    scales as H^-1/2 and the saliencies' order and the updates do not change (module docstring).
+    Computed in float64."""
     hd = h.detach().double().clone()
     diag = hd.diagonal()
     dead = diag == 0
-    diag[dead] = 1.0
-    diag += percdamp * diag.mean()
+    # every input dead (a layer fed only zeros): any positive scale will do, nothing is coupled
+    mean = diag[~dead].mean() if bool((~dead).any()) else diag.new_ones(())
+    diag[dead] = mean
+    diag += percdamp * mean
     # H^-1 = solve(H, I) through H's Cholesky factor (cholesky_inverse is the same math, but 10x slower on CPU)
     hinv = torch.cholesky_solve(torch.eye(hd.shape[0], dtype=hd.dtype, device=hd.device), torch.linalg.cholesky(hd))
     return torch.linalg.cholesky(hinv, upper=True).to(torch.float32), dead
@@ -150,6 +159,14 @@ class SparseGPT(HardPruner):
             raise UsageError(f"sparsegpt prunes unstructured or N:M patterns, not {self.pattern.name!r} "
                              "(its weight updates compensate single weights, not whole neurons)")
         self._keeps: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def record(cls, config) -> dict:
+        count = ("k = floor(r n) per tensor; the block of columns [c0, c1) of C prunes floor(k c1 / C) - "
+                 f"floor(k c0 / C), blocks of {BLOCKSIZE}") if isinstance(config.mask_pattern, Unstructured) else \
+            f"the {config.mask_pattern.name!r} pattern's count in every group"
+        return {"count": count, "calibration": "sequential: block by block, on the outputs of the blocks already pruned",
+                "damping": f"{PERCDAMP:g} of the mean live diagonal of H; a dead input's H_ii = the damped live mean"}
 
     def prepare(self, calibration) -> None:
         if calibration is None:

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import method_description  # the registry's one line per method
+from pdp_gpt2.pdp.attach import method_description, method_record  # what the registry's drivers say
 from pdp_gpt2.train import flags
 from pdp_gpt2.train.config import TrainConfig
 
@@ -28,7 +28,8 @@ def manifest(cfg: TrainConfig, targets, saved: dict, stats: dict | None) -> dict
         tensors[f"{t.name}.weight"] = {"shape": list(t.module.weight.shape), "out_dim": t.out_dim,
                                        "numel": d["numel"], "zeros": d["zeros"], "target_sparsity": target}
     return {
-        "method": cfg.method, "pattern": cfg.pdp.pattern if pruning else None,
+        "method": cfg.method, "method_record": method_record(cfg.method, cfg.pdp),
+        "pattern": cfg.pdp.pattern if pruning else None,
         "allocation": cfg.pdp.allocation if pruning else None,
         "sparsity_target": cfg.pdp.sparsity if pruning else 0.0, "sparsity_actual": saved["sparsity"],
         "tau": cfg.pdp.tau if registry.get(cfg.method).uses_tau else None,

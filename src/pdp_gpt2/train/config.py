@@ -3,7 +3,7 @@ Validation lives in ``__post_init__``; the PDP part is a :class:`~pdp_gpt2.pdp.c
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp import registry  # method names and capabilities; imports nothing heavy
@@ -131,6 +131,10 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
+        for f in fields(PDPConfig):  # a method's own setting, changed for another method, would do nothing
+            owner = registry.owner_of(f.name)
+            if owner is not None and owner.name != self.method and getattr(self.pdp, f.name) != f.default:
+                raise UsageError(f"--{f.name} applies to --method {owner.name} only, not {self.method}")
         spec = registry.get(self.method)
         if spec.prunes and not spec.accepts(self.pdp.pattern):
             raise UsageError(f"method {self.method} prunes {' or '.join(spec.patterns)} patterns, not "
