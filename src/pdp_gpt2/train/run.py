@@ -62,12 +62,14 @@ def run_name(cfg: TrainConfig) -> str:
 
 def prepare(cfg: TrainConfig) -> Prepared:
     """Everything that can fail on bad input, before anything is written."""
-    from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
+    from pdp_gpt2.data.sources import LMBlockDataset, check_local, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.data.models import load_model_and_tokenizer
     from pdp_gpt2.data.perplexity import context_length
     from pdp_gpt2.pdp.targets import find_targets
 
     distributed.refuse_sharded()
+    refuse_unused_precision(cfg.precision)
+    check_local(cfg.dataset)  # a directory, a missing file, files misnamed for their splits: before the model loads
     if cfg.output_dir:
         output_dir = Path(cfg.output_dir)
     elif cfg.resume and cfg.resume != "latest":
@@ -97,6 +99,14 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if len(eval_tokens) < 2:
         raise UsageError(f"dataset {cfg.dataset!r} has no {cfg.eval_split} text to evaluate on")
     return Prepared(model, tokenizer, train_data, eval_tokens, output_dir, resume_from)
+
+
+def refuse_unused_precision(precision: str) -> None:
+    """fp16 mixed precision needs CUDA: elsewhere Trainer trains in fp32 without a word, and the run's
+    record would say fp16 (bf16 autocast runs on the CPU too)."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UsageError("--precision fp16 needs a CUDA GPU; without one the run would train in fp32 while its "
+                         "record says fp16: use --precision fp32 or bf16")
 
 
 # Flags that change what a run computes: a resume must not change them (the masks, the data
