@@ -32,7 +32,7 @@ from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
 from pdp_gpt2.pdp.sharded import barrier
 from pdp_gpt2.pdp.schedule import plan_end
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics, RunTrainer,
-                                       resume_without_training)
+                                       TrainClock, resume_without_training)
 from pdp_gpt2.train.metrics_log import MetricsLog, read_saved
 from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
@@ -320,10 +320,11 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
         trainer.add_callback(BarProgress())
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
-    trainer.add_callback(RecordCheckpointFiles())  # file sizes into pdp_state.json, for resume's checks
+    clock = TrainClock(before=(saved or {}).get("train_seconds", 0.0 if prep.resume_from is None else None))
+    trainer.add_callback(clock)
+    trainer.add_callback(RecordCheckpointFiles(clock))  # sizes and time so far into pdp_state.json
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
-    t0 = time.time()
     try:
         # total 0: nothing to train (Trainer would read max_steps=0 as "count epochs"); a checkpoint at the last step
         if total > 0 and not resume_without_training(trainer, prep.resume_from, total):
@@ -331,7 +332,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     except KeyboardInterrupt:  # a second Ctrl-C: one line and exit 130, no half-written checkpoint left
         tracker.finish()
         raise guard.aborted(out, trainer.state.global_step) from None
-    train_seconds = time.time() - t0
+    train_seconds = clock.seconds()  # every segment of a resumed run; None if an older checkpoint kept no time
     if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
         tracker.finish()
         raise stopped
@@ -374,12 +375,19 @@ def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> 
         try:
             cached = json.loads(path.read_text())
             if cached["key"] == key:
-                return float(cached["perplexity"])
+                return valid_perplexity(cached["perplexity"])
         except (OSError, ValueError, KeyError, TypeError) as e:  # a cut-off or edited file: not worth a traceback
             if is_main:
-                print(f"pdp-gpt2: warning: {path} does not parse ({type(e).__name__}: {e}); computing it again",
-                      file=sys.stderr, flush=True)
+                print(f"pdp-gpt2: warning: {path} does not hold a dense perplexity ({type(e).__name__}: {e}); "
+                      "computing it again", file=sys.stderr, flush=True)
     ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense")
     if is_main:
         atomic_write_json(path, {"perplexity": ppl, "key": key})
     return ppl
+
+
+def valid_perplexity(value) -> float:
+    """``value`` if it can be a perplexity (a finite number >= 1: exp of a mean NLL >= 0), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value < math.inf:
+        raise ValueError(f"perplexity {value!r} is not a finite number >= 1")
+    return float(value)
