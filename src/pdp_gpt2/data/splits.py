@@ -9,8 +9,12 @@ The split rules:
 
 * ``shakespeare`` (embedded): by whole work, fixed when the corpus was built
   (``assets/corpus/PROVENANCE.md``); each work is one document.
-* Local files, three or more: by whole file in sorted path order: the last file is
-  ``test``, the one before ``validation``, the rest ``train``.  Each file is one document.
+* Local files whose names say their split (a word of the file name: ``train``, ``valid``/
+  ``validation``/``val``/``dev``, ``test``; :func:`files_by_name`): by whole file, as named.  Names
+  that say some splits but not all three, or leave a file out, are refused, never guessed at.
+* Local files, three or more, none named (or all named train): by whole file in sorted path
+  order: the last file is ``test``, the one before ``validation``, the rest ``train``.  Each file
+  is one document.
 * Local files, one or two: each file is cut by lines: the first 90 % is ``train``, the next
   5 % ``validation``, the last 5 % ``test`` (:func:`line_range`).  Each part is one document.
 * Hugging Face datasets: their own splits (``validation`` also accepts ``valid``/``dev``).  A
@@ -22,7 +26,9 @@ The split rules:
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
 
@@ -41,8 +47,45 @@ def check_split(split: str) -> None:
         raise UsageError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
+# Words of a file name that say its split ("wiki.train.txt", "valid-00.txt"); a word, not a part
+# of one, so "contest.txt" or "retrain.txt" say nothing.
+NAMED = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+         "test": ("test", "testing")}
+
+
+def named_splits(path) -> list[str]:
+    """The splits the name of the file ``path`` says (words of its stem), in SPLITS order."""
+    words = set(re.findall(r"[a-z]+", Path(path).stem.lower()))
+    return [s for s in SPLITS if words & set(NAMED[s])]
+
+
+def files_by_name(paths: list) -> dict[str, list] | None:
+    """{split: files} when the file names say the splits; None when they say none (or only train,
+    as every file: the held-out splits are then carved from training text, as a hub dataset's are).
+    UsageError when the names say some splits but leave one out, or leave a file unnamed."""
+    said = {p: named_splits(p) for p in paths}
+    if all(not s or s == ["train"] for s in said.values()) and (all(said.values()) or not any(said.values())):
+        return None
+    if two := next((p for p, s in said.items() if len(s) > 1), None):
+        raise UsageError(f"dataset file {Path(two).name} names two splits ({', '.join(said[two])}); rename it so "
+                         "that each file names one of train, valid, test")
+    named = ", ".join(f"{Path(p).name}: {s[0]}" for p, s in said.items() if s)
+    if none := next((p for p, s in said.items() if not s), None):
+        raise UsageError(f"the dataset files name their splits ({named}), but {Path(none).name} names no split; "
+                         "name every file train, valid or test, or none of them")
+    out = {split: [p for p in paths if said[p] == [split]] for split in SPLITS}
+    if missing := next((split for split in SPLITS if not out[split]), None):
+        raise UsageError(f"the dataset files name their splits ({named}), but none is named for {missing}; "
+                         f"add a file named {NAMED[missing][0]}*.txt")
+    return out
+
+
 def files_of_split(paths: list, split: str) -> list:
-    """With three or more (sorted) files, the whole files of ``split``."""
+    """The whole files of ``split``: as their names say (:func:`files_by_name`), else by sorted order
+    (three or more files)."""
+    named = files_by_name(paths)
+    if named is not None:
+        return named[split]
     return {"train": paths[:-2], "validation": paths[-2:-1], "test": paths[-1:]}[split]
 
 

@@ -15,6 +15,7 @@ import base64
 import csv
 import html
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -211,6 +212,17 @@ def _f(x, fmt="{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def percent(x: float, least: int = 2, most: int = 6) -> str:
+    """``100 * x`` with ``least`` decimals, more where those would show a sparsity short of 1 as 100 (or
+    one above 0 as 0); past ``most`` it is cut toward 50, never rounded onto 100 or 0."""
+    for digits in range(least, most + 1):
+        shown = f"{100 * x:.{digits}f}"
+        if (float(shown) < 100 or x >= 1) and (float(shown) > 0 or x <= 0):
+            return shown
+    step = 10.0 ** -most
+    return f"{(math.floor if x > 0.5 else math.ceil)(100 * x / step) * step:.{most}f}"
+
+
 def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     from pdp_gpt2.report.stats import dense_mean
 
@@ -221,8 +233,9 @@ def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     for r in runs:
         s = r.summary
         gap = s.get("soft_hard_gap")
-        rows.append([r.dir.name, r.label, f"{r.tau:g}" if r.spec.uses_tau else "-", f"{100 * r.target:g}",
-                     f"{100 * r.actual:.2f}", _f(r.ppl), _f(s.get("perplexity_soft")),
+        target = f"{100 * r.target:g}"
+        rows.append([r.dir.name, r.label, f"{r.tau:g}" if r.spec.uses_tau else "-",
+                     target if float(target) < 100 or r.target >= 1 else percent(r.target), percent(r.actual), _f(r.ppl), _f(s.get("perplexity_soft")),
                      "-" if gap is None else f"{100 * gap:+.2f}%",
                      "-" if ref is None or r.ppl is None else f"{100 * (r.ppl / ref - 1):+.1f}%",
                      str(s.get("train_steps", "-")), _f(s.get("train_seconds"), "{:.0f}")])

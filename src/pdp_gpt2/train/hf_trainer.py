@@ -10,7 +10,8 @@ Trainer: one code path.  What only a `pdp-gpt2 train` run does is here:
   window (loss_window.py, fed by :class:`RunTrainer`) and a copy of the lines go into each checkpoint;
 * :class:`BarProgress`: Trainer's progress bar with loss and sparsity in it;
 * :class:`MaskHistCallback`: soft-mask histograms at a few moments (``mask_hist.json``);
-* :class:`RecordCheckpointFiles`: each checkpoint's file sizes into its pdp_state.json;
+* :class:`RecordCheckpointFiles`: each checkpoint's file sizes (and :class:`TrainClock`'s training
+  time so far, which a resume continues) into its pdp_state.json;
 * :func:`resume_without_training`: a checkpoint at the last step, resumed without a step.
 
 No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks, one
@@ -20,14 +21,16 @@ around Trainer's own (distill.py), and Trainer's two loop events replayed where 
 from __future__ import annotations
 
 import json
+import math
 import sys
+import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from pdp_gpt2.atomic import atomic_write_json
+from pdp_gpt2.atomic import atomic_write_json, normalize_modes
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.mask import BAND
 from pdp_gpt2.train.checkpoint import PDP_STATE, step_of, with_file_sizes
@@ -196,15 +199,42 @@ class MaskHistCallback(TrainerCallback):
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
+class TrainClock(TrainerCallback):
+    """Training time across resumes: what the checkpoint resumed from recorded (``before``; None when
+    it recorded none, so the total is unknown) plus this process's time since training began."""
+
+    def __init__(self, before: float | None = 0.0):
+        known = isinstance(before, (int, float)) and not isinstance(before, bool) and 0 <= before < math.inf
+        self.before = float(before) if known else None
+        self.start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float | None:
+        if self.before is None:
+            return None
+        return self.before + (time.perf_counter() - self.start if self.start is not None else 0.0)
+
+
 class RecordCheckpointFiles(TrainerCallback):
-    """Adds :func:`with_file_sizes` to each checkpoint's pdp_state.json, after PruningCallback
-    wrote it (the core writes the file but cannot know our run directory); atomic, still last.
-    A kill between the two writes leaves a complete checkpoint checked without sizes."""
+    """Adds :func:`with_file_sizes` (and, with a ``clock``, the training time so far) to each
+    checkpoint's pdp_state.json, after PruningCallback wrote it (the core writes the file but cannot
+    know our run directory); atomic, still last.  A kill between the two writes leaves a complete
+    checkpoint checked without sizes.  The checkpoint's files get the mode of a normally created file
+    first (safetensors writes 0600, as final/ would be without atomic_dir)."""
+
+    def __init__(self, clock: TrainClock | None = None):
+        self.clock = clock
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and (ckpt / PDP_STATE).is_file():
-            atomic_write_json(ckpt / PDP_STATE, with_file_sizes(ckpt, json.loads((ckpt / PDP_STATE).read_text())))
+            normalize_modes(ckpt)
+            saved = with_file_sizes(ckpt, json.loads((ckpt / PDP_STATE).read_text()))
+            if self.clock is not None:
+                saved["train_seconds"] = self.clock.seconds()
+            atomic_write_json(ckpt / PDP_STATE, saved)
 
 
 def resume_without_training(trainer, checkpoint: Path | None, total_steps: int) -> bool:

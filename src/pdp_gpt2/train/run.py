@@ -32,7 +32,7 @@ from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
 from pdp_gpt2.pdp.sharded import barrier
 from pdp_gpt2.pdp.schedule import plan_end
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics, RunTrainer,
-                                       resume_without_training)
+                                       TrainClock, resume_without_training)
 from pdp_gpt2.train.metrics_log import MetricsLog, read_saved
 from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
@@ -62,12 +62,14 @@ def run_name(cfg: TrainConfig) -> str:
 
 def prepare(cfg: TrainConfig) -> Prepared:
     """Everything that can fail on bad input, before anything is written."""
-    from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
+    from pdp_gpt2.data.sources import LMBlockDataset, check_local, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.data.models import load_model_and_tokenizer
     from pdp_gpt2.data.perplexity import context_length
     from pdp_gpt2.pdp.targets import find_targets
 
     distributed.refuse_sharded()
+    refuse_unused_precision(cfg.precision)
+    check_local(cfg.dataset)  # a directory, a missing file, files misnamed for their splits: before the model loads
     if cfg.output_dir:
         output_dir = Path(cfg.output_dir)
     elif cfg.resume and cfg.resume != "latest":
@@ -97,6 +99,14 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if len(eval_tokens) < 2:
         raise UsageError(f"dataset {cfg.dataset!r} has no {cfg.eval_split} text to evaluate on")
     return Prepared(model, tokenizer, train_data, eval_tokens, output_dir, resume_from)
+
+
+def refuse_unused_precision(precision: str) -> None:
+    """fp16 mixed precision needs CUDA: elsewhere Trainer trains in fp32 without a word, and the run's
+    record would say fp16 (bf16 autocast runs on the CPU too)."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UsageError("--precision fp16 needs a CUDA GPU; without one the run would train in fp32 while its "
+                         "record says fp16: use --precision fp32 or bf16")
 
 
 # Flags that change what a run computes: a resume must not change them (the masks, the data
@@ -310,10 +320,11 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
         trainer.add_callback(BarProgress())
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
-    trainer.add_callback(RecordCheckpointFiles())  # file sizes into pdp_state.json, for resume's checks
+    clock = TrainClock(before=(saved or {}).get("train_seconds", 0.0 if prep.resume_from is None else None))
+    trainer.add_callback(clock)
+    trainer.add_callback(RecordCheckpointFiles(clock))  # sizes and time so far into pdp_state.json
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
-    t0 = time.time()
     try:
         # total 0: nothing to train (Trainer would read max_steps=0 as "count epochs"); a checkpoint at the last step
         if total > 0 and not resume_without_training(trainer, prep.resume_from, total):
@@ -321,7 +332,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     except KeyboardInterrupt:  # a second Ctrl-C: one line and exit 130, no half-written checkpoint left
         tracker.finish()
         raise guard.aborted(out, trainer.state.global_step) from None
-    train_seconds = time.time() - t0
+    train_seconds = clock.seconds()  # every segment of a resumed run; None if an older checkpoint kept no time
     if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
         tracker.finish()
         raise stopped
@@ -364,12 +375,19 @@ def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> 
         try:
             cached = json.loads(path.read_text())
             if cached["key"] == key:
-                return float(cached["perplexity"])
+                return valid_perplexity(cached["perplexity"])
         except (OSError, ValueError, KeyError, TypeError) as e:  # a cut-off or edited file: not worth a traceback
             if is_main:
-                print(f"pdp-gpt2: warning: {path} does not parse ({type(e).__name__}: {e}); computing it again",
-                      file=sys.stderr, flush=True)
+                print(f"pdp-gpt2: warning: {path} does not hold a dense perplexity ({type(e).__name__}: {e}); "
+                      "computing it again", file=sys.stderr, flush=True)
     ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense")
     if is_main:
         atomic_write_json(path, {"perplexity": ppl, "key": key})
     return ppl
+
+
+def valid_perplexity(value) -> float:
+    """``value`` if it can be a perplexity (a finite number >= 1: exp of a mean NLL >= 0), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value < math.inf:
+        raise ValueError(f"perplexity {value!r} is not a finite number >= 1")
+    return float(value)

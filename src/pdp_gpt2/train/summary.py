@@ -84,7 +84,9 @@ def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dic
         "perplexity_dense": result["ppl_dense"], "perplexity_soft": result["ppl_soft"], "soft_hard_gap": gap,
         "tau": cfg.pdp.tau, "distill": card.distillation(cfg),
         "train_steps": result["train_steps"], "ramp_steps": result["ramp_steps"],
-        "train_seconds": round(result["train_seconds"], 2), "eval_tokens": result["eval_tokens"],
+        # every segment of a resumed run; None after a resume from a checkpoint that recorded no time
+        "train_seconds": None if result["train_seconds"] is None else round(result["train_seconds"], 2),
+        "eval_tokens": result["eval_tokens"],
         "band_at_end": stats["band"] if stats else None, "final_dir": str(final),
         "target_weights": saved["numel"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # Per layer: zeros counted in the saved files, plus the soft band the masks had just
@@ -108,8 +110,10 @@ def print_table(s: dict) -> None:
         return "-" if x is None else f"{x:.2f}"
 
     target, actual = comparable(s["sparsity_target"], s["sparsity_actual"])
+    took = ("training time unknown: resumed from a checkpoint that recorded none" if s["train_seconds"] is None
+            else f"{s['train_seconds']:.0f} s")
     lines = [
-        f"pdp-gpt2: {s['method']} on {s['model']} / {s['dataset']} ({s['train_steps']} steps, {s['train_seconds']:.0f} s)",
+        f"pdp-gpt2: {s['method']} on {s['model']} / {s['dataset']} ({s['train_steps']} steps, {took})",
         f"  perplexity ({s['eval_split']})   dense {f(s['perplexity_dense'])}   soft {f(s['perplexity_soft'])}"
         f"   pruned {f(s['perplexity'])}",
         f"  sparsity           target {target}   actual {actual}"
