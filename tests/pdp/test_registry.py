@@ -209,16 +209,3 @@ def test_a_plugin_whose_spec_is_named_otherwise_is_refused_in_one_line(tmp_path,
     assert "\n" not in msg and "'alias'" in msg and "'other'" in msg and "misnamed" in msg, msg
     assert "other" not in registry.names() and registry.get("fine2").name == "fine2"
     assert "alias" not in [s.name for s in registry.all_specs()]
-
-
-def test_a_garbled_entry_points_file_costs_its_package_only(tmp_path, monkeypatch, capsys, own_registry):
-    install_dist(tmp_path, "garbled", GROUP + "this line has no equals sign\n")
-    install_dist(tmp_path, "fineplug3", GROUP + "fine3 = fine3_mod:SPEC\n", {"fine3_mod": _spec_module("fine3")})
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "fine3_mod", raising=False)
-    names = registry.names()
-    assert names[: len(registry.BUILTIN)] == [s.name for s in registry.BUILTIN] and "fine3" in names
-    assert registry.get("fine3").name == "fine3"
-    registry.names()
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "garbled" in err[0] and "warning" in err[0], err
