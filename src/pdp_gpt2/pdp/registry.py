@@ -19,16 +19,25 @@ entry point names a :class:`MethodSpec` (or a function returning one)::
 
 so ``pdp-gpt2 train --method random`` and the subprocesses ``pdp-gpt2 sweep`` starts find
 it.  :func:`names` lists entry points without importing them; a spec is imported when it
-is first asked for.  In one process, :func:`register` adds a spec directly.
+is first asked for.  In one process, :func:`register` adds a spec directly.  A plugin that
+cannot be used (it fails to import, its spec is named otherwise, it takes a built-in's name)
+costs its own method only, in one line that names its package: :class:`PluginError`.
 """
 from __future__ import annotations
 
 import importlib
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
+from pdp_gpt2.errors import UsageError
+
 ENTRY_POINT_GROUP = "pdp_gpt2.methods"
+
+
+class PluginError(UsageError):
+    """An installed method plugin that cannot be used; the message is one line naming its package."""
 
 
 @dataclass(frozen=True)
@@ -133,10 +142,38 @@ def unregister(name: str) -> None:
         raise ValueError(f"{name!r} is a built-in method")
     _specs.pop(name, None)
     _plugins_loaded.discard(name)
+    _problems.pop(name, None)
+
+
+_problems: dict[str, str] = {}  # plugin name -> why it cannot be used (a failed import is not retried)
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        print(f"pdp-gpt2: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _origin(ep) -> str:
+    """'package foo-plugin 0.1, entry point foo = foo_plugin:SPEC': where a user finds the plugin."""
+    dist = getattr(ep, "dist", None)
+    return (f"package {dist.name} {dist.version}, " if dist is not None else "") + f"entry point {ep.name} = {ep.value}"
 
 
 def _entry_points() -> dict:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    out = {}
+    builtin = {s.name for s in BUILTIN}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in builtin:  # a built-in's name always means the built-in
+            _warn_once(f"method plugin {ep.name!r} ({_origin(ep)}) is ignored: {ep.name!r} is a built-in method")
+        else:
+            out.setdefault(ep.name, ep)
+    return out
 
 
 def names() -> list[str]:
@@ -145,18 +182,20 @@ def names() -> list[str]:
 
 
 def get(name: str) -> MethodSpec:
-    """The spec of ``name``; a plugin's entry point is loaded on first use.  KeyError if unknown."""
+    """The spec of ``name``; a plugin's entry point is loaded on first use.  KeyError if unknown;
+    PluginError (one line naming the plugin's package) if its plugin cannot be used."""
     if name in _specs:
         return _specs[name]
+    if name in _problems:
+        raise PluginError(_problems[name])
     ep = _entry_points().get(name)
     if ep is None:
         raise KeyError(name)
-    spec = ep.load()
-    if callable(spec) and not isinstance(spec, MethodSpec):
-        spec = spec()
-    if not isinstance(spec, MethodSpec) or spec.name != name:
-        raise TypeError(f"entry point {name!r} of group {ENTRY_POINT_GROUP!r} must name a MethodSpec called "
-                        f"{name!r}, got {spec!r}")
+    try:
+        spec = _load(ep)
+    except PluginError as e:
+        _problems[name] = str(e)
+        raise
     _plugins_loaded.add(name)
     return _specs.setdefault(name, spec)
 
@@ -166,9 +205,32 @@ def owner_of(option: str) -> MethodSpec | None:
     return next((s for s in _specs.values() if option in s.options), None)
 
 
+def _load(ep) -> MethodSpec:
+    try:  # a plugin's own bug must not take the other methods down: any exception is its failure
+        spec = ep.load()
+        if callable(spec) and not isinstance(spec, MethodSpec):
+            spec = spec()
+    except Exception as e:
+        raise PluginError(f"method plugin {ep.name!r} ({_origin(ep)}) failed to load: "
+                          f"{type(e).__name__}: {_first_line(e)}") from None
+    if not isinstance(spec, MethodSpec):
+        raise PluginError(f"method plugin {ep.name!r} ({_origin(ep)}) is refused: it names a "
+                          f"{type(spec).__name__}, not a MethodSpec")
+    if spec.name != ep.name:
+        raise PluginError(f"method plugin {ep.name!r} ({_origin(ep)}) is refused: its MethodSpec is called "
+                          f"{spec.name!r}; the entry point's name and the spec's must be the same")
+    return spec
+
+
 def all_specs() -> list[MethodSpec]:
-    """Every method's spec (plugins imported)."""
-    return [get(n) for n in names()]
+    """Every method's spec (plugins imported); a plugin that cannot be used is left out, in one warning line."""
+    out = []
+    for n in names():
+        try:
+            out.append(get(n))
+        except PluginError as e:
+            _warn_once(str(e))
+    return out
 
 
 def help_text() -> str:

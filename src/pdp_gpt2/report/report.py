@@ -3,8 +3,8 @@
 Input is any mix of run directories (they hold ``summary.json``) and sweep
 directories (``sweep.csv`` + ``trial-NNN/``); every ``summary.json`` below a given
 path is one run.  Only finished runs are plotted; failed sweep trials are
-listed.  A plot whose data is missing is skipped with the reason written into
-the report, never an exception.
+listed; a damaged run is left out in one warning line.  A plot whose data is
+missing is skipped with the reason written into the report, never an exception.
 
 The report is built once as a list of blocks and rendered twice (Markdown,
 HTML with the PNGs base64-embedded), so the two always say the same thing.
@@ -16,6 +16,7 @@ import csv
 import html
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -130,8 +131,14 @@ class Run:
 def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: metrics.jsonl is not text (not UTF-8)") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read metrics.jsonl ({e.strerror or e})") from None
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -173,6 +180,9 @@ def load_run(d: Path) -> Run:
     summary = _read_json(d / "summary.json", "summary.json")
     if not isinstance(summary, dict):
         raise UsageError(f"{d / 'summary.json'}: malformed summary.json (expected a JSON object)")
+    method = summary.get("method", "?")
+    if not isinstance(method, str) or not method:
+        raise UsageError(f"{d / 'summary.json'}: malformed summary.json (method is {method!r}, not a name)")
     for key in ("perplexity", "perplexity_dense", "perplexity_soft", "sparsity_target", "sparsity_actual"):
         v = summary.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -189,7 +199,8 @@ def load_run(d: Path) -> Run:
 
 
 def collect(paths: list[str | Path]) -> tuple[list[Run], list[dict]]:
-    """(finished runs, failed sweep trials) under ``paths``."""
+    """(finished runs, failed sweep trials) under ``paths``.  A run whose files are damaged is left
+    out in one warning line naming it and why: one bad run must not cost the report of the others."""
     runs, failed, seen = [], [], set()
     for p in map(Path, paths):
         if not p.exists():
@@ -198,7 +209,10 @@ def collect(paths: list[str | Path]) -> tuple[list[Run], list[dict]]:
         for s in found:
             if s.parent.resolve() not in seen and s.parent.name != "final":
                 seen.add(s.parent.resolve())
-                runs.append(load_run(s.parent))
+                try:
+                    runs.append(load_run(s.parent))
+                except UsageError as e:
+                    print(f"pdp-gpt2 report: warning: skipping a damaged run: {e}", file=sys.stderr, flush=True)
         for sc in ([p / "sweep.csv"] if (p / "sweep.csv").is_file() else sorted(p.rglob("sweep.csv"))):
             with open(sc) as f:
                 failed += [dict(r, sweep=str(sc.parent)) for r in csv.DictReader(f) if r.get("status") != "ok"]
