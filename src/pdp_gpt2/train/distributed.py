@@ -94,7 +94,7 @@ def digest_callback():
     from transformers import TrainerCallback
 
     class MaskDigest(TrainerCallback):
-        # Runs after PDPCallback, i.e. on the thresholds just refreshed from this step's weights
+        # Runs after PruningCallback, i.e. on the thresholds just refreshed from this step's weights
         # and before any later forward (ddp_broadcast_buffers is off, so nothing overwrites them).
         def __init__(self):
             self.steps: dict[int, str] = {}
