@@ -4,6 +4,7 @@ registry (driver.py, attach.py, registry.py, baselines.py, movement.py, sparsegp
 PDPConfig, and PruningCallback for any HF Trainer (callback.py, the one module that imports
 transformers; loaded only when used).
 
-Imports torch and, of this package, only ``pdp_gpt2.pdp.*`` and the leaves ``errors``, ``atomic``
-and ``names``: the core must be usable and testable on a bare ``nn.Module`` with no run around it.
+Import rule: imports torch and, of this package, only ``pdp_gpt2.pdp.*``, ``pdp_gpt2.errors``,
+``pdp_gpt2.atomic`` and ``pdp_gpt2.names`` (three leaves). Never data, train, export, report or
+cli: the core must be usable (and testable) on a bare ``nn.Module`` with no run around it.
 """
