@@ -1,4 +1,4 @@
-"""Every file a run hands over has the mode of a normally created file, 0o666 & ~umask (issue 24: 15):
+"""Every file a run hands over has the mode of a normally created file, 0o666 & ~umask:
 safetensors writes its file 0600, so final/model.safetensors was unreadable to the rest of a group
 while every other file was 0644."""
 import os

@@ -1,4 +1,4 @@
-"""The resume contract (issue 24: 2-6, 14, 17, 21): what may change on resume, what an extension
+"""The resume contract (docs/runs.md): what may change on resume, what an extension
 does, what metrics.jsonl guarantees, what a kill or a double Ctrl-C leaves behind.
 
 Fast tests refuse things before any work, or drive a plain Trainer with the public callback;

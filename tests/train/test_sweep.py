@@ -67,7 +67,7 @@ def test_shipped_sweep_config_validates_against_wandb_sweep_schema():
     assert any("'hyperband' is not one of" in e for e in errors) and any("'lowest'" in e for e in errors)
 
 
-# The malformed sweep files of issue 12: W&B's schema rejects each, and so does `pdp-gpt2 sweep`,
+# Malformed sweep files: W&B's schema rejects each, and so does `pdp-gpt2 sweep`,
 # with one line that names the parameter.
 BAD_SWEEPS = [
     ({"metric": "perplexity"}, "metric must be a mapping"),

@@ -1,4 +1,4 @@
-"""A huge grid is never expanded (issue 24: 23): 8 parameters x 30 values took 7 GB in 30 s with
+"""A huge grid is never expanded: 8 parameters x 30 values took 7 GB in 30 s with
 `--dry_run --count 2`. The grid is enumerated lazily (itertools.product + islice), and without
 --count a grid over sweep.MAX_TRIALS is refused in one line before any trial is made."""
 import tracemalloc

@@ -1,26 +1,10 @@
 """``pdp_pruning.json``: what a pruned model directory says about itself.
 
-A run writes it into ``final/`` next to the weights (train/summary.py); export reads it to
-know which tensors are pruned and on which quantization grid, instead of guessing from
-zeros.  It lives in data/ because both sides may import data/ and neither may import the
-other.  The layout (version 1)::
-
-    {"format": "pdp-gpt2/pruning", "version": 1,
-     "method": "pdp", "pattern": "unstructured", "allocation": "layer",
-     "method_record": {},                                 # the method's own: e.g. Wanda's comparison group and count
-     "sparsity_target": 0.9, "sparsity_actual": 0.9,     # over all target weights
-     "tau": 0.02, "tau_mode": "relative",                 # null for methods without a soft mask
-     "bits": null,                                        # b of the b-bit grid with --quantize
-     "base_model": "gpt2", "dataset": "...",
-     "tensors": {"transformer.h.0.attn.c_attn.weight":
-                 {"shape": [64, 192], "out_dim": 1, "numel": 12288, "zeros": 11059,
-                  "target_sparsity": 0.9}, ...}}
-
-``zeros`` are counted in the saved files, and export recounts them (:func:`check_counts`): the
-manifest is copied into an export and sealed by its checksum, so it must say what the weights are.
-``out_dim`` is the axis of output channels
-(1 for GPT-2's Conv1D, which stores (in, out); 0 for nn.Linear).  A tensor is pruned when
-its ``target_sparsity`` is above zero.
+A run writes it into ``final/`` next to the weights (train/summary.py); export reads it to know
+which tensors are pruned and on which quantization grid, instead of guessing from zeros, and
+recounts the zeros (:func:`check_counts`), since the manifest is copied into an export and sealed
+by its checksum. It lives in data/ because both sides may import data/ and neither may import
+the other. The layout (version 1) is in docs/format.md, "pdp_pruning.json".
 """
 from __future__ import annotations
 

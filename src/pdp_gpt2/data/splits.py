@@ -1,28 +1,13 @@
 """Which text goes to which split, and how pieces of text make documents: the rules, in one place.
 
-Every dataset is read as a stream of *pieces* (a line of a file, a row of a HF dataset),
-each flagged if it starts a new document.  The in-memory path (``sources.load_split_texts``)
-joins the pieces into documents; ``--streaming`` tokenizes them as they come.  Both read the
-same pieces, so they see the same splits and the same documents by construction.
-
-The split rules:
-
-* ``shakespeare`` (embedded): by whole work, fixed when the corpus was built
-  (``assets/corpus/PROVENANCE.md``); each work is one document.
-* Local files whose names say their split (a word of the file name: ``train``, ``valid``/
-  ``validation``/``val``/``dev``, ``test``; :func:`files_by_name`): by whole file, as named.  Names
-  that say some splits but not all three, or leave a file out, are refused, never guessed at.
-* Local files, three or more, none named (or all named train): by whole file in sorted path
-  order: the last file is ``test``, the one before ``validation``, the rest ``train``.  Each file
-  is one document.
-* Local files, one or two: each file is cut by lines: the first 90 % is ``train``, the next
-  5 % ``validation``, the last 5 % ``test`` (:func:`line_range`).  Each part is one document.
-* Hugging Face datasets: their own splits (``validation`` also accepts ``valid``/``dev``).  A
-  dataset without validation or test has them carved out of ``train`` by row index: row ``i``
-  goes to validation if ``i % 200 == 0`` and to test if ``i % 200 == 1`` (0.5 % each, spread
-  over the whole set); the rest stay in train (:func:`hf_source`).  Rows are documents, except
-  in datasets that store one line per row (wikitext), which are one document
-  (``hub_datasets.rows_to_pieces``).
+Every dataset is read as a stream of *pieces* (a line of a file, a row of a HF dataset), each
+flagged if it starts a new document. The in-memory path (``sources.load_split_texts``) joins them
+into documents and ``--streaming`` tokenizes them as they come, so both see the same splits and
+documents by construction. The rules (docs/cli.md lists them for users): the embedded corpus by
+whole work; local files whose names say their split, as named (:func:`files_by_name`); three or
+more unnamed local files by whole file; one or two files by lines, 90/5/5
+(:func:`line_range`); Hugging Face datasets by their own splits, with validation and test carved
+out of train by row index where missing (:func:`hf_source`).
 """
 from __future__ import annotations
 

@@ -1,22 +1,13 @@
-"""Export a finalized sparse model so it is really smaller, and load it back.
+"""Export a finalized sparse model so it is really smaller.
 
-``export(src, out, fmt)`` reads a finalized HF directory (or a training run
-directory holding ``final/``) and writes one of:
-
-* ``dense``: a copy of the finalized HF directory, for any consumer;
-* ``compressed``: every pruned tensor as bitmask + nonzero values (or b-bit
-  codes + per-channel scales when the weights lie on a quantization grid);
-* ``2:4``: every pruned tensor as kept values + 2-bit in-group indices.
-
-Both sparse layouts are one safetensors file described in docs/format.md and read
-back by :func:`pdp_gpt2.load_compressed` (export/compressed_loader.py).  Output is built
-in a temporary sibling directory and renamed into place only when complete and verified,
-so a failed export leaves nothing behind; ``--out`` and ``--overwrite`` follow outdir.py.
-Every export writes ``size_report.json`` with sizes read from the real files on disk and
-the names of all its files; a sparse export also writes its own README.md (card.py).
-The zeros counted in the model's ``pdp_pruning.json`` are checked against the weights, and its
-descriptive fields against the run's summary.json, before anything is written (the manifest
-travels into the export).
+``export(src, out, fmt)`` reads a finalized HF directory (or a run directory holding ``final/``)
+and writes ``dense`` (a copy), ``compressed`` (bitmask + nonzero values, or b-bit codes + scales on
+a quantization grid) or ``2:4`` (kept values + 2-bit in-group indices). The sparse layouts are one
+safetensors file (docs/format.md) read back by :func:`pdp_gpt2.load_compressed`. The zeros counted
+in ``pdp_pruning.json`` are checked against the weights, and its descriptive fields against the
+run's summary.json, first; the export is built in a temporary
+sibling and renamed into place only when complete and verified (``--out``/``--overwrite``:
+outdir.py), with ``size_report.json`` (sizes read from disk) and, for a sparse one, its own card.
 """
 from __future__ import annotations
 

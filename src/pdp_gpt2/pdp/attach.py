@@ -1,15 +1,10 @@
 """The one entry point: ``attach(model, method, config)`` -> a mask driver (methods: pdp/registry.py).
 
-``attach`` puts the method's parametrization on every target weight.
-Side effects worth knowing (they are torch.nn.utils.parametrize's):
-the module's class becomes ``ParametrizedConv1D`` etc., state_dict keys move to
-``...parametrizations.weight.original``, and the model can't be pickled.
-``finalize`` bakes hard masks in and undoes all of that, so the result is a plain
-HF model whose state_dict keys equal a fresh model's; ``remove`` is the inverse
-of ``attach`` that restores the dense weights untouched.
-
-Adding a method is one :class:`~pdp_gpt2.pdp.driver.MaskDriver` subclass and one
-:class:`~pdp_gpt2.pdp.registry.MethodSpec` (pdp/registry.py; docs/architecture.md shows a toy).
+``attach`` puts the method's parametrization on every target weight, with
+torch.nn.utils.parametrize's side effects: the module's class becomes ``ParametrizedConv1D`` etc.,
+state_dict keys move to ``...parametrizations.weight.original``, and the model can't be pickled.
+``finalize`` bakes hard masks in and undoes all of that (state_dict keys equal a fresh model's);
+``remove`` is the inverse of ``attach`` that restores the dense weights untouched.
 """
 from __future__ import annotations
 

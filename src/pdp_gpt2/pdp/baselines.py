@@ -1,31 +1,14 @@
-"""Baseline mask drivers: the same :class:`~pdp_gpt2.pdp.driver.MaskDriver` contract as PDP.
+"""Baseline mask drivers, the same :class:`~pdp_gpt2.pdp.driver.MaskDriver` contract as PDP.
 
-The training harness (``train.run`` + ``PruningCallback``) only ever calls
-``set_sparsity`` / ``step`` / ``stats`` / ``finalize`` / ``state_dict`` on its
-pruner, so a baseline is just another driver (registered in pdp/registry.py):
+* ``magnitude``: one-shot; the floor(r n) smallest |w| of each tensor are pruned at attach, at the
+  final target, and the mask is frozen (the schedule's ``set_sparsity`` calls are ignored).
+* ``gmp``: gradual magnitude pruning (Zhu & Gupta 2017) on PDP's schedule, the mask recomputed
+  after every optimizer step from |w * mask|, so pruned weights stay pruned: a pruned weight gets
+  no gradient, and letting it back in whenever a kept one shrank below it would make the mask flicker.
+* ``wanda`` (pdp/wanda.py) and ``sparsegpt`` (pdp/sparsegpt.py) use ``HardMask`` from here.
 
-* ``magnitude``: one-shot.  At attach the k = floor(r n) smallest |w| of each
-  tensor are pruned at the *final* target and the mask is frozen; the schedule's
-  ``set_sparsity`` calls are ignored (there is no ramp to follow).
-* ``gmp``: gradual magnitude pruning (Zhu & Gupta 2017).  The callback moves the
-  sparsity along the same schedule as PDP (``--schedule``, cubic by default) and
-  the mask is recomputed from magnitudes after every optimizer step.  Decision:
-  *pruned weights stay pruned* (the classic variant): scores are |w * mask|, so
-  an already-pruned weight scores 0 and is chosen again while the target grows.
-  Without that, a pruned weight - frozen, since it gets no gradient - could
-  re-enter whenever a kept weight shrank below it, and the mask would flicker.
-
-Wanda (pdp/wanda.py) and SparseGPT (pdp/sparsegpt.py) build on ``HardPruner`` and ``HardMask``:
-one-shot too, from calibration blocks the caller passes in (the core loads no data).
-
-Keep-masks of every target are selected together (``Pattern.keeps``, pdp/select.py: exact,
-with the counting on the device), and between sparsity changes gmp reads one count per
-target, all in one host transfer, to see that its masks would come back unchanged.
-
-The mask is hard: ``HardMask`` multiplies by a 0/1 keep-mask, a plain product,
-so no gradient flows through the mask and pruned weights get exactly zero
-gradient.  The keep-mask is a buffer of the parametrization, so Trainer
-checkpoints carry it and a resumed run continues with the same mask.
+Keep-masks of every target are selected together (pdp/select.py). ``HardMask`` multiplies by a
+0/1 keep-mask buffer: pruned weights get exactly zero gradient, and checkpoints carry the mask.
 """
 from __future__ import annotations
 

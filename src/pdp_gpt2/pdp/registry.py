@@ -1,27 +1,12 @@
 """The method registry: every pruning method by name, with the capabilities it declares.
 
-This module imports nothing heavy (no torch, nothing of the core), so the plain schemas
-(``TrainConfig``), the report and ``sweep`` can ask about methods without loading a
-model stack.  A method's driver class is named, not imported: ``"module:attr"``, loaded
-on first use by :meth:`MethodSpec.driver_class` (a class object works too, for a method
-defined in a notebook or a test).
-
-Everything outside this module asks the spec, never compares a method's name:
-whether it needs calibration data, has trainable state of its own, is soft or hard,
-follows the schedule, whether tau applies, and how a report labels and colours it.
-
-Third-party methods register through the entry-point group ``pdp_gpt2.methods``; each
-entry point names a :class:`MethodSpec` (or a function returning one)::
-
-    # the plugin's pyproject.toml
-    [project.entry-points."pdp_gpt2.methods"]
-    random = "my_plugin.spec:RANDOM"     # RANDOM = MethodSpec("random", driver="my_plugin.driver:RandomMask", ...)
-
-so ``pdp-gpt2 train --method random`` and the subprocesses ``pdp-gpt2 sweep`` starts find
-it.  :func:`names` lists entry points without importing them; a spec is imported when it
-is first asked for.  In one process, :func:`register` adds a spec directly.  A plugin that
-cannot be used (it fails to import, its spec is named otherwise, it takes a built-in's name)
-costs its own method only, in one line that names its package: :class:`PluginError`.
+No torch and nothing of the core is imported, so the config schemas, the report and ``sweep`` can
+ask about methods without loading a model stack; a driver class is named as ``"module:attr"`` and
+loaded on first use (:meth:`MethodSpec.driver_class`). Everything outside this module asks the
+spec (calibration, trainable state, soft or hard, schedule, tau, label and colour), never compares
+a method's name. Third-party methods register through the entry-point group ``pdp_gpt2.methods``
+(docs/architecture.md, "Methods as plugins"), found without importing them (:func:`names`); in
+one process, :func:`register` adds a spec directly.
 """
 from __future__ import annotations
 

@@ -1,44 +1,17 @@
-"""SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
-One-Shot", ICML 2023): one-shot pruning that also *reconstructs* the weights that stay.
+"""SparseGPT (Frantar & Alistarh, ICML 2023): one-shot pruning that also *reconstructs* the weights
+that stay.
 
-For one layer with inputs X (in x tokens) the loss of changing W to W' is ||W X - W' X||^2, whose
-Hessian in each output row is H = 2 X X^T / n.  Going through the input columns left to right,
-each pruned weight's error is spread over the columns not yet visited by the optimal brain surgeon
-update, computed from the upper Cholesky factor of H^-1 (the paper's Algorithm 1, and
-IST-DASLab/sparsegpt's ``fasterprune``):
-
-* H is dampened by ``percdamp`` (1%) of the mean of its live diagonal; a *dead* input (H_ii = 0:
-  always zero on the calibration data) gets the damped live mean as H_ii, so H is positive definite
-  and the dead input stays decoupled from the others in H^-1;
-* columns go in blocks of ``blocksize`` (128).  At the start of each block the mask of its columns
-  is chosen from the weights as updated so far, by the OBS saliency w^2 / [H^-1]_ii^2 (adaptive
-  mask selection); an N:M pattern instead chooses each group of M inputs when the loop reaches it;
-* within a block the update is applied column by column, and to the later blocks once per block.
-
-Where this departs from the reference, and why:
-
-* **Exact counts.**  The reference prunes everything at or below the ``int(r * block)``-th smallest
-  saliency of each block (one more, and ties), so a tensor's count drifts.  Every method of this
-  harness prunes exactly k = floor(r n) weights per tensor, so block b (columns [c0, c1) of C) prunes
-  exactly floor(k c1 / C) - floor(k c0 / C) of its entries, the lowest saliencies, ties by index:
-  these shares add up to k by construction (a telescoping sum), and each is the block's fair
-  share of the columns, as in the reference.  N:M prunes exactly its count in every group.
-* **Dead inputs.**  The reference zeroes their whole column.  Their weights multiply an input that
-  is zero on the calibration data, so pruning them costs nothing there: their saliency is 0 and
-  they go first, but within the block's count; one the count does not reach keeps its value (it
-  is decoupled in H^-1, so no update moves it, and the mask says it is kept).
-* **Damping with dead inputs.**  The reference sets a dead H_ii to 1 and then damps with 1% of the
-  mean diagonal, those 1s included.  A fixed 1 is not at H's scale, so its result depends on how H
-  was normalised (its H is averaged over sequences, ours over tokens: a factor of the sequence
-  length).  Here the damping comes from the live diagonal alone and a dead H_ii is set to the
-  damped live mean, both proportional to H, so the result is invariant to H's scale, with dead
-  inputs or without (and without them the same as the reference's).  The factorisation runs in
-  float64 (the damped H of a few thousand tokens can be ill-conditioned in float32).
+For one layer with inputs X the loss of changing W to W' is ||W X - W' X||^2, with Hessian
+H = 2 X X^T / n. Going through the input columns in blocks of ``blocksize`` (128), each pruned
+weight's error is spread over the columns not yet visited by the optimal brain surgeon update,
+from the upper Cholesky factor of the damped H^-1 (``percdamp``, 1%; the paper's Algorithm 1 and
+IST-DASLab/sparsegpt's ``fasterprune``). Each block's mask is chosen by the OBS saliency
+w^2 / [H^-1]_ii^2 of the weights as updated so far; N:M chooses each group when the loop reaches it.
+Where this departs from the reference (exact per-tensor counts, dead inputs, H per token) and why:
+docs/results.md, "How the baselines are implemented".
 
 The driver (:class:`SparseGPT`) runs this layer by layer with the pruned outputs fed forward
-(pdp/sequential.py) on the caller's calibration blocks, at attach, at the final target; the
-weights it reconstructed are written into the parameters before the masks go on, and the mask is
-a frozen ``HardMask`` (a buffer: checkpoints and resume carry it), as for magnitude and Wanda.
+(pdp/sequential.py), at attach, at the final target, then freezes the mask as a ``HardMask``.
 """
 from __future__ import annotations
 

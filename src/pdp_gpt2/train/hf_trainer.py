@@ -1,22 +1,12 @@
 """The CLI run's own callbacks, around the public :class:`~pdp_gpt2.pdp.callback.PruningCallback`.
 
-Pruning itself (attach, schedule, tau, thresholds after each optimizer step, the per-step
-values in each log record, pdp_state.json in checkpoints, the completion marker of every
-checkpoint, dense runs included) is the public callback, the same one users put in their own
-Trainer: one code path.  What only a `pdp-gpt2 train` run does is here:
-
-* :class:`RunMetrics`: one metrics.jsonl line per log step (and the W&B tracker), reading the
-  pruning values PruningCallback put into the log record, so it must come after it; its loss
-  window (loss_window.py, fed by :class:`RunTrainer`) and a copy of the lines go into each checkpoint;
-* :class:`BarProgress`: Trainer's progress bar with loss and sparsity in it;
-* :class:`MaskHistCallback`: soft-mask histograms at a few moments (``mask_hist.json``);
-* :class:`RecordCheckpointFiles`: each checkpoint's file sizes (and :class:`TrainClock`'s training
-  time so far, which a resume continues) into its pdp_state.json;
-* :func:`resume_without_training`: a checkpoint at the last step, resumed without a step.
-
-No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks, one
-``training_step`` that calls Trainer's own and passes its loss on, distillation's ``compute_loss``
-around Trainer's own (distill.py), and Trainer's two loop events replayed where no loop runs.
+Pruning itself is the public callback, the one users put in their own Trainer: one code path.
+What only a ``pdp-gpt2 train`` run does is here: :class:`RunMetrics` (metrics.jsonl and the
+tracker, after PruningCallback, whose values it reads), :class:`BarProgress`,
+:class:`MaskHistCallback` (``mask_hist.json``), :class:`TrainClock` (training time across resumes),
+:class:`RecordCheckpointFiles` (file sizes and modes) and :func:`resume_without_training` (a checkpoint at the last step). No copied
+Trainer code: callbacks, one ``training_step`` that calls Trainer's own, distillation's
+``compute_loss`` around Trainer's own, and Trainer's loop events replayed where no loop runs.
 """
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ def steps_per_epoch(n_blocks: int, cfg: TrainConfig, world: int) -> int:
 def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int, planned: dict | None = None) -> tuple[int, int]:
     """(total optimizer steps, sparsity-ramp steps).  A stream (n_blocks None) counts --max_steps as its epoch.
     ``planned``: the schedule plan of the checkpoint a run resumes from (its pdp_state.json), which the
-    run continues: its ramp, whatever the new length (the README's resume contract)."""
+    run continues: its ramp, whatever the new length (docs/runs.md, the resume contract)."""
     per_epoch = steps_per_epoch(n_blocks, cfg, world) if n_blocks is not None else cfg.max_steps
     total = cfg.max_steps if cfg.max_steps >= 0 else math.ceil(cfg.num_epochs * per_epoch)
     length = f"--max_steps {cfg.max_steps}" if cfg.max_steps >= 0 else f"--num_epochs {cfg.num_epochs:g}"

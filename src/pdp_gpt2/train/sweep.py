@@ -1,20 +1,12 @@
 """Run a W&B sweep file locally, without a W&B server.
 
-The same ``sweep_config.yaml`` works with ``wandb sweep`` + ``wandb agent`` and
-with ``pdp-gpt2 sweep``.  Locally:
-
-* ``grid`` expands every combination of ``values`` (in file order; ``--count``
-  keeps the first N, and only those are made; a grid over MAX_TRIALS needs ``--count``);
-  ``random`` draws ``--count`` trials from the parameter distributions with a seeded
-  RNG; ``bayes`` needs a server-side model, so it falls back to ``random`` with a note.
-* Each trial runs the train CLI in its own subprocess, with the flags a W&B
-  agent would pass (``--name=value``), into ``<output_dir>/trial-NNN/``.  A crash,
-  an out-of-memory kill or a bad value therefore ends that trial only: it is
-  recorded as failed (with the last line of its log) and the sweep goes on.
-* ``sweep.csv`` (one row per trial: parameters + final metrics) is rewritten
-  after every trial, so a killed sweep still leaves its finished rows.  A trial
-  whose directory already holds a finished run with the same parameters is
-  reused, so re-running a sweep only runs what is missing or failed.
+The same ``sweep_config.yaml`` works with ``wandb sweep`` + ``wandb agent`` and with
+``pdp-gpt2 sweep``. ``grid`` enumerates combinations lazily (``--count`` keeps the first N; a grid
+over MAX_TRIALS needs it), ``random`` draws ``--count`` trials with a seeded RNG, and ``bayes``
+(which needs a server) falls back to ``random`` with a note. Each trial runs the train CLI in its
+own subprocess with the flags an agent would pass, so a crash or a bad value ends that trial
+only. ``sweep.csv`` is rewritten after every trial, and a trial that already finished with the
+same parameters is reused, so re-running a sweep runs only what is missing or failed.
 """
 from __future__ import annotations
 
