@@ -151,3 +151,8 @@ def install_dist(site, dist: str, entry_points: str, modules: dict[str, str] | N
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(entry_points)
     return site
+
+
+def without_times(records: list[dict]) -> list[dict]:
+    """metrics.jsonl records less their wall times (which no two runs share)."""
+    return [{k: v for k, v in r.items() if k not in ("step_seconds", "train_seconds")} for r in records]

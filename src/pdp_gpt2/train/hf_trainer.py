@@ -56,8 +56,11 @@ class RunMetrics(TrainerCallback):
     whose pdp_state.json marks the checkpoint complete: a kill right after that mark must not
     leave a checkpoint without them.  ``resume_from``: the checkpoint the run resumes from, if any."""
 
-    def __init__(self, metrics=None, tracker=None, is_main: bool = True, resume_from: Path | None = None):
-        self.metrics, self.tracker, self.is_main = metrics, tracker, is_main
+    def __init__(self, metrics=None, tracker=None, is_main: bool = True, resume_from: Path | None = None,
+                 clock: TrainClock | None = None):
+        self.metrics, self.tracker, self.is_main, self.clock = metrics, tracker, is_main, clock
+        self.step_seconds: list[float] = []  # wall time of each optimizer step since the last line
+        self._last: float | None = None
         self.resume_from = Path(resume_from) if resume_from is not None else None
         self.window = LossWindow()
         self.saver = _SaveMetrics(self)
@@ -67,6 +70,13 @@ class RunMetrics(TrainerCallback):
         if state.global_step > 0:
             saved = read_saved(self.resume_from or Path(args.output_dir) / f"checkpoint-{state.global_step}")
         self.window.start(state.global_step, args.device, saved and saved["loss"])
+        self.step_seconds, self._last = [], time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # from the previous step's end to this one's: data, forward, backward, optimizer, the masks' refresh
+        now = time.perf_counter()
+        self.step_seconds.append(round(now - self._last, 4))
+        self._last = now
 
     def save(self, args, state) -> None:
         loss = self.window.state()  # every rank: its sum is gathered
@@ -85,6 +95,10 @@ class RunMetrics(TrainerCallback):
         record = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
                   "loss": logs.get("loss"), "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
         record.update({name: logs[key] for key, name in _PRUNING_KEYS.items() if key in logs})
+        # where the run's time goes (benchmarks/run_cost.py reads it), kept across resumes like every line
+        record["step_seconds"], self.step_seconds = self.step_seconds, []
+        if self.clock is not None and (total := self.clock.seconds()) is not None:
+            record["train_seconds"] = round(total, 3)
         if self.metrics is not None:
             self.metrics.write(record)
         if self.tracker is not None:

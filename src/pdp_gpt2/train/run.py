@@ -182,13 +182,18 @@ def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int, planned: dict
     return total, ramp
 
 
-def evaluate(model, tokens, cfg: TrainConfig, desc: str) -> float:
+def evaluate(model, tokens, cfg: TrainConfig, desc: str, seconds: dict | None = None) -> float:
+    """Perplexity on ``tokens``; its wall time goes into ``seconds`` under desc's last word (dense, soft, pruned)."""
     from pdp_gpt2.data.perplexity import perplexity
 
+    t0 = time.perf_counter()
     # cached(): each masked weight is computed once for the whole evaluation, not per batch.
     with parametrize.cached():
-        return perplexity(model, tokens, window=cfg.max_length, stride=cfg.stride,
-                          batch_size=cfg.eval_batch_size, progress=cfg.progress, desc=desc)["perplexity"]
+        ppl = perplexity(model, tokens, window=cfg.max_length, stride=cfg.stride,
+                         batch_size=cfg.eval_batch_size, progress=cfg.progress, desc=desc)["perplexity"]
+    if seconds is not None:
+        seconds[desc.split()[-1]] = round(time.perf_counter() - t0, 2)
+    return ppl
 
 
 def pruning_callback(model, cfg: TrainConfig, ramp: int, train_data, kernels=None) -> PruningCallback:
@@ -285,7 +290,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         atomic_write_json(out / "run_config.json", cfg.to_dict())
     set_seed(cfg.seed)
     model = prep.model
-    ppl_dense = dense_perplexity(model, prep, cfg, is_main)
+    eval_seconds: dict = {}  # each evaluation's wall time, into summary.json (a cached dense one has none)
+    ppl_dense = dense_perplexity(model, prep, cfg, is_main, eval_seconds)
     # the teacher: the starting model, copied before any mask goes on (a resume makes it again from --model)
     teacher = distill.frozen_copy(model) if cfg.distill else None
 
@@ -308,7 +314,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
 
         opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate, "fused": fused_adamw_ok() or None})
     guard = RunGuard()
-    run_metrics = RunMetrics(metrics, tracker, is_main, resume_from=prep.resume_from)
+    clock = TrainClock(before=(saved or {}).get("train_seconds", 0.0 if prep.resume_from is None else None))
+    run_metrics = RunMetrics(metrics, tracker, is_main, resume_from=prep.resume_from, clock=clock)
     trainer = RunTrainer(model=model, args=args, data_collator=default_data_collator,
                          train_dataset=prep.train_data,
                          # RunMetrics after PruningCallback: it writes the values PruningCallback logs;
@@ -320,7 +327,6 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
         trainer.add_callback(BarProgress())
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
-    clock = TrainClock(before=(saved or {}).get("train_seconds", 0.0 if prep.resume_from is None else None))
     trainer.add_callback(clock)
     trainer.add_callback(RecordCheckpointFiles(clock))  # sizes and time so far into pdp_state.json
     if (digest := distributed.digest_callback()) is not None:
@@ -344,13 +350,13 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     if pruner is not None:
         pruner.set_sparsity(cfg.pdp.sparsity)  # a run stopped before the end of the ramp still ends at target
         stats = pruner.stats()
-        ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft")
+        ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft", eval_seconds)
         callback.finalize()
-    ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned")
+    ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned", eval_seconds)
     lm_eval = task_scores(model, prep.tokenizer, cfg, out) if cfg.eval_tasks else None
     result = dict(lm_eval=lm_eval, ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
                   train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
-                  eval_tokens=int(len(prep.eval_tokens)))
+                  eval_tokens=int(len(prep.eval_tokens)), eval_seconds=eval_seconds)
     summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
     tracker.finish()
     return summary
@@ -366,7 +372,7 @@ def task_scores(model, tokenizer, cfg: TrainConfig, out: Path) -> dict:
     return scores(r)
 
 
-def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> float:
+def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool, seconds: dict | None = None) -> float:
     """The dense model's perplexity, computed once per run and read back on resume (dense_eval.json)."""
     path = prep.output_dir / rundir.DENSE_EVAL
     key = {"model": cfg.model, "dataset": cfg.dataset, "eval_split": cfg.eval_split, "window": cfg.max_length,
@@ -380,7 +386,7 @@ def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> 
             if is_main:
                 print(f"pdp-gpt2: warning: {path} does not hold a dense perplexity ({type(e).__name__}: {e}); "
                       "computing it again", file=sys.stderr, flush=True)
-    ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense")
+    ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense", seconds)
     if is_main:
         atomic_write_json(path, {"perplexity": ppl, "key": key})
     return ppl

@@ -86,7 +86,7 @@ def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dic
         "train_steps": result["train_steps"], "ramp_steps": result["ramp_steps"],
         # every segment of a resumed run; None after a resume from a checkpoint that recorded no time
         "train_seconds": None if result["train_seconds"] is None else round(result["train_seconds"], 2),
-        "eval_tokens": result["eval_tokens"],
+        "eval_tokens": result["eval_tokens"], "eval_seconds": result.get("eval_seconds") or {},
         "band_at_end": stats["band"] if stats else None, "final_dir": str(final),
         "target_weights": saved["numel"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # Per layer: zeros counted in the saved files, plus the soft band the masks had just
