@@ -12,7 +12,7 @@ import yaml
 
 from pdp_gpt2.cli import train as cli_train
 
-from pdp_gpt2.train import sweep
+from pdp_gpt2.train import sweep, sweep_dir
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
 
@@ -340,9 +340,14 @@ def test_the_users_own_sweep_csv_is_refused_and_the_sweeps_own_is_rewritten(tmp_
     # the table a sweep wrote is recognised by its columns, and rewritten by the next sweep
     spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5]}}})
     (out / "sweep.csv").unlink()
-    sweep.run_sweep(spec, out, runner=_fake_runner([]))
-    assert sweep.is_sweep_csv(out / "sweep.csv")
-    sweep.run_sweep(spec, out, runner=_fake_runner([]))
+
+    def runner(params, tdir, timeout):
+        (tdir / "summary.json").write_text('{"perplexity": 3.0}')
+        return {"status": "ok", "returncode": 0, "error": ""}
+
+    sweep.run_sweep(spec, out, runner=runner)
+    assert sweep_dir.is_sweep_csv(out / "sweep.csv")
+    sweep.run_sweep(spec, out, runner=runner)
     with open(out / "sweep.csv") as f:
         assert [r["cached"] for r in csv.DictReader(f)] == ["True"]
 
