@@ -57,6 +57,15 @@ class MethodSpec:
         kind = "N:M" if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", pattern_spec) else pattern_spec
         return not self.patterns or kind in self.patterns
 
+    def ignored_flags(self) -> tuple[str, ...]:
+        """The train flags this method does not take: those of every capability it lacks
+        (CAPABILITY_FLAGS).  They change nothing in its run, so its record leaves them out."""
+        out: list[str] = []
+        for capability, flags in capability_flags().items():
+            if not getattr(self, capability):
+                out += [f for f in flags if f not in out]
+        return tuple(out)
+
     @property
     def display(self) -> str:
         return self.label or self.name
@@ -71,6 +80,25 @@ class MethodSpec:
         for part in attr.split("."):
             obj = getattr(obj, part)
         return obj
+
+
+# The train flags a capability brings: a method without the capability ignores them.  Pruning brings
+# every PDP flag (PDPConfig's fields, added by capability_flags) and the mask-aware optimizer.
+CAPABILITY_FLAGS: dict[str, tuple[str, ...]] = {
+    "prunes": ("custom_optimizer",),
+    "gradual": ("schedule", "warmup_epochs", "warmup_steps"),  # the sparsity ramp
+    "uses_tau": ("tau", "tau_mode", "tau_schedule", "tau_final", "improved_masking", "beta"),
+}
+
+
+def capability_flags() -> dict[str, tuple[str, ...]]:
+    """CAPABILITY_FLAGS with every PDPConfig field under ``prunes`` (read without torch)."""
+    import dataclasses
+
+    from pdp_gpt2.pdp.config import PDPConfig  # a plain schema: no torch on import
+
+    pdp = tuple(f.name for f in dataclasses.fields(PDPConfig))
+    return {**CAPABILITY_FLAGS, "prunes": pdp + CAPABILITY_FLAGS["prunes"]}
 
 
 _CORE = "pdp_gpt2.pdp"

@@ -50,9 +50,9 @@ def distillation(cfg: TrainConfig) -> dict | None:
 def command(cfg: TrainConfig) -> str:
     """The `pdp-gpt2 train` command that makes this run: every flag whose value is not its default."""
     argv = ["pdp-gpt2", "train"]
-    defaults = flags.cli_defaults(cfg.pdp)
+    defaults, ignored = flags.cli_defaults(cfg.pdp), flags.ignored(cfg)
     for name, value in flags.values(cfg).items():
-        if name in NOT_IN_COMMAND or value == defaults[name] or value is None:
+        if name in NOT_IN_COMMAND or name in ignored or value == defaults[name] or value is None:
             continue
         if isinstance(value, bool):
             argv += [f"--{name}"] if value else [f"--{name}", "false"]
@@ -94,7 +94,8 @@ def model_card(cfg: TrainConfig, summary: dict, man: dict, layers_table: str) ->
                 ("sparsity (actual, counted in the saved files)", _f(man["sparsity_actual"], ".4f")),
                 ("tau", None if man["tau"] is None else f"{man['tau']:g} ({man['tau_mode']})"),
                 ("quantization", None if man["bits"] is None else f"{man['bits']}-bit grid, per output channel"),
-                ("schedule", f"{cfg.schedule}, {summary['ramp_steps']} of {summary['train_steps']} steps"),
+                ("schedule", f"{cfg.schedule}, {summary['ramp_steps']} of {summary['train_steps']} steps"
+                 if registry.get(cfg.method).gradual else None),
                 ("distillation", None if not cfg.distill else
                  f"from the starting model: (1 - {cfg.distill:g}) LM + {cfg.distill:g} T² KL(teacher ‖ student), "
                  f"T = {cfg.distill_temperature:g}"),

@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.train import distributed
 
-from pdp_gpt2.train import checkpoint, distill, rundir, runlock
+from pdp_gpt2.train import checkpoint, distill, flags, rundir, runlock
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
 from pdp_gpt2.pdp.sharded import barrier
@@ -139,7 +139,7 @@ def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
             out.pop("warmup_epochs", None)  # ignored next to --warmup_steps: a change to it changes nothing
         return out
 
-    old, new = flat(old_cfg), flat(cfg.to_dict())
+    old, new = flat(old_cfg), flat(flags.recorded(cfg))  # a flag the method ignores may change
     changed = [k for k in new if k in old and old[k] != new[k]]
     if changed:
         raise UsageError(f"--resume with different {', '.join('--' + k for k in changed)} than the run in "
@@ -276,6 +276,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     prep = prepare(cfg)
     out = prep.output_dir
     is_main = distributed.is_main()
+    if is_main and (warning := flags.ignored_warning(cfg)):  # not refused: a sweep sets tau for every method
+        print(warning, file=sys.stderr, flush=True)
     n_blocks = len(prep.train_data) if not cfg.streaming else None
     saved = read_checkpoint_state(prep.resume_from) if prep.resume_from is not None else None
     total, ramp = plan_steps(n_blocks, cfg, distributed.world_size(), planned=(saved or {}).get("schedule"))
@@ -287,7 +289,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
             rundir.clear_run(out)
         checkpoint.drop_unusable_checkpoints(out, prep.resume_from)
         rundir.remove_leftovers(out)  # temporary files of writes a kill cut short (we hold the lock)
-        atomic_write_json(out / "run_config.json", cfg.to_dict())
+        atomic_write_json(out / "run_config.json", flags.recorded(cfg))
     set_seed(cfg.seed)
     model = prep.model
     eval_seconds: dict = {}  # each evaluation's wall time, into summary.json (a cached dense one has none)
@@ -307,7 +309,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         saved_lines = read_saved(prep.resume_from)
         metrics = MetricsLog(out / "metrics.jsonl", resume_step=checkpoint.step_of(prep.resume_from),
                              saved=saved_lines and saved_lines["records"])
-    tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
+    tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), flags.recorded(cfg), out)
     opt = None
     if cfg.custom_optimizer and pruner is not None:
         from pdp_gpt2.pdp.optim import MaskAwareAdamW

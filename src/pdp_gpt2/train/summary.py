@@ -16,7 +16,7 @@ from pdp_gpt2.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from pdp_gpt2.data.manifest import write_manifest
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.targets import find_targets
-from pdp_gpt2.train import card
+from pdp_gpt2.train import card, flags
 from pdp_gpt2.train.config import TrainConfig
 
 
@@ -82,7 +82,7 @@ def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dic
         "sparsity_target": cfg.pdp.sparsity if registry.get(cfg.method).prunes else 0.0,
         "sparsity_actual": saved["sparsity"], "perplexity": result["ppl_hard"],
         "perplexity_dense": result["ppl_dense"], "perplexity_soft": result["ppl_soft"], "soft_hard_gap": gap,
-        "tau": cfg.pdp.tau, "distill": card.distillation(cfg),
+        **({"tau": cfg.pdp.tau} if registry.get(cfg.method).uses_tau else {}), "distill": card.distillation(cfg),
         "train_steps": result["train_steps"], "ramp_steps": result["ramp_steps"],
         # every segment of a resumed run; None after a resume from a checkpoint that recorded no time
         "train_seconds": None if result["train_seconds"] is None else round(result["train_seconds"], 2),
@@ -93,7 +93,7 @@ def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dic
         # before finalize (what differs between layers under layer-wise allocation; the report plots it).
         "layers": {n: {**d, **({"band": stats["layers"][n]["band"]} if stats and n in stats["layers"] else {})}
                    for n, d in saved["layers"].items()},
-        "config": cfg.to_dict(),
+        "config": flags.recorded(cfg),  # without the flags the method ignores
         **({"lm_eval": result["lm_eval"]} if result.get("lm_eval") else {}),
     }
 
