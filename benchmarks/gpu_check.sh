@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of docs/performance.md in one command, sized for a short lease of one GPU
-# (~6 minutes on an H200, start-up aside).  Needs torch with CUDA and transformers; no install:
+# (~7 minutes on an H200, start-up aside; kept under 8).  Needs torch with CUDA and transformers; no install:
 #
 #     OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #
@@ -30,6 +30,10 @@ for prec in fp32 bf16; do
   run "step_$prec" $py benchmarks/step_overhead.py --device cuda --model gpt2 --batch 8 --seq 1024 \
       --precision "$prec" --variants dense,pdp,gmp --steps 15 --warmup 3 --mem-steps 2 --json "$out/step_$prec.json"
 done
+# the end of a real run: pruned to the target, masks saturated as tau anneals (two taus, fewer steps)
+run step_annealed_fp32 $py benchmarks/step_overhead.py --device cuda --model gpt2 --batch 8 --seq 1024 \
+    --precision fp32 --variants dense,pdp,gmp --state annealed --taus 0.012,0.001 --steps 8 --warmup 2 \
+    --mem-steps 0 --json "$out/step_annealed_fp32.json"
 run cuda_tests $py -m pytest -q -p no:cacheprovider tests/pdp/test_select.py tests/pdp/test_precision.py \
     tests/pdp/test_mask.py tests/pdp/test_attach.py
 tail -n 40 "$out/log.txt"

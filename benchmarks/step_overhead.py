@@ -42,6 +42,12 @@ Memory runs first, before the timing process has built any model.
     python benchmarks/step_overhead.py                          # GPT-2 small, batch 4 x 128, CPU
     python benchmarks/step_overhead.py --batch 8 --json out.json
     python benchmarks/step_overhead.py --device cuda --batch 8 --seq 1024 --precision bf16 --variants dense,pdp,gmp
+    python benchmarks/step_overhead.py --state annealed --taus 0.012,0.005,0.001   # masks saturated, as late in a run
+
+State: ``random`` times the masks of a fresh attach at the starting tau (wide, never saturated);
+``annealed`` prunes to the target first and times each tau of ``--taus`` in turn, the regime the
+end of a real run is in (saturated masks, where subnormal numbers would cost a CPU 15-20x).
+``--model embedded`` is the bundled model (its pretrained weights; its tensors run the eager kernels).
 """
 from __future__ import annotations
 
@@ -63,6 +69,7 @@ SHAPES = {
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
     "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
 }
+SHAPES["embedded"] = None  # the bundled model itself (pdp_gpt2.data.models)
 VARIANTS = ("dense", "pdp", "naive", "gmp")
 OPTIMIZERS = {  # all torch.optim.AdamW; they differ only in implementation
     "adamw": {},  # torch's default choice
@@ -90,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--mem-steps", type=int, default=3, help="steps in each memory subprocess (0: skip memory)")
     p.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
+    p.add_argument("--state", choices=("random", "annealed"), default="random",
+                   help="random: a fresh attach at the starting tau; annealed: pruned to the target, at each of --taus")
+    p.add_argument("--taus", default="0.012,0.005,0.001", help="with --state annealed: the taus timed, in turn")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: memory subprocess
     args = p.parse_args(argv)
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -112,13 +122,21 @@ def build(variant: str, args: argparse.Namespace, device: torch.device):
     import pdp_gpt2
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(**SHAPES[args.model])).to(device).train()
+    if SHAPES[args.model] is None:
+        from pdp_gpt2.data.models import load_model_and_tokenizer
+
+        model = load_model_and_tokenizer(args.model)[0].to(device).train()
+    else:
+        model = GPT2LMHeadModel(GPT2Config(**SHAPES[args.model])).to(device).train()
     pruner = None
     if variant == "pdp":
         from pdp_gpt2.cli.train import kernel_options  # PDP_GPT2_COMPILE=0 / PDP_GPT2_FLUSH=0, as in `train`
 
         pruner = pdp_gpt2.attach(model, pdp_gpt2.PDPConfig(sparsity=args.sparsity),
                                  kernels=kernel_options(os.environ))
+        if getattr(args, "tau", None) is not None:  # --state annealed: at the target, then this tau
+            pruner.set_sparsity(args.sparsity)
+            pruner.set_tau(args.tau)
     elif variant == "naive":
         pruner = NaivePDP(model, args.sparsity)
     elif variant == "gmp":
@@ -364,7 +382,16 @@ def main(argv=None) -> None:
            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}, **_provenance()}
     if args.mem_steps > 0:  # first, while this process is still small
         res["memory"] = measure_memory(args)
-    if args.steps > 0:
+    if args.steps > 0 and args.state == "annealed":
+        res["state"], res["time_by_tau"] = "annealed", {}
+        for tau in [float(x) for x in args.taus.split(",") if x]:
+            args.tau = tau
+            t = res["time_by_tau"][str(tau)] = measure_time(args, device)
+            w = t["wall"]
+            print(f"tau {tau:g}: dense {w['median_s']['dense']:.3f}s  " + "  ".join(
+                f"{v} {w['median_s'][v]:.3f}s ratio {w['ratio'][v]:.3f} (paired {w['ratio_paired'][v]:.3f})"
+                for v in args.variants[1:]), flush=True)
+    elif args.steps > 0:
         res["time"] = measure_time(args, device)
         for kind in ("wall", "cpu"):
             t = res["time"][kind]

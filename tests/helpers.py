@@ -137,3 +137,22 @@ def pruned_copy(src, dst, sparsity=0.9):
     model.save_pretrained(dst)
     AutoTokenizer.from_pretrained(src).save_pretrained(dst)
     return dst
+
+
+def install_dist(site, dist: str, entry_points: str, modules: dict[str, str] | None = None):
+    """What ``pip install`` of a distribution leaves in ``site``: its modules and a dist-info whose
+    entry_points.txt is ``entry_points`` (the text, so a test can write a malformed one).  Returns
+    ``site``; put it on sys.path (monkeypatch.syspath_prepend) or PYTHONPATH to install it."""
+    site.mkdir(parents=True, exist_ok=True)
+    for name, source in (modules or {}).items():
+        (site / f"{name}.py").write_text(source)
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    return site
+
+
+def without_times(records: list[dict]) -> list[dict]:
+    """metrics.jsonl records less their wall times (which no two runs share)."""
+    return [{k: v for k, v in r.items() if k not in ("step_seconds", "train_seconds")} for r in records]

@@ -1,17 +1,11 @@
 """pdp-gpt2: Parameter-free Differentiable Pruning for Hugging Face causal LMs.
 
-The public API::
+The public API (docs/integrate.md, docs/api.md)::
 
-    # inside your own HF Trainer: one line (attach, schedule, log, checkpoint, finalize)
     trainer = Trainer(..., callbacks=[pdp_gpt2.PruningCallback(pdp_gpt2.PDPConfig(sparsity=0.9))])
-    # a plain loop: the schedule object, .step() after optimizer.step()
-    sched = pdp_gpt2.PruningSchedule(pdp_gpt2.attach(model, cfg), total_steps=1000)
-    # the low level
-    cfg = pdp_gpt2.PDPConfig(sparsity=0.9)  # tau 0.1 annealed to 0.001 by the schedule (the default)
+    sched = pdp_gpt2.PruningSchedule(pdp_gpt2.attach(model, cfg), total_steps=1000)  # a plain loop
     pruner = pdp_gpt2.attach(model, cfg)   # soft masks on every target weight
-    pruner.set_sparsity(0.5)               # the schedule calls this (and set_tau)
-    pruner.step()                          # after each optimizer step
-    pruner.finalize()                      # exact zeros, plain model again
+    pruner.finalize()                      # exact zeros, a plain model again
     pdp_gpt2.sparsity_report(model)
 """
 # name -> the module that defines it.  Imported on first use (PEP 562), so `import pdp_gpt2`

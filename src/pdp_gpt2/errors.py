@@ -19,3 +19,7 @@ def disk_problem(e: BaseException) -> str | None:
     if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
         return e.strerror or os.strerror(e.errno)
     return next((w for w in DISK_WORDS if w in str(e)), None)
+
+
+class UsageTypeError(UsageError, TypeError):
+    """A value of the wrong type (a string where a number or a list belongs); a UsageError all the same."""

@@ -1,22 +1,11 @@
 """FSDP2 (``fully_shard``: DTensor weights) in a loop of your own: shard a masked model, checkpoint
-it, and gather the plain model at the end.
+it, and gather the plain model at the end (docs/distributed.md has the loop).
 
-    driver = pdp_gpt2.attach(model, cfg)   # masks first
-    shard_model(model)                     # then each transformer block, then the root
-    ...                                    # train: the drivers compute thresholds from the shards
-    save_sharded(path, model, opt, driver) / load_sharded(path, model, opt, driver)
-    driver.finalize()
-    plain = gather_plain_model(model)      # rank 0: a plain HF model (None on the others)
-
-Why masks go on first: ``fully_shard`` then shards the parameter inside each parametrization
-(``...parametrizations.weight.original`` becomes a DTensor), and in every forward the mask receives
-the weight FSDP has just gathered, as a plain tensor, so the masked forward and its gradient are the
-unsharded ones; the gradient reaches the sharded parameter through FSDP's reduce-scatter.  After each
-optimizer step the drivers see DTensor weights and pdp/sharded.py recomputes thresholds from the
-shards, bit for bit the full-tensor ones.
-
-Every function here is collective (every rank calls it) and needs an initialized process group
-(torchrun).  Library code: imports torch and the core (``pdp_gpt2.pdp``) only.
+Masks go on first: ``fully_shard`` then shards the parameter inside each parametrization, and in
+every forward the mask receives the weight FSDP has just gathered, so the masked forward and its
+gradient are the unsharded ones. After each optimizer step the drivers compute thresholds from
+the shards (pdp/sharded.py), bit for bit the full-tensor ones. Every function here is collective
+and needs an initialized process group. Imports torch and the core (``pdp_gpt2.pdp``) only.
 """
 from __future__ import annotations
 

@@ -118,3 +118,35 @@ def test_eval_reads_a_compressed_export_in_both_runtimes(tiny_model_dir, tmp_pat
     for name in ("export sparse", "final sparse"):
         assert results[name]["runtime"] == "sparse" and results[name]["tokens"] == results["final"]["tokens"]
         assert results[name]["perplexity"] == pytest.approx(results["final"]["perplexity"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("config.json", '{"model_type": "gpt2", "n_layer": 2}\n'),  # a model's own config: unloadable if replaced
+    ("summary.json", '{"method": "pdp", "perplexity": 12.5, "model": "embedded"}\n'),  # a run's record
+    ("notes.txt", "not JSON at all\n"),
+])
+def test_eval_json_refuses_a_file_that_is_not_an_eval_result_before_evaluating(tmp_path, capsys, monkeypatch,
+                                                                             name, content):
+    import pdp_gpt2.export.loader as loader
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before --json was checked")
+
+    monkeypatch.setattr(loader, "load_for_inference", no_load)
+    path = tmp_path / name
+    path.write_text(content)
+    assert main(["eval", "--json", str(path), "--no_progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--json {path}" in err and "not an eval result" in err, err
+    assert path.read_text() == content
+
+
+def test_eval_json_replaces_its_own_earlier_result(tiny_model_dir, tmp_path):
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", str(tiny_model_dir / "model"), "--dataset", str(tiny_model_dir / "corpus.txt"),
+            "--json", str(out), "--no_progress", "--device", "cpu"]
+    assert main(argv + ["--max_length", "32"]) == 0
+    first = json.loads(out.read_text())
+    assert first["written_by"] == "pdp-gpt2 eval" and first["window"] == 32
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["window"] == 64 and not list(tmp_path.glob(".r.json.*"))

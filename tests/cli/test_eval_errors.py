@@ -1,5 +1,5 @@
 """`pdp-gpt2 eval` (and the loader every command shares): what it refuses, in one line, exit 2,
-before anything is evaluated or written (issue 24: 7, 20, 22)."""
+before anything is evaluated or written."""
 from __future__ import annotations
 
 import json
@@ -46,7 +46,7 @@ def checkpoint(tmp_path, tiny_assets):
     return run
 
 
-# ---- 7: a training checkpoint, a directory without a tokenizer, too few tokens ------------------
+# ---- a training checkpoint, a directory without a tokenizer, too few tokens ------------------
 def test_training_checkpoint_is_refused_pointing_at_final(capsys, eval_argv, checkpoint):
     # It printed "perplexity 2990070.757 ... over 1 tokens", exit 0: the masked weights were not
     # loaded (random ones instead) and the missing tokenizer scored 1 token.
@@ -88,7 +88,7 @@ def test_split_shorter_than_one_window_is_refused(capsys, eval_argv, tmp_path):
     assert f"over {n - 1:,} tokens" in capsys.readouterr().out
 
 
-# ---- 22: pickled weights only -------------------------------------------------------------------
+# ---- pickled weights only ----------------------------------------------------------------------
 def test_pickled_weights_are_refused_naming_safetensors(capsys, eval_argv, tiny_assets, tmp_path):
     from safetensors.torch import load_file
 
@@ -101,7 +101,7 @@ def test_pickled_weights_are_refused_naming_safetensors(capsys, eval_argv, tiny_
     assert "run code" in err
 
 
-# ---- 20: --json checked before the evaluation ---------------------------------------------------
+# ---- --json checked before the evaluation ------------------------------------------------------
 def test_json_path_that_is_a_directory_is_refused_first(capsys, eval_argv, tmp_path):
     (tmp_path / "adir").mkdir()
     _refused(capsys, eval_argv + ["--json", str(tmp_path / "adir")], "--json", "is a directory")

@@ -1,4 +1,4 @@
-"""`pdp-gpt2 generate`: bad flags are one line and exit 2, before any token is generated (issue 24: 18, 19)."""
+"""`pdp-gpt2 generate`: bad flags are one line and exit 2, before any token is generated."""
 from __future__ import annotations
 
 import pytest

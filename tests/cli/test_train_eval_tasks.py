@@ -1,4 +1,4 @@
-"""`train --eval_tasks` is checked before any work (issue 24: 1): a mistyped task name used to be found
+"""`train --eval_tasks` is checked before any work: a mistyped task name used to be found
 only after training, and with the default --save_steps 0 the whole run was lost.  lm_eval is an
 optional extra, so a stand-in module with a small task index plays it here."""
 from __future__ import annotations

@@ -1,14 +1,14 @@
-"""What export writes, where, and what it refuses (issue 24: 8, 9, 12, 15, 16; issue 25: 4).
+"""What export writes, where, and what it refuses.
 
-* 8: the export's header lists its complete file set, and the loader refuses any file the model or
+* the export's header lists its complete file set, and the loader refuses any file the model or
   the tokenizer would read that is not in it (an added added_tokens.json moved perplexity with exit 0).
-* 9: export recounts the zeros of pdp_pruning.json from the weights and refuses a manifest that
+* export recounts the zeros of pdp_pruning.json from the weights and refuses a manifest that
   disagrees (edited counts were copied into the export and sealed by its hash).
-* 12, 16: --overwrite replaces an earlier export only (it deleted a whole training run), and two
+* --overwrite replaces an earlier export only (it deleted a whole training run), and two
   exports racing to one --out never replace each other without --overwrite.
-* 15: every exported file has the mode of a normally created file (model.pdp.safetensors was 0600).
+* every exported file has the mode of a normally created file (model.pdp.safetensors was 0600).
 * a model directory without a tokenizer is refused by the CLI (eval and generate refuse the result).
-* issue 25 item 4: a compressed export carries its own model card, naming the loader that works.
+* a compressed export carries its own model card, naming the loader that works.
 """
 import json
 import os
@@ -89,7 +89,7 @@ def _no_partials(parent):
     assert not [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
-# ---- 8: the complete file set ----------------------------------------------------------------------
+# ---- the complete file set -------------------------------------------------------------------------
 
 def test_header_and_report_list_every_file_of_the_export(exported):
     _, meta = C.read_compressed(exported / C.WEIGHTS_FILE)
@@ -143,7 +143,7 @@ def test_harmless_additions_load(exported):
     assert isinstance(model, torch.nn.Module)
 
 
-# ---- 9: counts recounted from the weights -------------------------------------------------------
+# ---- counts recounted from the weights ----------------------------------------------------------
 
 def _edit_manifest(src, edit):
     m = read_manifest(src)
@@ -177,7 +177,7 @@ def test_an_intact_manifest_is_copied_unchanged(exported, final_dir):
     assert json.loads((exported / MANIFEST).read_text()) == json.loads((final_dir / MANIFEST).read_text())
 
 
-# ---- 12: --overwrite replaces an earlier export, nothing else ------------------------------------
+# ---- --overwrite replaces an earlier export, nothing else ----------------------------------------
 
 def _fake_run(root):
     """What a training run directory holds (the files export must never delete)."""
@@ -258,7 +258,7 @@ def test_out_that_is_a_symlink_is_refused(exported, src, tmp_path, capsys):
     assert link.is_symlink() and (exported / C.WEIGHTS_FILE).is_file()
 
 
-# ---- 16: two exports to one --out ----------------------------------------------------------------
+# ---- two exports to one --out --------------------------------------------------------------------
 
 def test_a_second_export_without_overwrite_is_refused(exported, src, tmp_path, capsys):
     before = (exported / C.WEIGHTS_FILE).read_bytes()
@@ -285,7 +285,7 @@ def test_an_export_that_lands_first_is_not_replaced(src, tmp_path, capsys, monke
     _no_partials(tmp_path)
 
 
-# ---- 15: file modes ------------------------------------------------------------------------------
+# ---- file modes ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["compressed", "dense"])
 def test_exported_files_have_the_created_mode(src, tmp_path, fmt):
@@ -315,7 +315,7 @@ def test_cli_refuses_a_model_without_a_tokenizer(tmp_path, capsys):
     _no_partials(tmp_path)
 
 
-# ---- issue 25 item 4: the compressed export's own model card -------------------------------------
+# ---- the compressed export's own model card ---------------------------------------------------
 
 def _code_blocks(card):
     return re.findall(r"```python\n(.*?)```", card, re.S)
@@ -358,7 +358,7 @@ def test_dense_export_keeps_the_final_card(exported, final_dir, tmp_path):
 
 
 def test_eval_help_says_finished_model_not_checkpoint():
-    """eval refuses a training checkpoint (issue 24: 7), so its help must not offer one."""
+    """eval refuses a training checkpoint, so its help must not offer one."""
     from pdp_gpt2.cli.main import SUBCOMMANDS
 
     assert SUBCOMMANDS["eval"][1].endswith("of any finished model or export")

@@ -69,3 +69,13 @@ def test_benchmark_rejects_unknown_variant(bench):
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--variants", "pdp,bogus"])
     assert e.value.code == 2
+
+
+def test_annealed_state_times_each_tau_at_the_target(bench, tmp_path):
+    out = tmp_path / "a.json"
+    bench.main(["--model", "tiny", "--state", "annealed", "--taus", "0.01,0.001", "--steps", "1", "--warmup", "0",
+                "--mem-steps", "0", "--variants", "dense,pdp", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["state"] == "annealed" and list(res["time_by_tau"]) == ["0.01", "0.001"]
+    for t in res["time_by_tau"].values():
+        assert len(t["wall_s"]["pdp"]) == 1 and t["wall"]["ratio"]["pdp"] > 0

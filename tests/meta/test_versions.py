@@ -1,6 +1,6 @@
 """The versions we declare are the versions we test: every floor in pyproject.toml is pinned exactly in
 .ci/constraints-min.txt (which .ci/min-versions installs on requires-python's floor and tests), and the
-README's "Tested versions" table states the same floors."""
+"Tested versions" table of docs/install.md states the same floors."""
 from __future__ import annotations
 
 import re
@@ -70,8 +70,8 @@ def test_the_min_leg_runs_on_the_python_floor_with_these_constraints():
     assert "bash .ci/min-versions" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_the_readme_states_the_floors():
-    text = (ROOT / "README.md").read_text()
+def test_the_install_page_states_the_floors():
+    text = (ROOT / "docs" / "install.md").read_text()
     section = text.split("## Tested versions", 1)[1].split("\n## ", 1)[0]
     stated = {}
     for row in section.splitlines():

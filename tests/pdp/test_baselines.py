@@ -1,4 +1,5 @@
-"""Baseline mask drivers: hand-worked masks, gradients, the gmp schedule, and the CLI contract."""
+"""Baseline mask drivers: hand-worked masks, gradients, the gmp schedule, Wanda against the published
+algorithm re-derived here, and the CLI contract."""
 import json
 import math
 
@@ -9,9 +10,12 @@ from transformers import AutoModelForCausalLM
 from pdp_gpt2.cli import main
 from pdp_gpt2.pdp import mask as M
 from pdp_gpt2.pdp.attach import attach_baseline
-from pdp_gpt2.pdp.baselines import HardMask, keep_from_scores, wanda_scores
+from pdp_gpt2.pdp.baselines import HardMask, keep_from_scores
 from pdp_gpt2.pdp.patterns import get_pattern
-from pdp_gpt2.pdp.targets import find_targets
+from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pdp.config import PDPConfig
+from pdp_gpt2.pdp.targets import find_targets, in_last
+from pdp_gpt2.pdp.wanda import per_output_keep
 
 from helpers import tiny_gpt2
 
@@ -117,16 +121,174 @@ def test_keep_masks_travel_in_the_model_state_dict(gpt2):
     assert key in sd and sd[key].dtype == torch.bool and float((~sd[key]).float().mean()) == 0.5
 
 
-def test_wanda_scores_weight_by_input_norm():
+# ---- Wanda: the published algorithm, re-derived here, against ours --------------------------------
+
+def _published_wanda(w_out_in: torch.Tensor, x: torch.Tensor, r: float, nm: tuple[int, int] | None = None):
+    """Wanda as the paper states it (Sun et al., Algorithm 1): S_ij = |W_ij| * ||X_j||_2 over the calibration
+    tokens; each output row i prunes its int(r * cols) lowest S_ij (the reference's stable sort), or
+    with N:M the N lowest of every M consecutive inputs of the row.  Returns the set pruned, (out, in)."""
+    score = w_out_in.abs() * x.reshape(-1, x.shape[-1]).norm(dim=0)
+    rows, cols = score.shape
+    pruned = torch.zeros(rows, cols, dtype=torch.bool)
+    for i in range(rows):
+        if nm is None:
+            pruned[i, torch.argsort(score[i], stable=True)[:int(cols * r)]] = True
+        else:
+            n, m = nm
+            for g in range(0, cols, m):
+                pruned[i, g + torch.argsort(score[i, g:g + m], stable=True)[:n]] = True
+    return pruned
+
+
+class _OneLayer(torch.nn.Module):
+    """One target layer in a numbered block, fed rows of a fixed input matrix X (input_ids pick the rows)."""
+
+    def __init__(self, x: torch.Tensor, layer: torch.nn.Module):
+        super().__init__()
+        self.register_buffer("x", x)
+        self.h = torch.nn.ModuleList([layer])
+
+    def forward(self, input_ids, use_cache=None):
+        return self.h[0](self.x[input_ids])
+
+
+def _wanda_layer(conv1d: bool, d_in: int = 192, d_out: int = 24, tokens: int = 256, seed: int = 0):
+    from transformers.pytorch_utils import Conv1D
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, d_in, generator=g) @ torch.randn(d_in, d_in, generator=g) / d_in ** 0.5  # correlated
+    x = x * torch.rand(d_in, generator=g) * 3  # and of different norms
+    layer = Conv1D(d_out, d_in) if conv1d else torch.nn.Linear(d_in, d_out)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+    return _OneLayer(x, layer), x, torch.arange(tokens).view(-1, 16)
+
+
+def _wanda_pruned(model, calib, **kw) -> torch.Tensor:
+    """Our Wanda's pruned set, as (out, in)."""
+    pruner = attach_baseline(model, "wanda", calibration=calib, **kw)
+    t = pruner.targets[0]
+    return in_last(~pruner.mask_of(t).keep, t.out_dim)
+
+
+@pytest.mark.parametrize("conv1d", [False, True])  # Linear (out, in), Conv1D (in, out)
+@pytest.mark.parametrize("r", [0.5, 0.9, 0.98])
+def test_wanda_prunes_what_the_published_per_row_wanda_prunes_and_at_most_one_more(conv1d, r):
+    model, x, calib = _wanda_layer(conv1d)
+    w = in_last(model.h[0].weight.detach().clone(), 1 if conv1d else 0)
+    ref = _published_wanda(w, x, r)
+    ours = _wanda_pruned(model, calib, sparsity=r)
+    rows, cols = ours.shape
+    assert int(ours.sum()) == int(r * rows * cols)  # the tensor's exact floor(r n), like every method
+    assert not (ref & ~ours).any()  # everything the paper prunes, ours prunes too
+    extra = (ours & ~ref).sum(1)
+    assert int(extra.max()) <= 1 and int(extra.sum()) == int(r * rows * cols) - rows * int(r * cols)
+    # the rows that prune one more are those whose next-lowest score is lowest across the tensor
+    score = w.abs() * x.norm(dim=0)
+    nxt = torch.where(ref, torch.inf, score).min(1).values
+    more = extra.bool()
+    if more.any() and not more.all():
+        assert float(nxt[more].max()) <= float(nxt[~more].min())
+
+
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_wanda_two_of_four_masks_equal_the_published(conv1d):
+    model, x, calib = _wanda_layer(conv1d)
+    w = in_last(model.h[0].weight.detach().clone(), 1 if conv1d else 0)
+    assert torch.equal(_wanda_pruned(model, calib, pattern="2:4", sparsity=0.5),
+                       _published_wanda(w, x, 0.5, nm=(2, 4)))
+
+
+def test_per_output_keep_by_hand():
+    s = torch.tensor([[1.0, 5.0, 2.0, 9.0],
+                      [4.0, 3.0, 8.0, 0.5],
+                      [7.0, 6.0, 0.1, 0.2]])
+    # k = 7 of 12 on 3 rows: each row prunes 2, and 7 mod 3 = 1 row one more: the row whose third-lowest
+    # score is lowest (row 0: 5, row 1: 4, row 2: 6): row 1
+    keep = per_output_keep(s, 7)
+    assert (~keep).tolist() == [[True, False, True, False], [True, True, False, True], [False, False, True, True]]
+    assert per_output_keep(s, 0).all() and not per_output_keep(s, 12).any()
+
+
+def test_wanda_tensor_groups_rank_the_whole_tensor():
+    model, x, calib = _wanda_layer(False)
+    w = model.h[0].weight.detach().clone()
+    ours = _wanda_pruned(model, calib, sparsity=0.5, wanda_groups="tensor")
+    score = w.abs() * x.norm(dim=0)
+    assert torch.equal(ours, ~keep_from_scores(score, 0.5, pattern=get_pattern("unstructured"), out_dim=0))
+    assert not torch.equal(ours, _published_wanda(w, x, 0.5))  # the groups matter on this layer
+    with pytest.raises(UsageError, match="wanda_groups must be 'output' or 'tensor'"):
+        PDPConfig(wanda_groups="row")
+
+
+def test_wanda_calibrates_block_by_block_on_the_pruned_outputs(gpt2):
+    """Block 1's scores come from inputs that went through block 0 as pruned (the reference's order): its
+    masks equal the published per-row Wanda on the inputs of a full forward after block 0 was pruned."""
+    ids = torch.randint(0, 128, (6, 16), generator=torch.Generator().manual_seed(0))
+    dense = {t.name: t.module.weight.detach().clone() for t in find_targets(gpt2)}
+    pruner = attach_baseline(gpt2, "wanda", calibration=ids, sparsity=0.5)
+    targets = list(pruner.targets)
+    keeps = {t.name: pruner.mask_of(t).keep.clone() for t in targets}
+    pruner.remove()  # the dense weights come back untouched
+    assert all(torch.equal(t.module.weight, dense[t.name]) for t in targets)
+    with torch.no_grad():
+        for t in targets:
+            if t.name.startswith("transformer.h.0."):
+                t.module.weight.mul_(keeps[t.name])  # block 0 as pruned
+    seen = {}
+    hooks = [t.module.register_forward_hook(lambda m, i, o, n=t.name: seen.setdefault(n, []).append(i[0]))
+             for t in targets]
+    with torch.no_grad():
+        gpt2(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    differs = False
+    for t in targets:
+        if t.name.startswith("transformer.h.1."):
+            w = in_last(dense[t.name], t.out_dim)
+            ref = _published_wanda(w, torch.cat(seen[t.name]), 0.5)  # 0.5 * cols is whole: no extra rows
+            assert torch.equal(in_last(~keeps[t.name], t.out_dim), ref), t.name
+            dense_x = _inputs_dense(dense, ids, t.name)
+            differs |= not torch.equal(ref, _published_wanda(w, dense_x, 0.5))
+    assert differs  # and calibrating on the dense model would have chosen other masks
+
+
+def _inputs_dense(weights: dict, ids: torch.Tensor, name: str) -> torch.Tensor:
+    from helpers import tiny_gpt2
+
     model = tiny_gpt2()
-    targets = find_targets(model)
-    blocks = torch.randint(0, 128, (4, 16))
-    scores = wanda_scores(model, targets, blocks)
-    t = targets[0]  # Conv1D: weight (in, out), so the input norm scales rows
-    w = t.module.weight.detach().abs()
-    ratio = scores[t.name] / w
-    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-5)  # same factor along outputs
-    assert ratio.std() > 0  # and different inputs have different norms
+    model.load_state_dict({**model.state_dict(), **{f"{k}.weight": v for k, v in weights.items()}})
+    seen = []
+    h = model.get_submodule(name).register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        model(input_ids=ids)
+    h.remove()
+    return torch.cat(seen)
+
+
+def test_wanda_help_and_record_say_how_the_count_is_defined():
+    from pdp_gpt2.pdp.attach import method_record
+    from pdp_gpt2.train import flags
+
+    help_of = {f.name: flags.help_of(f) for f in flags.fields()}
+    assert "wanda_groups" in help_of and "floor(r cols)" in help_of["wanda_groups"]
+    assert "--wanda_groups" in help_of["method"]
+    rec = method_record("wanda", PDPConfig())
+    assert rec["comparison_group"] == "output" and "floor(k / rows)" in rec["count"]
+    assert "sequential" in rec["calibration"]
+    assert method_record("wanda", PDPConfig(wanda_groups="tensor"))["count"].endswith("of the whole tensor")
+    assert method_record("magnitude", PDPConfig()) == {}
+
+
+def test_wanda_groups_is_refused_for_another_method(tmp_path, capsys):
+    from pdp_gpt2.train.config import TrainConfig
+
+    assert TrainConfig(method="wanda", pdp=PDPConfig(wanda_groups="tensor")).pdp.wanda_groups == "tensor"
+    with pytest.raises(UsageError, match="--wanda_groups applies to --method wanda only, not gmp"):
+        TrainConfig(method="gmp", pdp=PDPConfig(wanda_groups="tensor"))
+    rc = main(["train", "--method", "magnitude", "--wanda_groups", "tensor", "--output_dir", str(tmp_path / "r")])
+    assert rc == 2 and "--wanda_groups applies to --method wanda only" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 # ---- the CLI contract ----------------------------------------------------------------------
@@ -159,6 +321,8 @@ def test_cli_baseline_writes_contract_with_exact_zeros(tmp_path, tiny_assets, me
         assert targets[0] < targets[1] and targets[-1] == pytest.approx(0.75)  # cubic ramp over 4 steps
     else:
         assert targets == [pytest.approx(0.75)] * 4  # pruned at step 0, frozen
+    manifest = json.loads((out / "final" / "pdp_pruning.json").read_text())
+    assert ("count" in manifest["method_record"]) == (method in ("wanda", "sparsegpt"))
     hist = json.loads((out / "mask_hist.json").read_text())["moments"]
     assert hist[-1]["step"] == 8 and hist[-1]["below_half"] == pytest.approx(0.75)
     assert hist[-1]["band"] == 0.0  # hard masks are only 0 or 1

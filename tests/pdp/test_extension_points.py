@@ -1,4 +1,4 @@
-"""The two extension points (issue 13): a pattern is one Pattern subclass + one PATTERNS line, a
+"""The two extension points: a pattern is one Pattern subclass + one PATTERNS line, a
 method is one MaskDriver subclass + one registered MethodSpec.  Toys of each, registered here, run end to
 end on a tiny GPT-2: attach, train steps, finalize, the CLI and its run directory."""
 import json

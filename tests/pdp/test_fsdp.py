@@ -253,7 +253,7 @@ def _setup(model_kind: str, method: str, allocation: str, pattern: str, shard: b
 
 
 def _steps(model, driver, opt, final: float, first: int, last: int, ramp: int, shard: bool):
-    """Optimizer steps first..last of a pruning loop (the PDPCallback's order), checking every one."""
+    """Optimizer steps first..last of a pruning loop (PruningCallback's order), checking every one."""
     import torch.distributed as dist
 
     from pdp_gpt2.pdp import sharded as S

@@ -84,6 +84,46 @@ def test_an_optimizer_step_moves_the_scores_by_minus_lr_w_dl_dw():
     assert mask.scores[0, 1].item() == pytest.approx(0.1) and mask.scores[0, 0].item() == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize("conv1d", [False, True])  # Linear (out, in), Conv1D (in, out)
+def test_gradients_equal_the_papers_straight_through_equations(conv1d):
+    """Movement pruning as the paper states it (Sanh et al. 2020, section 3 and eq. 4; emmental's TopK
+    binarizer), re-derived here on a layer with correlated inputs: W' = W * M with M = Top_v(S) keeping the
+    highest scores (v = 1 - r, r n whole), and with the straight-through estimator dM/dS = 1,
+    dL/dS = dL/dW' * W and dL/dW = dL/dW' * M.  For y = x W'^T + b (Linear) and L = 1/2 ||y - t||^2,
+    dL/dW' = (y - t)^T x; Conv1D (y = x W' + b) is its transpose."""
+    from transformers.pytorch_utils import Conv1D
+
+    g = torch.Generator().manual_seed(7)
+    d_in, d_out, r = 24, 10, 0.6  # r n = 144, whole
+    x = torch.randn(32, d_in, generator=g) @ torch.randn(d_in, d_in, generator=g)  # correlated inputs
+    target = torch.randn(32, d_out, generator=g)
+    layer = Conv1D(d_out, d_in) if conv1d else nn.Linear(d_in, d_out)
+    model = nn.Sequential(layer)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+    w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    driver = pdp_gpt2.attach(model, "movement", PDPConfig(sparsity=r))
+    mask = driver.mask_of(driver.targets[0])
+    scores = torch.randn(w.shape, generator=g)
+    with torch.no_grad():
+        mask.scores.copy_(scores)
+    driver.set_sparsity(r)
+    # the paper's top-v: the int(v n) highest scores stay
+    top = torch.zeros(w.numel(), dtype=torch.bool)
+    top[torch.argsort(scores.reshape(-1), descending=True)[:int((1 - r) * w.numel() + 1e-9)]] = True
+    m_ref = top.view_as(w).float()
+    assert torch.equal(mask.keep.float(), m_ref)
+    y = model(x)
+    (0.5 * ((y - target) ** 2).sum()).backward()
+    w_masked = w * m_ref
+    y_ref = x @ (w_masked if conv1d else w_masked.t()) + b
+    grad_w_masked = x.t() @ (y_ref - target) if conv1d else (y_ref - target).t() @ x
+    assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(mask.scores.grad, grad_w_masked * w, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(driver.original(driver.targets[0]).grad, grad_w_masked * m_ref, rtol=1e-4, atol=1e-3)
+    assert (mask.scores.grad[m_ref == 0] != 0).all()  # a pruned weight's score still moves
+
+
 def test_order_keys_order_like_the_scores():
     x = torch.tensor([-math.inf, -1e30, -1.0, -1e-40, -0.0, 0.0, 1e-40, 1e-3, 1.0, 1e30, math.inf])
     for dtype in (torch.float32, torch.bfloat16, torch.float16):

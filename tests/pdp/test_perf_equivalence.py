@@ -1,4 +1,4 @@
-"""The fast paths (issue 5) give the same results as the definitions they replace.
+"""The fast paths give the same results as the definitions they replace.
 
 * (thresholds: tests/pdp/test_select.py);
 * the masked weight and its gradient equal plain autograd of w * soft_mask(w), and
@@ -133,7 +133,7 @@ def test_non_contiguous_weight_and_gradient():
     assert torch.allclose(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
 
 
-# The core: no private torch/CPython API (issue 13), no environment variable (only the CLI reads them).
+# The core: no private torch/CPython API, no environment variable (only the CLI reads them).
 _FORBIDDEN = ("torch._C", "_use_count", "getrefcount", "_storage_Use_Count", "_is_view", "os.environ",
               "os.getenv")
 _CORE = Path(pdp_gpt2.__file__).parent / "pdp"

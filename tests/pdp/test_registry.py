@@ -7,9 +7,10 @@ import sys
 import pytest
 
 from pdp_gpt2.pdp import registry
+from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.registry import MethodSpec
 
-from helpers import ROOT
+from helpers import ROOT, install_dist
 
 PLUGIN = '''
 import torch
@@ -144,3 +145,67 @@ def test_a_pattern_the_method_cannot_prune_is_refused_before_any_work(method, tm
     assert len(err) == 1 and "prunes unstructured or N:M patterns, not 'row'" in err[0]
     assert not out.exists()
     assert registry.get("pdp").accepts("row") and registry.get("gmp").accepts("3:8")
+
+
+# ---- plugins that cannot be used: one line naming the package, the other methods unharmed ------------
+
+GROUP = f"[{registry.ENTRY_POINT_GROUP}]\n"
+
+
+def _spec_module(name: str) -> str:
+    return f"from pdp_gpt2.pdp.registry import MethodSpec\nSPEC = MethodSpec({name!r}, 'pdp_gpt2.pdp.baselines:GMP')\n"
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """This test's plugins and warnings stay in this test."""
+    monkeypatch.setattr(registry, "_specs", dict(registry._specs))
+    monkeypatch.setattr(registry, "_plugins_loaded", set())
+    monkeypatch.setattr(registry, "_problems", {}, raising=False)
+    monkeypatch.setattr(registry, "_warned", set(), raising=False)
+
+
+def test_a_plugin_that_raises_at_import_is_one_line_naming_its_package(tmp_path, monkeypatch, capsys, own_registry):
+    site = install_dist(tmp_path, "brokenplug", GROUP + "broken = brokenplug_mod:SPEC\nfine = fineplug_mod:SPEC\n",
+                        {"brokenplug_mod": "raise RuntimeError('boom at import')\n",
+                         "fineplug_mod": _spec_module("fine")})
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "fineplug_mod", raising=False)
+    assert {"broken", "fine", "pdp"} <= set(registry.names())  # listed without importing anything
+    for _ in range(2):  # the failure is kept: asked again, the same line
+        with pytest.raises(UsageError) as e:
+            registry.get("broken")
+        msg = str(e.value)
+        assert "\n" not in msg and "brokenplug" in msg and "broken = brokenplug_mod:SPEC" in msg, msg
+        assert "RuntimeError: boom at import" in msg, msg
+    assert registry.get("fine").name == "fine" and registry.get("gmp").gradual  # the others keep working
+    assert capsys.readouterr().err == ""  # a failed get() is the caller's error to report, not a print
+    assert [s.name for s in registry.all_specs()][-1] == "fine"  # the broken one left out ...
+    registry.help_text()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "warning" in err[0] and "'broken'" in err[0] and "brokenplug" in err[0], err  # ... once
+
+
+def test_a_plugin_named_like_a_builtin_is_ignored_with_one_warning(tmp_path, monkeypatch, capsys, own_registry):
+    site = install_dist(tmp_path, "shadowplug", GROUP + "pdp = shadow_mod:SPEC\n",
+                        {"shadow_mod": "raise RuntimeError('never imported')\n"})
+    monkeypatch.syspath_prepend(str(site))
+    assert registry.names().count("pdp") == 1
+    registry.names()
+    assert registry.get("pdp") is registry.BUILTIN[0]  # the built-in, whatever the plugin says
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "'pdp'" in err[0] and "shadowplug" in err[0] and "built-in" in err[0], err
+
+
+def test_a_plugin_whose_spec_is_named_otherwise_is_refused_in_one_line(tmp_path, monkeypatch, own_registry):
+    site = install_dist(tmp_path, "misnamed", GROUP + "alias = misnamed_mod:SPEC\nfine2 = fine2_mod:SPEC\n",
+                        {"misnamed_mod": _spec_module("other"), "fine2_mod": _spec_module("fine2")})
+    monkeypatch.syspath_prepend(str(site))
+    for mod in ("misnamed_mod", "fine2_mod"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    with pytest.raises(UsageError) as e:
+        registry.get("alias")
+    msg = str(e.value)
+    assert "\n" not in msg and "'alias'" in msg and "'other'" in msg and "misnamed" in msg, msg
+    assert "other" not in registry.names() and registry.get("fine2").name == "fine2"
+    assert "alias" not in [s.name for s in registry.all_specs()]

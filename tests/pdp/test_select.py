@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode  # the probe the issue specifies; tests only
+from torch.utils._python_dispatch import TorchDispatchMode  # counts host reads at dispatch; tests only
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig

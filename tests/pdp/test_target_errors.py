@@ -1,4 +1,4 @@
-"""A run ends at the sparsity it was given, or is refused before its first step (issue 24: 10, 11):
+"""A run ends at the sparsity it was given, or is refused before its first step:
 a ramp longer than the run, a target above the per-tensor cap."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
 
 
-# ---- 11: a ramp longer than the run ------------------------------------------------------------
+# ---- a ramp longer than the run ----------------------------------------------------------------
 def test_schedule_refuses_a_ramp_longer_than_the_run(gpt2):
     pruner = pdp_gpt2.attach(gpt2, pdp_gpt2.PDPConfig(sparsity=0.9))
     # It was accepted: after 10 steps the cubic ramp stood at 0.9 * (1 - 0.9**3) = 0.244, and
@@ -69,7 +69,7 @@ def test_cli_refuses_warmup_steps_longer_than_max_steps(capsys, train_argv):
     _one_line(capsys, argv + ["--warmup_steps", "100"], "--warmup_steps 100 is longer than the run", out)
 
 
-# ---- 10: a target above the per-tensor cap -----------------------------------------------------
+# ---- a target above the per-tensor cap ---------------------------------------------------------
 @pytest.mark.parametrize("allocation", ["layer", "global"])
 def test_config_refuses_a_target_above_the_cap(allocation):
     # Under layer allocation 0.99999 became 0.99 in every tensor, and the run printed "target 1.000".

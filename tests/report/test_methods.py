@@ -12,6 +12,8 @@ from pdp_gpt2.report import findings, methods, style
 from pdp_gpt2.report.report import collect, variant
 from pdp_gpt2.report.stats import dense_mean
 
+from helpers import install_dist
+
 
 @pytest.fixture
 def plugin():
@@ -70,6 +72,13 @@ def test_which_extensions_a_label_names_is_the_methods_capability(plugin):
     assert variant({"method": "gmp", "config": extended}) == "gmp"
 
 
+def test_a_methods_own_option_names_its_run_when_changed():
+    tensor = {"pdp": {"wanda_groups": "tensor"}}
+    assert variant({"method": "wanda", "config": tensor}) == "wanda+tensor"
+    assert variant({"method": "wanda", "config": {"pdp": {"wanda_groups": "output"}}}) == "wanda"  # the default
+    assert variant({"method": "wanda", "config": {"pdp": {}}}) == "wanda"  # a summary from before the option
+
+
 def test_distilled_runs_are_marked_and_not_the_dense_reference(tmp_path):
     assert variant({"method": "gmp", "config": {"distill": 0.5}}) == "gmp+distill"
     assert variant({"method": "pdp", "config": {"distill": 0.5, "pdp": {"improved_masking": True}}}) == \
@@ -104,3 +113,44 @@ def test_a_distilled_run_pairs_with_its_method_and_a_schedule_hides_no_extension
         [style.EXTENSION_COLORS[e] for e in ("improved", "q8", "maskopt")]
     labels = ["pdp+tau-exp", "pdp+tau-exp+distill", "pdp+improved+tau-exp", "pdp+q8+tau-exp", "pdp+maskopt+tau-exp"]
     assert len({(style.color(x), style.linestyle(x)) for x in labels}) == len(labels)  # five lines, five looks
+
+
+def _report(tmp_path, capsys):
+    """`pdp-gpt2 report` of every run under tmp_path/runs: (exit status, report.md, stderr lines)."""
+    from pdp_gpt2.cli import main
+
+    capsys.readouterr()
+    rc = main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
+    md = tmp_path / "rep" / "report.md"
+    return rc, md.read_text() if md.is_file() else "", capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_run_of_a_plugin_that_fails_to_load_is_reported_with_one_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(registry, "_problems", {}, raising=False)
+    site = install_dist(tmp_path / "site", "boomplug", f"[{registry.ENTRY_POINT_GROUP}]\nboom = boomplug_mod:SPEC\n",
+                        {"boomplug_mod": "raise RuntimeError('boom at import')\n"})
+    monkeypatch.syspath_prepend(str(site))
+    methods.spec.cache_clear()
+    _run(tmp_path / "runs", "b", "boom", 0.9, 140.0)
+    _run(tmp_path / "runs", "p", "pdp", 0.9, 130.0)
+    try:
+        rc, md, err = _report(tmp_path, capsys)
+    finally:
+        methods.spec.cache_clear()
+    assert rc == 0 and "| b | boom |" in md and "| p | pdp |" in md  # read as a method named by itself
+    assert len(err) == 1 and "boomplug" in err[0] and "RuntimeError: boom at import" in err[0], err
+
+
+def test_a_colour_matplotlib_cannot_draw_is_replaced_by_a_spare_one_with_one_warning(tmp_path, capsys):
+    methods.spec.cache_clear()
+    registry.register(registry.MethodSpec("badcolour", "x:Y", colour="notacolour"))
+    try:
+        _run(tmp_path / "runs", "x", "badcolour", 0.9, 140.0)
+        _run(tmp_path / "runs", "d", "dense", 0.0, 100.0)
+        rc, md, err = _report(tmp_path, capsys)
+        assert style.color("badcolour") in style.SPARE and capsys.readouterr().err == ""  # warned once only
+    finally:
+        registry.unregister("badcolour")
+        methods.spec.cache_clear()
+    assert rc == 0 and "| x | badcolour |" in md and (tmp_path / "rep" / "ppl_vs_sparsity.png").stat().st_size > 5000
+    assert len(err) == 1 and "'badcolour'" in err[0] and "'notacolour'" in err[0], err

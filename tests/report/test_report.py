@@ -101,19 +101,33 @@ def test_collect_finds_runs_recursively_and_rejects_empty_input(tmp_path, sweep_
         collect([tmp_path / "missing"])
 
 
-@pytest.mark.parametrize("content, needle", [
-    ('{"method": "pdp", "perplexity": 61.0', "malformed summary.json (Expecting"),  # cut off by a kill
-    ("[1, 2]", "expected a JSON object"),
-    ('{"method": "pdp", "perplexity": "n/a"}', "perplexity is 'n/a', not a number"),
-    ('{"method": "pdp", "config": 3}', "config is not an object"),
-    (b"\xff\xfe", "malformed summary.json"),
+@pytest.mark.parametrize("file, content, needle", [
+    ("summary.json", '{"method": "pdp", "perplexity": 61.0', "malformed summary.json (Expecting"),  # cut by a kill
+    ("summary.json", "[1, 2]", "expected a JSON object"),
+    ("summary.json", '{"method": "pdp", "perplexity": "n/a"}', "perplexity is 'n/a', not a number"),
+    ("summary.json", '{"method": "pdp", "config": 3}', "config is not an object"),
+    ("summary.json", b"\xff\xfe", "malformed summary.json"),
+    ("summary.json", '{"method": 5, "perplexity": 61.0}', "method is 5, not a name"),
+    ("metrics.jsonl", bytes(range(256)) * 4, "metrics.jsonl is not text"),
 ])
-def test_malformed_summary_is_one_line_exit_2(tmp_path, sweep_dir, capsys, content, needle):
-    bad = sweep_dir / "trial-003" / "summary.json"
+def test_a_damaged_run_is_skipped_in_one_line_and_the_others_reported(tmp_path, sweep_dir, capsys, file, content,
+                                                                       needle):
+    bad = sweep_dir / "trial-003" / file
     bad.write_bytes(content if isinstance(content, bytes) else content.encode())
-    assert main(["report", str(sweep_dir), "--out", str(tmp_path / "rep")]) == 2
+    assert main(["report", str(sweep_dir), "--out", str(tmp_path / "rep")]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and str(bad) in err and needle in err, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| trial-003 |" not in md and "| trial-004 | pdp | 0.02 | 90 | 90.00 | 61.00 |" in md
+    assert "7 finished run(s)" in md
+
+
+def test_only_damaged_runs_is_one_line_exit_2(tmp_path, capsys):
+    _run(tmp_path / "runs", "a", "pdp", 0.9, 61.0)
+    (tmp_path / "runs" / "a" / "summary.json").write_text("{")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "malformed summary.json" in err[0] and "no finished runs" in err[1], err
     assert not (tmp_path / "rep").exists()  # refused before anything was written
 
 

@@ -254,7 +254,7 @@ def test_a_stopped_distilled_run_resumes_bit_identically(tmp_path, tiny_assets, 
 
 
 def test_your_own_trainer_with_pruning_callback_and_distill_mixin(tmp_path):
-    """The README's snippet: DistillMixin in a user's Trainer next to the public PruningCallback."""
+    """docs/api.md's snippet: DistillMixin in a user's Trainer next to the public PruningCallback."""
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     from pdp_gpt2 import PDPConfig, PruningCallback

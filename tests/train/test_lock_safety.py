@@ -1,4 +1,4 @@
-"""The run lock never writes through what someone planted at its path (issue 24: 13): a symlink
+"""The run lock never writes through what someone planted at its path: a symlink
 is not followed (its target was overwritten with the lock's JSON), and a directory, a FIFO or a
 link are each refused in one line naming the path, exit 2, before anything is written."""
 import json

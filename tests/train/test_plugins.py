@@ -13,10 +13,11 @@ import sys
 import pytest
 import yaml
 
+from pdp_gpt2.cli import main
 from pdp_gpt2.cli import train as train_cli
 from pdp_gpt2.pdp import registry
 
-from helpers import ROOT
+from helpers import ROOT, install_dist
 
 # A plugin needs no code of its own to be a method: this one registers the built-in magnitude driver
 # under another name (a real plugin names its own MaskDriver subclass).
@@ -83,3 +84,19 @@ def test_a_sweep_trial_trains_a_plugin_method(tmp_path, tiny_assets):
     assert [row["status"] for row in rows] == ["ok"], rows
     s = json.loads((out / "trial-000" / "summary.json").read_text())
     assert s["method"] == "magcopy" and s["sparsity_actual"] == 0.5
+
+
+def test_a_plugin_that_fails_to_import_refuses_its_method_in_one_line_and_no_other(tmp_path, monkeypatch, capsys):
+    from pdp_gpt2.train.config import TrainConfig
+
+    monkeypatch.setattr(registry, "_problems", {}, raising=False)
+    site = install_dist(tmp_path / "site", "crashplug", f"[{registry.ENTRY_POINT_GROUP}]\ncrash = crashplug_mod:SPEC\n",
+                        {"crashplug_mod": "import no_such_module_anywhere\n"})
+    monkeypatch.syspath_prepend(str(site))
+    assert TrainConfig(method="gmp").method == "gmp"  # another method: not even imported
+    out = tmp_path / "run"
+    assert main(["train", "--method", "crash", "--model", str(tmp_path / "missing"), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "crashplug" in err[0] and "'crash'" in err[0], err
+    assert "ModuleNotFoundError: No module named 'no_such_module_anywhere'" in err[0]
+    assert not out.exists()  # refused before any work

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing clobbered (issue 12): resume at the last step, the run lock, checkpoint
+"""Nothing lost, nothing clobbered: resume at the last step, the run lock, checkpoint
 validation with fallback, safe --overwrite_output_dir, fail-before-writing, disk errors, export checksums.
 
 One uninterrupted run (module fixture, 4 steps of 64-token blocks, checkpoints at 2 and 4) is the

@@ -18,7 +18,7 @@ from pdp_gpt2.train import checkpoint
 from pdp_gpt2.train.metrics_log import MetricsLog
 from pdp_gpt2.cli import main
 
-from helpers import ROOT
+from helpers import ROOT, without_times
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,12 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, dropout
     assert sb["perplexity"] == sa["perplexity"] and sb["perplexity_dense"] == sa["perplexity_dense"]
     ma, mb = (MetricsLog(d / "metrics.jsonl").read() for d in (a, b))
     assert [r["step"] for r in mb] == [2, 4, 6]  # each log step once; the checkpoint (3) is not one
-    assert ma == mb  # same losses too: step 4's window (3..4) was carried in checkpoint-3
+    # where the time went: one wall time per step since the previous line, and the training time so far,
+    # which goes on from the checkpoint's across the resume
+    assert [len(r["step_seconds"]) for r in mb] == [2, 2, 2] and all(s > 0 for r in mb for s in r["step_seconds"])
+    assert 0 < mb[0]["train_seconds"] < mb[1]["train_seconds"] < mb[2]["train_seconds"]
+    assert mb[2]["train_seconds"] >= sum(s for r in mb for s in r["step_seconds"]) * 0.99
+    assert without_times(ma) == without_times(mb)  # same losses too: step 4's window (3..4) was carried in checkpoint-3
 
 
 def test_resume_refuses_an_incomplete_checkpoint_and_changed_flags(tmp_path, dropout_model, capsys):

@@ -1,5 +1,5 @@
 """The closing table prints target and actual sparsity with the same digits, enough to show the
-target exactly: a rounded target must not hide a difference (issue 24: 10, "target 1.000 actual 0.9900")."""
+target exactly: a rounded target must not hide a difference ("target 1.000 actual 0.9900")."""
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 import argparse
 import csv
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 
 from pdp_gpt2.cli import train as cli_train
 
-from pdp_gpt2.train import sweep
+from pdp_gpt2.train import sweep, sweep_dir
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
 
@@ -67,7 +68,7 @@ def test_shipped_sweep_config_validates_against_wandb_sweep_schema():
     assert any("'hyperband' is not one of" in e for e in errors) and any("'lowest'" in e for e in errors)
 
 
-# The malformed sweep files of issue 12: W&B's schema rejects each, and so does `pdp-gpt2 sweep`,
+# Malformed sweep files: W&B's schema rejects each, and so does `pdp-gpt2 sweep`,
 # with one line that names the parameter.
 BAD_SWEEPS = [
     ({"metric": "perplexity"}, "metric must be a mapping"),
@@ -255,3 +256,133 @@ def test_local_sweep_cli_end_to_end_with_a_failing_trial(tmp_path, tiny_assets):
     s = json.loads((out / "trial-001" / "summary.json").read_text())
     assert float(rows[1]["perplexity"]) == pytest.approx(s["perplexity"]) and s["sparsity_actual"] == 0.5
     assert (out / "trial-001" / "final").is_dir() and (out / "trial-000" / "train.log").is_file()
+
+
+# ---- a second sweep into the same directory -------------------------------------------------------
+
+def _grid_file(tmp_path, name, **values):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"program": "main.py", "method": "grid",
+                                    "parameters": {k: {"values": v} for k, v in values.items()}}))
+    return path
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """A trial that starts fails at once (no train subprocess): these sweeps must refuse before any."""
+    def refuse(*a, **k):
+        raise AssertionError("a trial was started")
+
+    monkeypatch.setattr(sweep.subprocess, "run", refuse)
+
+
+def _finished_trial(tdir, params, perplexity=5.0):
+    tdir.mkdir(parents=True)
+    (tdir / "params.json").write_text(json.dumps(params))
+    (tdir / "summary.json").write_text(json.dumps({"perplexity": perplexity, "sparsity_actual": params["sparsity"]}))
+
+
+def test_a_sweep_with_other_flags_refuses_a_finished_trial_before_any_trial_runs(tmp_path, capsys, no_training):
+    """The first sweep's finished trial-000 (sparsity 0.5) is neither rerun nor deleted by a second
+    sweep whose trial-000 is sparsity 0.9: one line, exit 2, every file as it was."""
+    out = tmp_path / "sw"
+    _finished_trial(out / "trial-000", {"sparsity": 0.5, "use_wandb": False})
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    config = _grid_file(tmp_path, "second.yaml", sparsity=[0.9, 0.95])
+    assert main(["sweep", str(config), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trial-000" in err and "sparsity" in err and "finished" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written, nothing removed
+
+
+def test_a_finished_trial_without_params_is_refused_and_a_killed_one_is_still_rerun(tmp_path):
+    spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5, 0.75]}}})
+    calls = []
+    (tmp_path / "trial-000").mkdir()
+    (tmp_path / "trial-000" / "summary.json").write_text("{}")  # finished, but whose flags?
+    with pytest.raises(UsageError, match="trial-000.*finished.*cannot be checked"):
+        sweep.run_sweep(spec, tmp_path, runner=_fake_runner(calls))
+    assert calls == [] and not (tmp_path / "sweep.csv").exists()
+    (tmp_path / "trial-000" / "summary.json").unlink()
+    (tmp_path / "trial-000" / "run_config.json").write_text("{}")  # a killed run: redone
+    _finished_trial(tmp_path / "trial-001", {"sparsity": 0.75, "use_wandb": False})  # the same flags: reused
+    rows = sweep.run_sweep(spec, tmp_path, runner=_fake_runner(calls))
+    assert calls == ["trial-000"] and [r["cached"] for r in rows] == [False, True]
+
+
+def test_run_trial_never_overwrites_a_finished_run(tmp_path, monkeypatch):
+    """Even called directly, a trial directory holding summary.json gets no --overwrite_output_dir
+    (train then refuses it, and the trial is recorded as failed with nothing deleted)."""
+    cmds = []
+
+    def fake_run(cmd, stdout, stderr, timeout):
+        cmds.append(cmd)
+        return argparse.Namespace(returncode=2)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    tdir = tmp_path / "trial-000"
+    _finished_trial(tdir, {"sparsity": 0.5})
+    assert sweep.run_trial({"sparsity": 0.9}, tdir)["status"] == "failed"
+    assert "--overwrite_output_dir=True" not in cmds[0] and (tdir / "summary.json").is_file()
+
+
+# ---- sweep.csv -----------------------------------------------------------------------------------
+
+def test_the_users_own_sweep_csv_is_refused_and_the_sweeps_own_is_rewritten(tmp_path, capsys, no_training):
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "sweep.csv").write_text("name,score\nmine,1\n")
+    config = _grid_file(tmp_path, "s.yaml", sparsity=[0.5])
+    assert main(["sweep", str(config), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sweep.csv" in err and "not one a sweep wrote" in err, err
+    assert (out / "sweep.csv").read_text() == "name,score\nmine,1\n" and sorted(os.listdir(out)) == ["sweep.csv"]
+    # the table a sweep wrote is recognised by its columns, and rewritten by the next sweep
+    spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5]}}})
+    (out / "sweep.csv").unlink()
+
+    def runner(params, tdir, timeout):
+        (tdir / "summary.json").write_text('{"perplexity": 3.0}')
+        return {"status": "ok", "returncode": 0, "error": ""}
+
+    sweep.run_sweep(spec, out, runner=runner)
+    assert sweep_dir.is_sweep_csv(out / "sweep.csv")
+    sweep.run_sweep(spec, out, runner=runner)
+    with open(out / "sweep.csv") as f:
+        assert [r["cached"] for r in csv.DictReader(f)] == ["True"]
+
+
+def test_the_users_own_sweep_config_copy_is_not_replaced(tmp_path, capsys, no_training):
+    """`--output_dir .` in a directory holding another sweep file of that name."""
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "sweep_config.yaml").write_text("# my own\n")
+    config = _grid_file(tmp_path, "s.yaml", sparsity=[0.5])
+    assert main(["sweep", str(config), "--output_dir", str(out)]) == 2
+    assert "sweep_config.yaml" in capsys.readouterr().err
+    assert (out / "sweep_config.yaml").read_text() == "# my own\n" and sorted(os.listdir(out)) == ["sweep_config.yaml"]
+
+
+# ---- --dry_run checks every value as train would ------------------------------------------------------
+
+@pytest.mark.parametrize("values, message", [
+    ({"sparsity": [0.5, 1.5]}, r"trial-001: sparsity must be in \[0, 1\), got 1.5"),
+    ({"sparsity": [0.5], "tau": ["abc"]}, r"trial-000: argument --tau: invalid float value: 'abc'"),
+    ({"method": ["pdp", "nosuch"]}, r"trial-001: method must be one of"),
+])
+def test_dry_run_checks_every_trials_values_as_train_does(tmp_path, capsys, values, message):
+    config = _grid_file(tmp_path, "s.yaml", **values)
+    assert main(["sweep", str(config), "--output_dir", str(tmp_path / "out"), "--dry_run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and re.search(message, captured.err), captured.err
+    assert captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_dry_run_checks_set_overrides_and_lists_good_trials(tmp_path, capsys):
+    config = _grid_file(tmp_path, "s.yaml", sparsity=[0.5, 0.75])
+    assert main(["sweep", str(config), "--output_dir", str(tmp_path / "out"), "--dry_run",
+                 "--set", "batch_size=0"]) == 2
+    assert "trial-000: batch_size must be > 0, got 0" in capsys.readouterr().err
+    assert main(["sweep", str(config), "--output_dir", str(tmp_path / "out"), "--dry_run"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["trial-000 --sparsity=0.5 --use_wandb=False",
+                                                    "trial-001 --sparsity=0.75 --use_wandb=False"]

@@ -6,11 +6,16 @@ export directory (detected by its model.pdp.safetensors), or a hub id.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 from pdp_gpt2.data.sources import DEFAULT_DATASET, DEFAULT_MODEL, SPLITS
 from pdp_gpt2.errors import UsageError
+
+# Every result this command writes carries it: --json replaces only a file that has it (or an
+# earlier result's shape, see is_eval_result), never a run's record or a model's config.
+WRITTEN_BY = "pdp-gpt2 eval"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--json", type=Path, default=None,
-                        help="also write the result to this JSON file (with --tasks: default lm_eval.json)")
+                        help="also write the result to this JSON file (with --tasks: default lm_eval.json); an "
+                             "existing file is replaced only if it is an earlier result of eval")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
 
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_tasks(args, model, tokenizer)
     result = evaluate_split(model, tokenizer, args.dataset, args.split, max_length=args.max_length,
                             stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress)
-    result.update(model=args.model, runtime=args.runtime)
+    result.update(model=args.model, runtime=args.runtime, written_by=WRITTEN_BY)
     print(f"{args.model} on {args.dataset}/{args.split}: perplexity {result['perplexity']:.3f} "
           f"(NLL {result['nll']:.4f} nats/token over {result['tokens']:,} tokens, "
           f"window {result['window']}, stride {result['stride']})")
@@ -84,7 +90,7 @@ def _run_tasks(args: argparse.Namespace, model, tokenizer) -> int:
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     result = evaluate_tasks(model, tokenizer, args.tasks, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
                             limit=limit, max_length=args.max_length or None)
-    result.update(model=args.model, runtime=args.runtime)
+    result.update(model=args.model, runtime=args.runtime, written_by=WRITTEN_BY)
     out = args.json or Path("lm_eval.json")
     atomic_write_json(out, result)
     print(markdown_table(result))
@@ -100,6 +106,9 @@ def check_writable(path: Path | None) -> None:
         return
     if path.is_dir():
         raise UsageError(f"--json {path} is a directory; give a file name (e.g. {path / 'eval.json'})")
+    if path.exists() and not is_eval_result(path):
+        raise UsageError(f"--json {path} exists and is not an eval result (no \"written_by\": \"{WRITTEN_BY}\"); "
+                         "give a new file name, or move that file away")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -107,3 +116,16 @@ def check_writable(path: Path | None) -> None:
         raise UsageError(f"--json {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"--json {path}: {parent} is not writable")
+
+
+def is_eval_result(path: Path) -> bool:
+    """Whether ``path`` holds a result of this command: a JSON object with its ``written_by``, or with
+    the keys every earlier result had (model and runtime, and perplexity or lm-eval's results)."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(r, dict):
+        return False
+    return r.get("written_by") == WRITTEN_BY or ({"model", "runtime"} <= r.keys()
+                                                and bool({"perplexity", "results"} & r.keys()))

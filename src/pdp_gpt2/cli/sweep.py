@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shortcut for --set max_steps=N (quick sweeps)")
     parser.add_argument("--trial_timeout", type=float, default=None,
                         help="seconds before a trial is killed and recorded as failed (default: none)")
-    parser.add_argument("--dry_run", action="store_true", help="print the planned trials' flags and exit")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="check every planned trial's flags as `pdp-gpt2 train` would, print them and exit")
 
 
 def parse_overrides(items: list[str], max_steps: int | None) -> dict:
@@ -43,6 +44,26 @@ def parse_overrides(items: list[str], max_steps: int | None) -> dict:
     return out
 
 
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def check_trials(trials: list[tuple[str, dict]]) -> None:
+    """Each trial's flags through the train command's own parser and TrainConfig, as its `pdp-gpt2
+    train` would check them before any work: the first bad value is one UsageError naming its trial."""
+    from pdp_gpt2.cli.train import add_arguments, config_from_args
+    from pdp_gpt2.train.sweep import trial_argv
+
+    parser = _RaisingParser(prog="pdp-gpt2 train")
+    add_arguments(parser)
+    for name, params in trials:
+        try:
+            config_from_args(parser.parse_args(trial_argv(params)))
+        except UsageError as e:
+            raise UsageError(f"{name}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from pdp_gpt2.train import sweep
 
@@ -51,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
     spec = sweep.load_spec(args.config)
     overrides = parse_overrides(args.set, args.max_steps)
     if args.dry_run:
-        for i, params in enumerate(sweep.plan_trials(spec, args.count, args.seed)):
-            print(f"trial-{i:03d}", " ".join(sweep.trial_argv(sweep.trial_params(params, overrides))))
+        trials = sweep.planned(spec, args.count, args.seed, overrides)
+        check_trials(trials)
+        out = Path(args.output_dir)  # what the run would refuse there, said now (nothing is written)
+        sweep.check_sweep_files(out, Path(args.config).read_text())
+        sweep.check_trial_dirs(trials, out)
+        for name, params in trials:
+            print(name, " ".join(sweep.trial_argv(params)))
         return 0
     out = Path(args.output_dir)
     result = sweep.run_sweep_file(args.config, out, count=args.count, seed=args.seed, overrides=overrides,

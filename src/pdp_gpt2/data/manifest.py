@@ -1,25 +1,10 @@
 """``pdp_pruning.json``: what a pruned model directory says about itself.
 
-A run writes it into ``final/`` next to the weights (train/summary.py); export reads it to
-know which tensors are pruned and on which quantization grid, instead of guessing from
-zeros.  It lives in data/ because both sides may import data/ and neither may import the
-other.  The layout (version 1)::
-
-    {"format": "pdp-gpt2/pruning", "version": 1,
-     "method": "pdp", "pattern": "unstructured", "allocation": "layer",
-     "sparsity_target": 0.9, "sparsity_actual": 0.9,     # over all target weights
-     "tau": 0.02, "tau_mode": "relative",                 # null for methods without a soft mask
-     "bits": null,                                        # b of the b-bit grid with --quantize
-     "base_model": "gpt2", "dataset": "...",
-     "tensors": {"transformer.h.0.attn.c_attn.weight":
-                 {"shape": [64, 192], "out_dim": 1, "numel": 12288, "zeros": 11059,
-                  "target_sparsity": 0.9}, ...}}
-
-``zeros`` are counted in the saved files, and export recounts them (:func:`check_counts`): the
-manifest is copied into an export and sealed by its checksum, so it must say what the weights are.
-``out_dim`` is the axis of output channels
-(1 for GPT-2's Conv1D, which stores (in, out); 0 for nn.Linear).  A tensor is pruned when
-its ``target_sparsity`` is above zero.
+A run writes it into ``final/`` next to the weights (train/summary.py); export reads it to know
+which tensors are pruned and on which quantization grid, instead of guessing from zeros, and
+recounts the zeros (:func:`check_counts`), since the manifest is copied into an export and sealed
+by its checksum. It lives in data/ because both sides may import data/ and neither may import
+the other. The layout (version 1) is in docs/format.md, "pdp_pruning.json".
 """
 from __future__ import annotations
 
@@ -86,3 +71,56 @@ def check_counts(manifest: dict, state, where) -> None:
         raise UsageError(f"{path} says sparsity_actual {actual}, its weights have {counted:.6f}: the manifest "
                          "was edited or belongs to another model; restore it (or delete it to export from the "
                          "zeros alone)")
+
+
+# A manifest field and where the run's own summary.json has it (top level, or in config.pdp).
+_SUMMARY_FIELDS = {"method": ("method",), "sparsity_target": ("sparsity_target",),
+                   "sparsity_actual": ("sparsity_actual",), "base_model": ("model",), "dataset": ("dataset",),
+                   "pattern": ("config", "pdp", "pattern"), "allocation": ("config", "pdp", "allocation"),
+                   "tau": ("config", "pdp", "tau"), "tau_mode": ("config", "pdp", "tau_mode"),
+                   "bits": ("config", "pdp", "bits")}
+_NOT_APPLICABLE = ("pattern", "allocation", "tau", "tau_mode", "bits")  # null where the method has none
+
+
+def check_description(manifest: dict, summary: dict | None, where) -> None:
+    """UsageError unless the manifest's descriptive fields (method, targets, pattern, tau, bits, base
+    model, dataset) say what the run's summary.json says, or, without one, unless ``sparsity_target`` is
+    what its tensors' own targets make: export seals the manifest into its files and its card."""
+    path = Path(where) / MANIFEST
+    if isinstance(summary, dict):
+        for name, keys in _SUMMARY_FIELDS.items():
+            said, recorded = manifest.get(name), _lookup(summary, keys)
+            if recorded is _MISSING or (said is None and name in _NOT_APPLICABLE):
+                continue
+            if name == "bits" and _lookup(summary, ("config", "pdp", "quantize")) is False:
+                recorded = None  # bits apply only to a quantized run
+            if not _same(said, recorded):
+                raise UsageError(f"{path} says {name} {said!r}, the run's summary.json says {recorded!r}: the "
+                                 "manifest was edited or belongs to another run; restore it before exporting")
+        return
+    tensors = [t for t in manifest["tensors"].values() if isinstance(t, dict)]
+    if not tensors or any(not isinstance(t.get("target_sparsity"), (int, float)) or not isinstance(t.get("numel"), int)
+                          for t in tensors):
+        return  # check_counts has refused malformed entries already; an old manifest without targets says nothing
+    made = sum(t["target_sparsity"] * t["numel"] for t in tensors) / max(sum(t["numel"] for t in tensors), 1)
+    said = manifest.get("sparsity_target")
+    if not isinstance(said, (int, float)) or abs(said - made) > 1e-3:
+        raise UsageError(f"{path} says sparsity_target {said!r}, its tensors' targets make {made:.4f}: the manifest "
+                         "was edited or belongs to another model; restore it before exporting")
+
+
+_MISSING = object()
+
+
+def _lookup(d: dict, keys: tuple):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return _MISSING
+        d = d[k]
+    return d
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(a - b) <= 1e-9
+    return a == b

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from pdp_gpt2.data.splits import SPLITS, Piece, check_split, doc_lines, documents, files_of_split, line_range
+from pdp_gpt2.data.splits import (SPLITS, Piece, check_split, doc_lines, documents, files_by_name, files_of_split,
+                                  line_range)
 from pdp_gpt2.errors import UsageError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # src/pdp_gpt2/assets
@@ -107,6 +108,9 @@ def expand_paths(spec: str) -> list[Path]:
             paths.update(matches)
         elif Path(part).expanduser().is_file():
             paths.add(Path(part).expanduser())
+        elif Path(part).expanduser().is_dir():
+            raise UsageError(f"dataset path {part} is a directory; pass a file, or a glob of its files "
+                             f"such as '{part.rstrip('/')}/*.txt'")
         else:
             raise UsageError(f"dataset file not found: {part}")
     if not paths:
@@ -115,9 +119,16 @@ def expand_paths(spec: str) -> list[Path]:
 
 
 # ---- local files, a line at a time -------------------------------------------------------
+def check_local(spec: str) -> None:
+    """UsageError now (before any work) for a local spec whose files cannot be split: a missing path,
+    a directory, names that say some splits but not all; nothing is read."""
+    if source_kind(spec) == "local":
+        files_by_name(expand_paths(spec))
+
+
 def _local_pieces(paths: list[Path], split: str, limit: int | None = None) -> Iterator[Piece]:
     """``limit``: read lines in parts of at most this many characters (None: whole lines)."""
-    if len(paths) >= 3:  # whole files
+    if len(paths) >= 3 or files_by_name(paths) is not None:  # whole files
         for p in files_of_split(paths, split):
             nonblank = False
             for piece in doc_lines(_lines(p) if limit is None else (part for part, _ in _line_parts(p, limit))):

@@ -1,28 +1,19 @@
 """Which text goes to which split, and how pieces of text make documents: the rules, in one place.
 
-Every dataset is read as a stream of *pieces* (a line of a file, a row of a HF dataset),
-each flagged if it starts a new document.  The in-memory path (``sources.load_split_texts``)
-joins the pieces into documents; ``--streaming`` tokenizes them as they come.  Both read the
-same pieces, so they see the same splits and the same documents by construction.
-
-The split rules:
-
-* ``shakespeare`` (embedded): by whole work, fixed when the corpus was built
-  (``assets/corpus/PROVENANCE.md``); each work is one document.
-* Local files, three or more: by whole file in sorted path order: the last file is
-  ``test``, the one before ``validation``, the rest ``train``.  Each file is one document.
-* Local files, one or two: each file is cut by lines: the first 90 % is ``train``, the next
-  5 % ``validation``, the last 5 % ``test`` (:func:`line_range`).  Each part is one document.
-* Hugging Face datasets: their own splits (``validation`` also accepts ``valid``/``dev``).  A
-  dataset without validation or test has them carved out of ``train`` by row index: row ``i``
-  goes to validation if ``i % 200 == 0`` and to test if ``i % 200 == 1`` (0.5 % each, spread
-  over the whole set); the rest stay in train (:func:`hf_source`).  Rows are documents, except
-  in datasets that store one line per row (wikitext), which are one document
-  (``hub_datasets.rows_to_pieces``).
+Every dataset is read as a stream of *pieces* (a line of a file, a row of a HF dataset), each
+flagged if it starts a new document. The in-memory path (``sources.load_split_texts``) joins them
+into documents and ``--streaming`` tokenizes them as they come, so both see the same splits and
+documents by construction. The rules (docs/cli.md lists them for users): the embedded corpus by
+whole work; local files whose names say their split, as named (:func:`files_by_name`); three or
+more unnamed local files by whole file; one or two files by lines, 90/5/5
+(:func:`line_range`); Hugging Face datasets by their own splits, with validation and test carved
+out of train by row index where missing (:func:`hf_source`).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
 
@@ -41,8 +32,45 @@ def check_split(split: str) -> None:
         raise UsageError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
+# Words of a file name that say its split ("wiki.train.txt", "valid-00.txt"); a word, not a part
+# of one, so "contest.txt" or "retrain.txt" say nothing.
+NAMED = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+         "test": ("test", "testing")}
+
+
+def named_splits(path) -> list[str]:
+    """The splits the name of the file ``path`` says (words of its stem), in SPLITS order."""
+    words = set(re.findall(r"[a-z]+", Path(path).stem.lower()))
+    return [s for s in SPLITS if words & set(NAMED[s])]
+
+
+def files_by_name(paths: list) -> dict[str, list] | None:
+    """{split: files} when the file names say the splits; None when they say none (or only train,
+    as every file: the held-out splits are then carved from training text, as a hub dataset's are).
+    UsageError when the names say some splits but leave one out, or leave a file unnamed."""
+    said = {p: named_splits(p) for p in paths}
+    if all(not s or s == ["train"] for s in said.values()) and (all(said.values()) or not any(said.values())):
+        return None
+    if two := next((p for p, s in said.items() if len(s) > 1), None):
+        raise UsageError(f"dataset file {Path(two).name} names two splits ({', '.join(said[two])}); rename it so "
+                         "that each file names one of train, valid, test")
+    named = ", ".join(f"{Path(p).name}: {s[0]}" for p, s in said.items() if s)
+    if none := next((p for p, s in said.items() if not s), None):
+        raise UsageError(f"the dataset files name their splits ({named}), but {Path(none).name} names no split; "
+                         "name every file train, valid or test, or none of them")
+    out = {split: [p for p in paths if said[p] == [split]] for split in SPLITS}
+    if missing := next((split for split in SPLITS if not out[split]), None):
+        raise UsageError(f"the dataset files name their splits ({named}), but none is named for {missing}; "
+                         f"add a file named {NAMED[missing][0]}*.txt")
+    return out
+
+
 def files_of_split(paths: list, split: str) -> list:
-    """With three or more (sorted) files, the whole files of ``split``."""
+    """The whole files of ``split``: as their names say (:func:`files_by_name`), else by sorted order
+    (three or more files)."""
+    named = files_by_name(paths)
+    if named is not None:
+        return named[split]
     return {"train": paths[:-2], "validation": paths[-2:-1], "test": paths[-1:]}[split]
 
 

@@ -1,18 +1,12 @@
 """``--streaming``: the train split as an endless stream of fixed-length blocks.
 
-Nothing is held whole: the pieces of ``sources.pieces`` (a line of a local file, read in
-bounded parts, a row of ``load_dataset(..., streaming=True)``) are tokenized about
-``chunk_chars`` characters at a time, in segments of about ``segment_chars`` however long a
-line is, and cut into blocks; at most one chunk's tokens plus less than one block of
-leftover are in memory (``StreamingBlocks.peak_tokens`` counts them).
-
-The pieces are the ones the in-memory path joins into documents (same splits, same
-documents), and the token stream is ``sources.token_stream``'s: documents joined by EOS.
-So on GPT-2's byte-level BPE the blocks are exactly ``sources.tokenize_and_group`` of
-the same split (tested), which needs care where a long document is cut: see ``_cut_at``.
-
-The held-out split is streamed too and capped at ``--streaming_eval_tokens``.
-The stream restarts when it ends (so ``--max_steps`` decides the length) and never
+The pieces of ``sources.pieces`` (a local file's lines read in bounded parts) are tokenized about
+``chunk_chars`` characters at a time, in segments of about ``segment_chars`` however long a line is,
+and cut into blocks: at most one chunk's tokens and less than a block of leftover are in memory
+(``StreamingBlocks.peak_tokens``). They are the pieces the in-memory path joins into documents, and
+the token stream is ``sources.token_stream``'s, so on GPT-2's BPE the blocks are exactly
+``sources.tokenize_and_group``'s (tested; where a long document is cut, see ``_cut_at``). The
+held-out split is capped at ``--streaming_eval_tokens``. The stream restarts when it ends and never
 shuffles, so a resumed run, which skips the batches already seen, sees the same data.
 """
 from __future__ import annotations

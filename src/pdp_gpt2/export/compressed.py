@@ -1,25 +1,13 @@
 """The compressed file format, read side: per-tensor codecs and the container.
 
-Two layers, the second built on the first (the model loader, one more on top, is
-compressed_loader.py):
-
-* codecs (pure: tensors in, tensors/arrays out): bitmask + values, bitmask +
-  b-bit codes + per-channel scales (2:4 lives in nm24.py);
-* the container: one safetensors file whose metadata holds a JSON header with
-  every tensor's layout, lengths and sha256, checked before anything is decoded,
-  and the sha256 of the export's other files.
-
-``docs/format.md`` specifies the bytes; this module is its reference reader.
-Conventions shared by every encoding:
-
-* A tensor is flattened in row-major (C) order of its *stored* shape, the shape
-  in the model's state_dict (GPT-2's Conv1D is (in, out), Linear is (out, in)).
-* Bit streams are little-endian at the bit level: stream bit k is bit (k % 8) of
-  byte k // 8 (``np.packbits(..., bitorder="little")``).  A b-bit field j occupies
-  stream bits [j*b, (j+1)*b), least significant bit first.
-* The mask bit of an entry is 1 iff the entry compares != 0.  Zeros decode to
-  +0.0: a -0.0 in the dense tensor (finalize's ``w * keep`` makes them) comes back
-  as +0.0, which compares equal and gives the same matmul results.
+Codecs are pure (tensors in, tensors/arrays out): bitmask + values, and bitmask + b-bit codes +
+per-channel scales (2:4 lives in nm24.py). The container is one safetensors file whose metadata
+holds a JSON header with every tensor's layout, lengths and sha256, checked before anything is
+decoded, and the sha256 of the export's other files; compressed_loader.py builds the model on top.
+docs/format.md specifies the bytes (flattening order, bit order) and this module is its reference
+reader. An entry's mask bit is 1 iff it compares != 0, so every zero decodes to +0.0: the
+same as finalize writes, and equal in value and in matmul results to a -0.0 a model pruned
+elsewhere may hold.
 """
 from __future__ import annotations
 

@@ -1,22 +1,13 @@
 """The sparse CPU runtime: pruned Linear/Conv1D layers run on torch's own CSR kernels.
 
-:func:`sparsify` swaps every sufficiently sparse Linear or HF Conv1D for a
-:class:`SparseLinear` that holds W (out, in) as a CSR tensor with int32 indices
-and computes y = x W^T + b with
-
-* ``torch.mv`` for one row (decode: batch 1, one new token), and
-* ``torch.sparse.mm`` for several rows (prefill, batched decode),
-
-falling back to a dense copy of W where the dense GEMM is faster.  Which path a
-call takes is a fixed rule, :func:`max_sparse_rows` (density -> most rows per
-call that still run sparse), set from measurements, not timed at load: a rule
-gives the same model every time, on every machine, and makes the benchmark
-reproducible.  int32 indices matter: with the default int64 ones the same
-matvec ran ~1.5x slower (twice the index bytes, and MKL's LP64 path).
-
-Values stay in the model's dtype; only float32/float64 weights are converted
-(torch's CPU CSR kernels for fp16/bf16 are slower than dense), others stay dense.
-Inference only: the CSR weights are buffers, not parameters, and carry no grad.
+:func:`sparsify` swaps every sufficiently sparse Linear or HF Conv1D for a :class:`SparseLinear`
+holding W (out, in) as CSR with int32 indices (int64 ones move twice the index bytes): ``torch.mv``
+for one row (decode), ``torch.sparse.mm`` for several (prefill), and a dense copy where the dense
+GEMM is faster. Which path a call takes is a fixed rule on density and rows,
+:func:`max_sparse_rows`, not a timing at load, so a model behaves the same on every load and
+machine (the measurements behind it: docs/performance.md, "Inference"). Only float32/float64
+weights are converted (torch's CPU CSR kernels are slower than dense for fp16/bf16). Inference
+only: the CSR weights are buffers, with no grad.
 """
 from __future__ import annotations
 

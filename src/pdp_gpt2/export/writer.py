@@ -1,21 +1,13 @@
-"""Export a finalized sparse model so it is really smaller, and load it back.
+"""Export a finalized sparse model so it is really smaller.
 
-``export(src, out, fmt)`` reads a finalized HF directory (or a training run
-directory holding ``final/``) and writes one of:
-
-* ``dense``: a copy of the finalized HF directory, for any consumer;
-* ``compressed``: every pruned tensor as bitmask + nonzero values (or b-bit
-  codes + per-channel scales when the weights lie on a quantization grid);
-* ``2:4``: every pruned tensor as kept values + 2-bit in-group indices.
-
-Both sparse layouts are one safetensors file described in docs/format.md and read
-back by :func:`pdp_gpt2.load_compressed` (export/compressed_loader.py).  Output is built
-in a temporary sibling directory and renamed into place only when complete and verified,
-so a failed export leaves nothing behind; ``--out`` and ``--overwrite`` follow outdir.py.
-Every export writes ``size_report.json`` with sizes read from the real files on disk and
-the names of all its files; a sparse export also writes its own README.md (card.py).
-The zeros counted in the model's ``pdp_pruning.json`` are checked against the weights
-before anything is written (the manifest travels into the export).
+``export(src, out, fmt)`` reads a finalized HF directory (or a run directory holding ``final/``)
+and writes ``dense`` (a copy), ``compressed`` (bitmask + nonzero values, or b-bit codes + scales on
+a quantization grid) or ``2:4`` (kept values + 2-bit in-group indices). The sparse layouts are one
+safetensors file (docs/format.md) read back by :func:`pdp_gpt2.load_compressed`. The zeros counted
+in ``pdp_pruning.json`` are checked against the weights, and its descriptive fields against the
+run's summary.json, first; the export is built in a temporary
+sibling and renamed into place only when complete and verified (``--out``/``--overwrite``:
+outdir.py), with ``size_report.json`` (sizes read from disk) and, for a sparse one, its own card.
 """
 from __future__ import annotations
 
@@ -34,7 +26,8 @@ from pdp_gpt2.export import nm24
 from pdp_gpt2.export.card import export_card
 from pdp_gpt2.export.outdir import REPORT, check_out, move_into_place, out_path
 from pdp_gpt2.data.models import dtype_kwarg
-from pdp_gpt2.data.manifest import MANIFEST, check_counts, pruned_weights, quant_bits, read_manifest
+from pdp_gpt2.data.manifest import (MANIFEST, check_counts, check_description, pruned_weights, quant_bits,
+                                    read_manifest)
 from pdp_gpt2.errors import UsageError, disk_problem
 from pdp_gpt2.names import ORIGINAL
 from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D, find_targets
@@ -60,17 +53,25 @@ def resolve_source(src: str | Path) -> Source:
         raise UsageError(f"{src}: no such directory")
     summary = None
     if (path / "final").is_dir():
-        if (path / "summary.json").is_file():
-            try:
-                summary = json.loads((path / "summary.json").read_text())
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path / 'summary.json'} is not valid JSON: {e}") from None
+        summary = _run_summary(path)
         path = path / "final"
+    elif path.name == "final":  # a run's final/ given directly: the run's record is beside it
+        summary = _run_summary(path.parent)
     if not (path / "config.json").is_file():
         raise UsageError(f"{path} is neither a model directory (no config.json) nor a run directory (no final/)")
     if not list(path.glob("*.safetensors")):
         raise UsageError(f"{path} has no .safetensors weights (export reads finalized safetensors models)")
     return Source(path, summary)
+
+
+def _run_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json, or None if it has none."""
+    if not (run_dir / "summary.json").is_file():
+        return None
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{run_dir / 'summary.json'} is not valid JSON: {e}") from None
 
 
 def quant_bits_hint(summary) -> int | None:
@@ -283,6 +284,7 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
               "guessing the pruned tensors from their zeros", flush=True)
     else:
         check_counts(manifest, model.state_dict(), source.model_dir)
+        check_description(manifest, source.summary, source.model_dir)  # what the card and the seal will say
     hint = quant_bits(manifest) if manifest is not None else quant_bits_hint(source.summary)
     if fmt == "dense":
         if not pruned_tensors(model, manifest):

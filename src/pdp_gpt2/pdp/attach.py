@@ -1,15 +1,10 @@
 """The one entry point: ``attach(model, method, config)`` -> a mask driver (methods: pdp/registry.py).
 
-``attach`` puts the method's parametrization on every target weight.
-Side effects worth knowing (they are torch.nn.utils.parametrize's):
-the module's class becomes ``ParametrizedConv1D`` etc., state_dict keys move to
-``...parametrizations.weight.original``, and the model can't be pickled.
-``finalize`` bakes hard masks in and undoes all of that, so the result is a plain
-HF model whose state_dict keys equal a fresh model's; ``remove`` is the inverse
-of ``attach`` that restores the dense weights untouched.
-
-Adding a method is one :class:`~pdp_gpt2.pdp.driver.MaskDriver` subclass and one
-:class:`~pdp_gpt2.pdp.registry.MethodSpec` (pdp/registry.py; docs/architecture.md shows a toy).
+``attach`` puts the method's parametrization on every target weight, with
+torch.nn.utils.parametrize's side effects: the module's class becomes ``ParametrizedConv1D`` etc.,
+state_dict keys move to ``...parametrizations.weight.original``, and the model can't be pickled.
+``finalize`` bakes hard masks in and undoes all of that (state_dict keys equal a fresh model's);
+``remove`` is the inverse of ``attach`` that restores the dense weights untouched.
 """
 from __future__ import annotations
 
@@ -100,6 +95,13 @@ def check_fit(model: nn.Module, method: str, config: PDPConfig) -> list[Target]:
     for t in targets:
         pattern.check_shape(t.name, t.module.weight.shape, t.out_dim)
     return targets
+
+
+def method_record(method: str, config: PDPConfig) -> dict:
+    """The method's own entry of pdp_pruning.json (``MaskDriver.record``): {} for a method without masks."""
+    cls = registry.get(method).driver_class()
+    record = getattr(cls, "record", None)  # a plugin's driver need not derive from MaskDriver
+    return record(config) if callable(record) else {}
 
 
 def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig | None = None, *,

@@ -1,34 +1,14 @@
-"""Baseline mask drivers: the same :class:`~pdp_gpt2.pdp.driver.MaskDriver` contract as PDP.
+"""Baseline mask drivers, the same :class:`~pdp_gpt2.pdp.driver.MaskDriver` contract as PDP.
 
-The training harness (``train.run`` + ``PruningCallback``) only ever calls
-``set_sparsity`` / ``step`` / ``stats`` / ``finalize`` / ``state_dict`` on its
-pruner, so a baseline is just another driver (registered in pdp/registry.py):
+* ``magnitude``: one-shot; the floor(r n) smallest |w| of each tensor are pruned at attach, at the
+  final target, and the mask is frozen (the schedule's ``set_sparsity`` calls are ignored).
+* ``gmp``: gradual magnitude pruning (Zhu & Gupta 2017) on PDP's schedule, the mask recomputed
+  after every optimizer step from |w * mask|, so pruned weights stay pruned: a pruned weight gets
+  no gradient, and letting it back in whenever a kept one shrank below it would make the mask flicker.
+* ``wanda`` (pdp/wanda.py) and ``sparsegpt`` (pdp/sparsegpt.py) use ``HardMask`` from here.
 
-* ``magnitude``: one-shot.  At attach the k = floor(r n) smallest |w| of each
-  tensor are pruned at the *final* target and the mask is frozen; the schedule's
-  ``set_sparsity`` calls are ignored (there is no ramp to follow).
-* ``gmp``: gradual magnitude pruning (Zhu & Gupta 2017).  The callback moves the
-  sparsity along the same schedule as PDP (``--schedule``, cubic by default) and
-  the mask is recomputed from magnitudes after every optimizer step.  Decision:
-  *pruned weights stay pruned* (the classic variant): scores are |w * mask|, so
-  an already-pruned weight scores 0 and is chosen again while the target grows.
-  Without that, a pruned weight - frozen, since it gets no gradient - could
-  re-enter whenever a kept weight shrank below it, and the mask would flicker.
-* ``wanda``: one-shot like ``magnitude`` but with the score |W| * ||X||_2 of the
-  weight's input feature over a few calibration blocks (Sun et al. 2023), which
-  the caller passes in (``attach(..., calibration=blocks)``; the core loads no data).
-  The comparison group is the pattern's (the whole tensor when unstructured, not
-  Wanda's per-output row), so every method prunes exactly the same number of
-  weights per tensor.
-
-Keep-masks of every target are selected together (``Pattern.keeps``, pdp/select.py: exact,
-with the counting on the device), and between sparsity changes gmp reads one count per
-target, all in one host transfer, to see that its masks would come back unchanged.
-
-The mask is hard: ``HardMask`` multiplies by a 0/1 keep-mask, a plain product,
-so no gradient flows through the mask and pruned weights get exactly zero
-gradient.  The keep-mask is a buffer of the parametrization, so Trainer
-checkpoints carry it and a resumed run continues with the same mask.
+Keep-masks of every target are selected together (pdp/select.py). ``HardMask`` multiplies by a
+0/1 keep-mask buffer: pruned weights get exactly zero gradient, and checkpoints carry the mask.
 """
 from __future__ import annotations
 
@@ -178,51 +158,3 @@ class GMP(HardPruner):
             todo_s.append(s)
         if todo:
             self._set_keeps(todo, scored, todo_s)
-
-
-class Wanda(HardPruner):
-    """One-shot with scores |W| * ||X||_2 from the caller's calibration blocks."""
-
-    description = ("one-shot Wanda pruning (|w| times input-activation norm), then fine-tuning with the mask "
-                   "frozen")
-    one_shot = True
-
-    def prepare(self, calibration) -> None:
-        if calibration is None:
-            raise ValueError("wanda needs calibration token blocks (attach(..., calibration=blocks))")
-        self.scores = wanda_scores(self.model, self.targets, calibration)
-
-    def score(self, t: Target, w: torch.Tensor) -> torch.Tensor:
-        return self.scores[t.name].to(w.device)
-
-
-@torch.no_grad()
-def wanda_scores(model: nn.Module, targets: list[Target], blocks: torch.Tensor, batch_size: int = 8) -> dict:
-    """|W| * ||X||_2 per weight, X the inputs each target sees on ``blocks`` (n, length) of token ids."""
-    sq = {t.name: None for t in targets}
-
-    def hook(name):
-        def fn(_module, inputs, _output):
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            s = (x * x).sum(0)
-            sq[name] = s if sq[name] is None else sq[name] + s
-        return fn
-
-    handles = [t.module.register_forward_hook(hook(t.name)) for t in targets]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for i in range(0, len(blocks), batch_size):
-            model(input_ids=blocks[i:i + batch_size].to(device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    out = {}
-    for t in targets:
-        norm = sq[t.name].sqrt()  # one value per input feature
-        shape = [1, 1]
-        shape[t.in_dim] = -1
-        out[t.name] = t.module.weight.detach().abs().float() * norm.view(shape).to(t.module.weight.device)
-    return out

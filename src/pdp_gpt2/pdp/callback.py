@@ -3,37 +3,13 @@
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       callbacks=[pdp_gpt2.PruningCallback(pdp_gpt2.PDPConfig(sparsity=0.9))])
 
-Lifecycle, mapped on Trainer's events:
-
-* ``on_init_end`` (inside ``Trainer(...)``): masks are attached to the model Trainer holds,
-  the unwrapped one, before anything wraps it (DDP) and before ``train(resume_from_checkpoint=...)``
-  loads a checkpoint, whose state_dict has the masked keys (``...parametrizations.weight.original``).
-  A callback added later with ``trainer.add_callback`` attaches at ``on_train_begin``: fine for a
-  fresh run, refused on a resume (Trainer would already have loaded the checkpoint into a model
-  without masks, skipping the masked keys).
-* ``on_train_begin``: the schedule (:class:`~pdp_gpt2.pdp.schedule.PruningSchedule`) starts at
-  ``state.global_step`` (a resume continues the ramp and tau where the checkpoint left them, as
-  planned when the run started: a resume with a larger ``max_steps`` keeps the old ramp and tau
-  window and trains the extra steps at the target sparsity and ``tau_final``).
-* ``on_step_end`` (once per optimizer step, after ``optimizer.step()``): sparsity and tau move,
-  thresholds follow the updated weights.
-* ``on_log``: ``sparsity``, ``sparsity_hard``, ``band``, ``mask_mean``, ``tau`` and per-layer
-  values are added to the log record, and to ``trainer.state.log_history``.  Callbacks after this
-  one see them; Trainer's ``report_to`` integrations run *before* user callbacks, so to reach
-  wandb / tensorboard / mlflow use ``PruningCallback(cfg).install(trainer)``, which puts it first.
-* ``on_save``: ``pdp_state.json`` (budgets, step, tau) goes into ``checkpoint-<step>/``, written
-  atomically, last, by the process that saves, after every rank has reached it.  Why a file and not
-  Trainer's ``ExportableState``: that restore (off by default) rebuilds a callback from JSON
-  arguments, which cannot carry the attached masks.  On resume it is read back from
-  ``<output_dir>/checkpoint-<global_step>/`` (where Trainer's resume finds checkpoints), or from
-  ``resume_from`` when ``train(resume_from_checkpoint=...)`` names one elsewhere; without it the
-  schedule is recomputed from the step, which gives the same state for the same model and length.
-* ``on_train_end``: finalize (``finalize=True``): exact zeros, plain modules, so
-  ``trainer.save_model()`` writes a normal checkpoint.
-
-Distributed: every rank attaches and computes the same thresholds from the same weights
-(DDP keeps them equal); inside Trainer, sharded training (FSDP, DeepSpeed ZeRO-3) is not supported;
-FSDP2 works in your own loop (attach first, then :func:`pdp_gpt2.fsdp.shard_model`: README).
+It attaches the masks in ``on_init_end`` (before DDP wraps the model and before a checkpoint with
+masked keys loads), moves sparsity and tau after every optimizer step, adds the pruning values to
+each log record, writes ``pdp_state.json`` into each checkpoint and finalizes at train end, so
+``trainer.save_model()`` writes a plain model with exact zeros. Each event's job, and why the
+state is a file rather than Trainer's ``ExportableState``: docs/api.md. Every rank computes the
+same masks from the same weights, so DDP needs nothing more; sharded training inside Trainer
+(FSDP, ZeRO-3) is not supported, FSDP2 in your own loop is (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -82,7 +58,7 @@ class PruningCallback(TrainerCallback):
     """Prune while a ``Trainer`` trains: attach, schedule, log, checkpoint, finalize (module docstring).
 
     ``config``: the :class:`PDPConfig` (target sparsity, tau and its schedule, pattern, ...).
-    ``method``: a name in the method registry (pdp/attach.py): ``pdp``, a baseline (``gmp``,
+    ``method``: a name in the method registry (pdp/registry.py): ``pdp``, a baseline (``gmp``,
     ``magnitude``, ``wanda`` with ``calibration`` token blocks), or ``dense`` (no masks; checkpoints
     still get their pdp_state.json).  ``ramp_steps`` (default ``ramp_fraction`` of the run's optimizer steps;
     more than the run has is a ValueError when training begins, before the first step) and

@@ -6,11 +6,12 @@ stack).  Only validating a pattern spec imports the pattern registry (patterns.p
 pattern parses its own spec."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 
 from typing import TYPE_CHECKING
 
-from pdp_gpt2.errors import UsageError
+from pdp_gpt2.errors import UsageError, UsageTypeError
 
 if TYPE_CHECKING:
     from pdp_gpt2.pdp.patterns import Pattern
@@ -53,11 +54,20 @@ class PDPConfig:
         default=None,
         metadata={"help": "module-name glob patterns to prune; default: every Linear/Conv1D inside the repeated blocks"},
     )
+    wanda_groups: str = field(
+        default="output",
+        metadata={"help": "--method wanda's comparison group: 'output' (the paper's: each output row ranks its own "
+                          "weights; every row prunes floor(r cols), and so many rows one more (those whose next-lowest "
+                          "score is lowest) that the tensor has exactly floor(r n) zeros, as under every method) or "
+                          "'tensor' (the floor(r n) lowest scores of the whole tensor); N:M and 'row' keep their own "
+                          "groups (pdp/wanda.py)"},
+    )
     max_layer_sparsity: float = field(
         default=0.99, metadata={"help": "cap on every tensor's sparsity, under both allocations; a sparsity above it is refused (raise this, < 1, for more)"}
     )
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not (0.0 <= self.sparsity < 1.0):
             raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if not 0 < self.tau < float("inf"):
@@ -74,6 +84,8 @@ class PDPConfig:
             raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {self.tau_mode!r}")
         if self.allocation not in ("layer", "global"):
             raise UsageError(f"allocation must be 'layer' or 'global', got {self.allocation!r}")
+        if self.wanda_groups not in ("output", "tensor"):
+            raise UsageError(f"wanda_groups must be 'output' or 'tensor', got {self.wanda_groups!r}")
         if not 0 < self.beta < float("inf"):
             raise UsageError(f"beta must be > 0 and finite, got {self.beta}")
         if not (2 <= int(self.bits) <= 8) or int(self.bits) != self.bits:
@@ -85,6 +97,33 @@ class PDPConfig:
                              "on every tensor; raise max_layer_sparsity (< 1) to prune that far")
         # The pattern parses its own spec and says which sparsity and allocation it allows.
         self.mask_pattern.check(self.sparsity, self.allocation)
+
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong type before any range check: "0.9" compared to a number fails
+        obscurely, "false" is a true string, and a string of targets is matched character by character."""
+        def shown(v) -> str:
+            return f"the string {v!r}" if isinstance(v, str) else repr(v)
+
+        for name in ("sparsity", "tau", "beta", "max_layer_sparsity", "tau_final"):
+            v = getattr(self, name)
+            if not (name == "tau_final" and v is None) and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise UsageTypeError(f"{name} must be a number, got {shown(v)}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, numbers.Real):
+            raise UsageTypeError(f"bits must be an integer, got {shown(self.bits)}")
+        for name in ("tau_mode", "tau_schedule", "allocation", "pattern"):
+            if not isinstance(getattr(self, name), str):
+                raise UsageTypeError(f"{name} must be a string, got {shown(getattr(self, name))}")
+        for name in ("improved_masking", "quantize"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageTypeError(f"{name} must be True or False, got {shown(getattr(self, name))}")
+        if self.targets is not None:
+            if isinstance(self.targets, str) or not isinstance(self.targets, (list, tuple)):
+                raise UsageTypeError(f"targets must be a list of module-name patterns, got {shown(self.targets)} "
+                                     f"(a list such as [{self.targets!r}])" if isinstance(self.targets, str) else
+                                     f"targets must be a list of module-name patterns, got {shown(self.targets)}")
+            if bad := [t for t in self.targets if not isinstance(t, str)]:
+                raise UsageTypeError(f"targets must be a list of module-name patterns, got {shown(bad[0])} in it")
+            self.targets = list(self.targets)
 
     @property
     def mask_pattern(self) -> Pattern:

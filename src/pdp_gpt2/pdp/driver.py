@@ -1,28 +1,15 @@
 """The MaskDriver contract: what every pruning method (PDP, the baselines, a new one) is.
 
-A driver owns one model's masks from ``attach`` to ``finalize``.  A method defines
-three things (see attach.py for the registry and docs/architecture.md for a toy):
+A driver owns one model's masks from ``attach`` to ``finalize``. A method defines ``make_mask``
+(the parametrization on a target's weight; ``PDPMask`` and the baselines' ``HardMask`` are the two
+there are, and a new method usually reuses one), ``update`` or ``update_all`` (recompute the masks
+for a sparsity; the built-in methods do every target in one batched selection), and optionally
+``prepare(calibration)``, ``start()``, the flags ``one_shot`` / ``keeps_history`` and a
+``description``. Methods are registered in pdp/registry.py; docs/architecture.md has a toy.
 
-* ``make_mask(target)``: the parametrization put on the target's weight.  It keeps its
-  state in buffers (they travel in the model's state_dict) and says what it is: ``soft``
-  (differentiable or 0/1), ``soft_mask(w)`` / ``local_soft_mask(part)`` (its values, on the
-  whole weight or on the rows a shard holds), ``final_keep(part)`` and ``final_local(part, keep)``
-  (finalize's exact zeros on those rows), ``to_identity()`` (a sharded model keeps its
-  parametrizations); ``PDPMask`` and the baselines' ``HardMask`` are the two there are, and a
-  new method usually reuses one.  Optionally ``recipe(w)``, to be recomputed in backward
-  instead of kept (pdp/recompute.py);
-* ``update(target, sparsity)``: recompute that target's mask for ``sparsity``, or
-  ``update_all(targets, sparsities)`` to do every target at once (the built-in methods do:
-  one batched selection and one host transfer per step, pdp/select.py);
-* optionally ``prepare(calibration)`` (runs before any mask goes on), ``start()``
-  (the masks right after attach), the class flags ``one_shot`` / ``keeps_history``
-  and a one-line ``description``.
-
-Everything else is shared here: the schedule's ``set_sparsity`` and ``step``,
-per-layer budgets, ``stats``, ``masks``, ``state_dict`` / ``load_state_dict``,
-``finalize`` and ``remove``.  Sharded weights (FSDP2) take the same paths: the driver hands
-its method and pattern :class:`~pdp_gpt2.pdp.patterns.Part` objects (the local shard and
-where it sits) and nothing here asks whether a weight is sharded but :meth:`part`.
+Everything else is shared here: ``set_sparsity``, ``step``, per-layer budgets, ``stats``,
+``state_dict`` / ``load_state_dict``, ``finalize`` and ``remove``. Sharded weights (FSDP2) take the
+same paths, as :class:`~pdp_gpt2.pdp.patterns.Part` objects; only :meth:`part` asks about sharding.
 """
 from __future__ import annotations
 
@@ -81,6 +68,12 @@ class MaskDriver:
         """Recompute every target's mask; a method that can batch the work across targets overrides this."""
         for t, s in zip(targets, sparsities):
             self.update(t, s)
+
+    @classmethod
+    def record(cls, config: PDPConfig) -> dict:
+        """What a run's pdp_pruning.json says about this method beyond the shared settings (its
+        comparison group, how its count is defined, its calibration); nothing by default."""
+        return {}
 
     def start(self) -> None:
         """The masks right after attach: at the final target (a gradual method may start dense)."""

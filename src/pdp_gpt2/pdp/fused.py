@@ -1,43 +1,17 @@
-"""Fused kernels for the per-step work PDP adds: the masked weight, its gradient, and
-the counting pass of threshold selection.
+"""Fused kernels for the per-step work PDP adds: the masked weight, its gradient, and the counting
+pass of threshold selection.
 
-Memory.  Plain autograd of ``w * sigmoid((w^2 * a - b) / tau)`` keeps several
-full-size intermediates alive until backward (w^2, z, m, ...).  The Function here
-saves only ``w`` (which the parameter holds anyway) and recomputes m in backward, using
+The autograd Function saves only ``w`` and recomputes m in backward, with
+d(w m)/dw = m + 2 a w^2 dm/dz (dm/dz = m (1 - m) for the sigmoid; the improved blend adds its tanh
+term), the math of :func:`pdp_gpt2.pdp.mask.soft_mask`. a and b are 0-d tensors with tau folded
+in ((1/t^2, 1) / tau relative, (1, t^2) / tau absolute), so z = w^2 a - b needs no host sync and no
+division per entry. Large tensors run a ``torch.compile``'d version (one pass each way instead of
+a dozen eager ones); small ones stay eager; if compiling fails we warn once and stay eager.
+Gradients too small for Adam's second moment are flushed to 0 (:func:`underflow_level`).
 
-    d(w m)/dw = m + w * dm/dz * dz/dw = m + 2 a w^2 dm/dz,
-
-with dm/dz = m (1 - m) for the sigmoid and, for the improved (beta) blend,
-0.7 s (1 - s) + 0.15 beta (1 - tanh(beta z)^2).  The math is the same as
-:func:`pdp_gpt2.pdp.mask.soft_mask`; tests check both value and gradient.
-
-a, b are 0-d tensors with tau folded in: (1/t^2, 1) / tau in relative mode,
-(1, t^2) / tau in absolute mode, so z = w^2 a - b covers both without a host sync
-(and costs a multiply-add per entry: a division by tau per entry cost a vector
-division, the slowest instruction in the loop).
-
-Time.  Each direction reads w (and the incoming gradient) and writes one tensor;
-on CPU the sigmoid's exponential and division cost more than that traffic
-(docs/performance.md).  Eager PyTorch runs each elementwise op as its own pass
-(about six forward, ten backward), so on large tensors we run a ``torch.compile``'d
-version of the same expression instead: one loop, one pass, out of place.  Small
-tensors (test models, tiny configs) stay eager, where compiling would cost more
-than it saves.  If compiling fails (no C++ compiler, no Triton, an unsupported
-platform) we warn once and stay eager for the rest of the process.  Gradients too
-small for Adam's second moment are flushed to 0 (:func:`underflow_level`), which
-leaves the trained weights the same.  Thresholds: see pdp/select.py (its counting
-kernel lives here).
-
-Only public APIs: the kernels never touch the incoming gradient (an earlier version
-reused buffers, guarded by private reference counts).  The forward writes a fresh
-tensor; the backward writes the gradient into a fresh tensor, or into the masked
-weight the backward recomputed, when pdp/recompute.py hands it over
-(:func:`offer_buffer`): that one nobody else holds by then.
-Inside a caller's own ``torch.compile`` the masked weight is plain differentiable
-ops, which that compiler fuses itself.
-
-What to do is an explicit :class:`KernelOptions` that travels through ``attach``;
-nothing here reads environment variables (the CLI does).
+Public APIs only: the backward writes into a fresh tensor or into the masked weight that
+pdp/recompute.py hands over (:func:`offer_buffer`). Options come as :class:`KernelOptions`
+through ``attach``; nothing here reads environment variables (the CLI does).
 """
 from __future__ import annotations
 
@@ -46,6 +20,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+
+from pdp_gpt2.pdp.mask import Z_FLOOR, saturated_sigmoid
 
 @dataclass(frozen=True)
 class KernelOptions:
@@ -110,7 +86,7 @@ def _fast(name: str, expr, eager, kernels: KernelOptions | None, *args):
 
 def _mask_and_slope(w, a, b, beta: float | None):
     z = w * w * a - b
-    s = torch.sigmoid(z)
+    s = saturated_sigmoid(z)  # exact 0 when saturated: subnormal masks slow every op that reads them
     if beta is None:
         return s, s * (1 - s)
     th = torch.tanh(beta * z)
@@ -169,11 +145,11 @@ def _backward_into(out, grad, w, a, b, beta: float | None, flush: float):
 
 def _forward_eager(w, a, b, beta: float | None):
     z = torch.mul(w, w).mul_(a).sub_(b)
-    if beta is None:
-        m = z.sigmoid_()
-    else:
-        th = torch.tanh(z * beta)
-        m = z.sigmoid_().mul_(0.7).add_(th.add_(1).mul_(0.15))
+    th = None if beta is None else torch.tanh(z * beta)
+    saturated = z < Z_FLOOR  # mask.saturated_sigmoid, in place
+    m = z.clamp_min_(Z_FLOOR).sigmoid_().masked_fill_(saturated, 0.0)
+    if th is not None:
+        m = m.mul_(0.7).add_(th.add_(1).mul_(0.15))
     return m.mul_(w)
 
 

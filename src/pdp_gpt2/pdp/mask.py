@@ -1,27 +1,13 @@
-"""Pure PDP math: thresholds, soft masks, hard masks, fake quantization.
+"""Pure PDP math: thresholds, soft masks, hard masks, fake quantization; tensors in, tensors out,
+so each function is tested on hand-computed values.
 
-Nothing here knows about modules or models; every function takes tensors and
-returns tensors, so each one is tested on hand-computed values.
-
-Notation (Cho, Adya, Naik, "PDP: Parameter-free Differentiable Pruning is All
-You Need", NeurIPS 2023): for a weight tensor W with n entries and a target
-sparsity r, the k = floor(r * n) entries of smallest magnitude are "pruned".
-
-* threshold t = midpoint between the largest pruned |w| and the smallest kept |w|
-  (it is a number read off the weights: it carries no gradient);
-* soft mask  m(w) = softmax([t^2, w^2] / tau)[1] = sigmoid((w^2 - t^2) / tau);
-* effective weight m(w) * w, with the gradient flowing through m as well
-  (the paper's boosting term dm/dw = 2 w m (1 - m) / tau).
-
-tau convention (the one place we depart from a raw reading of the paper, and why):
-an absolute tau on w^2 means different things on different layers, because
-GPT-2's layers differ ~10x in weight scale (so ~100x in w^2): one value would be
-a hard step on one layer and "everything 0.5" on another.  We measure w^2 - t^2
-in units of t^2, i.e. x = (w^2 - t^2) / t^2 = (|w| / t)^2 - 1, and use
-m = sigmoid(x / tau).  The mask then depends only on |w| / t: it is invariant
-to the layer's scale, and tau is dimensionless.  With the default tau = 0.02 the
-band 0.05 < m < 0.95 is |w| / t in [0.970, 1.029] on every layer.
-Pass ``tau_mode="absolute"`` to get the paper's raw form x = w^2 - t^2.
+For a weight tensor W with n entries at target sparsity r (Cho, Adya, Naik, NeurIPS 2023), the
+k = floor(r n) smallest magnitudes are pruned; the threshold t is the midpoint between the largest
+pruned |w| and the smallest kept |w| (no gradient); the soft mask is
+m(w) = softmax([t^2, w^2] / tau)[1] and the effective weight m(w) * w, with the gradient through m.
+We measure w^2 - t^2 in units of t^2, m = sigmoid(((|w| / t)^2 - 1) / tau), because GPT-2's layers
+differ ~10x in weight scale: the mask then depends only on |w| / t and one tau means the same on
+every layer. ``tau_mode="absolute"`` gives the paper's raw form (docs/method.md).
 """
 from __future__ import annotations
 
@@ -81,6 +67,20 @@ def normalized_gap(sq: torch.Tensor, t: torch.Tensor, tau_mode: str = "relative"
     raise ValueError(f"unknown tau_mode {tau_mode!r}")
 
 
+# Below this z = x / tau the sigmoid is taken as exactly 0 (its value would be under e^-64 ~ 1.6e-28).
+# Saturated masks must hold exact zeros, not subnormal numbers: a sigmoid below ~e^-87, or a masked
+# weight w * m below float32's normal range (1.2e-38), makes every op that reads it run on the CPU's
+# slow path (15-20x slower steps while tau anneals). Nothing a float32 run computes can see the
+# difference: w * m changes by under 1.6e-28 |w|, and the gradients it drops are under the flush
+# level of pdp/fused.py's underflow_level for any upstream gradient below ~1e8.
+Z_FLOOR = -64.0
+
+
+def saturated_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """sigmoid(z), exactly 0 (value and slope) where z < Z_FLOOR; never a subnormal number."""
+    return torch.where(z < Z_FLOOR, 0.0, torch.sigmoid(z.clamp_min(Z_FLOOR)))
+
+
 def mask_from_gap(x: torch.Tensor, tau: float, beta: float | None = None) -> torch.Tensor:
     """Soft mask from the normalized gap x.
 
@@ -90,7 +90,7 @@ def mask_from_gap(x: torch.Tensor, tau: float, beta: float | None = None) -> tor
     mask commits faster far from the threshold while staying smooth at it.
     """
     z = x / tau
-    m = torch.sigmoid(z)
+    m = saturated_sigmoid(z)
     if beta is not None:
         m = 0.7 * m + 0.15 * (torch.tanh(beta * z) + 1.0)
     return m

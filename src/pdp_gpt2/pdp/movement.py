@@ -1,46 +1,16 @@
-"""Movement pruning (Sanh, Wolf, Rush, "Movement Pruning: Adaptive Sparsity by Fine-Tuning",
-NeurIPS 2020): the same :class:`~pdp_gpt2.pdp.driver.MaskDriver` contract as PDP and the baselines.
+"""Movement pruning (Sanh, Wolf, Rush, NeurIPS 2020) as a :class:`~pdp_gpt2.pdp.driver.MaskDriver`.
 
-Every target weight W gets learned scores S of its shape.  Forward: W' = W * M, where M keeps the
-highest-scoring (1 - r) of the entries at the schedule's sparsity r (exactly floor(r n) pruned,
-ties by flat index).  Backward, straight-through on the top-k:
+Every target weight W gets learned scores S of its shape. Forward: W' = W * M, where M keeps the
+highest-scoring entries, exactly floor(r n) pruned at the schedule's sparsity r (ties by index).
+Backward, straight-through on the top-k: dL/dW = dL/dW' * M and dL/dS = dL/dW' * W, so a weight
+moving away from zero gains score and a pruned one can come back. M is selected after every
+optimizer step for every target at once (pdp/select.py); finalize keeps the top-k of the last scores.
+S is an ``nn.Parameter`` of the mask, so the optimizer, checkpoints and DDP carry it unchanged.
 
-    dL/dW = dL/dW' * M        (pruned weights are frozen, but keep their values)
-    dL/dS = dL/dW' * W        (every entry, pruned or not: a pruned weight can come back)
-
-so under gradient descent S accumulates -lr * W * dL/dW: a weight moving away from zero gains
-score.  M is recomputed after every optimizer step (``step``) for every target at once, by the
-pattern's exact batched selection (pdp/select.py), and at finalize the weights keep the top-k of
-the last scores: exact zeros, plain modules, a fresh model's state_dict keys (the scores go with
-the parametrization).
-
-Decisions:
-
-* Scores start at 0 (the paper's and Hugging Face's emmental ``mask_init="constant"``,
-  ``mask_scale=0``), and the mask starts dense: the cubic schedule moves the sparsity (like gmp).
-* No score learning rate of its own.  Emmental trains S at 1e-2 against 3e-5 for the weights, a
-  separate optimizer group.  Here S is an ``nn.Parameter`` of the mask module, so it is in
-  ``model.parameters()``, Trainer's optimizer, checkpoints and DDP's gradient sync with no change
-  to the loop, at the weights' learning rate, and that is the same run: the top-k reads only
-  the order of S, nothing else in forward or backward reads S, and an Adam/AdamW/SGD update is
-  the learning rate times a function of the gradients.  From S = 0 the scores under learning
-  rate c * lr are therefore c times the scores under lr, step for step, with the same masks and
-  the same weights (tests/pdp/test_movement.py checks this bit for bit with c = 1024).  The one
-  exception is decoupled weight decay, which shrinks S by (1 - lr * wd) per step, a relative
-  forgetting of old movement (emmental gives the scores none); the run's default is 0.  A scale
-  S = c * theta would change nothing either, so there is no setting for it.
-* No soft movement (the paper's M = 1(sigmoid(S) > tau) with lambda * mean sigmoid(S) added to the
-  loss).  Its sparsity is whatever lambda and tau make of training, per tensor and overall, not
-  the schedule's floor(r n): a top-k at finalize would ship another mask than the one trained,
-  and landing on r means tuning lambda per run.  It also reads the scale of S (so it would need
-  a score learning rate after all) and adds a loss term, which needs the training loop.
-* Entrywise patterns only ('unstructured', N:M): each weight is ranked by its own score.  A
-  pattern that ranks units of several weights (whole rows) would need one score per unit.
-
-Why the selection runs on keys: pdp/select.py ranks magnitudes (it takes ``abs``), and here the
-sign of a score matters.  :func:`order_keys` maps each score to a non-negative float that orders
-exactly like it (its bit pattern made unsigned, in a float type wide enough to hold it exactly),
-so the k lowest keys are the k lowest scores, ties by index as in ``mask.hard_mask_from_scores``.
+The selection ranks magnitudes, and a score's sign matters: :func:`order_keys` maps each score to a
+non-negative float that orders exactly like it. Where this departs from the paper's code (no
+score learning rate of its own, no soft movement, entrywise patterns only) and why:
+docs/results.md, "How the baselines are implemented".
 """
 from __future__ import annotations
 

@@ -1,18 +1,13 @@
 """The parametrization registered on each target weight by PDP.
 
-``torch.nn.utils.parametrize`` makes ``module.weight`` a computed property
-(original -> masked), so the model's own forward code is untouched and autograd
-sees the mask.  The threshold is cached in a buffer and refreshed by the driver
-once per optimizer step, for every target together (``Pattern.thresholds``); a
-forward pass only applies it (gradient accumulation does not recompute thresholds
-per micro-batch).  Everything that depends on the sparsity pattern is the
-:class:`~pdp_gpt2.pdp.patterns.Pattern`'s; everything that depends on a shard, the
-:class:`~pdp_gpt2.pdp.patterns.Part`'s.
-
-What a mask module tells its driver (the baselines' ``HardMask`` the same): ``soft``
-(a differentiable mask, or 0/1), ``k`` (how many units it prunes now), ``local_soft_mask``
-(its values on the rows this process holds), ``final_keep`` / ``final_local`` (the exact
-zeros of finalize, on those rows) and ``to_identity`` (a sharded model keeps its masks).
+``torch.nn.utils.parametrize`` makes ``module.weight`` a computed property (original -> masked), so
+the model's own forward code is untouched and autograd sees the mask. The threshold is a buffer
+the driver refreshes once per optimizer step for every target together; a forward only applies it
+(so gradient accumulation does not recompute thresholds per micro-batch). What depends on the
+pattern is the :class:`~pdp_gpt2.pdp.patterns.Pattern`'s, what depends on a shard the
+:class:`~pdp_gpt2.pdp.patterns.Part`'s. A mask tells its driver ``soft``, ``k``,
+``local_soft_mask``, ``final_keep`` / ``final_local`` (finalize's exact zeros, written as +0.0)
+and ``to_identity``, as the baselines' ``HardMask`` does.
 """
 from __future__ import annotations
 

@@ -1,33 +1,16 @@
 """Sparsity patterns: which entries of a weight are pruned together.
 
-A :class:`Pattern` owns everything that depends on the shape of what is pruned: how many
-units a sparsity means (counting), the score each unit is ranked by, PDP's thresholds, the
-soft mask for those thresholds, the exact hard keep-mask that finalize and the hard-mask
-baselines use, and how each of these runs on a shard (FSDP2).  The drivers never branch on
-the pattern or on whether a weight is sharded; they hand the pattern :class:`Part` objects
-and call these methods, batched over every target of the model.
+A :class:`Pattern` owns everything that depends on the shape of what is pruned: how many units a
+sparsity means, the score each unit is ranked by, PDP's thresholds and soft mask, the exact hard
+keep-mask, and how each runs on a shard (FSDP2). Drivers never branch on the pattern or on
+sharding; they hand it :class:`Part` objects, batched over every target. Every method takes the
+weight as stored plus ``out_dim``, the axis of output channels (0 for nn.Linear's (out, in), 1 for
+GPT-2's Conv1D (in, out)).
 
-Every method takes the weight as stored plus ``out_dim``, the axis of output channels (0 for
-nn.Linear's (out, in), 1 for GPT-2's Conv1D (in, out)).
-
-Adding a pattern is one subclass and one line in :data:`PATTERNS`.  It needs four methods
-(docs/architecture.md and tests/pdp/test_extension_points.py show a complete toy)::
-
-    class Columns(Pattern):
-        name = "columns"
-        def num_pruned(self, shape, out_dim, sparsity): ...   # how many units go
-        def scores(self, w, out_dim): ...                     # one score per unit, broadcastable to w
-        def soft_mask(self, w, out_dim, t, tau, tau_mode, beta): ...
-        def expand(self, keep_units, shape, out_dim): ...     # unit keep-mask -> entry keep-mask
-    PATTERNS["columns"] = Columns
-
-Everything else has a default: the batched, exact selection of pdp/select.py ranks the scores,
-and on a shard the default gathers the whole weight first (exact for any pattern; a pattern
-whose units lie within a shard overrides ``local_scores``, ``local_expand`` and
-``local_soft_mask`` to work on the shard alone, as the built-in ones do).
-
-A spec string (``PDPConfig.pattern``) names a pattern: :func:`get_pattern` asks each
-registered class's :meth:`Pattern.parse` in turn ("2:4" is parsed by N:M).
+Adding a pattern is one subclass with four methods (``num_pruned``, ``scores``, ``soft_mask``,
+``expand``) and one line in :data:`PATTERNS` (docs/architecture.md has a toy); on a shard the
+default gathers the weight, and a pattern whose units lie within a shard overrides the ``local_*``
+methods. :func:`get_pattern` parses a spec string such as "2:4".
 """
 from __future__ import annotations
 

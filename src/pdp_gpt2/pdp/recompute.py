@@ -1,46 +1,16 @@
 """Recompute each masked weight in backward instead of keeping it alive from forward.
 
-Why.  A parametrized weight is computed in forward (``w * m(w)``), then its
-consumer (``addmm`` in GPT-2's Conv1D, ``linear`` elsewhere) saves it for
-backward, to compute the gradient of its input.  So every masked weight of the
-model is alive from its forward to its backward: one extra copy of all target
-weights at the peak (340 MB on GPT-2 small).  On CPU that copy is also slow:
-glibc hands the memory back to the kernel after each step and the next step
-takes fresh pages, which the kernel zeroes on first touch: on GPT-2 small, CPU,
-batch 4, ~68k more page faults a step than dense and a step ratio of 1.18
-where this module brings it to ~1.10 (docs/performance.md).
+A target's consumer (``addmm`` in GPT-2's Conv1D, ``linear`` elsewhere) saves the masked weight
+for backward, so every masked weight would be alive from its forward to its backward: one more
+copy of all target weights at the peak, taken fresh from the kernel every step on CPU. Instead,
+while a target module runs forward, a ``torch.autograd.graph.saved_tensors_hooks`` pair stores a
+recipe (the parameter, a snapshot of the mask's state) in place of the masked weight, and backward
+runs the mask again from it: bit-identical values, one more mask pass. The recomputed tensor then
+receives the weight's gradient (``fused.offer_buffer``). A mask opts in by defining ``recipe(w)``.
 
-How (public APIs only).  From the moment the mask returns the masked weight to
-the end of the target module's forward, a
-``torch.autograd.graph.saved_tensors_hooks`` pair is active.  Its pack hook
-recognises the masked weight the consumer saves (same storage as the output the
-mask module just returned, seen by a forward hook on the mask module) and stores
-a recipe instead: the parameter, a snapshot of the mask's state (threshold,
-tau) and the view's geometry.  The unpack hook runs the mask again from the
-recipe.  The forward's copy is then freed as soon as the module's forward
-returns, and the next module reuses its memory.  Cost: one more masked-weight
-pass per target in backward (0.030 s a step on GPT-2 small, ~1%).
-Values are bit-identical: the same kernel on the same inputs.  The recomputed
-tensor then serves once more: the consumer's backward, which reads it, runs
-before the mask's own backward (that one needs its result), so the mask's
-backward writes the weight's gradient into it (``fused.offer_buffer``) instead
-of into fresh memory the kernel would have to fault in and zero.
-
-Which masks.  A mask module opts in by defining ``recipe(w) -> (() -> Tensor) or
-None``: a function that recomputes its output for input ``w`` with the state it
-has now (PDPMask and the baselines' HardMask do).
-
-When not.  Nothing is packed under no_grad, inside torch.compile (the compiler
-plans its own memory), for sharded (FSDP2) parameters, or when the model uses
-activation checkpointing (an HF module's ``gradient_checkpointing`` flag is on):
-saved-tensor hooks do not stack, only the innermost pair applies, and
-checkpointing has its own.
-If you use your own saved-tensor hooks (activation offloading), pass
-``KernelOptions(recompute=False)``.  What the pack hook passes through (the
-module's input) is saved as under any saved-tensor hooks (checkpointing,
-offloading): without autograd's check that it was not modified in place before
-backward.  With ``create_graph=True`` the recipe runs with grad enabled, so
-double backward sees the masked weight's graph (and no buffer is handed over).
+Off under no_grad, inside torch.compile, for sharded (FSDP2) parameters and with activation
+checkpointing (saved-tensor hooks do not stack); with saved-tensor hooks of your own, pass
+``KernelOptions(recompute=False)``. Measurements: docs/performance.md.
 """
 from __future__ import annotations
 

@@ -1,34 +1,28 @@
 """The method registry: every pruning method by name, with the capabilities it declares.
 
-This module imports nothing heavy (no torch, nothing of the core), so the plain schemas
-(``TrainConfig``), the report and ``sweep`` can ask about methods without loading a
-model stack.  A method's driver class is named, not imported: ``"module:attr"``, loaded
-on first use by :meth:`MethodSpec.driver_class` (a class object works too, for a method
-defined in a notebook or a test).
-
-Everything outside this module asks the spec, never compares a method's name:
-whether it needs calibration data, has trainable state of its own, is soft or hard,
-follows the schedule, whether tau applies, and how a report labels and colours it.
-
-Third-party methods register through the entry-point group ``pdp_gpt2.methods``; each
-entry point names a :class:`MethodSpec` (or a function returning one)::
-
-    # the plugin's pyproject.toml
-    [project.entry-points."pdp_gpt2.methods"]
-    random = "my_plugin.spec:RANDOM"     # RANDOM = MethodSpec("random", driver="my_plugin.driver:RandomMask", ...)
-
-so ``pdp-gpt2 train --method random`` and the subprocesses ``pdp-gpt2 sweep`` starts find
-it.  :func:`names` lists entry points without importing them; a spec is imported when it
-is first asked for.  In one process, :func:`register` adds a spec directly.
+No torch and nothing of the core is imported, so the config schemas, the report and ``sweep`` can
+ask about methods without loading a model stack; a driver class is named as ``"module:attr"`` and
+loaded on first use (:meth:`MethodSpec.driver_class`). Everything outside this module asks the
+spec (calibration, trainable state, soft or hard, schedule, tau, label and colour), never compares
+a method's name. Third-party methods register through the entry-point group ``pdp_gpt2.methods``
+(docs/architecture.md, "Methods as plugins"), found without importing them (:func:`names`); in
+one process, :func:`register` adds a spec directly.
 """
 from __future__ import annotations
 
 import importlib
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
+from pdp_gpt2.errors import UsageError
+
 ENTRY_POINT_GROUP = "pdp_gpt2.methods"
+
+
+class PluginError(UsageError):
+    """An installed method plugin that cannot be used; the message is one line naming its package."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +42,9 @@ class MethodSpec:
     # the pattern kinds it can prune ("unstructured", "row", "N:M"); empty: every pattern.  Checked
     # when a run is configured, before any work (the driver refuses too, for library callers)
     patterns: tuple = ()
+    # the PDPConfig fields only this method reads (Wanda's wanda_groups): any other method refuses a
+    # value other than the field's default, and the report names a run by the values it changed
+    options: tuple = ()
     summary: str = ""  # one line for people (model cards, --help)
     extras: dict = field(default_factory=dict)  # anything else a plugin wants to declare
 
@@ -59,6 +56,15 @@ class MethodSpec:
         """Whether this method can prune the pattern a spec names ('2:4' is of kind N:M)."""
         kind = "N:M" if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", pattern_spec) else pattern_spec
         return not self.patterns or kind in self.patterns
+
+    def ignored_flags(self) -> tuple[str, ...]:
+        """The train flags this method does not take: those of every capability it lacks
+        (CAPABILITY_FLAGS).  They change nothing in its run, so its record leaves them out."""
+        out: list[str] = []
+        for capability, flags in capability_flags().items():
+            if not getattr(self, capability):
+                out += [f for f in flags if f not in out]
+        return tuple(out)
 
     @property
     def display(self) -> str:
@@ -76,6 +82,25 @@ class MethodSpec:
         return obj
 
 
+# The train flags a capability brings: a method without the capability ignores them.  Pruning brings
+# every PDP flag (PDPConfig's fields, added by capability_flags) and the mask-aware optimizer.
+CAPABILITY_FLAGS: dict[str, tuple[str, ...]] = {
+    "prunes": ("custom_optimizer",),
+    "gradual": ("schedule", "warmup_epochs", "warmup_steps"),  # the sparsity ramp
+    "uses_tau": ("tau", "tau_mode", "tau_schedule", "tau_final", "improved_masking", "beta"),
+}
+
+
+def capability_flags() -> dict[str, tuple[str, ...]]:
+    """CAPABILITY_FLAGS with every PDPConfig field under ``prunes`` (read without torch)."""
+    import dataclasses
+
+    from pdp_gpt2.pdp.config import PDPConfig  # a plain schema: no torch on import
+
+    pdp = tuple(f.name for f in dataclasses.fields(PDPConfig))
+    return {**CAPABILITY_FLAGS, "prunes": pdp + CAPABILITY_FLAGS["prunes"]}
+
+
 _CORE = "pdp_gpt2.pdp"
 BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("pdp", f"{_CORE}.attach:Pruner", label="PDP", colour="#2ca02c", soft=True, gradual=True,
@@ -85,8 +110,10 @@ BUILTIN: tuple[MethodSpec, ...] = (
                summary="one-shot |w| at the target, mask frozen"),
     MethodSpec("gmp", f"{_CORE}.baselines:GMP", label="GMP", colour="#ff7f0e", gradual=True,
                summary="gradual magnitude pruning on the schedule"),
-    MethodSpec("wanda", f"{_CORE}.baselines:Wanda", label="Wanda", colour="#9467bd", calibration=True,
-               summary="one-shot |w|*||x|| on calibration data, mask frozen"),
+    MethodSpec("wanda", f"{_CORE}.wanda:Wanda", label="Wanda", colour="#9467bd", calibration=True,
+               options=("wanda_groups",),
+               summary="one-shot |w|*||x|| on calibration data, calibrated block by block, compared per output row "
+               "as published (--wanda_groups tensor: across the tensor), exactly floor(r n) zeros; mask frozen"),
     MethodSpec("movement", f"{_CORE}.movement:Movement", label="movement", colour="#d62728", gradual=True,
                trainable_state=True, patterns=("unstructured", "N:M"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),
@@ -128,10 +155,38 @@ def unregister(name: str) -> None:
         raise ValueError(f"{name!r} is a built-in method")
     _specs.pop(name, None)
     _plugins_loaded.discard(name)
+    _problems.pop(name, None)
+
+
+_problems: dict[str, str] = {}  # plugin name -> why it cannot be used (a failed import is not retried)
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        print(f"pdp-gpt2: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _origin(ep) -> str:
+    """'package foo-plugin 0.1, entry point foo = foo_plugin:SPEC': where a user finds the plugin."""
+    dist = getattr(ep, "dist", None)
+    return (f"package {dist.name} {dist.version}, " if dist is not None else "") + f"entry point {ep.name} = {ep.value}"
 
 
 def _entry_points() -> dict:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    out = {}
+    builtin = {s.name for s in BUILTIN}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in builtin:  # a built-in's name always means the built-in
+            _warn_once(f"method plugin {ep.name!r} ({_origin(ep)}) is ignored: {ep.name!r} is a built-in method")
+        else:
+            out.setdefault(ep.name, ep)
+    return out
 
 
 def names() -> list[str]:
@@ -140,25 +195,55 @@ def names() -> list[str]:
 
 
 def get(name: str) -> MethodSpec:
-    """The spec of ``name``; a plugin's entry point is loaded on first use.  KeyError if unknown."""
+    """The spec of ``name``; a plugin's entry point is loaded on first use.  KeyError if unknown;
+    PluginError (one line naming the plugin's package) if its plugin cannot be used."""
     if name in _specs:
         return _specs[name]
+    if name in _problems:
+        raise PluginError(_problems[name])
     ep = _entry_points().get(name)
     if ep is None:
         raise KeyError(name)
-    spec = ep.load()
-    if callable(spec) and not isinstance(spec, MethodSpec):
-        spec = spec()
-    if not isinstance(spec, MethodSpec) or spec.name != name:
-        raise TypeError(f"entry point {name!r} of group {ENTRY_POINT_GROUP!r} must name a MethodSpec called "
-                        f"{name!r}, got {spec!r}")
+    try:
+        spec = _load(ep)
+    except PluginError as e:
+        _problems[name] = str(e)
+        raise
     _plugins_loaded.add(name)
     return _specs.setdefault(name, spec)
 
 
+def owner_of(option: str) -> MethodSpec | None:
+    """The method (built in, or registered in this process) that declares a PDPConfig field as its own."""
+    return next((s for s in _specs.values() if option in s.options), None)
+
+
+def _load(ep) -> MethodSpec:
+    try:  # a plugin's own bug must not take the other methods down: any exception is its failure
+        spec = ep.load()
+        if callable(spec) and not isinstance(spec, MethodSpec):
+            spec = spec()
+    except Exception as e:
+        raise PluginError(f"method plugin {ep.name!r} ({_origin(ep)}) failed to load: "
+                          f"{type(e).__name__}: {_first_line(e)}") from None
+    if not isinstance(spec, MethodSpec):
+        raise PluginError(f"method plugin {ep.name!r} ({_origin(ep)}) is refused: it names a "
+                          f"{type(spec).__name__}, not a MethodSpec")
+    if spec.name != ep.name:
+        raise PluginError(f"method plugin {ep.name!r} ({_origin(ep)}) is refused: its MethodSpec is called "
+                          f"{spec.name!r}; the entry point's name and the spec's must be the same")
+    return spec
+
+
 def all_specs() -> list[MethodSpec]:
-    """Every method's spec (plugins imported)."""
-    return [get(n) for n in names()]
+    """Every method's spec (plugins imported); a plugin that cannot be used is left out, in one warning line."""
+    out = []
+    for n in names():
+        try:
+            out.append(get(n))
+        except PluginError as e:
+            _warn_once(str(e))
+    return out
 
 
 def help_text() -> str:

@@ -1,21 +1,16 @@
 """Schedules: pure functions of the optimizer step, and the one small object that drives a pruner with them.
 
-Sparsity: ``linear`` is what the original tool did; ``cubic`` is Zhu & Gupta (2017),
-"To prune, or not to prune": s_t = s_f (1 - (1 - p)^3), which prunes fast while
-the network has many redundant weights and slowly as it nears the target.
+Sparsity: ``linear`` (the original tool's), or ``cubic``, Zhu & Gupta (2017): s_t = s_f (1 - (1 - p)^3),
+fast while the network has many redundant weights, slow near the target.
 
-Temperature (tau): ``constant`` keeps ``PDPConfig.tau``; ``exp`` and ``cosine`` anneal it
-from ``tau`` to ``tau_final`` over a window of steps, by default the recovery phase after
-the sparsity ramp (window start = ramp end, window end = the last step), so the soft
-masks harden while sparsity no longer moves and the soft model the run ends with is
-(almost) the hard model that ships.  Both interpolate in log tau: tau spans orders of
-magnitude (0.02 -> 1e-4), and a linear-in-tau curve would stay within a factor of two of
-the start for most of the window, then drop by 100x in its last few steps.
+Temperature: ``constant`` keeps ``PDPConfig.tau``; ``exp`` (geometric) and ``cosine`` (gentle at
+both ends) anneal it from ``tau`` to ``tau_final`` over a window, by default the recovery phase
+after the ramp, so the masks harden while sparsity no longer moves and the soft model the run ends
+with is (almost) the hard one that ships. Both interpolate in log tau, since tau spans orders of
+magnitude: with p the progress through the window in [0, 1],
 
-* ``exp``:    log tau = log tau0 + p (log tau_f - log tau0)             (geometric: a constant ratio per step)
-* ``cosine``: log tau = log tau_f + (log tau0 - log tau_f) (1 + cos(pi p)) / 2   (gentle at both ends)
-
-with p the progress through the window in [0, 1].
+* ``exp``:    log tau = log tau0 + p (log tau_f - log tau0)
+* ``cosine``: log tau = log tau_f + (log tau0 - log tau_f) (1 + cos(pi p)) / 2
 """
 from __future__ import annotations
 

@@ -1,41 +1,15 @@
 """Exact order statistics of many score vectors at once, with the work and the counts on the device.
 
-After every optimizer step each target tensor needs the k-th and (k+1)-th smallest of its
-scores (|w|, a row norm, a Wanda score): PDP's threshold is their midpoint, a hard mask prunes
-everything below the k-th plus, of the entries equal to it, the lowest-index ones.  The
-definitions are ``mask.threshold`` and ``mask.hard_mask_from_scores``; this module gives their
-results bit for bit, ties included, for every tensor of a model together, and for the shards of
-a tensor spread over ranks (FSDP2) with the same code.
-
-Why not a sort or kthvalue per tensor: a full selection per tensor per step costs more than the
-masked forward and backward together (kthvalue on CUDA: 412 ms for GPT-2 small's 48 tensors),
-and reading a count back to the host per tensor stalls a GPU each time.  Weights move little per
-step, so each selection starts from a bracket [lo, hi] around where the last one was:
-
-1. **count** (one pass, fused): per row, how many scores lie below ``lo`` and how many inside
-   [lo, hi], the inside ones counted per block of ``SB`` entries;
-2. **collect** the candidates (:class:`Plan`): on a GPU without knowing how many there are (the
-   blocks with most inside entries are gathered by ``topk``, entries outside the bracket become
-   +inf, and a fixed number of the smallest are taken in order by another ``topk``); on a CPU,
-   where reading a count back costs nothing, exactly the entries inside;
-3. **pick** the (k - below)-th and next candidate by a device-side index.
-
-The counts prove the answer: it is exact when below <= k - 1, below + inside >= k + 1 and the
-collection held every entry inside.  Those verdicts, for every row of every call, are read back
-in **one** host transfer (with anything else the caller wants read, ``flags``).  A row whose
-bracket missed gets a new bracket computed on the device from its counts (shifted past the side
-it missed on, or narrowed by interpolation when it held too many) and another round; after
-``ROUNDS`` rounds the exact radix selection (``sharded.radix_select``) answers.  A warm bracket
-(``Hint``, device tensors: where the last step's k-th smallest was, the density there, and how
-far the last guess missed) usually hits: one round, one host read, per refresh.
-
-Shards (``group``): each rank counts and collects on its own rows; one all-reduce sums the counts
-of every row, one all-gather joins the candidates, and every rank picks the same pair.
-
-Rows: a query is one flat score vector.  On CUDA, queries of the same dtype and size are stacked
-into one (R, n) batch so that a refresh launches a few dozen kernels rather than a thousand (the
-stack is one copy, cheap on a GPU); on CPU each query runs as its own row, a view (a copy would
-cost more there than the launches it saves).  The math is the same either way.
+After every optimizer step each target needs the k-th and (k+1)-th smallest of its scores (|w|,
+a row norm, a Wanda score). This module gives the results of ``mask.threshold`` and
+``mask.hard_mask_from_scores`` bit for bit, ties included, for every tensor of a model together
+and for FSDP2 shards, because a ``kthvalue`` per tensor costs more than the masked forward and
+backward, and a host read per tensor stalls a GPU. Each selection starts from a bracket around the
+last one (a device-side ``Hint``): one fused pass **counts** the scores below and inside it, the
+candidates are **collected** (:class:`Plan`: fixed-size ``topk`` on a GPU, exact on a CPU), and
+the pair is **picked** by a device-side index. Every row's verdict comes back in one host read; a
+row that missed tries a new bracket, and after ``ROUNDS`` rounds the radix selection
+(``sharded.radix_select``) answers. Shards agree through one all-reduce and one all-gather a round.
 """
 from __future__ import annotations
 

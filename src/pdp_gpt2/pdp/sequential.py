@@ -1,24 +1,13 @@
 """Layer-by-layer calibration: each repeated block sees the outputs of the blocks before it as they
 are *after* those blocks were changed (the sequential scheme of SparseGPT and GPTQ).
 
-Running the whole model once per block would cost O(blocks^2) forwards; instead every block of the
-stack is called directly, on inputs captured once.  Which blocks there are is read off the target
-names, as ``targets.find_targets`` picks them: the first numbered component of a target's name is
-its block (``transformer.h.3.attn.c_attn`` -> block 3 of ``transformer.h``; ``model.layers.0.mlp.up_proj``
--> block 0 of ``model.layers``), so no per-architecture table is needed.
-
-1. One dense forward per calibration batch, with a forward pre-hook on every block of the stack
-   from the first to the last one holding a target: each hook records what the model passes to
-   its block (the hidden states, and the rest: attention mask, position ids or embeddings, ...;
-   per block, since some architectures pass each layer a mask of its own).  The last hook stops
-   the forward: the final norm and the LM head are not needed.
-2. Block by block: hooks on its targets hand each input they see to ``observe(target, x)`` while
-   the block runs on the current hidden states (the caller accumulates what it needs, e.g. a
-   Hessian, so no activations are kept), then ``visit(targets)`` changes their weights, and the
-   block runs again: its outputs with the changed weights are the next block's hidden states.
-
-Targets outside that stack (a glob that picked the LM head, or a second stack) are visited last, on
-inputs from full forwards of the model as it is then.
+Every block is called directly on inputs captured once, not the whole model once per block
+(O(blocks^2) forwards). The blocks are read off the target names, no per-architecture table:
+the first numbered component is the block (``transformer.h.3.attn.c_attn`` -> block 3). One dense
+forward per calibration batch records each block's inputs (pre-hooks; the last one stops the
+forward); then block by block, hooks hand the targets' inputs to ``observe(target, x)``,
+``visit(targets)`` changes their weights, and the block runs again to feed the next. Targets
+outside that stack are visited last, on full forwards of the model as it is then.
 """
 from __future__ import annotations
 

@@ -1,27 +1,14 @@
-"""Shards (FSDP2: ``fully_shard`` makes each weight a DTensor sharded along dim 0): where a shard
-sits, the few collectives the selection needs, and the exact radix selection.
+"""Shards (FSDP2: each weight a DTensor sharded along dim 0): where a shard sits, the few
+collectives the selection needs, and the exact radix selection.
 
-No rank gathers a weight to rank it (unless a pattern's units straddle shards, below).  The
-selection of pdp/select.py runs on every rank's own entries and agrees through an all-reduce of
-counts and an all-gather of a fixed number of candidates; its exact fallback is here:
-
-* Radix selection.  A non-negative float's bit pattern, read as an integer, orders like the
-  float (|w|, row norms and Wanda scores are never negative; ``abs`` turns -0.0 into +0.0).
-  One pass per 8-bit digit, most significant first: every rank histograms the digit among its
-  entries whose higher digits equal the prefix found so far, one all-reduce sums the histograms
-  (none in one process), and every rank reads off the same next digit.  After the last pass the
-  prefix *is* the k-th smallest key: exact, in 4 passes for float32 (2 for bfloat16/float16, 8 for
-  float64), whatever the data.
-* Index-ordered ties.  ``mask.hard_mask_from_scores`` prunes, among the entries equal to the k-th
-  smallest value, those of lowest flat index.  Shard(0) chunks are consecutive rows in rank order,
-  so the global flat order is (chunk, local index): :func:`before_me` tells a rank how many ties
-  the ranks before it hold.
-
-What cannot be sharded exactly is gathered, never approximated: each pattern says which of its
-units are local (patterns.py); a unit that straddles shards (a Conv1D column's norm: a sum over
-shards rounds differently from the full sum) is computed from the gathered weight.
-
-Every call into torch.distributed made here is counted in ``comm`` (docs/performance.md "Sharded").
+No rank gathers a weight to rank it. The radix selection reads a non-negative float's bit pattern
+as an integer, which orders like the float: one pass per 8-bit digit, every rank histograms its
+entries, one all-reduce sums the histograms, and after the last pass (4 for float32) the prefix is
+the k-th smallest, exactly. Index-ordered ties use the global flat index (shards are consecutive
+rows in rank order: :func:`before_me`). A unit that straddles shards (a Conv1D column's norm,
+whose sum over shards rounds differently) is computed from the gathered weight, never
+approximated. Every call into torch.distributed is counted in ``comm`` (docs/performance.md,
+"Sharded").
 """
 from __future__ import annotations
 

@@ -1,39 +1,17 @@
-"""SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
-One-Shot", ICML 2023): one-shot pruning that also *reconstructs* the weights that stay.
+"""SparseGPT (Frantar & Alistarh, ICML 2023): one-shot pruning that also *reconstructs* the weights
+that stay.
 
-For one layer with inputs X (in x tokens) the loss of changing W to W' is ||W X - W' X||^2, whose
-Hessian in each output row is H = 2 X X^T / n.  Going through the input columns left to right,
-each pruned weight's error is spread over the columns not yet visited by the optimal brain surgeon
-update, computed from the upper Cholesky factor of H^-1 (the paper's Algorithm 1, and
-IST-DASLab/sparsegpt's ``fasterprune``):
-
-* H is dampened by ``percdamp`` (1%) of its mean diagonal; a *dead* input (H_ii = 0: always zero on
-  the calibration data) gets H_ii = 1, so it is decoupled from the others in H^-1;
-* columns go in blocks of ``blocksize`` (128).  At the start of each block the mask of its columns
-  is chosen from the weights as updated so far, by the OBS saliency w^2 / [H^-1]_ii^2 (adaptive
-  mask selection); an N:M pattern instead chooses each group of M inputs when the loop reaches it;
-* within a block the update is applied column by column, and to the later blocks once per block.
-
-Where this departs from the reference, and why:
-
-* **Exact counts.**  The reference prunes everything at or below the ``int(r * block)``-th smallest
-  saliency of each block (one more, and ties), so a tensor's count drifts.  Every method of this
-  harness prunes exactly k = floor(r n) weights per tensor, so block b (columns [c0, c1) of C) prunes
-  exactly floor(k c1 / C) - floor(k c0 / C) of its entries, the lowest saliencies, ties by index:
-  these shares add up to k by construction (a telescoping sum), and each is the block's fair
-  share of the columns, as in the reference.  N:M prunes exactly its count in every group.
-* **Dead inputs.**  The reference zeroes their whole column.  Their weights multiply an input that
-  is zero on the calibration data, so pruning them costs nothing there: their saliency is 0 and
-  they go first, but within the block's count; one the count does not reach keeps its value (it
-  is decoupled in H^-1, so no update moves it, and the mask says it is kept).
-* H is averaged over tokens (the reference over sequences): a scale, which changes nothing here
-  (the damping is relative, saliencies and updates are invariant to H's scale).  Its factorisation
-  runs in float64 (the damped H of a few thousand tokens can be ill-conditioned in float32).
+For one layer with inputs X the loss of changing W to W' is ||W X - W' X||^2, with Hessian
+H = 2 X X^T / n. Going through the input columns in blocks of ``blocksize`` (128), each pruned
+weight's error is spread over the columns not yet visited by the optimal brain surgeon update,
+from the upper Cholesky factor of the damped H^-1 (``percdamp``, 1%; the paper's Algorithm 1 and
+IST-DASLab/sparsegpt's ``fasterprune``). Each block's mask is chosen by the OBS saliency
+w^2 / [H^-1]_ii^2 of the weights as updated so far; N:M chooses each group when the loop reaches it.
+Where this departs from the reference (exact per-tensor counts, dead inputs, H per token) and why:
+docs/results.md, "How the baselines are implemented".
 
 The driver (:class:`SparseGPT`) runs this layer by layer with the pruned outputs fed forward
-(pdp/sequential.py) on the caller's calibration blocks, at attach, at the final target; the
-weights it reconstructed are written into the parameters before the masks go on, and the mask is
-a frozen ``HardMask`` (a buffer: checkpoints and resume carry it), as for magnitude and Wanda.
+(pdp/sequential.py), at attach, at the final target, then freezes the mask as a ``HardMask``.
 """
 from __future__ import annotations
 
@@ -76,13 +54,17 @@ def add_to_hessian(h: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple[tor
 def inverse_hessian_factor(h: torch.Tensor, percdamp: float = PERCDAMP) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, dead): U the upper Cholesky factor of (H + damp I)^-1, float32; dead the inputs with H_ii = 0.
 
-    Dead inputs get H_ii = 1 first (H must be positive definite); damp is ``percdamp`` of the mean
-    diagonal.  Computed in float64."""
+    damp is ``percdamp`` of the mean of the live diagonal (the inputs with H_ii > 0); a dead input's
+    H_ii becomes that mean, damped too (H must be positive definite).  Both scale with H, so U
+    scales as H^-1/2 and the saliencies' order and the updates do not change (module docstring).
+    Computed in float64."""
     hd = h.detach().double().clone()
     diag = hd.diagonal()
     dead = diag == 0
-    diag[dead] = 1.0
-    diag += percdamp * diag.mean()
+    # every input dead (a layer fed only zeros): any positive scale will do, nothing is coupled
+    mean = diag[~dead].mean() if bool((~dead).any()) else diag.new_ones(())
+    diag[dead] = mean
+    diag += percdamp * mean
     # H^-1 = solve(H, I) through H's Cholesky factor (cholesky_inverse is the same math, but 10x slower on CPU)
     hinv = torch.cholesky_solve(torch.eye(hd.shape[0], dtype=hd.dtype, device=hd.device), torch.linalg.cholesky(hd))
     return torch.linalg.cholesky(hinv, upper=True).to(torch.float32), dead
@@ -152,6 +134,14 @@ class SparseGPT(HardPruner):
             raise UsageError(f"sparsegpt prunes unstructured or N:M patterns, not {self.pattern.name!r} "
                              "(its weight updates compensate single weights, not whole neurons)")
         self._keeps: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def record(cls, config) -> dict:
+        count = ("k = floor(r n) per tensor; the block of columns [c0, c1) of C prunes floor(k c1 / C) - "
+                 f"floor(k c0 / C), blocks of {BLOCKSIZE}") if isinstance(config.mask_pattern, Unstructured) else \
+            f"the {config.mask_pattern.name!r} pattern's count in every group"
+        return {"count": count, "calibration": "sequential: block by block, on the outputs of the blocks already pruned",
+                "damping": f"{PERCDAMP:g} of the mean live diagonal of H; a dead input's H_ii = the damped live mean"}
 
     def prepare(self, calibration) -> None:
         if calibration is None:

@@ -1,17 +1,12 @@
 """Which weights PDP prunes, and how each one is laid out.
 
-Selection is by ``isinstance`` plus module-name patterns (never ``type(m) in {...}``,
-which silently misses subclasses).  The default picks every ``nn.Linear`` and
-HF ``Conv1D`` *inside the repeated transformer blocks*: a module whose dotted
-name contains a numeric index (``transformer.h.3.mlp.c_fc``,
-``model.layers.0.self_attn.q_proj``, ``model.decoder.layers.1.fc1``).  That
-excludes embeddings and the LM head on GPT-2, OPT, Llama and friends without a
-per-architecture table.
-
-GPT-2's Conv1D stores its weight as (in, out), the transpose of nn.Linear's
-(out, in) - the reason the tool this grew out of never pruned GPT-2's blocks.
-``Target.out_dim`` records which axis is the output so row pruning, N:M groups
-and per-channel quantization are right for both.
+Selection is by ``isinstance`` plus module-name patterns (never ``type(m) in {...}``, which misses
+subclasses). The default picks every ``nn.Linear`` and HF ``Conv1D`` inside the repeated
+transformer blocks: a module whose dotted name holds a numeric index (``transformer.h.3.mlp.c_fc``,
+``model.layers.0.self_attn.q_proj``), which leaves out embeddings and the LM head on GPT-2, OPT and
+Llama without a per-architecture table. GPT-2's Conv1D stores its weight as (in, out), the
+transpose of nn.Linear's; ``Target.out_dim`` records the output axis so row pruning, N:M groups and
+per-channel quantization are right for both.
 """
 from __future__ import annotations
 

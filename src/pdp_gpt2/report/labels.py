@@ -42,6 +42,8 @@ def variant(s: dict) -> str:
         parts.append("global")
     if p.get("pattern", "unstructured") != "unstructured":
         parts.append(p["pattern"])
+    defaults = registry.shipped_defaults()
+    parts += [str(p[o]) for o in spec.options if p.get(o) is not None and p[o] != defaults.get(o)]  # 'wanda+tensor'
     return "+".join(parts + distilled)
 
 

@@ -5,10 +5,12 @@ method the findings are about (``SHIPPED``; every other pruning method is a base
 
 A summary.json may name a method this process does not know (a plugin installed where the run
 trained but not here, a summary older than the ``method`` key): it is read as a pruning method
-named by itself, with no tau, labelled by its name and given a spare colour.
+named by itself, with no tau, labelled by its name and given a spare colour.  So is the run of a
+plugin that is installed here but cannot be used, after one warning line naming its package.
 """
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 
 from pdp_gpt2.pdp import registry
@@ -20,8 +22,11 @@ SHIPPED = registry.SHIPPED
 def spec(name: str) -> registry.MethodSpec:
     try:
         return registry.get(name)
-    except (KeyError, ImportError, AttributeError, TypeError):  # unknown here, or a plugin that does not load
-        return registry.MethodSpec(name, driver=name)
+    except KeyError:  # unknown here
+        pass
+    except registry.PluginError as e:  # installed, but it cannot be used: say so once (lru_cache)
+        print(f"pdp-gpt2: warning: {e}", file=sys.stderr, flush=True)
+    return registry.MethodSpec(name, driver=name)
 
 
 def reference() -> registry.MethodSpec:
@@ -44,6 +49,21 @@ def is_baseline(name: str) -> bool:
     return spec(name).prunes and name != SHIPPED
 
 
+_bad_colours: set[tuple[str, str]] = set()  # warned about once per process
+
+
 def colour(name: str) -> str:
-    """The method's registered colour, '' if it declares none."""
-    return spec(name).colour
+    """The method's registered colour; '' if it declares none, or one matplotlib cannot draw (a
+    plugin's typo must not cost the report: the method gets a spare colour, in one warning line)."""
+    c = spec(name).colour
+    if not c:
+        return ""
+    from matplotlib.colors import is_color_like  # the report draws with matplotlib anyway
+
+    if is_color_like(c):
+        return c
+    if (name, c) not in _bad_colours:
+        _bad_colours.add((name, c))
+        print(f"pdp-gpt2: warning: method {name!r} registers the colour {c!r}, which matplotlib cannot draw; "
+              "its plots use a spare colour", file=sys.stderr, flush=True)
+    return ""

@@ -3,8 +3,8 @@
 Input is any mix of run directories (they hold ``summary.json``) and sweep
 directories (``sweep.csv`` + ``trial-NNN/``); every ``summary.json`` below a given
 path is one run.  Only finished runs are plotted; failed sweep trials are
-listed.  A plot whose data is missing is skipped with the reason written into
-the report, never an exception.
+listed; a damaged run is left out in one warning line.  A plot whose data is
+missing is skipped with the reason written into the report, never an exception.
 
 The report is built once as a list of blocks and rendered twice (Markdown,
 HTML with the PNGs base64-embedded), so the two always say the same thing.
@@ -15,8 +15,10 @@ import base64
 import csv
 import html
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -132,8 +134,14 @@ class Run:
 def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: metrics.jsonl is not text (not UTF-8)") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read metrics.jsonl ({e.strerror or e})") from None
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -175,6 +183,9 @@ def load_run(d: Path) -> Run:
     summary = _read_json(d / "summary.json", "summary.json")
     if not isinstance(summary, dict):
         raise UsageError(f"{d / 'summary.json'}: malformed summary.json (expected a JSON object)")
+    method = summary.get("method", "?")
+    if not isinstance(method, str) or not method:
+        raise UsageError(f"{d / 'summary.json'}: malformed summary.json (method is {method!r}, not a name)")
     for key in ("perplexity", "perplexity_dense", "perplexity_soft", "sparsity_target", "sparsity_actual"):
         v = summary.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -191,7 +202,8 @@ def load_run(d: Path) -> Run:
 
 
 def collect(paths: list[str | Path]) -> tuple[list[Run], list[dict]]:
-    """(finished runs, failed sweep trials) under ``paths``."""
+    """(finished runs, failed sweep trials) under ``paths``.  A run whose files are damaged is left
+    out in one warning line naming it and why: one bad run must not cost the report of the others."""
     runs, failed, seen = [], [], set()
     for p in map(Path, paths):
         if not p.exists():
@@ -200,7 +212,10 @@ def collect(paths: list[str | Path]) -> tuple[list[Run], list[dict]]:
         for s in found:
             if s.parent.resolve() not in seen and s.parent.name != "final":
                 seen.add(s.parent.resolve())
-                runs.append(load_run(s.parent))
+                try:
+                    runs.append(load_run(s.parent))
+                except UsageError as e:
+                    print(f"pdp-gpt2 report: warning: skipping a damaged run: {e}", file=sys.stderr, flush=True)
         for sc in ([p / "sweep.csv"] if (p / "sweep.csv").is_file() else sorted(p.rglob("sweep.csv"))):
             with open(sc) as f:
                 failed += [dict(r, sweep=str(sc.parent)) for r in csv.DictReader(f) if r.get("status") != "ok"]
@@ -214,6 +229,17 @@ def _f(x, fmt="{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def percent(x: float, least: int = 2, most: int = 6) -> str:
+    """``100 * x`` with ``least`` decimals, more where those would show a sparsity short of 1 as 100 (or
+    one above 0 as 0); past ``most`` it is cut toward 50, never rounded onto 100 or 0."""
+    for digits in range(least, most + 1):
+        shown = f"{100 * x:.{digits}f}"
+        if (float(shown) < 100 or x >= 1) and (float(shown) > 0 or x <= 0):
+            return shown
+    step = 10.0 ** -most
+    return f"{(math.floor if x > 0.5 else math.ceil)(100 * x / step) * step:.{most}f}"
+
+
 def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     from pdp_gpt2.report.stats import dense_mean
 
@@ -224,8 +250,9 @@ def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     for r in runs:
         s = r.summary
         gap = s.get("soft_hard_gap")
-        rows.append([r.dir.name, r.label, f"{r.tau:g}" if r.spec.uses_tau else "-", f"{100 * r.target:g}",
-                     f"{100 * r.actual:.2f}", _f(r.ppl), _f(s.get("perplexity_soft")),
+        target = f"{100 * r.target:g}"
+        rows.append([r.dir.name, r.label, f"{r.tau:g}" if r.spec.uses_tau else "-",
+                     target if float(target) < 100 or r.target >= 1 else percent(r.target), percent(r.actual), _f(r.ppl), _f(s.get("perplexity_soft")),
                      "-" if gap is None else f"{100 * gap:+.2f}%",
                      "-" if ref is None or r.ppl is None else f"{100 * (r.ppl / ref - 1):+.1f}%",
                      str(s.get("train_steps", "-")), _f(s.get("train_seconds"), "{:.0f}")])

@@ -1,18 +1,11 @@
 """One colour per method, in one place: every plot, the dashboard and the slides ask here.
 
-A colour depends on the label alone, never on which other labels share the figure,
-so ``gmp`` is the same orange in the perplexity plot, the per-layer bars and slide 3.
-Labels are the report's variants (``pdp``, ``pdp+improved``, ``gmp+q8``, ``pdp@tau=0.05``):
-
-* a method's colour is the one it registered (``MethodSpec.colour``, pdp/registry.py);
-* the shipped method's extensions have fixed colours of their own (they are compared with it);
-* a non-default tau (``@tau=``) keeps its variant's colour and is told apart by line style;
-* a tau schedule (``+tau-exp``) does not hide an extension: ``pdp+improved+tau-exp`` is improved's
-  colour; the shipped method with a schedule and nothing else is pink;
-* a distilled variant (``+distill``) is its undistilled variant's colour, dash-dotted with triangles,
-  so each method and its distilled run read as a pair;
-* any other label (a method without a colour, another extension) gets a stable pick from a
-  spare palette, chosen by a hash of the label, so it too is the same in every figure.
+A colour depends on the label alone, never on which labels share the figure, so ``gmp`` is the
+same orange everywhere. A method's colour is the one it registered (``MethodSpec.colour``); the
+shipped method's extensions have fixed colours; ``@tau=`` keeps its variant's colour with another
+line style; a tau schedule does not hide an extension; ``+distill`` is its undistilled variant's
+colour, dash-dotted with triangles, so the two read as a pair; any other label gets a stable pick
+from a spare palette by a hash of the label.
 """
 from __future__ import annotations
 

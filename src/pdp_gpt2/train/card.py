@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import method_description  # the registry's one line per method
+from pdp_gpt2.pdp.attach import method_description, method_record  # what the registry's drivers say
 from pdp_gpt2.train import flags
 from pdp_gpt2.train.config import TrainConfig
 
@@ -28,7 +28,8 @@ def manifest(cfg: TrainConfig, targets, saved: dict, stats: dict | None) -> dict
         tensors[f"{t.name}.weight"] = {"shape": list(t.module.weight.shape), "out_dim": t.out_dim,
                                        "numel": d["numel"], "zeros": d["zeros"], "target_sparsity": target}
     return {
-        "method": cfg.method, "pattern": cfg.pdp.pattern if pruning else None,
+        "method": cfg.method, "method_record": method_record(cfg.method, cfg.pdp),
+        "pattern": cfg.pdp.pattern if pruning else None,
         "allocation": cfg.pdp.allocation if pruning else None,
         "sparsity_target": cfg.pdp.sparsity if pruning else 0.0, "sparsity_actual": saved["sparsity"],
         "tau": cfg.pdp.tau if registry.get(cfg.method).uses_tau else None,
@@ -49,9 +50,9 @@ def distillation(cfg: TrainConfig) -> dict | None:
 def command(cfg: TrainConfig) -> str:
     """The `pdp-gpt2 train` command that makes this run: every flag whose value is not its default."""
     argv = ["pdp-gpt2", "train"]
-    defaults = flags.cli_defaults(cfg.pdp)
+    defaults, ignored = flags.cli_defaults(cfg.pdp), flags.ignored(cfg)
     for name, value in flags.values(cfg).items():
-        if name in NOT_IN_COMMAND or value == defaults[name] or value is None:
+        if name in NOT_IN_COMMAND or name in ignored or value == defaults[name] or value is None:
             continue
         if isinstance(value, bool):
             argv += [f"--{name}"] if value else [f"--{name}", "false"]
@@ -93,7 +94,8 @@ def model_card(cfg: TrainConfig, summary: dict, man: dict, layers_table: str) ->
                 ("sparsity (actual, counted in the saved files)", _f(man["sparsity_actual"], ".4f")),
                 ("tau", None if man["tau"] is None else f"{man['tau']:g} ({man['tau_mode']})"),
                 ("quantization", None if man["bits"] is None else f"{man['bits']}-bit grid, per output channel"),
-                ("schedule", f"{cfg.schedule}, {summary['ramp_steps']} of {summary['train_steps']} steps"),
+                ("schedule", f"{cfg.schedule}, {summary['ramp_steps']} of {summary['train_steps']} steps"
+                 if registry.get(cfg.method).gradual else None),
                 ("distillation", None if not cfg.distill else
                  f"from the starting model: (1 - {cfg.distill:g}) LM + {cfg.distill:g} T² KL(teacher ‖ student), "
                  f"T = {cfg.distill_temperature:g}"),

@@ -3,7 +3,7 @@ Validation lives in ``__post_init__``; the PDP part is a :class:`~pdp_gpt2.pdp.c
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp import registry  # method names and capabilities; imports nothing heavy
@@ -44,7 +44,7 @@ class TrainConfig:
     """Everything `pdp-gpt2 train` needs.  Field names are the CLI flags."""
 
     model: str = field(default="embedded", metadata={"help": "'embedded' (bundled small GPT-2), a local HF model directory, or a hub id such as gpt2"})
-    dataset: str = field(default="shakespeare", metadata={"help": "'shakespeare' (bundled), a HF dataset 'name[:config]' such as wikitext:wikitext-2-raw-v1, or local .txt files/globs (comma-separated)"})
+    dataset: str = field(default="shakespeare", metadata={"help": "'shakespeare' (bundled), a HF dataset 'name[:config]' such as wikitext:wikitext-2-raw-v1, or local .txt files/globs (comma-separated; files named train/valid/test are used as named, see data/splits.py)"})
     streaming: bool = field(default=False, metadata={"help": "read --dataset (HF or local .txt) as a stream of blocks, never whole in memory; needs --max_steps, and --warmup_epochs then counts fractions of --max_steps (a stream has no epochs)"})
     streaming_eval_tokens: int = field(default=1_000_000, metadata={"help": "with --streaming: evaluate on the first N tokens of the held-out split"})
     method: str = field(default="pdp", metadata={"help": "pruning method, a name in the method registry (pdp/registry.py; installed plugins too)"})  # the CLI appends the list (flags.help_of)
@@ -74,7 +74,7 @@ class TrainConfig:
     distill_temperature: float = field(default=DISTILL_TEMPERATURE, metadata={"help": "softmax temperature T of --distill (DistilBERT's and movement pruning's default)"})
     max_length: int = field(default=128, metadata={"help": "tokens per training block and evaluation window"})
     seed: int = field(default=42, metadata={"help": "random seed (data order, dropout, init of anything new)"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 mixed precision"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 mixed precision (fp16 needs a CUDA GPU)"})
     # evaluation
     eval_split: str = field(default="test", metadata={"help": "held-out split for the reported perplexities: validation or test"})
     eval_stride: int | None = field(default=None, metadata={"help": "sliding-window stride (default: half of --max_length)"})
@@ -131,6 +131,10 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
+        for f in fields(PDPConfig):  # a method's own setting, changed for another method, would do nothing
+            owner = registry.owner_of(f.name)
+            if owner is not None and owner.name != self.method and getattr(self.pdp, f.name) != f.default:
+                raise UsageError(f"--{f.name} applies to --method {owner.name} only, not {self.method}")
         spec = registry.get(self.method)
         if spec.prunes and not spec.accepts(self.pdp.pattern):
             raise UsageError(f"method {self.method} prunes {' or '.join(spec.patterns)} patterns, not "

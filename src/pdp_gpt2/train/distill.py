@@ -1,36 +1,16 @@
 """Knowledge distillation from the starting model: ``--distill ALPHA [--distill_temperature T]``.
 
-The teacher is a frozen copy of the model as it was before any mask went on (``frozen_copy``);
-the student is the model being pruned.  Per training step::
+The teacher is a frozen copy of the model before any mask went on (``frozen_copy``); per step
 
     loss = (1 - alpha) * LM + alpha * T**2 * KL(p_teacher || p_student)
 
-with p = softmax(logits / T) over the vocabulary at each position, the teacher's logits
-computed under ``torch.no_grad()`` in the same step on the same batch.  The direction is
-Hinton et al.'s and the one DistilBERT's and movement pruning's code use (``kl_div(log_softmax(
-student / T), softmax(teacher / T))``): the student is pulled to cover everything the teacher
-gives probability to, with the teacher's distribution as the fixed reference; T**2 keeps the
-gradient's size independent of T.  (Issue 22 wrote ``KL(student||teacher)``; that reverse,
-mode-seeking direction is not what these recipes train with.)  T = 2 is their default.
-
-The KL is averaged over the tokens the LM loss averages over: positions whose next-token label
-is not -100 (padding, ignored tokens), with Trainer's own count of them when it passes one
-(``num_items_in_batch``: gradient accumulation, several processes), so both terms are means
-over the same tokens and alpha weighs like against like.
-
-For your own ``transformers.Trainer`` with :class:`~pdp_gpt2.pdp.callback.PruningCallback`::
-
-    from pdp_gpt2.train.distill import DistillMixin, frozen_copy
-
-    class MyTrainer(DistillMixin, Trainer):
-        pass
-
-    teacher = frozen_copy(model)  # before the callback attaches its masks (inside Trainer(...))
-    trainer = MyTrainer(model=model, args=args, train_dataset=train, callbacks=[PruningCallback(cfg)])
-    trainer.distill_from(teacher, alpha=0.5, temperature=2.0)
-
-Of the package this module imports only the plain TrainConfig schema (for the default T): it is
-the public way in for your own Trainer, and the CLI run's Trainer (hf_trainer.RunTrainer) uses it too.
+with p = softmax(logits / T) over the vocabulary, the teacher's logits computed under no_grad on
+the same batch. The direction is the one Hinton's, DistilBERT's and movement pruning's code train
+with (the student covers everything the teacher gives probability to; the mode-seeking reverse is
+not); T**2 keeps the gradient's size independent of T. The KL is averaged over the tokens the LM
+loss averages over (labels not -100, Trainer's ``num_items_in_batch`` when given), so alpha weighs
+like against like. :class:`DistillMixin` is the public way in for your own Trainer (docs/api.md)
+and what the CLI run's Trainer uses; of the package it imports only the TrainConfig schema.
 """
 from __future__ import annotations
 

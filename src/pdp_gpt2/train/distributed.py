@@ -1,22 +1,13 @@
 """Several processes, one run: who writes, when ranks wait for each other, what is refused.
 
-Under DDP (``torchrun`` / ``accelerate launch``) every rank holds the whole model and
-DDP all-reduces gradients, so after each optimizer step the weights are bitwise equal
-on all ranks, and PDP thresholds computed from them locally are equal too: no
-communication is needed for masks.  Two things do need the ranks to agree:
-
-* files: only rank 0 writes (and holds the run directory's lock, train/runlock.py), and
-  ``barrier()`` (the core's, pdp/callback.py) orders "everyone has read the run directory"
-  before "rank 0 changes it";
-* stopping: a signal or a NaN loss may reach one rank only; ``max_over_ranks`` makes the
-  decision collective, or one rank would wait forever in the next all-reduce.
-
-Sharding.  FSDP2 (``fully_shard``: DTensor weights) is supported in a loop of your own,
-with the library's :mod:`pdp_gpt2.fsdp` (``attach``, then ``shard_model``; ``save_sharded`` /
-``load_sharded``; ``gather_plain_model``).  The ``train`` command does not shard:
-Trainer/accelerate apply FSDP themselves (not on CPU, and without our attach-before-shard
-order), and FSDP1 and DeepSpeed would rank a flat shard as if it were the tensor.
-``refuse_sharded`` says so in one line rather than silently prune the wrong weights.
+Under DDP every rank holds the whole model and the weights are bitwise equal after each optimizer
+step, so the thresholds each rank computes agree with no communication. Two things need the ranks
+to agree: files (rank 0 alone writes and holds the lock; ``barrier()`` orders "everyone has read
+the run directory" before "rank 0 changes it"), and stopping (a signal or a NaN may reach one
+rank only, and ``max_over_ranks`` makes the decision collective). The ``train`` command does not
+shard: Trainer and accelerate would apply FSDP without our attach-before-shard order, and FSDP1
+and DeepSpeed rank a flat shard as if it were the tensor, so ``refuse_sharded`` says so in one
+line. FSDP2 works in your own loop (:mod:`pdp_gpt2.fsdp`).
 """
 from __future__ import annotations
 
@@ -94,7 +85,7 @@ def digest_callback():
     from transformers import TrainerCallback
 
     class MaskDigest(TrainerCallback):
-        # Runs after PDPCallback, i.e. on the thresholds just refreshed from this step's weights
+        # Runs after PruningCallback, i.e. on the thresholds just refreshed from this step's weights
         # and before any later forward (ddp_broadcast_buffers is off, so nothing overwrites them).
         def __init__(self):
             self.steps: dict[int, str] = {}

@@ -45,6 +45,39 @@ def values(cfg: TrainConfig) -> dict[str, object]:
     return {f.name: getattr(cfg.pdp if f.name in _PDP else cfg, f.name) for f in fields()}
 
 
+def ignored(cfg: TrainConfig) -> tuple[str, ...]:
+    """The flags ``cfg.method`` does not take (its MethodSpec's missing capabilities)."""
+    from pdp_gpt2.pdp import registry
+
+    return registry.get(cfg.method).ignored_flags()
+
+
+def recorded(cfg: TrainConfig) -> dict:
+    """``cfg`` as a run records it (run_config.json, summary.json's config, the tracker): every flag
+    but those the method ignores, which change nothing in the run (--tau of a movement run)."""
+    skip = set(ignored(cfg))
+    d = cfg.to_dict()
+    return {**{k: v for k, v in d.items() if k not in skip},
+            "pdp": {k: v for k, v in d["pdp"].items() if k not in skip}}
+
+
+def ignored_values(cfg: TrainConfig) -> dict[str, object]:
+    """{flag: value} of the ignored flags given a value other than their default (worth a warning)."""
+    defaults = cli_defaults(cfg.pdp)
+    return {name: value for name, value in values(cfg).items()
+            if name in ignored(cfg) and value != defaults[name]}
+
+
+def ignored_warning(cfg: TrainConfig) -> str | None:
+    """The one line a run prints for the flags its method ignores, or None."""
+    given = ignored_values(cfg)
+    if not given:
+        return None
+    named = ", ".join(f"--{k} {','.join(v) if isinstance(v, list) else v}" for k, v in given.items())
+    return (f"pdp-gpt2: warning: --method {cfg.method} does not take {named}: ignored, and left out of the "
+            "run's record")
+
+
 def default_sparsity(pattern: str) -> float:
     """``--sparsity`` when not given: 0.9, or (M-N)/M for an N:M pattern."""
     from pdp_gpt2.pdp.patterns import get_pattern  # torch: only once a pattern is named

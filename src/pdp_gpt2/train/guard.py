@@ -1,22 +1,14 @@
 """Stopping a run on purpose, at a step boundary, so what is on disk stays resumable.
 
-* SIGINT / SIGTERM (Ctrl-C, a scheduler's pre-emption): finish the current optimizer
-  step, save ``checkpoint-<step>``, stop, exit 128+signal.  A second Ctrl-C aborts at once.
-* A NaN/inf training loss (or non-finite gradients): drop that step's gradients so the
-  weights stay finite (the PDP threshold refresh cannot sort NaNs), stop *without*
-  saving, so the newest checkpoint on disk is the last good one; exit 3.
-
-The stop is decided in ``on_step_end``, which Trainer calls after the optimizer step and
-before it logs or saves, and which runs after DefaultFlowCallback (user callbacks come
-after the defaults), so the flags set here override its "save now".  The same hook makes
-the last step a log step, so the loss of the steps after the last multiple of
-``--log_interval`` is not lost.  A checkpoint step is not made a log step (a signal's would
-add a line an uninterrupted run does not have): the open loss window travels in the
-checkpoint instead (loss_window.py).
-
-A second Ctrl-C raises KeyboardInterrupt wherever the run is; ``aborted`` turns it into a
-one-line :class:`Interrupted` (exit 130) and removes the checkpoint it cut short.  After training,
-:func:`evaluating` makes a signal during the evaluations one line too (the trained state is saved).
+SIGINT / SIGTERM finish the current optimizer step, save ``checkpoint-<step>`` and exit
+128+signal; a second Ctrl-C aborts at once (``aborted``: one line, exit 130, the checkpoint it
+cut short removed). A NaN/inf loss or non-finite gradients drop that step's gradients and stop
+*without* saving, so the newest checkpoint is the last good one (exit 3). The stop is decided in
+``on_step_end``, after the optimizer step and before Trainer logs or saves, and after
+DefaultFlowCallback, so these flags override its "save now". The same hook makes the last step a
+log step; a checkpoint step is not made one (the open loss window travels in the checkpoint).
+After training, :func:`evaluating` makes a signal during the evaluations one line too (the trained
+state is saved first).
 """
 from __future__ import annotations
 

@@ -1,34 +1,27 @@
 """The CLI run's own callbacks, around the public :class:`~pdp_gpt2.pdp.callback.PruningCallback`.
 
-Pruning itself (attach, schedule, tau, thresholds after each optimizer step, the per-step
-values in each log record, pdp_state.json in checkpoints, the completion marker of every
-checkpoint, dense runs included) is the public callback, the same one users put in their own
-Trainer: one code path.  What only a `pdp-gpt2 train` run does is here:
-
-* :class:`RunMetrics`: one metrics.jsonl line per log step (and the W&B tracker), reading the
-  pruning values PruningCallback put into the log record, so it must come after it; its loss
-  window (loss_window.py, fed by :class:`RunTrainer`) and a copy of the lines go into each checkpoint;
-* :class:`BarProgress`: Trainer's progress bar with loss and sparsity in it;
-* :class:`MaskHistCallback`: soft-mask histograms at a few moments (``mask_hist.json``);
-* :class:`RecordCheckpointFiles`: each checkpoint's file sizes into its pdp_state.json;
-* :class:`SaveTrained`: a checkpoint at the last step, before the evaluations;
-* :func:`resume_without_training`: a checkpoint at the last step, resumed without a step.
-
-No copied Trainer code (the wanda ``sparse_trainer.py`` anti-pattern): only callbacks, one
-``training_step`` that calls Trainer's own and passes its loss on, distillation's ``compute_loss``
-around Trainer's own (distill.py), and Trainer's two loop events replayed where no loop runs.
+Pruning itself is the public callback, the one users put in their own Trainer: one code path.
+What only a ``pdp-gpt2 train`` run does is here: :class:`RunMetrics` (metrics.jsonl and the
+tracker, after PruningCallback, whose values it reads), :class:`BarProgress`,
+:class:`MaskHistCallback` (``mask_hist.json``), :class:`TrainClock` (training time across resumes),
+:class:`RecordCheckpointFiles` (file sizes and modes), :class:`SaveTrained` (the last step saved
+before the evaluations) and :func:`resume_without_training`. No copied Trainer code: callbacks, one
+``training_step`` that calls Trainer's own, distillation's ``compute_loss`` around Trainer's own,
+and Trainer's loop events replayed where no loop runs.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
+import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from pdp_gpt2.atomic import atomic_write_json
+from pdp_gpt2.atomic import atomic_write_json, normalize_modes
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.mask import BAND
 from pdp_gpt2.train.checkpoint import PDP_STATE, step_of, with_file_sizes
@@ -64,8 +57,11 @@ class RunMetrics(TrainerCallback):
     whose pdp_state.json marks the checkpoint complete: a kill right after that mark must not
     leave a checkpoint without them.  ``resume_from``: the checkpoint the run resumes from, if any."""
 
-    def __init__(self, metrics=None, tracker=None, is_main: bool = True, resume_from: Path | None = None):
-        self.metrics, self.tracker, self.is_main = metrics, tracker, is_main
+    def __init__(self, metrics=None, tracker=None, is_main: bool = True, resume_from: Path | None = None,
+                 clock: TrainClock | None = None):
+        self.metrics, self.tracker, self.is_main, self.clock = metrics, tracker, is_main, clock
+        self.step_seconds: list[float] = []  # wall time of each optimizer step since the last line
+        self._last: float | None = None
         self.resume_from = Path(resume_from) if resume_from is not None else None
         self.window = LossWindow()
         self.saver = _SaveMetrics(self)
@@ -75,6 +71,13 @@ class RunMetrics(TrainerCallback):
         if state.global_step > 0:
             saved = read_saved(self.resume_from or Path(args.output_dir) / f"checkpoint-{state.global_step}")
         self.window.start(state.global_step, args.device, saved and saved["loss"])
+        self.step_seconds, self._last = [], time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # from the previous step's end to this one's: data, forward, backward, optimizer, the masks' refresh
+        now = time.perf_counter()
+        self.step_seconds.append(round(now - self._last, 4))
+        self._last = now
 
     def save(self, args, state) -> None:
         loss = self.window.state()  # every rank: its sum is gathered
@@ -93,6 +96,10 @@ class RunMetrics(TrainerCallback):
         record = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
                   "loss": logs.get("loss"), "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
         record.update({name: logs[key] for key, name in _PRUNING_KEYS.items() if key in logs})
+        # where the run's time goes (benchmarks/run_cost.py reads it), kept across resumes like every line
+        record["step_seconds"], self.step_seconds = self.step_seconds, []
+        if self.clock is not None and (total := self.clock.seconds()) is not None:
+            record["train_seconds"] = round(total, 3)
         if self.metrics is not None:
             self.metrics.write(record)
         if self.tracker is not None:
@@ -197,15 +204,42 @@ class MaskHistCallback(TrainerCallback):
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
+class TrainClock(TrainerCallback):
+    """Training time across resumes: what the checkpoint resumed from recorded (``before``; None when
+    it recorded none, so the total is unknown) plus this process's time since training began."""
+
+    def __init__(self, before: float | None = 0.0):
+        known = isinstance(before, (int, float)) and not isinstance(before, bool) and 0 <= before < math.inf
+        self.before = float(before) if known else None
+        self.start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float | None:
+        if self.before is None:
+            return None
+        return self.before + (time.perf_counter() - self.start if self.start is not None else 0.0)
+
+
 class RecordCheckpointFiles(TrainerCallback):
-    """Adds :func:`with_file_sizes` to each checkpoint's pdp_state.json, after PruningCallback
-    wrote it (the core writes the file but cannot know our run directory); atomic, still last.
-    A kill between the two writes leaves a complete checkpoint checked without sizes."""
+    """Adds :func:`with_file_sizes` (and, with a ``clock``, the training time so far) to each
+    checkpoint's pdp_state.json, after PruningCallback wrote it (the core writes the file but cannot
+    know our run directory); atomic, still last.  A kill between the two writes leaves a complete
+    checkpoint checked without sizes.  The checkpoint's files get the mode of a normally created file
+    first (safetensors writes 0600, as final/ would be without atomic_dir)."""
+
+    def __init__(self, clock: TrainClock | None = None):
+        self.clock = clock
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and (ckpt / PDP_STATE).is_file():
-            atomic_write_json(ckpt / PDP_STATE, with_file_sizes(ckpt, json.loads((ckpt / PDP_STATE).read_text())))
+            normalize_modes(ckpt)
+            saved = with_file_sizes(ckpt, json.loads((ckpt / PDP_STATE).read_text()))
+            if self.clock is not None:
+                saved["train_seconds"] = self.clock.seconds()
+            atomic_write_json(ckpt / PDP_STATE, saved)
 
 
 class SaveTrained(TrainerCallback):

@@ -26,13 +26,13 @@ from torch.nn.utils import parametrize
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.train import distributed
 
-from pdp_gpt2.train import checkpoint, distill, rundir, runlock
+from pdp_gpt2.train import checkpoint, distill, flags, rundir, runlock
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
 from pdp_gpt2.pdp.sharded import barrier
 from pdp_gpt2.pdp.schedule import plan_end
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics, RunTrainer,
-                                       SaveTrained, resume_without_training)
+                                       SaveTrained, TrainClock, resume_without_training)
 from pdp_gpt2.train.metrics_log import MetricsLog, read_saved
 from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
@@ -62,12 +62,14 @@ def run_name(cfg: TrainConfig) -> str:
 
 def prepare(cfg: TrainConfig) -> Prepared:
     """Everything that can fail on bad input, before anything is written."""
-    from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, token_stream, tokenize_and_group
+    from pdp_gpt2.data.sources import LMBlockDataset, check_local, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.data.models import load_model_and_tokenizer
     from pdp_gpt2.data.perplexity import context_length
     from pdp_gpt2.pdp.attach import check_fit
 
     distributed.refuse_sharded()
+    refuse_unused_precision(cfg.precision)
+    check_local(cfg.dataset)  # a directory, a missing file, files misnamed for their splits: before the model loads
     if cfg.output_dir:
         output_dir = Path(cfg.output_dir)
     elif cfg.resume and cfg.resume != "latest":
@@ -100,6 +102,14 @@ def prepare(cfg: TrainConfig) -> Prepared:
     return Prepared(model, tokenizer, train_data, eval_tokens, output_dir, resume_from)
 
 
+def refuse_unused_precision(precision: str) -> None:
+    """fp16 mixed precision needs CUDA: elsewhere Trainer trains in fp32 without a word, and the run's
+    record would say fp16 (bf16 autocast runs on the CPU too)."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UsageError("--precision fp16 needs a CUDA GPU; without one the run would train in fp32 while its "
+                         "record says fp16: use --precision fp32 or bf16")
+
+
 # Flags that change what a run computes: a resume must not change them (the masks, the data
 # order, the optimizer state and the schedules' plan in the checkpoint belong to the old values).
 # --max_steps / --num_epochs may change: a longer run continues the planned schedules (plan_steps).
@@ -130,7 +140,7 @@ def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
             out.pop("warmup_epochs", None)  # ignored next to --warmup_steps: a change to it changes nothing
         return out
 
-    old, new = flat(old_cfg), flat(cfg.to_dict())
+    old, new = flat(old_cfg), flat(flags.recorded(cfg))  # a flag the method ignores may change
     changed = [k for k in new if k in old and old[k] != new[k]]
     if changed:
         raise UsageError(f"--resume with different {', '.join('--' + k for k in changed)} than the run in "
@@ -145,7 +155,7 @@ def steps_per_epoch(n_blocks: int, cfg: TrainConfig, world: int) -> int:
 def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int, planned: dict | None = None) -> tuple[int, int]:
     """(total optimizer steps, sparsity-ramp steps).  A stream (n_blocks None) counts --max_steps as its epoch.
     ``planned``: the schedule plan of the checkpoint a run resumes from (its pdp_state.json), which the
-    run continues: its ramp, whatever the new length (the README's resume contract)."""
+    run continues: its ramp, whatever the new length (docs/runs.md, the resume contract)."""
     per_epoch = steps_per_epoch(n_blocks, cfg, world) if n_blocks is not None else cfg.max_steps
     total = cfg.max_steps if cfg.max_steps >= 0 else math.ceil(cfg.num_epochs * per_epoch)
     length = f"--max_steps {cfg.max_steps}" if cfg.max_steps >= 0 else f"--num_epochs {cfg.num_epochs:g}"
@@ -173,13 +183,18 @@ def plan_steps(n_blocks: int | None, cfg: TrainConfig, world: int, planned: dict
     return total, ramp
 
 
-def evaluate(model, tokens, cfg: TrainConfig, desc: str) -> float:
+def evaluate(model, tokens, cfg: TrainConfig, desc: str, seconds: dict | None = None) -> float:
+    """Perplexity on ``tokens``; its wall time goes into ``seconds`` under desc's last word (dense, soft, pruned)."""
     from pdp_gpt2.data.perplexity import perplexity
 
+    t0 = time.perf_counter()
     # cached(): each masked weight is computed once for the whole evaluation, not per batch.
     with parametrize.cached():
-        return perplexity(model, tokens, window=cfg.max_length, stride=cfg.stride,
-                          batch_size=cfg.eval_batch_size, progress=cfg.progress, desc=desc)["perplexity"]
+        ppl = perplexity(model, tokens, window=cfg.max_length, stride=cfg.stride,
+                         batch_size=cfg.eval_batch_size, progress=cfg.progress, desc=desc)["perplexity"]
+    if seconds is not None:
+        seconds[desc.split()[-1]] = round(time.perf_counter() - t0, 2)
+    return ppl
 
 
 def pruning_callback(model, cfg: TrainConfig, ramp: int, train_data, kernels=None) -> PruningCallback:
@@ -262,6 +277,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     prep = prepare(cfg)
     out = prep.output_dir
     is_main = distributed.is_main()
+    if is_main and (warning := flags.ignored_warning(cfg)):  # not refused: a sweep sets tau for every method
+        print(warning, file=sys.stderr, flush=True)
     n_blocks = len(prep.train_data) if not cfg.streaming else None
     saved = read_checkpoint_state(prep.resume_from) if prep.resume_from is not None else None
     total, ramp = plan_steps(n_blocks, cfg, distributed.world_size(), planned=(saved or {}).get("schedule"))
@@ -273,10 +290,11 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
             rundir.clear_run(out)
         checkpoint.drop_unusable_checkpoints(out, prep.resume_from)
         rundir.remove_leftovers(out)  # temporary files of writes a kill cut short (we hold the lock)
-        atomic_write_json(out / "run_config.json", cfg.to_dict())
+        atomic_write_json(out / "run_config.json", flags.recorded(cfg))
     set_seed(cfg.seed)
     model = prep.model
-    ppl_dense = dense_perplexity(model, prep, cfg, is_main)
+    eval_seconds: dict = {}  # each evaluation's wall time, into summary.json (a cached dense one has none)
+    ppl_dense = dense_perplexity(model, prep, cfg, is_main, eval_seconds)
     # the teacher: the starting model, copied before any mask goes on (a resume makes it again from --model)
     teacher = distill.frozen_copy(model) if cfg.distill else None
 
@@ -292,14 +310,15 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         saved_lines = read_saved(prep.resume_from)
         metrics = MetricsLog(out / "metrics.jsonl", resume_step=checkpoint.step_of(prep.resume_from),
                              saved=saved_lines and saved_lines["records"])
-    tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), cfg.to_dict(), out)
+    tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), flags.recorded(cfg), out)
     opt = None
     if cfg.custom_optimizer and pruner is not None:
         from pdp_gpt2.pdp.optim import MaskAwareAdamW
 
         opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate, "fused": fused_adamw_ok() or None})
     guard = RunGuard()
-    run_metrics = RunMetrics(metrics, tracker, is_main, resume_from=prep.resume_from)
+    clock = TrainClock(before=(saved or {}).get("train_seconds", 0.0 if prep.resume_from is None else None))
+    run_metrics = RunMetrics(metrics, tracker, is_main, resume_from=prep.resume_from, clock=clock)
     trainer = RunTrainer(model=model, args=args, data_collator=default_data_collator,
                          # none when nothing trains: Trainer refuses a stream without --max_steps > 0
                          train_dataset=prep.train_data if total > 0 else None,
@@ -312,11 +331,11 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     if trainer.pop_callback(ProgressCallback) is not None:  # present unless --progress false
         trainer.add_callback(BarProgress())
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
-    trainer.add_callback(RecordCheckpointFiles())  # file sizes into pdp_state.json, for resume's checks
+    trainer.add_callback(clock)
+    trainer.add_callback(RecordCheckpointFiles(clock))  # sizes and time so far into pdp_state.json
     trainer.add_callback(SaveTrained(guard))  # after the guard: a checkpoint at the last step, unless diverged
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
-    t0 = time.time()
     try:
         # total 0: nothing to train (Trainer would read max_steps=0 as "count epochs"); a checkpoint at the last step
         evaluate_only = total > 0 and resume_without_training(trainer, prep.resume_from, total)
@@ -327,7 +346,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         raise guard.aborted(out, trainer.state.global_step) from None
     finally:
         guard.close()  # also when training raised (a full disk): the caller's signal handlers come back
-    train_seconds = time.time() - t0
+    train_seconds = clock.seconds()  # every segment of a resumed run; None if an older checkpoint kept no time
     if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
         tracker.finish()
         raise stopped
@@ -345,13 +364,13 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
             if pruner is not None:
                 pruner.set_sparsity(cfg.pdp.sparsity)  # a run stopped before the end of the ramp still ends at target
                 stats = pruner.stats()
-                ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft")
+                ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft", eval_seconds)
                 callback.finalize()
-            ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned")
+            ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned", eval_seconds)
             lm_eval = task_scores(model, prep.tokenizer, cfg, out) if cfg.eval_tasks else None
             result = dict(lm_eval=lm_eval, ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
                           train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
-                          eval_tokens=int(len(prep.eval_tokens)))
+                          eval_tokens=int(len(prep.eval_tokens)), eval_seconds=eval_seconds)
             summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
     except UsageError as e:  # e.g. lm-eval data gone since the check: the training is not lost
         if trained is None or not trained.is_dir():
@@ -385,7 +404,7 @@ def task_scores(model, tokenizer, cfg: TrainConfig, out: Path) -> dict:
     return scores(r)
 
 
-def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> float:
+def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool, seconds: dict | None = None) -> float:
     """The dense model's perplexity, computed once per run and read back on resume (dense_eval.json)."""
     path = prep.output_dir / rundir.DENSE_EVAL
     key = {"model": cfg.model, "dataset": cfg.dataset, "eval_split": cfg.eval_split, "window": cfg.max_length,
@@ -394,12 +413,19 @@ def dense_perplexity(model, prep: Prepared, cfg: TrainConfig, is_main: bool) -> 
         try:
             cached = json.loads(path.read_text())
             if cached["key"] == key:
-                return float(cached["perplexity"])
+                return valid_perplexity(cached["perplexity"])
         except (OSError, ValueError, KeyError, TypeError) as e:  # a cut-off or edited file: not worth a traceback
             if is_main:
-                print(f"pdp-gpt2: warning: {path} does not parse ({type(e).__name__}: {e}); computing it again",
-                      file=sys.stderr, flush=True)
-    ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense")
+                print(f"pdp-gpt2: warning: {path} does not hold a dense perplexity ({type(e).__name__}: {e}); "
+                      "computing it again", file=sys.stderr, flush=True)
+    ppl = evaluate(model, prep.eval_tokens, cfg, "eval dense", seconds)
     if is_main:
         atomic_write_json(path, {"perplexity": ppl, "key": key})
     return ppl
+
+
+def valid_perplexity(value) -> float:
+    """``value`` if it can be a perplexity (a finite number >= 1: exp of a mean NLL >= 0), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value < math.inf:
+        raise ValueError(f"perplexity {value!r} is not a finite number >= 1")
+    return float(value)

@@ -42,6 +42,8 @@ def check_output_dir(output_dir: Path, *, overwrite: bool, resume: str | None) -
             ckpt = Path(resume)
             if not ckpt.is_dir():
                 raise UsageError(f"--resume {resume}: no such checkpoint directory")
+            if not CHECKPOINT.match(ckpt.name) and not any((ckpt / n).exists() for n in CHECKPOINT_NEEDS):
+                raise UsageError(not_a_checkpoint(ckpt, resume))
             if not is_complete(ckpt):
                 missing = ", ".join(n for n in CHECKPOINT_NEEDS if not (ckpt / n).is_file())
                 raise UsageError(f"--resume {resume}: incomplete checkpoint (no {missing}; the run was "
@@ -73,6 +75,18 @@ def check_output_dir(output_dir: Path, *, overwrite: bool, resume: str | None) -
                 raise UsageError(f"--overwrite_output_dir: {output_dir} holds no pdp-gpt2 run (no run_config.json "
                                  "written by pdp-gpt2, no lock of one); refusing to delete anything in it")
     return None
+
+
+def not_a_checkpoint(path: Path, resume: str) -> str:
+    """Why ``--resume PATH`` is refused when PATH is no checkpoint-<N> directory (a run directory, most often)."""
+    found = checkpoints(path, complete_only=True)
+    if not found and not any((path / n).exists() for n in RUN_MARKERS):
+        return (f"--resume {resume} is not a checkpoint directory (no trainer_state.json, no {CHECKPOINT_NEEDS[1]}, "
+                "not named checkpoint-<N>); pass a run's checkpoint-<N> directory")
+    which = str(found[-1]) if found else "<its checkpoint-N>"
+    latest = f"its latest complete checkpoint is {found[-1].name}" if found else "it holds no complete checkpoint"
+    return (f"--resume {resume} is a run directory, not a checkpoint ({latest}); pass --resume {which}, "
+            f"or --output_dir {path} --resume to continue that run in place")
 
 
 def is_our_run(output_dir: Path) -> bool:

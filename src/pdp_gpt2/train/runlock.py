@@ -1,24 +1,13 @@
 """One run per output directory: create it, lock it, and give it back at exit.
 
-``claim(output_dir)`` runs before anything else touches the directory (before the model
-loads), so a path that cannot be created or written is one line, not a traceback after
-minutes of data preparation.  The lock is ``<output_dir>/.pdp-gpt2.lock``:
-
-* ``flock`` on it is the lock.  The kernel drops an flock when its process dies however it
-  dies (SIGKILL, OOM killer), so a lock file nobody holds an flock on is provably stale and
-  is taken over with a note; no pid guessing, no manual clean-up after a kill.
-* Its content (pid, host, start time) only serves the message a second run gets.
-* Where the filesystem has no flock (some network mounts), creating the file with
-  ``O_EXCL`` is the lock.  A leftover file is then reported, with the ``rm`` that clears it,
-  instead of taken over: a dead pid on this host does not prove much across containers.
-* It is opened with ``O_NOFOLLOW`` and must be a regular file: a symlink planted at its path
-  would otherwise have its target overwritten with the lock's JSON, and a directory or a FIFO
-  there is refused in one line (a FIFO would block the read of the holder's name).
-
-Under DDP rank 0 alone holds the lock (the other ranks never write into the directory).
-``release_claims`` (a decorator on train.run.run) releases the lock, and removes the
-directories the run created if it failed before writing anything into them; a full or
-read-only disk becomes one line there (disk_errors.py).
+``claim(output_dir)`` runs before anything else touches the directory, so a path that cannot be
+written is one line, not a traceback after minutes of data preparation. ``flock`` on
+``<output_dir>/.pdp-gpt2.lock`` is the lock: the kernel drops it when its process dies however it
+dies, so a file nobody holds is provably stale and is taken over. Where the filesystem has no
+flock, creating the file with ``O_EXCL`` is the lock and a leftover is reported with the ``rm``
+that clears it. The file is opened with ``O_NOFOLLOW`` and must be a regular file, so a planted
+symlink's target is never overwritten. Under DDP rank 0 alone holds it. ``release_claims``
+releases it and removes the directories a run created if it failed before writing into them.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pdp_gpt2.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from pdp_gpt2.data.manifest import write_manifest
 from pdp_gpt2.pdp import registry
 from pdp_gpt2.pdp.targets import find_targets
-from pdp_gpt2.train import card
+from pdp_gpt2.train import card, flags
 from pdp_gpt2.train.config import TrainConfig
 
 
@@ -82,16 +82,18 @@ def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dic
         "sparsity_target": cfg.pdp.sparsity if registry.get(cfg.method).prunes else 0.0,
         "sparsity_actual": saved["sparsity"], "perplexity": result["ppl_hard"],
         "perplexity_dense": result["ppl_dense"], "perplexity_soft": result["ppl_soft"], "soft_hard_gap": gap,
-        "tau": cfg.pdp.tau, "distill": card.distillation(cfg),
+        **({"tau": cfg.pdp.tau} if registry.get(cfg.method).uses_tau else {}), "distill": card.distillation(cfg),
         "train_steps": result["train_steps"], "ramp_steps": result["ramp_steps"],
-        "train_seconds": round(result["train_seconds"], 2), "eval_tokens": result["eval_tokens"],
+        # every segment of a resumed run; None after a resume from a checkpoint that recorded no time
+        "train_seconds": None if result["train_seconds"] is None else round(result["train_seconds"], 2),
+        "eval_tokens": result["eval_tokens"], "eval_seconds": result.get("eval_seconds") or {},
         "band_at_end": stats["band"] if stats else None, "final_dir": str(final),
         "target_weights": saved["numel"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # Per layer: zeros counted in the saved files, plus the soft band the masks had just
         # before finalize (what differs between layers under layer-wise allocation; the report plots it).
         "layers": {n: {**d, **({"band": stats["layers"][n]["band"]} if stats and n in stats["layers"] else {})}
                    for n, d in saved["layers"].items()},
-        "config": cfg.to_dict(),
+        "config": flags.recorded(cfg),  # without the flags the method ignores
         **({"lm_eval": result["lm_eval"]} if result.get("lm_eval") else {}),
     }
 
@@ -108,8 +110,10 @@ def print_table(s: dict) -> None:
         return "-" if x is None else f"{x:.2f}"
 
     target, actual = comparable(s["sparsity_target"], s["sparsity_actual"])
+    took = ("training time unknown: resumed from a checkpoint that recorded none" if s["train_seconds"] is None
+            else f"{s['train_seconds']:.0f} s")
     lines = [
-        f"pdp-gpt2: {s['method']} on {s['model']} / {s['dataset']} ({s['train_steps']} steps, {s['train_seconds']:.0f} s)",
+        f"pdp-gpt2: {s['method']} on {s['model']} / {s['dataset']} ({s['train_steps']} steps, {took})",
         f"  perplexity ({s['eval_split']})   dense {f(s['perplexity_dense'])}   soft {f(s['perplexity_soft'])}"
         f"   pruned {f(s['perplexity'])}",
         f"  sparsity           target {target}   actual {actual}"

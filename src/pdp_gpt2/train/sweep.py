@@ -1,20 +1,13 @@
 """Run a W&B sweep file locally, without a W&B server.
 
-The same ``sweep_config.yaml`` works with ``wandb sweep`` + ``wandb agent`` and
-with ``pdp-gpt2 sweep``.  Locally:
-
-* ``grid`` expands every combination of ``values`` (in file order; ``--count``
-  keeps the first N, and only those are made; a grid over MAX_TRIALS needs ``--count``);
-  ``random`` draws ``--count`` trials from the parameter distributions with a seeded
-  RNG; ``bayes`` needs a server-side model, so it falls back to ``random`` with a note.
-* Each trial runs the train CLI in its own subprocess, with the flags a W&B
-  agent would pass (``--name=value``), into ``<output_dir>/trial-NNN/``.  A crash,
-  an out-of-memory kill or a bad value therefore ends that trial only: it is
-  recorded as failed (with the last line of its log) and the sweep goes on.
-* ``sweep.csv`` (one row per trial: parameters + final metrics) is rewritten
-  after every trial, so a killed sweep still leaves its finished rows.  A trial
-  whose directory already holds a finished run with the same parameters is
-  reused, so re-running a sweep only runs what is missing or failed.
+The same ``sweep_config.yaml`` works with ``wandb sweep`` + ``wandb agent`` and with
+``pdp-gpt2 sweep``. ``grid`` enumerates combinations lazily (``--count`` keeps the first N; a grid
+over MAX_TRIALS needs it), ``random`` draws ``--count`` trials with a seeded RNG, and ``bayes``
+(which needs a server) falls back to ``random`` with a note. Each trial runs the train CLI in its
+own subprocess with the flags an agent would pass, so a crash or a bad value ends that trial
+only. ``sweep.csv`` is rewritten after every trial, and a trial that already finished with the
+same parameters is reused, so re-running a sweep runs only what is missing or failed; a finished trial with
+other parameters is refused before any trial runs, never replaced (sweep_dir.py).
 """
 from __future__ import annotations
 
@@ -30,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.train.sweep_dir import WRITTEN_BY, check_sweep_files, check_trial_dirs
+from pdp_gpt2.train.sweep_dir import finished_with as _finished_with  # benchmarks/results.py reuses it
 
 METRICS = ("perplexity", "perplexity_soft", "perplexity_dense", "soft_hard_gap", "sparsity_actual",
            "train_seconds", "train_steps")
@@ -257,7 +252,9 @@ def run_trial(params: dict, trial_dir: Path, timeout: float | None = None) -> di
     """Train one trial in a subprocess; returns status, returncode and the error line if it failed.
     The log is ``<trial_dir>/train.log`` afterwards."""
     trial_dir.mkdir(parents=True, exist_ok=True)
-    rerun = any(p.name not in BOOKKEEPING for p in trial_dir.iterdir())  # a killed or failed earlier run
+    # a killed or failed earlier run is replaced; a finished one never is (train then refuses the directory)
+    rerun = (not (trial_dir / "summary.json").exists()
+             and any(p.name not in BOOKKEEPING for p in trial_dir.iterdir()))
     cmd = [sys.executable, "-m", "pdp_gpt2", "train", *trial_argv(params), f"--output_dir={trial_dir}",
            *(["--overwrite_output_dir=True"] if rerun else []), "--progress=False"]
     log = trial_dir.parent / f".{trial_dir.name}.train.log"
@@ -279,15 +276,22 @@ def run_trial(params: dict, trial_dir: Path, timeout: float | None = None) -> di
 def run_sweep(spec: SweepSpec, out: Path, *, count: int | None = None, seed: int = 0,
               overrides: dict | None = None, timeout: float | None = None, runner=run_trial) -> list[dict]:
     """Run every planned trial in turn; returns the sweep.csv rows."""
-    trials = [(f"trial-{i:03d}", trial_params(sampled, overrides))
-              for i, sampled in enumerate(plan_trials(spec, count, seed))]
-    return run_trials(trials, out, metric=spec.metric, timeout=timeout, runner=runner)
+    return run_trials(planned(spec, count, seed, overrides), out, metric=spec.metric, timeout=timeout, runner=runner)
+
+
+def planned(spec: SweepSpec, count: int | None = None, seed: int = 0,
+            overrides: dict | None = None) -> list[tuple[str, dict]]:
+    """The trials a sweep runs: (trial-NNN, its train flags)."""
+    return [(f"trial-{i:03d}", trial_params(sampled, overrides))
+            for i, sampled in enumerate(plan_trials(spec, count, seed))]
 
 
 def run_trials(trials: list[tuple[str, dict]], out: Path, *, metric: str = "perplexity",
                timeout: float | None = None, runner=run_trial) -> list[dict]:
     """Run named trials (name -> train flags) into ``out/<name>/``, one after the other; writes
-    ``out/sweep.csv`` after each and returns its rows.  Finished trials with the same flags are reused."""
+    ``out/sweep.csv`` after each and returns its rows.  Finished trials with the same flags are reused;
+    one with other flags, or a sweep.csv the sweep did not write, is refused before any trial runs."""
+    check_trial_dirs(trials, out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for i, (name, params) in enumerate(trials):
@@ -331,11 +335,6 @@ def _write_params(tdir: Path, params: dict) -> None:
     _write_json(tdir / "params.json", params)
 
 
-def _finished_with(tdir: Path, params: dict) -> bool:
-    p, s = tdir / "params.json", tdir / "summary.json"
-    return p.is_file() and s.is_file() and json.loads(p.read_text()) == json.loads(json.dumps(params))
-
-
 def metrics_of(tdir: Path) -> dict:
     """Final metrics from a trial's summary.json (empty cells if it did not finish)."""
     p = tdir / "summary.json"
@@ -375,11 +374,14 @@ def run_sweep_file(config: str | Path, out: Path, *, count: int | None = None, s
     from pdp_gpt2.atomic import atomic_write_text
 
     spec = load_spec(config)
-    check_plan(spec, count)
     out = Path(out)
+    trials = planned(spec, count, seed, overrides)
+    text = Path(config).read_text()
+    check_sweep_files(out, text)
+    check_trial_dirs(trials, out)  # before the first file is written
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep_config.yaml", Path(config).read_text())
-    _write_json(out / "sweep_args.json", settings or {})
-    rows = run_sweep(spec, out, count=count, seed=seed, overrides=overrides, timeout=timeout)
+    atomic_write_text(out / "sweep_config.yaml", text)
+    _write_json(out / "sweep_args.json", {"written_by": WRITTEN_BY, **(settings or {})})
+    rows = run_trials(trials, out, metric=spec.metric, timeout=timeout)
     return {"rows": rows, "failed": sum(r["status"] != "ok" for r in rows), "best": best(rows, spec.metric, spec.goal),
             "metric": spec.metric, "goal": spec.goal}
