@@ -42,8 +42,8 @@ class MethodSpec:
     # the pattern kinds it can prune ("unstructured", "row", "N:M"); empty: every pattern.  Checked
     # when a run is configured, before any work (the driver refuses too, for library callers)
     patterns: tuple = ()
-    # the PDPConfig fields only this method reads (Wanda's wanda_groups): any other method refuses a
-    # value other than the field's default, and the report names a run by the values it changed
+    # the PDPConfig fields only this method reads (Wanda's wanda_groups): every other method ignores
+    # them (ignored_flags), and the report names a run by the values it changed
     options: tuple = ()
     summary: str = ""  # one line for people (model cards, --help)
     extras: dict = field(default_factory=dict)  # anything else a plugin wants to declare
@@ -59,11 +59,14 @@ class MethodSpec:
 
     def ignored_flags(self) -> tuple[str, ...]:
         """The train flags this method does not take: those of every capability it lacks
-        (CAPABILITY_FLAGS).  They change nothing in its run, so its record leaves them out."""
+        (CAPABILITY_FLAGS) and the options other methods own.  They change nothing in its run, so its
+        record leaves them out (a sweep may set them for every trial)."""
         out: list[str] = []
         for capability, flags in capability_flags().items():
             if not getattr(self, capability):
                 out += [f for f in flags if f not in out]
+        for other in (*BUILTIN, *_specs.values()):
+            out += [f for f in other.options if f not in self.options and f not in out]
         return tuple(out)
 
     @property
