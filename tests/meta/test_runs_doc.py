@@ -1,7 +1,7 @@
 """docs/runs.md's table of the flags each method ignores is the registry's (MethodSpec capabilities)."""
 from helpers import ROOT
 
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.train import flags
 
 DOC = ROOT / "docs" / "runs.md"

@@ -8,14 +8,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pdp_gpt2.cli import main
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.attach import attach_baseline
-from pdp_gpt2.pdp.baselines import HardMask, keep_from_scores
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.core.attach import attach_baseline
+from pdp_gpt2.pdp.core.hard import HardMask, keep_from_scores
 from pdp_gpt2.pdp.patterns import get_pattern
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.pdp.targets import find_targets, in_last
-from pdp_gpt2.pdp.wanda import per_output_keep
+from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.core.targets import find_targets
+from pdp_gpt2.pdp.kernels.mask import in_last
+from pdp_gpt2.pdp.methods.wanda.driver import per_output_keep
 
 from helpers import tiny_gpt2
 
@@ -267,7 +268,7 @@ def _inputs_dense(weights: dict, ids: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def test_wanda_help_and_record_say_how_the_count_is_defined():
-    from pdp_gpt2.pdp.attach import method_record
+    from pdp_gpt2.pdp.core.attach import method_record
     from pdp_gpt2.train import flags
 
     help_of = {f.name: flags.help_of(f) for f in flags.fields()}

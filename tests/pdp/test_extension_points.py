@@ -8,11 +8,11 @@ import torch
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig, UsageError
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import attach
-from pdp_gpt2.pdp.baselines import HardMask
-from pdp_gpt2.pdp.driver import MaskDriver
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.attach import attach
+from pdp_gpt2.pdp.core.hard import HardMask
+from pdp_gpt2.pdp.core.driver import MaskDriver
 from pdp_gpt2.pdp.patterns import PATTERNS, Pattern, get_pattern
 from pdp_gpt2.train.config import TrainConfig
 

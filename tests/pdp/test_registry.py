@@ -1,4 +1,4 @@
-"""The method registry (pdp/registry.py): capabilities, plugins through entry points, no torch."""
+"""The method registry (pdp/core/registry.py): capabilities, plugins through entry points, no torch."""
 import json
 import os
 import subprocess
@@ -6,17 +6,17 @@ import sys
 
 import pytest
 
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.registry import MethodSpec
+from pdp_gpt2.pdp.core.registry import MethodSpec
 
 from helpers import ROOT, install_dist
 
 PLUGIN = '''
 import torch
-from pdp_gpt2.pdp.baselines import HardMask
-from pdp_gpt2.pdp.driver import MaskDriver
-from pdp_gpt2.pdp.registry import MethodSpec
+from pdp_gpt2.pdp.core.hard import HardMask
+from pdp_gpt2.pdp.core.driver import MaskDriver
+from pdp_gpt2.pdp.core.registry import MethodSpec
 
 
 class EveryOther(MaskDriver):
@@ -80,7 +80,7 @@ def test_register_refuses_duplicates_and_builtins_cannot_go():
 
 def test_importing_the_registry_and_listing_plugins_loads_no_torch(tmp_path):
     _install_plugin(tmp_path)
-    code = ("import sys; from pdp_gpt2.pdp import registry; names = registry.names(); "
+    code = ("import sys; from pdp_gpt2.pdp.core import registry; names = registry.names(); "
             "print(names[-1], 'torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -153,7 +153,7 @@ GROUP = f"[{registry.ENTRY_POINT_GROUP}]\n"
 
 
 def _spec_module(name: str) -> str:
-    return f"from pdp_gpt2.pdp.registry import MethodSpec\nSPEC = MethodSpec({name!r}, 'pdp_gpt2.pdp.baselines:GMP')\n"
+    return f"from pdp_gpt2.pdp.core.registry import MethodSpec\nSPEC = MethodSpec({name!r}, 'pdp_gpt2.pdp.methods.gmp.driver:GMP')\n"
 
 
 @pytest.fixture

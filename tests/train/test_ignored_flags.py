@@ -7,7 +7,7 @@ import pytest
 from pdp_gpt2.cli import main
 from pdp_gpt2.cli.main import build_parser
 from pdp_gpt2.cli.train import config_from_args
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.train import card, flags, summary
 
 TAU_FLAGS = {"tau", "tau_mode", "tau_schedule", "tau_final", "improved_masking", "beta"}

@@ -13,7 +13,7 @@ import dataclasses
 import os
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.train import flags
 from pdp_gpt2.train.config import PDPConfig, TrainConfig
 

@@ -23,11 +23,11 @@ from transformers import TrainerCallback
 
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.names import STATE_FILE
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import attach
-from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.pdp.schedule import SCHEDULES, PruningSchedule
-from pdp_gpt2.pdp.sharded import barrier
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.attach import attach
+from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.core.schedule import SCHEDULES, PruningSchedule
+from pdp_gpt2.pdp.kernels.sharded import barrier
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -58,7 +58,7 @@ class PruningCallback(TrainerCallback):
     """Prune while a ``Trainer`` trains: attach, schedule, log, checkpoint, finalize (module docstring).
 
     ``config``: the :class:`PDPConfig` (target sparsity, tau and its schedule, pattern, ...).
-    ``method``: a name in the method registry (pdp/registry.py): ``pdp``, a baseline (``gmp``,
+    ``method``: a name in the method registry (pdp/core/registry.py): ``pdp``, a baseline (``gmp``,
     ``magnitude``, ``wanda`` with ``calibration`` token blocks), or ``dense`` (no masks; checkpoints
     still get their pdp_state.json).  ``ramp_steps`` (default ``ramp_fraction`` of the run's optimizer steps;
     more than the run has is a ValueError when training begins, before the first step) and

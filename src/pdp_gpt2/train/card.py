@@ -7,8 +7,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import method_description, method_record  # what the registry's drivers say
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.attach import method_description, method_record  # what the registry's drivers say
 from pdp_gpt2.train import flags
 from pdp_gpt2.train.config import TrainConfig
 

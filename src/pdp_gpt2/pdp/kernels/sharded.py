@@ -137,7 +137,7 @@ def radix_select(jobs: list[tuple[list[torch.Tensor], list[int]]], group) -> lis
     tensors.  Returns, per job and rank, (key of the r-th smallest, how many keys are
     smaller, how many equal).  All jobs share each pass's all-reduce; keys must share a dtype.
     ``group`` None: one process.  It reads each pass's histograms on the host, so it is the exact
-    fallback of pdp/select.py (a bracket that keeps missing), not the per-step path.
+    fallback of pdp/kernels/select.py (a bracket that keeps missing), not the per-step path.
     """
     if not jobs:
         return []

@@ -1,29 +1,18 @@
-"""Baseline mask drivers, the same :class:`~pdp_gpt2.pdp.driver.MaskDriver` contract as PDP.
-
-* ``magnitude``: one-shot; the floor(r n) smallest |w| of each tensor are pruned at attach, at the
-  final target, and the mask is frozen (the schedule's ``set_sparsity`` calls are ignored).
-* ``gmp``: gradual magnitude pruning (Zhu & Gupta 2017) on PDP's schedule, the mask recomputed
-  after every optimizer step from |w * mask|, so pruned weights stay pruned: a pruned weight gets
-  no gradient, and letting it back in whenever a kept one shrank below it would make the mask flicker.
-* ``wanda`` (pdp/wanda.py) and ``sparsegpt`` (pdp/sparsegpt.py) use ``HardMask`` from here.
-
-Keep-masks of every target are selected together (pdp/select.py). ``HardMask`` multiplies by a
-0/1 keep-mask buffer: pruned weights get exactly zero gradient, and checkpoints carry the mask.
+"""Hard 0/1 masks, shared by the baselines: :class:`HardMask` (the parametrization
+w -> w * keep, a buffer, so pruned weights get exactly zero gradient and checkpoints carry the
+mask) and :class:`HardPruner` (a driver whose keep-masks prune the lowest scores of every target
+together). :func:`final_values` is finalize's exact zeros for every mask, soft or hard.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import sharded as S
-from pdp_gpt2.pdp.driver import MaskDriver
-from pdp_gpt2.pdp.fused import mask_counts
-from pdp_gpt2.pdp.param import final_values
+from pdp_gpt2.pdp.core.driver import MaskDriver
+from pdp_gpt2.pdp.core.targets import Target
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels import sharded as S
 from pdp_gpt2.pdp.patterns import Part, Pattern
-from pdp_gpt2.pdp.targets import Target
 
 
 def keep_from_scores(scores: torch.Tensor, sparsity: float, *, pattern: Pattern, out_dim: int) -> torch.Tensor:
@@ -50,7 +39,7 @@ class HardMask(nn.Module):
         return M.fake_quant(out, self.bits, self.out_dim) if self.bits is not None else out
 
     def recipe(self, w: torch.Tensor):
-        """Recompute this forward's output in backward instead of keeping it (pdp/recompute.py).
+        """Recompute this forward's output in backward instead of keeping it (pdp/kernels/recompute.py).
         No snapshot of ``keep`` is needed: the product above saves ``keep`` for its own
         backward, so autograd already refuses a backward after ``keep`` changed in place."""
         return lambda: self.forward(w)
@@ -114,47 +103,19 @@ class HardPruner(MaskDriver):
             self.mask_of(t).keep.copy_(whole)
 
 
-class Magnitude(HardPruner):
-    """One-shot: the smallest |w| at the final target, pruned at attach, then frozen."""
+def final_values(part: Part, keep: torch.Tensor, bits: int | None) -> torch.Tensor:
+    """``part``'s rows with exact zeros where ``keep`` is False, then on the quantization grid.
 
-    description = "one-shot magnitude pruning, then fine-tuning with the mask frozen"
-    one_shot = True
-
-
-class GMP(HardPruner):
-    """Gradual magnitude pruning on the schedule; pruned weights stay pruned (module docstring)."""
-
-    description = "gradual magnitude pruning while fine-tuning (hard masks on the same schedule as PDP)"
-
-    def start(self) -> None:
-        pass  # starts dense: the schedule's set_sparsity moves it
-
-    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
-        parts = [self.part(t) for t in targets]
-        masks = [self.mask_of(t) for t in targets]
-        keeps = [p.mine(m.keep) for p, m in zip(parts, masks)]
-        # One host transfer for every target: entries pruned now, and kept entries that are nonzero
-        # (summed over the shards; every rank holds the whole keep-mask, so pruned is not summed).
-        counts = []
-        if parts:
-            c = torch.stack([mask_counts(p.w, k, self.kernels) for p, k in zip(parts, keeps)])
-            c[:, 1] = S.all_reduce(c[:, 1].contiguous(), parts[0].group)
-            if parts[0].shard is not None:
-                c[:, 0] = torch.stack([(~m.keep).sum() for m in masks]).double()
-            counts = c.tolist()
-        todo, scored, todo_s = [], [], []
-        for t, p, keep, s, (pruned, nnz) in zip(targets, parts, keeps, sparsities, counts):
-            n = M.num_pruned(math.prod(p.shape), s)
-            k = self.pattern.num_pruned(p.shape, p.out_dim, s)
-            # Between sparsity changes (after the ramp: every step) the counts can show that the mask
-            # would come back unchanged, instead of a selection over the tensor.
-            if pruned == n and self.pattern.keep_is_nonzero(p.shape, p.out_dim, k, int(nnz)):
-                continue
-            score = p.w.abs()
-            if pruned <= n:
-                score = score * keep  # pruned stay pruned: they score 0, so they are chosen first again
-            todo.append(t)
-            scored.append(Part(score, p.out_dim, p.shard))
-            todo_s.append(s)
-        if todo:
-            self._set_keeps(todo, scored, todo_s)
+    where(), not w * keep: a product leaves -0.0 for negative pruned weights, and a checkpoint's
+    bytes should not depend on the signs of weights that are gone.  Quantization scales are
+    per output channel; a Conv1D shard's channels continue on other ranks, so their maxima are
+    reduced over the shard's group (exact for a maximum)."""
+    w = part.w
+    out = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    if bits is not None:
+        reduce = None
+        if part.shard is not None and part.out_dim == 1:
+            def reduce(amax, group=part.group):
+                return S.all_reduce_max(amax, group)
+        out = M.fake_quant(out, bits, part.out_dim, reduce)
+    return out.detach()

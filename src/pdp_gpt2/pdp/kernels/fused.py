@@ -3,14 +3,14 @@ pass of threshold selection.
 
 The autograd Function saves only ``w`` and recomputes m in backward, with
 d(w m)/dw = m + 2 a w^2 dm/dz (dm/dz = m (1 - m) for the sigmoid; the improved blend adds its tanh
-term), the math of :func:`pdp_gpt2.pdp.mask.soft_mask`. a and b are 0-d tensors with tau folded
+term), the math of :func:`pdp_gpt2.pdp.kernels.mask.soft_mask`. a and b are 0-d tensors with tau folded
 in ((1/t^2, 1) / tau relative, (1, t^2) / tau absolute), so z = w^2 a - b needs no host sync and no
 division per entry. Large tensors run a ``torch.compile``'d version (one pass each way instead of
 a dozen eager ones); small ones stay eager; if compiling fails we warn once and stay eager.
 Gradients too small for Adam's second moment are flushed to 0 (:func:`underflow_level`).
 
 Public APIs only: the backward writes into a fresh tensor or into the masked weight that
-pdp/recompute.py hands over (:func:`offer_buffer`). Options come as :class:`KernelOptions`
+pdp/kernels/recompute.py hands over (:func:`offer_buffer`). Options come as :class:`KernelOptions`
 through ``attach``; nothing here reads environment variables (the CLI does).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pdp_gpt2.pdp.mask import Z_FLOOR, saturated_sigmoid
+from pdp_gpt2.pdp.kernels.mask import Z_FLOOR, saturated_sigmoid
 
 @dataclass(frozen=True)
 class KernelOptions:
@@ -32,9 +32,9 @@ class KernelOptions:
     flush: bool = True  # return gradients too small for Adam's second moment as 0
     # GPT-2 small's smallest target has 589,824 entries; tests lower this to compile tiny tensors.
     compile_min_numel: int = 1 << 18
-    # recompute each masked weight in backward instead of keeping it from forward (pdp/recompute.py)
+    # recompute each masked weight in backward instead of keeping it from forward (pdp/kernels/recompute.py)
     recompute: bool = True
-    # how threshold selection collects candidates (pdp/select.py Plan): "auto" (fixed-size on a GPU,
+    # how threshold selection collects candidates (pdp/kernels/select.py Plan): "auto" (fixed-size on a GPU,
     # which reads nothing back from the device; compact on a CPU, where reading back is free),
     # "fixed" or "compact"; all give the same thresholds
     collect: str = "auto"
@@ -204,7 +204,7 @@ def _backward_into_eager(out, grad, w, a, b, beta: float | None, flush: float):
 def offer_buffer(node, buf: torch.Tensor) -> bool:
     """Hand ``buf`` to the backward of the masked weight whose autograd node is ``node``, to
     write its gradient into instead of a new tensor.  The caller promises that nothing else
-    reads or holds ``buf`` by the time that backward runs (pdp/recompute.py: a masked weight
+    reads or holds ``buf`` by the time that backward runs (pdp/kernels/recompute.py: a masked weight
     recomputed for the consumer's backward, which has run by then).  False if ``node`` is not
     a masked weight's (e.g. a fake-quantized output)."""
     spare = getattr(node, "pdp_spare", None)
@@ -234,7 +234,7 @@ def soft_masked_weight(w, t, tau: float, tau_mode: str, beta: float | None, kern
 
 
 def _row_block_counts_expr(body, lo, hi):
-    """The counting pass of pdp/select.py, per row and block of ``body`` ((rows, blocks, SB)),
+    """The counting pass of pdp/kernels/select.py, per row and block of ``body`` ((rows, blocks, SB)),
     with the row's bounds ``lo``, ``hi`` (shape (rows,)): how many |x| < lo, and how many
     lo <= |x| <= hi.
 

@@ -16,7 +16,7 @@ from pdp_gpt2.errors import UsageError, UsageTypeError
 if TYPE_CHECKING:
     from pdp_gpt2.pdp.patterns import Pattern
 
-PATTERNS_HELP = "'unstructured', 'row' (whole output neurons), or 'N:M' such as '2:4' (see pdp/patterns.py)"
+PATTERNS_HELP = "'unstructured', 'row' (whole output neurons), or 'N:M' such as '2:4' (see pdp/patterns/)"
 
 
 @dataclass
@@ -28,7 +28,7 @@ class PDPConfig:
     # constant 0.02 at every learning rate and ramp tried, and no soft-to-hard gap.
     tau: float = field(
         default=0.1,
-        metadata={"help": "soft-mask temperature (the start of the tau schedule); dimensionless, in units of the threshold's square (see pdp/mask.py)"},
+        metadata={"help": "soft-mask temperature (the start of the tau schedule); dimensionless, in units of the threshold's square (see pdp/kernels/mask.py)"},
     )
     tau_mode: str = field(
         default="relative",
@@ -36,7 +36,7 @@ class PDPConfig:
     )
     tau_schedule: str = field(
         default="exp",
-        metadata={"help": "tau over training: 'constant', or anneal from tau to tau_final in log tau, 'exp' (geometric) or 'cosine', over the recovery phase after the sparsity ramp (pdp/schedule.py)"},
+        metadata={"help": "tau over training: 'constant', or anneal from tau to tau_final in log tau, 'exp' (geometric) or 'cosine', over the recovery phase after the sparsity ramp (pdp/core/schedule.py)"},
     )
     tau_final: float | None = field(
         default=None, metadata={"help": "tau at the end of an 'exp' or 'cosine' tau_schedule, finite and > 0 (default: tau / 100)"}
@@ -60,7 +60,7 @@ class PDPConfig:
                           "weights; every row prunes floor(r cols), and so many rows one more (those whose next-lowest "
                           "score is lowest) that the tensor has exactly floor(r n) zeros, as under every method) or "
                           "'tensor' (the floor(r n) lowest scores of the whole tensor); N:M and 'row' keep their own "
-                          "groups (pdp/wanda.py)"},
+                          "groups (pdp/methods/wanda/driver.py)"},
     )
     max_layer_sparsity: float = field(
         default=0.99, metadata={"help": "cap on every tensor's sparsity, under both allocations; a sparsity above it is refused (raise this, < 1, for more)"}

@@ -48,7 +48,7 @@ def threshold(scores: torch.Tensor, k: int) -> torch.Tensor:
     return (lo + hi) / 2
 
 
-# Training does not call threshold() per tensor: pdp/select.py finds the same values, bit for bit,
+# Training does not call threshold() per tensor: pdp/kernels/select.py finds the same values, bit for bit,
 # for every target at once with the counting on the device (this function is the definition its
 # tests compare against).
 
@@ -72,7 +72,7 @@ def normalized_gap(sq: torch.Tensor, t: torch.Tensor, tau_mode: str = "relative"
 # weight w * m below float32's normal range (1.2e-38), makes every op that reads it run on the CPU's
 # slow path (15-20x slower steps while tau anneals). Nothing a float32 run computes can see the
 # difference: w * m changes by under 1.6e-28 |w|, and the gradients it drops are under the flush
-# level of pdp/fused.py's underflow_level for any upstream gradient below ~1e8.
+# level of pdp/kernels/fused.py's underflow_level for any upstream gradient below ~1e8.
 Z_FLOOR = -64.0
 
 
@@ -226,3 +226,13 @@ def fake_quant(w: torch.Tensor, bits: int, out_dim: int, amax_reduce=None) -> to
     s = quant_scale(w, bits, out_dim, amax_reduce)
     q = torch.clamp(torch.round(w / s), -qmax, qmax) * s
     return w + (q - w).detach()
+
+
+def in_last(w: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """View of w as (out, in), so groups along the input dimension are the last axis."""
+    return w if out_dim == 0 else w.t()
+
+
+def from_in_last(x: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """Inverse of :func:`in_last`."""
+    return x if out_dim == 0 else x.t()

@@ -11,7 +11,7 @@ Where this departs from the reference (exact per-tensor counts, dead inputs, H p
 docs/results.md, "How the baselines are implemented".
 
 The driver (:class:`SparseGPT`) runs this layer by layer with the pruned outputs fed forward
-(pdp/sequential.py), at attach, at the final target, then freezes the mask as a ``HardMask``.
+(pdp/core/sequential.py), at attach, at the final target, then freezes the mask as a ``HardMask``.
 """
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.baselines import HardPruner
+from pdp_gpt2.pdp.core.hard import HardPruner
+from pdp_gpt2.pdp.core.sequential import visit_sequentially
+from pdp_gpt2.pdp.core.targets import Target
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels.mask import from_in_last, in_last
 from pdp_gpt2.pdp.patterns import NM, Unstructured
-from pdp_gpt2.pdp.sequential import visit_sequentially
-from pdp_gpt2.pdp.targets import Target, from_in_last, in_last
 
 BLOCKSIZE = 128  # columns per block of adaptive mask selection and lazy updates (the paper's B_s)
 PERCDAMP = 0.01  # damping, as a fraction of the mean diagonal of H

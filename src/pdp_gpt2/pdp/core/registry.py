@@ -27,7 +27,7 @@ class PluginError(UsageError):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A pruning method and what it can do.  The driver owns the masks (pdp/driver.py)."""
+    """A pruning method and what it can do.  The driver owns the masks (pdp/core/driver.py)."""
 
     name: str
     # "module:attr" of the MaskDriver subclass (or the class itself); None: no masks at all (dense)
@@ -95,7 +95,7 @@ def capability_flags() -> dict[str, tuple[str, ...]]:
     """CAPABILITY_FLAGS with every PDPConfig field under ``prunes`` (read without torch)."""
     import dataclasses
 
-    from pdp_gpt2.pdp.config import PDPConfig  # a plain schema: no torch on import
+    from pdp_gpt2.pdp.core.config import PDPConfig  # a plain schema: no torch on import
 
     pdp = tuple(f.name for f in dataclasses.fields(PDPConfig))
     return {**CAPABILITY_FLAGS, "prunes": pdp + CAPABILITY_FLAGS["prunes"]}
@@ -103,21 +103,21 @@ def capability_flags() -> dict[str, tuple[str, ...]]:
 
 _CORE = "pdp_gpt2.pdp"
 BUILTIN: tuple[MethodSpec, ...] = (
-    MethodSpec("pdp", f"{_CORE}.attach:Pruner", label="PDP", colour="#2ca02c", soft=True, gradual=True,
+    MethodSpec("pdp", f"{_CORE}.methods.pdp.driver:Pruner", label="PDP", colour="#2ca02c", soft=True, gradual=True,
                uses_tau=True, summary="soft masks from each weight's magnitude (the paper)"),
     MethodSpec("dense", None, label="dense", colour="#333333", summary="fine-tune only, no pruning"),
-    MethodSpec("magnitude", f"{_CORE}.baselines:Magnitude", label="magnitude", colour="#1f77b4",
+    MethodSpec("magnitude", f"{_CORE}.methods.magnitude.driver:Magnitude", label="magnitude", colour="#1f77b4",
                summary="one-shot |w| at the target, mask frozen"),
-    MethodSpec("gmp", f"{_CORE}.baselines:GMP", label="GMP", colour="#ff7f0e", gradual=True,
+    MethodSpec("gmp", f"{_CORE}.methods.gmp.driver:GMP", label="GMP", colour="#ff7f0e", gradual=True,
                summary="gradual magnitude pruning on the schedule"),
-    MethodSpec("wanda", f"{_CORE}.wanda:Wanda", label="Wanda", colour="#9467bd", calibration=True,
+    MethodSpec("wanda", f"{_CORE}.methods.wanda.driver:Wanda", label="Wanda", colour="#9467bd", calibration=True,
                options=("wanda_groups",),
                summary="one-shot |w|*||x|| on calibration data, calibrated block by block, compared per output row "
                "as published (--wanda_groups tensor: across the tensor), exactly floor(r n) zeros; mask frozen"),
-    MethodSpec("movement", f"{_CORE}.movement:Movement", label="movement", colour="#d62728", gradual=True,
+    MethodSpec("movement", f"{_CORE}.methods.movement.driver:Movement", label="movement", colour="#d62728", gradual=True,
                trainable_state=True, patterns=("unstructured", "N:M"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),
-    MethodSpec("sparsegpt", f"{_CORE}.sparsegpt:SparseGPT", label="SparseGPT", colour="#e6ab02", calibration=True,
+    MethodSpec("sparsegpt", f"{_CORE}.methods.sparsegpt.driver:SparseGPT", label="SparseGPT", colour="#e6ab02", calibration=True,
                patterns=("unstructured", "N:M"), summary="one-shot SparseGPT on calibration data (weights reconstructed layer by layer), mask frozen"),
 )
 
@@ -131,7 +131,7 @@ def shipped_defaults() -> dict:
     ``tau_final`` None means the schedule's default, tau / 100).  Read without torch."""
     import dataclasses
 
-    from pdp_gpt2.pdp.config import PDPConfig  # a plain schema: no torch on import
+    from pdp_gpt2.pdp.core.config import PDPConfig  # a plain schema: no torch on import
 
     return {f.name: f.default for f in dataclasses.fields(PDPConfig) if f.default is not dataclasses.MISSING}
 

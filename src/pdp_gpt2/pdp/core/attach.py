@@ -1,4 +1,4 @@
-"""The one entry point: ``attach(model, method, config)`` -> a mask driver (methods: pdp/registry.py).
+"""The one entry point: ``attach(model, method, config)`` -> a mask driver (methods: pdp/core/registry.py).
 
 ``attach`` puts the method's parametrization on every target weight, with
 torch.nn.utils.parametrize's side effects: the module's class becomes ``ParametrizedConv1D`` etc.,
@@ -15,47 +15,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.pdp.driver import MaskDriver, global_budgets  # noqa: F401  (re-exported)
-from pdp_gpt2.pdp.fused import KernelOptions
-from pdp_gpt2.pdp.param import PDPMask
-from pdp_gpt2.pdp.targets import Target, find_targets
-
-
-class Pruner(MaskDriver):
-    """PDP: soft masks from each weight's own magnitude, thresholds refreshed after every step."""
-
-    description = ("Parameter-free Differentiable Pruning (PDP; Cho, Adya, Naik, NeurIPS 2023, arXiv:2305.11203) "
-                   "while fine-tuning: soft masks from each weight's magnitude, sparsity on a schedule, "
-                   "exact zeros at the end")
-
-    def make_mask(self, t: Target) -> nn.Module:
-        c = self.config
-        return PDPMask(t.module.weight.shape, t.out_dim, pattern=self.pattern, tau=c.tau, tau_mode=c.tau_mode,
-                       beta=c.beta if c.improved_masking else None, bits=c.bits if c.quantize else None,
-                       kernels=self.kernels)
-
-    def update(self, t: Target, sparsity: float) -> None:
-        self.update_all([t], [sparsity])
-
-    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
-        """Every target's threshold in one batched selection (pdp/select.py: one host transfer in a
-        steady state, however many targets; the same code on shards)."""
-        masks = [self.mask_of(t) for t in targets]
-        ks = [m._k(s) for m, s in zip(masks, sparsities)]
-        ts, hints, positive = self.pattern.thresholds([self.part(t) for t in targets], ks,
-                                                      [m._hint for m in masks], self.kernels)
-        for m, s, t, h, pos in zip(masks, sparsities, ts, hints, positive):
-            m.set_threshold(s, t, h, pos)
-
-    def set_tau(self, tau: float) -> None:
-        """Soft-mask temperature of every target (the tau schedule calls this).  Each mask reads
-        its ``tau`` at every forward; thresholds do not depend on it, so nothing is recomputed."""
-        if not (0.0 < tau < float("inf")):
-            raise ValueError(f"tau must be finite and > 0, got {tau}")
-        for t in self.targets:
-            self.mask_of(t).tau = float(tau)
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.core.driver import MaskDriver, global_budgets  # noqa: F401  (re-exported)
+from pdp_gpt2.pdp.core.targets import find_targets
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
 
 
 def method_description(method: str) -> str:

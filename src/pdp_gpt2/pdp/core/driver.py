@@ -5,7 +5,7 @@ A driver owns one model's masks from ``attach`` to ``finalize``. A method define
 there are, and a new method usually reuses one), ``update`` or ``update_all`` (recompute the masks
 for a sparsity; the built-in methods do every target in one batched selection), and optionally
 ``prepare(calibration)``, ``start()``, the flags ``one_shot`` / ``keeps_history`` and a
-``description``. Methods are registered in pdp/registry.py; docs/architecture.md has a toy.
+``description``. Methods are registered in pdp/core/registry.py; docs/architecture.md has a toy.
 
 Everything else is shared here: ``set_sparsity``, ``step``, per-layer budgets, ``stats``,
 ``state_dict`` / ``load_state_dict``, ``finalize`` and ``remove``. Sharded weights (FSDP2) take the
@@ -17,13 +17,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import sharded
-from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels import sharded
+from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.pdp.patterns import Part
-from pdp_gpt2.pdp.recompute import RecomputeHooks
-from pdp_gpt2.pdp.targets import Target
+from pdp_gpt2.pdp.kernels.recompute import RecomputeHooks
+from pdp_gpt2.pdp.core.targets import Target
 
 
 class MaskDriver:
@@ -103,7 +103,7 @@ class MaskDriver:
     # ---- lifecycle ----------------------------------------------------------------------------
     def hook_recompute(self) -> None:
         """Masks that can recompute their output (a ``recipe`` method) are not kept alive from
-        forward to backward (pdp/recompute.py); attach calls this, finalize and remove undo it."""
+        forward to backward (pdp/kernels/recompute.py); attach calls this, finalize and remove undo it."""
         if not self.kernels.recompute:
             return
         # HF models flag activation checkpointing on the modules that do it (the flag exists from

@@ -14,12 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import sharded as S
-from pdp_gpt2.pdp.fused import KernelOptions
-from pdp_gpt2.pdp.patterns import Part, Pattern
-
 from pdp_gpt2.names import ORIGINAL  # noqa: F401  (where parametrize keeps the dense weight; re-exported)
+from pdp_gpt2.pdp.core.hard import final_values
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
+from pdp_gpt2.pdp.patterns import Part, Pattern
 
 
 class PDPMask(nn.Module):
@@ -75,7 +74,7 @@ class PDPMask(nn.Module):
 
     def recipe(self, w: torch.Tensor):
         """A function that recomputes this forward's output for ``w`` later, with the state
-        the mask has now (threshold, tau), for the backward (pdp/recompute.py)."""
+        the mask has now (threshold, tau), for the backward (pdp/kernels/recompute.py)."""
         active, t, tau = self.active, self.t.clone(), self.tau
         return lambda: self._output(w, active, t, tau)
 
@@ -114,21 +113,3 @@ class PDPMask(nn.Module):
     def to_identity(self) -> None:
         """Mask nothing from now on (a finalized or removed sharded model keeps its parametrizations)."""
         self.active, self.bits = False, None
-
-
-def final_values(part: Part, keep: torch.Tensor, bits: int | None) -> torch.Tensor:
-    """``part``'s rows with exact zeros where ``keep`` is False, then on the quantization grid.
-
-    where(), not w * keep: a product leaves -0.0 for negative pruned weights, and a checkpoint's
-    bytes should not depend on the signs of weights that are gone.  Quantization scales are
-    per output channel; a Conv1D shard's channels continue on other ranks, so their maxima are
-    reduced over the shard's group (exact for a maximum)."""
-    w = part.w
-    out = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
-    if bits is not None:
-        reduce = None
-        if part.shard is not None and part.out_dim == 1:
-            def reduce(amax, group=part.group):
-                return S.all_reduce_max(amax, group)
-        out = M.fake_quant(out, bits, part.out_dim, reduce)
-    return out.detach()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pdp_gpt2.pdp.driver import MaskDriver
+from pdp_gpt2.pdp.core.driver import MaskDriver
 
 FLOOR = 0.1
 

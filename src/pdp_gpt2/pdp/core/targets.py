@@ -14,7 +14,6 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from pdp_gpt2.errors import UsageError
@@ -75,13 +74,3 @@ def find_targets(model: nn.Module, patterns: list[str] | None = None) -> list[Ta
         what = "no Linear/Conv1D inside numbered blocks" if patterns is None else f"nothing matches {patterns}"
         raise UsageError(f"no prunable weights found: {what}")
     return found
-
-
-def in_last(w: torch.Tensor, out_dim: int) -> torch.Tensor:
-    """View of w as (out, in), so groups along the input dimension are the last axis."""
-    return w if out_dim == 0 else w.t()
-
-
-def from_in_last(x: torch.Tensor, out_dim: int) -> torch.Tensor:
-    """Inverse of :func:`in_last`."""
-    return x if out_dim == 0 else x.t()

@@ -1,0 +1,1 @@
+"""PDP, the method this package ships: soft masks from each weight magnitude (driver.py, mask.py)."""
