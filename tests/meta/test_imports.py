@@ -31,7 +31,8 @@ ALLOWED = {
     "export": ("pdp_gpt2.export", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic",
                "pdp_gpt2.names"),
     # report reads run outputs (files); of the core only the method registry (torch-free), never training
-    "report": ("pdp_gpt2.report", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.pdp.core.registry"),
+    "report": ("pdp_gpt2.report", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.pdp.core.registry",
+               "pdp_gpt2.pdp.registry"),  # the last: the registry's old path
     # FSDP2 for your own loop: library code on top of the core, below every app layer
     "fsdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.names"),
     "cli": ("pdp_gpt2",),
@@ -142,7 +143,7 @@ def test_a_report_module_importing_training_is_caught(tmp_path, monkeypatch):
 
 # The plain schemas (report, sweeps and the CLI's --help read them) and the package itself.
 TORCH_FREE = ("pdp_gpt2", "pdp_gpt2.pdp.core.config", "pdp_gpt2.train.config", "pdp_gpt2.pdp.core.registry",
-              "pdp_gpt2.train.flags")
+              "pdp_gpt2.train.flags", "pdp_gpt2.pdp.config", "pdp_gpt2.pdp.registry")  # the last two: old paths
 
 
 def heavy_modules_loaded_by(module: str, path: Path | None = None) -> list[str]:
@@ -247,7 +248,7 @@ def test_docstrings_state_these_rules(part):
 # ---- the floors inside the core: kernels < patterns < core < methods < callback ----
 
 # A module may import its own floor or one below.  The modules directly in pdp/ other than callback
-# are old import paths kept for importers outside the core: the top floor, imported by no floor.
+# are old import paths kept for importers outside the core: above every floor, imported by none.
 PDP_FLOORS = ("kernels", "patterns", "core", "methods", "callback")
 
 
@@ -291,3 +292,28 @@ def test_a_floor_break_is_caught(tmp_path, monkeypatch):
         "pdp_gpt2.pdp.core.leak (line 1) imports pdp_gpt2.pdp.methods.pdp.mask, a floor above it",
         "pdp_gpt2.pdp.core.leak (line 2) imports pdp_gpt2.pdp.callback, a floor above it",
         "pdp_gpt2.pdp.methods.wanda.other (line 1) imports pdp_gpt2.pdp.methods.gmp.driver: a method imports no other method"]
+
+
+OLD_PATHS = ("config", "registry", "mask", "targets", "sharded", "fused", "optim", "schedule", "driver")
+
+
+@pytest.mark.parametrize("name", OLD_PATHS)
+def test_an_old_path_is_the_moved_module_itself(name):
+    """Importers outside the core (and plugins) written against the flat pdp/ keep working, and a
+    monkeypatch through the old name reaches the module the core uses."""
+    import importlib
+
+    old = importlib.import_module(f"pdp_gpt2.pdp.{name}")
+    assert old.__name__.split(".")[2] in ("core", "kernels") and old.__name__.endswith("." + name)
+    assert old is importlib.import_module(old.__name__)
+
+
+def test_the_old_composite_paths_name_the_moved_classes():
+    from pdp_gpt2.pdp import attach as old_attach, baselines
+    from pdp_gpt2.pdp.core.attach import attach, method_record
+    from pdp_gpt2.pdp.core.hard import HardMask
+    from pdp_gpt2.pdp.methods.gmp.driver import GMP
+    from pdp_gpt2.pdp.methods.pdp.driver import Pruner
+
+    assert (old_attach.attach, old_attach.method_record, old_attach.Pruner) == (attach, method_record, Pruner)
+    assert (baselines.HardMask, baselines.GMP) == (HardMask, GMP)

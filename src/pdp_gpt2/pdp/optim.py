@@ -1,0 +1,6 @@
+"""Kept for importers outside the core: this name is pdp/core/optim.py itself (the same module object)."""
+import sys
+
+from pdp_gpt2.pdp.core import optim as _moved
+
+sys.modules[__name__] = _moved
