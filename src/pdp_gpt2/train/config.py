@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core import registry  # method names and capabilities; imports nothing heavy
-from pdp_gpt2.pdp.core.config import PATTERNS_HELP, PDPConfig  # noqa: F401  (re-exported for the CLI)
+from pdp_gpt2.pdp.core.config import PDPConfig
 
 
 DISTILL_TEMPERATURE = 2.0  # --distill_temperature's default: DistilBERT's and movement pruning's T

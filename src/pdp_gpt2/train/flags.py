@@ -29,6 +29,10 @@ def help_of(f: dataclasses.Field) -> str:
     text = f.metadata.get("help", "")
     if f.name == "method":
         text += ": " + "; ".join(method_lines())
+    elif f.name == "pattern":  # the pattern registry's list, so a new pattern is offered here
+        from pdp_gpt2.pdp import patterns  # torch: only when a parser is built
+
+        text += ": " + patterns.help_text()
     return text
 
 

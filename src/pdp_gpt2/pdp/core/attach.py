@@ -79,12 +79,6 @@ def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig 
     return driver
 
 
-def attach_baseline(model: nn.Module, method: str, config: PDPConfig | None = None, *,
-                    calibration: torch.Tensor | None = None, **overrides) -> MaskDriver:
-    """``attach(model, method, config, calibration=...)``: the name from before the method registry."""
-    return attach(model, method, config, calibration=calibration, **overrides)
-
-
 @torch.no_grad()
 def sparsity_report(model: nn.Module, targets: list[str] | None = None) -> dict:
     """Fraction of exact zeros in each target weight and over all of them.

@@ -16,9 +16,6 @@ from pdp_gpt2.errors import UsageError, UsageTypeError
 if TYPE_CHECKING:
     from pdp_gpt2.pdp.patterns import Pattern
 
-PATTERNS_HELP = "'unstructured', 'row' (whole output neurons), or 'N:M' such as '2:4' (see pdp/patterns/)"
-
-
 @dataclass
 class PDPConfig:
     sparsity: float = field(default=0.9, metadata={"help": "target fraction of zeros among target weights, in [0, 1), at most max_layer_sparsity"})
@@ -45,7 +42,7 @@ class PDPConfig:
         default="layer",
         metadata={"help": "'layer': every tensor at the same sparsity; 'global': per-layer budgets from one global magnitude ranking at attach time"},
     )
-    pattern: str = field(default="unstructured", metadata={"help": PATTERNS_HELP})
+    pattern: str = field(default="unstructured", metadata={"help": "which weights are pruned together, a name in the pattern registry (pdp/patterns/)"})
     improved_masking: bool = field(default=False, metadata={"help": "blend 0.7*sigmoid + 0.3*tanh-step (needs beta)"})
     beta: float = field(default=5.0, metadata={"help": "steepness of the tanh part of improved masking, > 0"})
     quantize: bool = field(default=False, metadata={"help": "fake-quantize masked weights per output channel (STE)"})

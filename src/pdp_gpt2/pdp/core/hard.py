@@ -12,16 +12,7 @@ from pdp_gpt2.pdp.core.driver import MaskDriver
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels import sharded as S
-from pdp_gpt2.pdp.patterns import Part, Pattern
-
-
-def keep_from_scores(scores: torch.Tensor, sparsity: float, *, pattern: Pattern, out_dim: int) -> torch.Tensor:
-    """Boolean keep-mask pruning the lowest ``scores`` (same shape as the weight).
-
-    Exactly floor(r n) zeros for 'unstructured', floor(r rows) whole output rows
-    for 'row', and floor(r M) (at most M - N) per group of M inputs for N:M.
-    """
-    return pattern.keep(scores, out_dim, pattern.num_pruned(scores.shape, out_dim, sparsity))
+from pdp_gpt2.pdp.patterns import Part
 
 
 class HardMask(nn.Module):
@@ -60,13 +51,6 @@ class HardMask(nn.Module):
     @torch.no_grad()
     def final_local(self, part: Part, keep: torch.Tensor) -> torch.Tensor:
         return final_values(part, keep, self.bits)
-
-    @torch.no_grad()
-    def final_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """Exact zeros as +0.0 (a product leaves -0.0 for negative pruned weights, and saved bytes
-        should not depend on the signs of weights that are gone), as PDPMask.final_weight."""
-        part = Part(w, self.out_dim)
-        return self.final_local(part, self.final_keep(part))
 
     def to_identity(self) -> None:
         """Mask nothing from now on (a finalized or removed sharded model keeps its parametrizations)."""

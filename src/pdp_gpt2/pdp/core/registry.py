@@ -244,8 +244,3 @@ def all_specs() -> list[MethodSpec]:
         except PluginError as e:
             _warn_once(str(e))
     return out
-
-
-def help_text() -> str:
-    """One line listing the methods, for --method's help."""
-    return "; ".join(f"{s.name}: {s.summary}" if s.summary else s.name for s in all_specs())

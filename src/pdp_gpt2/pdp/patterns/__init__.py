@@ -2,7 +2,7 @@
 
 :data:`PATTERNS` is the registry (display name -> class); adding a pattern is one subclass of
 :class:`~pdp_gpt2.pdp.patterns.base.Pattern` and one entry here (docs/architecture.md has a toy).
-:func:`get_pattern` parses a spec string such as "2:4".
+:func:`get_pattern` parses a spec string such as "2:4"; :func:`help_text` is ``--pattern``'s list.
 """
 from __future__ import annotations
 
@@ -21,3 +21,8 @@ def get_pattern(spec: str) -> Pattern:
             return p
     names = ", ".join(f"'{k}'" for k in PATTERNS)
     raise UsageError(f"unknown pattern {spec!r}: use one of {names} (N:M such as '2:4')")
+
+
+def help_text() -> str:
+    """Every registered pattern on one line, with its ``help``: what ``--help`` offers."""
+    return "; ".join(f"{name}: {cls.help}" if cls.help else name for name, cls in PATTERNS.items())

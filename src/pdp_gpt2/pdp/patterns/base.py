@@ -69,6 +69,7 @@ class Pattern:
     groups or rows overrides ``num_pruned``, ``scores``, ``soft_mask`` and ``expand``."""
 
     name = "pattern"
+    help = ""  # one line for --pattern's help (the registry lists it); default: the name alone
     # The sparsity a run takes when none is given (the CLI's default); N:M fixes its own.
     default_sparsity = 0.9
 

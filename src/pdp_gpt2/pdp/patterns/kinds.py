@@ -22,6 +22,7 @@ class Unstructured(Pattern):
     """Each entry on its own: exactly floor(r n) zeros per tensor.  Every entry is on one rank."""
 
     name = "unstructured"
+    help = "each entry on its own (exactly floor(r n) zeros per tensor)"
 
     def local_scores(self, part):
         if part.shard is None:
@@ -48,6 +49,7 @@ class Row(Pattern):
     weight (a sum of per-shard sums would round differently)."""
 
     name = "row"
+    help = "whole output neurons, ranked by their L2 norm"
 
     def num_pruned(self, shape, out_dim, sparsity):
         return M.num_pruned(int(shape[out_dim]), sparsity)
@@ -88,6 +90,7 @@ class NM(Pattern):
     lies on one rank (``sharded.check_nm``), so the thresholds and keeps are local math."""
 
     name = "N:M"
+    help = "at most M - N zeros in every M consecutive inputs, such as '2:4' (sparsity (M - N) / M)"
 
     def __init__(self, n: int, m: int):
         self.n, self.m = n, m

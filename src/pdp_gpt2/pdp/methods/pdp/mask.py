@@ -53,14 +53,6 @@ class PDPMask(nn.Module):
         self._hint = hint
         self.active = self.k > 0 and positive
 
-    @torch.no_grad()
-    def refresh(self, w: torch.Tensor, sparsity: float) -> None:
-        """Recompute the threshold(s) of the whole weight w at this tensor's sparsity (one tensor;
-        the driver does all of them together)."""
-        (t,), (hint,), (pos,) = self.pattern.thresholds([Part(w, self.out_dim)], [self._k(sparsity)], [self._hint],
-                                                       self.kernels)
-        self.set_threshold(sparsity, t, hint, pos)
-
     # ---- forward ---------------------------------------------------------------
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self._output(w, self.active, self.t, self.tau)
@@ -97,18 +89,8 @@ class PDPMask(nn.Module):
         return self.pattern.keeps([part], [self.k], self.kernels)[0]
 
     @torch.no_grad()
-    def hard_keep(self, w: torch.Tensor) -> torch.Tensor:
-        return self.final_keep(Part(w, self.out_dim))
-
-    @torch.no_grad()
     def final_local(self, part: Part, keep: torch.Tensor) -> torch.Tensor:
         return final_values(part, keep, self.bits)
-
-    @torch.no_grad()
-    def final_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """Dense weight with exact zeros (and on the quantization grid if quantizing)."""
-        part = Part(w, self.out_dim)
-        return self.final_local(part, self.final_keep(part))
 
     def to_identity(self) -> None:
         """Mask nothing from now on (a finalized or removed sharded model keeps its parametrizations)."""
