@@ -185,7 +185,7 @@ def plan_sweep(args) -> list[tuple[str, dict]]:
 
 def shipped_variant() -> str | None:
     """The benchmark variant whose PDP flags equal what `pdp-gpt2 train` ships by default."""
-    from pdp_gpt2.pdp.core.config import PDPConfig
+    from pdp_gpt2.pdp.config import PDPConfig
 
     d = PDPConfig()
     f = VARIANTS["pdp"]

@@ -11,7 +11,7 @@ The public API (docs/integrate.md, docs/api.md)::
 # name -> the module that defines it.  Imported on first use (PEP 562), so `import pdp_gpt2`
 # and the plain schemas under it (pdp.config, train.config, pdp.registry) load no torch.
 _API = {
-    "PDPConfig": "pdp_gpt2.pdp.core.config",
+    "PDPConfig": "pdp_gpt2.pdp.config",
     "UsageError": "pdp_gpt2.errors",
     "Pruner": "pdp_gpt2.pdp.methods.pdp.driver", "attach": "pdp_gpt2.pdp.core.attach", "sparsity_report": "pdp_gpt2.pdp.core.attach",
     "KernelOptions": "pdp_gpt2.pdp.kernels.fused",

@@ -28,4 +28,5 @@ def test_the_doc_has_both_sections_and_the_registrys_table():
 def test_the_table_says_what_the_issue_says():
     table = ignored_table()
     assert "| movement | `uses_tau` | `--tau`, `--tau_mode`, `--tau_schedule`, `--tau_final`, " \
-           "`--improved_masking`, `--beta` |" in table and "| pdp | - | nothing |" in table
+           "`--improved_masking`, `--beta`, `--wanda_groups`, `--sparsegpt_blocksize`, `--sparsegpt_percdamp` |" in table
+    assert "| pdp | - | `--wanda_groups`, `--sparsegpt_blocksize`, `--sparsegpt_percdamp` |" in table

@@ -13,7 +13,7 @@ from pdp_gpt2.pdp.core.attach import attach
 from pdp_gpt2.pdp.core.hard import HardMask
 from pdp_gpt2.pdp.patterns import Part, get_pattern
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.core.targets import find_targets
 from pdp_gpt2.pdp.kernels.mask import in_last
 from pdp_gpt2.pdp.methods.wanda.driver import per_output_keep
@@ -329,6 +329,9 @@ def test_cli_baseline_writes_contract_with_exact_zeros(tmp_path, tiny_assets, me
         assert targets == [pytest.approx(0.75)] * 4  # pruned at step 0, frozen
     manifest = json.loads((out / "final" / "pdp_pruning.json").read_text())
     assert ("count" in manifest["method_record"]) == (method in ("wanda", "sparsegpt"))
+    own = {"wanda": {"wanda_groups": "output"}, "sparsegpt": {"sparsegpt_blocksize": 128, "sparsegpt_percdamp": 0.01}}
+    assert manifest["method_settings"] == own.get(method, {})  # its own config, nobody else's
+    assert set(s["config"]["pdp"]) & {"tau", "wanda_groups", "sparsegpt_blocksize"} == set(own.get(method, {}))
     hist = json.loads((out / "mask_hist.json").read_text())["moments"]
     assert hist[-1]["step"] == 8 and hist[-1]["below_half"] == pytest.approx(0.75)
     assert hist[-1]["band"] == 0.0  # hard masks are only 0 or 1

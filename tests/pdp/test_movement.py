@@ -22,7 +22,7 @@ from torch import nn
 import pdp_gpt2
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.kernels import mask as M
-from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.methods.movement.driver import order_keys
 from pdp_gpt2.pdp.core.targets import find_targets
 from pdp_gpt2.pdp.kernels.mask import in_last

@@ -25,7 +25,8 @@ from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.names import STATE_FILE
 from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.pdp.core.attach import attach
-from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.config import PDPConfig
+from pdp_gpt2.pdp.core.config import PruningConfig
 from pdp_gpt2.pdp.core.schedule import SCHEDULES, PruningSchedule
 from pdp_gpt2.pdp.kernels.sharded import barrier
 
@@ -73,8 +74,8 @@ class PruningCallback(TrainerCallback):
                  ramp_fraction: float = 0.5, schedule: str = "cubic", finalize: bool = True,
                  log_layers: bool = True, calibration: torch.Tensor | None = None, kernels=None,
                  resume_from: str | Path | None = None):
-        if config is not None and not isinstance(config, PDPConfig):
-            raise TypeError(f"config must be a PDPConfig, got {type(config).__name__}")
+        if config is not None and not isinstance(config, PruningConfig):
+            raise TypeError(f"config must be a PDPConfig (or a method's own config), got {type(config).__name__}")
         if method not in registry.names():
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(registry.names())}")
         if schedule not in SCHEDULES:

@@ -1,5 +1,5 @@
 """TrainConfig: everything one `pdp-gpt2 train` run needs (field names are the CLI flags).
-Validation lives in ``__post_init__``; the PDP part is a :class:`~pdp_gpt2.pdp.core.config.PDPConfig`."""
+Validation lives in ``__post_init__``; the PDP part is a :class:`~pdp_gpt2.pdp.config.PDPConfig`."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core import registry  # method names and capabilities; imports nothing heavy
-from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.config import PDPConfig
 
 
 DISTILL_TEMPERATURE = 2.0  # --distill_temperature's default: DistilBERT's and movement pruning's T

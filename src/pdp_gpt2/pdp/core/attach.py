@@ -9,6 +9,7 @@ state_dict keys move to ``...parametrizations.weight.original``, and the model c
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core import registry
-from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.core.config import PruningConfig
 from pdp_gpt2.pdp.core.driver import MaskDriver, global_budgets  # noqa: F401  (re-exported)
 from pdp_gpt2.pdp.core.targets import find_targets
 from pdp_gpt2.pdp.kernels.fused import KernelOptions
@@ -30,24 +31,53 @@ def method_description(method: str) -> str:
     return cls.description or (cls.__doc__ or method).strip().splitlines()[0]
 
 
-def method_record(method: str, config: PDPConfig) -> dict:
+def method_record(method: str, config: PruningConfig) -> dict:
     """The method's own entry of pdp_pruning.json (``MaskDriver.record``): {} for a method without masks."""
-    cls = registry.get(method).driver_class()
+    spec = registry.get(method)
+    cls = spec.driver_class()
     record = getattr(cls, "record", None)  # a plugin's driver need not derive from MaskDriver
-    return record(config) if callable(record) else {}
+    return record(own_config(spec, config)) if callable(record) else {}
 
 
-def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig | None = None, *,
+def method_settings(method: str, config: PruningConfig) -> dict:
+    """The settings only ``method`` takes (its config class's own fields), as pdp_pruning.json records them."""
+    spec = registry.get(method)
+    if not spec.prunes:
+        return {}
+    own = own_config(spec, config)
+    return {k: getattr(own, k) for k in type(own).own_fields()}
+
+
+def own_config(spec: registry.MethodSpec, config: PruningConfig | None, overrides: dict | None = None) -> PruningConfig:
+    """The part of ``config`` (any config: the flat PDPConfig, or another method's) and ``overrides``
+    that ``spec``'s method owns, as its config class.  An override only another method takes is
+    left out, with a DeprecationWarning (attach(model, "gmp", tau=...) once went into one flat config)."""
+    cls = spec.config_class()
+    own = {f.name for f in dataclasses.fields(cls)}
+    overrides = dict(overrides or {})
+    flat = {f.name for f in dataclasses.fields(registry.flat_config_class())}
+    if foreign := sorted(k for k in overrides if k not in own and k in flat):
+        warnings.warn(f"method {spec.name!r} does not take {', '.join(foreign)}: ignored", DeprecationWarning,
+                      stacklevel=3)
+        overrides = {k: v for k, v in overrides.items() if k not in foreign}
+    if type(config) is cls and not overrides:
+        return config
+    given = {} if config is None else {k: getattr(config, k) for k in own if hasattr(config, k)}
+    return cls(**{**given, **overrides})
+
+
+def attach(model: nn.Module, method: str | PruningConfig = "pdp", config: PruningConfig | None = None, *,
            calibration: torch.Tensor | None = None, kernels: KernelOptions | None = None,
            **overrides) -> MaskDriver | None:
     """Put ``method``'s masks on every target weight of ``model``; returns the driver (None for "dense").
 
     ``attach(model, cfg)`` is ``attach(model, "pdp", cfg)``.  ``calibration``: token blocks
     (n, length) for methods that need data (wanda).  ``kernels``: how PDP's kernels run.
-    ``overrides`` are PDPConfig fields.  The model stays a normal HF model (same forward,
-    same class API).
+    ``config``: any config (the flat PDPConfig, or the method's own class); the driver gets the
+    method's own part of it and of ``overrides`` (:func:`own_config`).  The model stays a normal HF
+    model (same forward, same class API).
     """
-    if isinstance(method, PDPConfig):
+    if isinstance(method, PruningConfig):
         if config is not None:
             raise TypeError("attach(model, config) or attach(model, method, config), not both configs")
         method, config = "pdp", method
@@ -55,13 +85,10 @@ def attach(model: nn.Module, method: str | PDPConfig = "pdp", config: PDPConfig 
         spec = registry.get(method)
     except KeyError:
         raise UsageError(f"unknown method {method!r}; choose from {', '.join(registry.names())}") from None
-    if config is None:
-        config = PDPConfig(**overrides)
-    elif overrides:
-        config = dataclasses.replace(config, **overrides)
     driver_cls = spec.driver_class()
     if driver_cls is None:
         return None
+    config = own_config(spec, config, overrides)
     targets = find_targets(model, config.targets)
     for t in targets:
         if parametrize.is_parametrized(t.module, "weight"):

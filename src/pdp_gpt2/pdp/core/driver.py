@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels import sharded
-from pdp_gpt2.pdp.core.config import PDPConfig
+from pdp_gpt2.pdp.core.config import PruningConfig
 from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.pdp.patterns import Part
 from pdp_gpt2.pdp.kernels.recompute import RecomputeHooks
@@ -37,7 +37,7 @@ class MaskDriver:
     # model's state_dict on resume, and load_state_dict must not recompute them.
     keeps_history = False
 
-    def __init__(self, model: nn.Module, config: PDPConfig, targets: list[Target], *,
+    def __init__(self, model: nn.Module, config: PruningConfig, targets: list[Target], *,
                  kernels: KernelOptions | None = None):
         self.model, self.config, self.targets = model, config, targets
         if any(sharded.is_sharded(t.module.weight) for t in targets):
@@ -70,7 +70,7 @@ class MaskDriver:
             self.update(t, s)
 
     @classmethod
-    def record(cls, config: PDPConfig) -> dict:
+    def record(cls, config: PruningConfig) -> dict:
         """What a run's pdp_pruning.json says about this method beyond the shared settings (its
         comparison group, how its count is defined, its calibration); nothing by default."""
         return {}

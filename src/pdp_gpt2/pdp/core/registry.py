@@ -42,9 +42,13 @@ class MethodSpec:
     # the pattern kinds it can prune ("unstructured", "row", "N:M"); empty: every pattern.  Checked
     # when a run is configured, before any work (the driver refuses too, for library callers)
     patterns: tuple = ()
-    # the PDPConfig fields only this method reads (Wanda's wanda_groups): any other method refuses a
-    # value other than the field's default, and the report names a run by the values it changed
+    # the flags only this method reads (Wanda's wanda_groups, its config's own fields): any other
+    # method refuses a value other than the field's default, leaves them out of its record, and the
+    # report names a run by the values it changed
     options: tuple = ()
+    # "module:attr" of its config class (or the class), a PruningConfig subclass: ``attach`` hands the
+    # driver that part of any config it is given.  None: the flat PDPConfig (every built-in setting)
+    config: object = None
     summary: str = ""  # one line for people (model cards, --help)
     extras: dict = field(default_factory=dict)  # anything else a plugin wants to declare
 
@@ -59,12 +63,14 @@ class MethodSpec:
 
     def ignored_flags(self) -> tuple[str, ...]:
         """The train flags this method does not take: those of every capability it lacks
-        (CAPABILITY_FLAGS).  They change nothing in its run, so its record leaves them out."""
+        (CAPABILITY_FLAGS) and the other methods' own options.  They change nothing in its run, so
+        its record leaves them out."""
         out: list[str] = []
         for capability, flags in capability_flags().items():
             if not getattr(self, capability):
                 out += [f for f in flags if f not in out]
-        return tuple(out)
+        others = [o for s in _specs.values() if s.name != self.name for o in s.options if o not in self.options]
+        return tuple(out + [o for o in others if o not in out])
 
     @property
     def display(self) -> str:
@@ -72,18 +78,31 @@ class MethodSpec:
 
     def driver_class(self):
         """The MaskDriver subclass (imported on first call); None for a method without masks."""
-        d = self.driver
-        if d is None or not isinstance(d, str):
-            return d
-        module, _, attr = d.partition(":")
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return _load_named(self.driver)
+
+    def config_class(self):
+        """Its config class (a PruningConfig subclass; imported on first call, no torch)."""
+        return _load_named(self.config or FLAT_CONFIG)
+
+
+def flat_config_class():
+    """PDPConfig, every built-in setting in one class (what the CLI's flags fill)."""
+    return _load_named(FLAT_CONFIG)
+
+
+def _load_named(d):
+    """A "module:attr" string's object (imported now), or ``d`` itself."""
+    if d is None or not isinstance(d, str):
+        return d
+    module, _, attr = d.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 # The train flags a capability brings: a method without the capability ignores them.  Pruning brings
-# every PDP flag (PDPConfig's fields, added by capability_flags) and the mask-aware optimizer.
+# the shared settings (PruningConfig's fields, added by capability_flags) and the mask-aware optimizer.
 CAPABILITY_FLAGS: dict[str, tuple[str, ...]] = {
     "prunes": ("custom_optimizer",),
     "gradual": ("schedule", "warmup_epochs", "warmup_steps"),  # the sparsity ramp
@@ -92,32 +111,37 @@ CAPABILITY_FLAGS: dict[str, tuple[str, ...]] = {
 
 
 def capability_flags() -> dict[str, tuple[str, ...]]:
-    """CAPABILITY_FLAGS with every PDPConfig field under ``prunes`` (read without torch)."""
+    """CAPABILITY_FLAGS with every shared setting (PruningConfig's fields) under ``prunes`` (no torch)."""
     import dataclasses
 
-    from pdp_gpt2.pdp.core.config import PDPConfig  # a plain schema: no torch on import
+    from pdp_gpt2.pdp.core.config import PruningConfig  # a plain schema: no torch on import
 
-    pdp = tuple(f.name for f in dataclasses.fields(PDPConfig))
-    return {**CAPABILITY_FLAGS, "prunes": pdp + CAPABILITY_FLAGS["prunes"]}
+    shared = tuple(f.name for f in dataclasses.fields(PruningConfig))
+    return {**CAPABILITY_FLAGS, "prunes": shared + CAPABILITY_FLAGS["prunes"]}
 
 
 _CORE = "pdp_gpt2.pdp"
+FLAT_CONFIG = f"{_CORE}.config:PDPConfig"  # every built-in setting: what a plugin's driver is given
+_SHARED = f"{_CORE}.core.config:PruningConfig"
 BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("pdp", f"{_CORE}.methods.pdp.driver:Pruner", label="PDP", colour="#2ca02c", soft=True, gradual=True,
-               uses_tau=True, summary="soft masks from each weight's magnitude (the paper)"),
+               uses_tau=True, config=f"{_CORE}.methods.pdp.config:PDPMaskConfig", summary="soft masks from each weight's magnitude (the paper)"),
     MethodSpec("dense", None, label="dense", colour="#333333", summary="fine-tune only, no pruning"),
     MethodSpec("magnitude", f"{_CORE}.methods.magnitude.driver:Magnitude", label="magnitude", colour="#1f77b4",
+               config=_SHARED,
                summary="one-shot |w| at the target, mask frozen"),
-    MethodSpec("gmp", f"{_CORE}.methods.gmp.driver:GMP", label="GMP", colour="#ff7f0e", gradual=True,
+    MethodSpec("gmp", f"{_CORE}.methods.gmp.driver:GMP", label="GMP", colour="#ff7f0e", gradual=True, config=_SHARED,
                summary="gradual magnitude pruning on the schedule"),
     MethodSpec("wanda", f"{_CORE}.methods.wanda.driver:Wanda", label="Wanda", colour="#9467bd", calibration=True,
-               options=("wanda_groups",),
+               options=("wanda_groups",), config=f"{_CORE}.methods.wanda.config:WandaConfig",
                summary="one-shot |w|*||x|| on calibration data, calibrated block by block, compared per output row "
                "as published (--wanda_groups tensor: across the tensor), exactly floor(r n) zeros; mask frozen"),
     MethodSpec("movement", f"{_CORE}.methods.movement.driver:Movement", label="movement", colour="#d62728", gradual=True,
+               config=_SHARED,
                trainable_state=True, patterns=("unstructured", "N:M"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),
     MethodSpec("sparsegpt", f"{_CORE}.methods.sparsegpt.driver:SparseGPT", label="SparseGPT", colour="#e6ab02", calibration=True,
+               options=("sparsegpt_blocksize", "sparsegpt_percdamp"), config=f"{_CORE}.methods.sparsegpt.config:SparseGPTConfig",
                patterns=("unstructured", "N:M"), summary="one-shot SparseGPT on calibration data (weights reconstructed layer by layer), mask frozen"),
 )
 
@@ -127,13 +151,12 @@ SHIPPED = "pdp"
 
 
 def shipped_defaults() -> dict:
-    """The settings the shipped method runs with when none are given (PDPConfig's field defaults;
-    ``tau_final`` None means the schedule's default, tau / 100).  Read without torch."""
+    """The settings the built-in methods run with when none are given (their config classes' field
+    defaults; ``tau_final`` None means the schedule's default, tau / 100).  Read without torch."""
     import dataclasses
 
-    from pdp_gpt2.pdp.core.config import PDPConfig  # a plain schema: no torch on import
-
-    return {f.name: f.default for f in dataclasses.fields(PDPConfig) if f.default is not dataclasses.MISSING}
+    return {f.name: f.default for s in BUILTIN if s.prunes for f in dataclasses.fields(s.config_class())
+            if f.default is not dataclasses.MISSING}
 
 _specs: dict[str, MethodSpec] = {s.name: s for s in BUILTIN}
 _plugins_loaded: set[str] = set()
@@ -214,7 +237,7 @@ def get(name: str) -> MethodSpec:
 
 
 def owner_of(option: str) -> MethodSpec | None:
-    """The method (built in, or registered in this process) that declares a PDPConfig field as its own."""
+    """The method (built in, or registered in this process) that declares a setting as its own."""
     return next((s for s in _specs.values() if option in s.options), None)
 
 

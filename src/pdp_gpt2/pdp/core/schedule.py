@@ -118,12 +118,13 @@ class PruningSchedule:
         cfg = pruner.config
         self.pruner, self.total_steps, self.ramp_steps, self.schedule = pruner, int(total_steps), int(ramp_steps), schedule
         self.final_sparsity = cfg.sparsity
-        self.tau0 = cfg.tau
+        self.tau0 = getattr(cfg, "tau", None)  # a method without a temperature has no tau settings
         self.tau_schedule = tau_schedule or getattr(cfg, "tau_schedule", "constant")
         self.tau_final = tau_final if tau_final is not None else getattr(cfg, "tau_final", None)
         self.tau_start = self.ramp_steps if tau_start is None else int(tau_start)
         self.tau_end = self.total_steps if tau_end is None else int(tau_end)
-        tau_at(self.tau_schedule, 0, self.tau0, self.tau_final, self.tau_start, self.tau_end)  # validates
+        if self.drives_tau:
+            tau_at(self.tau_schedule, 0, self.tau0, self.tau_final, self.tau_start, self.tau_end)  # validates
         self.steps = 0
         self.apply(start_step)
 
@@ -185,7 +186,9 @@ class PruningSchedule:
 
     def _continue(self, plan: dict) -> None:
         """Adopt a saved plan: the ramp and tau window as they were planned when the run started."""
-        mine = {"kind": self.schedule, "tau_schedule": self.tau_schedule, "tau_final": self.tau_final}
+        mine = {"kind": self.schedule}
+        if self.drives_tau:  # a run without a temperature once recorded the flat config's tau plan
+            mine.update(tau_schedule=self.tau_schedule, tau_final=self.tau_final)
         differ = [k for k, v in mine.items() if k in plan and plan[k] != v]
         if differ:
             raise ValueError("the saved schedule has other " + ", ".join(f"{k} ({plan[k]!r}, here {mine[k]!r})"

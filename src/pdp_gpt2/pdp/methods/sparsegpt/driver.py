@@ -26,10 +26,8 @@ from pdp_gpt2.pdp.core.sequential import visit_sequentially
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels.mask import from_in_last, in_last
+from pdp_gpt2.pdp.methods.sparsegpt.config import BLOCKSIZE, PERCDAMP
 from pdp_gpt2.pdp.patterns import NM, Unstructured
-
-BLOCKSIZE = 128  # columns per block of adaptive mask selection and lazy updates (the paper's B_s)
-PERCDAMP = 0.01  # damping, as a fraction of the mean diagonal of H
 
 
 # ---- pure math ------------------------------------------------------------------------------------
@@ -137,10 +135,10 @@ class SparseGPT(HardPruner):
     @classmethod
     def record(cls, config) -> dict:
         count = ("k = floor(r n) per tensor; the block of columns [c0, c1) of C prunes floor(k c1 / C) - "
-                 f"floor(k c0 / C), blocks of {BLOCKSIZE}") if isinstance(config.mask_pattern, Unstructured) else \
+                 f"floor(k c0 / C), blocks of {config.sparsegpt_blocksize}") if isinstance(config.mask_pattern, Unstructured) else \
             f"the {config.mask_pattern.name!r} pattern's count in every group"
         return {"count": count, "calibration": "sequential: block by block, on the outputs of the blocks already pruned",
-                "damping": f"{PERCDAMP:g} of the mean live diagonal of H; a dead input's H_ii = the damped live mean"}
+                "damping": f"{config.sparsegpt_percdamp:g} of the mean live diagonal of H; a dead input's H_ii = the damped live mean"}
 
     def prepare(self, calibration) -> None:
         if calibration is None:
@@ -173,7 +171,8 @@ class SparseGPT(HardPruner):
         if h is None:
             raise ValueError(f"{t.name} saw no calibration inputs: is it used in the model's forward?")
         nm = (k, self.pattern.m) if isinstance(self.pattern, NM) else None
-        w, keep = sparsegpt_prune(in_last(weight.detach(), t.out_dim), h, k, nm=nm)
+        w, keep = sparsegpt_prune(in_last(weight.detach(), t.out_dim), h, k, nm=nm,
+                                  blocksize=self.config.sparsegpt_blocksize, percdamp=self.config.sparsegpt_percdamp)
         weight.copy_(from_in_last(w, t.out_dim).to(weight.dtype))
         return from_in_last(keep, t.out_dim).contiguous()
 

@@ -23,7 +23,7 @@ from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels.mask import from_in_last, in_last
 from pdp_gpt2.pdp.patterns import Unstructured
 
-GROUPS = ("output", "tensor")  # PDPConfig.wanda_groups
+GROUPS = ("output", "tensor")  # WandaConfig.wanda_groups
 
 
 # ---- pure math ------------------------------------------------------------------------------------
