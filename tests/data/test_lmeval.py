@@ -13,6 +13,8 @@ import torch
 from pdp_gpt2.cli import main
 from pdp_gpt2.data.lmeval import INSTALL_HINT, markdown_table, scores, split_tasks
 
+from helpers import needs
+
 HAVE_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 
 
@@ -164,3 +166,26 @@ def test_train_eval_tasks_puts_the_scores_in_summary(tmp_path, tiny_assets, monk
                  "--json", str(tmp_path / "again.json"), "--device", "cpu"]) == 0
     again = json.loads((tmp_path / "again.json").read_text())["results"]["pdp_rolling"]["bits_per_byte,none"]
     assert again == pytest.approx(bpb, rel=1e-5)
+
+
+@needs("lm_eval", 'pip install -e ".[eval]"')
+def test_train_refuses_task_data_that_cannot_load_before_the_model_loads(tmp_path, tiny_assets, monkeypatch, capsys):
+    """A valid task name whose data cannot be loaded (here a local task whose JSONL file is gone; offline,
+    a hub task that is not cached) is refused before any work, not after every step has trained."""
+    from pdp_gpt2.data import lmeval, models
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("the model loaded first"))
+    _write_tasks(tmp_path / "tasks", ["a b"], [{"question": "q", "choices": ["x", "y"], "label": 0}])
+    (tmp_path / "tasks" / "rolling.jsonl").unlink()
+    model_dir, corpus = tiny_assets
+    out = tmp_path / "run"
+    lmeval._task_manager.cache_clear()
+    capsys.readouterr()
+    assert main(["train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
+                 "--max_steps", "2", "--max_length", "32", "--progress", "false",
+                 "--eval_tasks", str(tmp_path / "tasks" / "rolling.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "cannot load the data of lm-eval task(s) pdp_rolling: FileNotFoundError" in err, err
+    assert "rolling.jsonl" in err and not out.exists()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from pdp_gpt2.errors import UsageError
 
@@ -60,6 +62,33 @@ def _quiet_transformers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``pdp-gpt2`` command (``argv`` None: this process's own command line)."""
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:  # the process ends after this: its exit-time handlers are ours to keep quiet
+            quiet_exit()
+
+
+def quiet_exit() -> None:
+    """A Ctrl-C while the interpreter exits lands in some library's exit-time handler (joining its
+    workers, flushing a log) and prints its traceback, though every file of ours is complete by then.
+    Instead: one line, and the exit goes on; a second Ctrl-C ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            os._exit(128 + signum)
+        pressed.append(signum)
+        print("pdp-gpt2: interrupted while exiting; nothing is left to save (Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["train", *argv]  # `pdp-gpt2 --sparsity 0.9` == `pdp-gpt2 train --sparsity 0.9`

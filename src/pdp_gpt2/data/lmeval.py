@@ -92,6 +92,22 @@ def resolve_tasks(tasks: str | list[str]):
     return names, include, manager
 
 
+def check_task_data(tasks: str | list[str]) -> None:
+    """``resolve_tasks``, then load every task with its data (what the evaluation will do first), so that
+    data that cannot be loaded (offline and not cached, a missing file) is refused before a run trains,
+    in one line naming the tasks.  The loaded data stays in lm-eval's cache for the evaluation."""
+    names, _, manager = resolve_tasks(tasks)
+    try:
+        import datasets  # noqa: F401  (imported first so offline_unless_reachable can patch its flag)
+
+        with offline_unless_reachable():
+            manager.load(names)
+    except Exception as e:  # whatever lm-eval or datasets raise, the evaluation after training would too
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"cannot load the data of lm-eval task(s) {', '.join(names)}: {type(e).__name__}: {first} "
+                         "(offline: use tasks whose data is cached, or local task YAML + JSONL files)") from None
+
+
 def evaluate_tasks(model, tokenizer, tasks: str | list[str], *, batch_size: int = 8, num_fewshot: int | None = None,
                    limit: float | None = None, max_length: int | None = None, bootstrap_iters: int = 1000,
                    seed: int = 0) -> dict:

@@ -48,8 +48,9 @@ def load_split_texts(spec: str, split: str) -> list[str]:
 def pieces(spec: str, split: str, streaming: bool = False) -> Iterator[Piece]:
     """The documents of ``split`` as pieces (lines or rows), read lazily (see splits.py for the rules).
 
-    ``streaming`` matters for hub datasets only: ``load_dataset(..., streaming=True)``
-    instead of the (cached) download.  Local files are always read line by line.
+    ``streaming``: a hub dataset is ``load_dataset(..., streaming=True)`` instead of the (cached)
+    download, and a local file's lines come in parts of at most :data:`READ_CHARS` characters (a
+    file of one long line is never held whole).  Local files are always read line by line.
     """
     check_split(split)
     spec = spec.strip()
@@ -58,7 +59,7 @@ def pieces(spec: str, split: str, streaming: bool = False) -> Iterator[Piece]:
         for doc in load_embedded(split):  # small: bundled with the package
             yield from doc_lines(doc.splitlines(keepends=True))
     elif kind == "local":
-        yield from _local_pieces(expand_paths(spec), split)
+        yield from _local_pieces(expand_paths(spec), split, READ_CHARS if streaming else None)
     else:
         from pdp_gpt2.data.hub_datasets import hf_pieces  # datasets is slow to import; only when needed
 
@@ -125,11 +126,12 @@ def check_local(spec: str) -> None:
         files_by_name(expand_paths(spec))
 
 
-def _local_pieces(paths: list[Path], split: str) -> Iterator[Piece]:
+def _local_pieces(paths: list[Path], split: str, limit: int | None = None) -> Iterator[Piece]:
+    """``limit``: read lines in parts of at most this many characters (None: whole lines)."""
     if len(paths) >= 3 or files_by_name(paths) is not None:  # whole files
         for p in files_of_split(paths, split):
             nonblank = False
-            for piece in doc_lines(_lines(p)):
+            for piece in doc_lines(_lines(p) if limit is None else (part for part, _ in _line_parts(p, limit))):
                 nonblank = nonblank or bool(piece[0].strip())
                 yield piece
             if not nonblank:
@@ -141,7 +143,7 @@ def _local_pieces(paths: list[Path], split: str) -> Iterator[Piece]:
         if not nonblank:
             raise UsageError(f"dataset file is empty: {p}")
         lo, hi = line_range(n, split)
-        yield from doc_lines(islice(_lines(p), lo, hi))
+        yield from doc_lines(islice(_lines(p), lo, hi) if limit is None else _parts_of_lines(p, lo, hi, limit))
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -152,6 +154,31 @@ def _lines(path: Path) -> Iterator[str]:
                 yield from line.splitlines(keepends=True)
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
+
+
+READ_CHARS = 1 << 16  # a streamed line is read at most this many characters at a time
+
+
+def _line_parts(path: Path, limit: int) -> Iterator[tuple[str, bool]]:
+    """:func:`_lines` in parts of at most ``limit`` characters: (part, whether it ends its line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            while chunk := f.readline(limit):  # stops at "\n" or after limit characters
+                for part in chunk.splitlines(keepends=True):
+                    yield part, part.splitlines()[0] != part
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _parts_of_lines(path: Path, lo: int, hi: int, limit: int) -> Iterator[str]:
+    """The parts of lines lo..hi-1 (``islice(_lines(path), lo, hi)``, never a line whole)."""
+    line = 0
+    for part, ends in _line_parts(path, limit):
+        if line >= hi:
+            return
+        if line >= lo:
+            yield part
+        line += ends
 
 
 def _not_utf8(path: Path) -> UsageError:
@@ -173,11 +200,11 @@ def _not_utf8(path: Path) -> UsageError:
 @functools.lru_cache(maxsize=64)
 def _line_count(path: Path, size: int, mtime_ns: int) -> tuple[int, bool]:
     """(lines, any non-blank) of a file; size and mtime are in the key, so an edited file is counted again."""
-    n, nonblank = 0, False
-    for line in _lines(path):
-        n += 1
-        nonblank = nonblank or bool(line.strip())
-    return n, nonblank
+    n, nonblank, open_line = 0, False, False
+    for part, ends in _line_parts(path, READ_CHARS):  # a long line is counted without holding it whole
+        n, open_line = n + ends, not ends
+        nonblank = nonblank or bool(part.strip())
+    return n + open_line, nonblank
 
 
 # ---- documents -> tokens -> blocks ---------------------------------------------------------

@@ -1,7 +1,8 @@
 """``--streaming``: the train split as an endless stream of fixed-length blocks.
 
-The pieces of ``sources.pieces`` are tokenized about ``chunk_chars`` characters at a time and cut
-into blocks: at most one chunk's tokens and less than a block of leftover are in memory
+The pieces of ``sources.pieces`` (a local file's lines read in bounded parts) are tokenized about
+``chunk_chars`` characters at a time, in segments of about ``segment_chars`` however long a line is,
+and cut into blocks: at most one chunk's tokens and less than a block of leftover are in memory
 (``StreamingBlocks.peak_tokens``). They are the pieces the in-memory path joins into documents, and
 the token stream is ``sources.token_stream``'s, so on GPT-2's BPE the blocks are exactly
 ``sources.tokenize_and_group``'s (tested; where a long document is cut, see ``_cut_at``). The
@@ -10,6 +11,7 @@ shuffles, so a resumed run, which skips the batches already seen, sees the same 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import torch
@@ -46,6 +48,22 @@ def _cut_at(prev: str, nxt: str) -> int | None:
     return None if k is None else k - 1
 
 
+# The last whitespace character of a run, followed by a word: cutting before it is _cut_at's cut,
+# found inside one piece (a long line, read in parts, has few piece boundaries that end in whitespace).
+_INSIDE = re.compile(r"\s(?=\S)")
+
+
+def _bounded(source: Iterator[Piece], limit: int) -> Iterator[Piece]:
+    """The pieces of ``source`` in parts of at most ``limit`` characters (a long row or line is tokenized
+    in segments like any other text, so memory does not grow with the length of a line)."""
+    for text, starts in source:
+        if len(text) <= limit:
+            yield text, starts
+            continue
+        for i in range(0, len(text), limit):
+            yield text[i:i + limit], starts and i == 0
+
+
 def token_chunks(tokenizer, source: Iterator[Piece], chunk_chars: int = CHUNK_CHARS,
                  segment_chars: int = SEGMENT_CHARS) -> Iterator[list[int]]:
     """``sources.token_stream`` of the documents in ``source``, a chunk of token ids at a time."""
@@ -66,11 +84,13 @@ def token_chunks(tokenizer, source: Iterator[Piece], chunk_chars: int = CHUNK_CH
             out.extend(ids)
         return out
 
-    for text, starts in source:
+    for text, starts in _bounded(source, segment_chars):
         new_segment = starts or not segments
         if not new_segment and seg_len >= segment_chars:
             parts = segments[-1][0]
             at = _cut_at(parts[-1], text)
+            if at is None and (m := _INSIDE.search(text)) is not None:
+                at = m.start()  # a long line: cut inside it, before the last whitespace of a run
             if at is not None:
                 if at < 0:
                     parts[-1], text = parts[-1][:-1], parts[-1][-1] + text

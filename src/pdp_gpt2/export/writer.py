@@ -11,7 +11,6 @@ outdir.py), with ``size_report.json`` (sizes read from disk) and, for a sparse o
 """
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from pdp_gpt2.export.outdir import REPORT, check_out, move_into_place, out_path
 from pdp_gpt2.data.models import dtype_kwarg
 from pdp_gpt2.data.manifest import (MANIFEST, check_counts, check_description, pruned_weights, quant_bits,
                                     read_manifest)
-from pdp_gpt2.errors import UsageError
+from pdp_gpt2.errors import UsageError, disk_problem
 from pdp_gpt2.names import ORIGINAL
 from pdp_gpt2.pdp.core.targets import PRUNABLE, Conv1D, find_targets
 
@@ -320,10 +319,10 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         normalize_modes(tmp)  # mkdtemp's 0700, safetensors' 0600, a copied file's own mode
         move_into_place(tmp, out, overwrite)
-    except OSError as e:
+    except Exception as e:  # safetensors says "No space left on device" in its own exception type
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
-            raise UsageError(f"--out {out}: {e.strerror} while writing the export; nothing was written") from None
+        if not isinstance(e, UsageError) and (why := disk_problem(e)) is not None:
+            raise UsageError(f"--out {out}: {why} while writing the export; nothing was written") from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

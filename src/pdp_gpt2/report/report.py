@@ -16,13 +16,16 @@ import csv
 import html
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from pdp_gpt2.errors import UsageError
+from pdp_gpt2.errors import UsageError, disk_problem
 from pdp_gpt2.report import methods
 from pdp_gpt2.report.labels import variant, with_tau  # noqa: F401  (variant: re-exported)
 
@@ -392,17 +395,32 @@ def write_report(paths: list[str | Path], out: str | Path, title: str = "PDP pru
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot create the directory ({e.strerror or e})") from None
-    blocks = build(runs, failed, out, title)
-    deck = None
-    if runs:
-        deck = write_slides(runs, out / "slides.pdf", title, note, cost)
-        blocks.append(("h2", "Slides"))
-        blocks.append(("p", f"slides.pdf: {deck['pages']} slides."
-                            + "".join(f" Slide not made: {s}." for s in deck["skipped"])))
-    atomic_write_text(out / "report.md", to_markdown(blocks))
-    atomic_write_text(out / "report.html", to_html(blocks, out))
-    for name in ("report.md", "report.html"):
-        (out / name).chmod(0o644)  # atomic writes come out 0600; a report is meant to be shared
+    # Everything is written into a staging directory first and moved into ``out`` at the end: a full
+    # disk midway leaves no partial report, and an earlier one there stays as it was.
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".report-partial-", dir=out))
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    try:
+        blocks = build(runs, failed, staging, title)
+        deck = None
+        if runs:
+            deck = write_slides(runs, staging / "slides.pdf", title, note, cost)
+            blocks.append(("h2", "Slides"))
+            blocks.append(("p", f"slides.pdf: {deck['pages']} slides."
+                                + "".join(f" Slide not made: {s}." for s in deck["skipped"])))
+        atomic_write_text(staging / "report.md", to_markdown(blocks))
+        atomic_write_text(staging / "report.html", to_html(blocks, staging))
+        for name in ("report.md", "report.html"):
+            (staging / name).chmod(0o644)  # atomic writes come out 0600; a report is meant to be shared
+        for f in sorted(staging.iterdir()):  # renames within one directory: they take no new space
+            os.replace(f, out / f.name)
+    except Exception as e:
+        if isinstance(e, UsageError) or (why := disk_problem(e)) is None:
+            raise
+        raise UsageError(f"--out {out}: {why} while writing the report; nothing of it was written") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     pngs = [b[2] for b in blocks if b[0] == "img"]
     skipped = [b[1] for b in blocks if b[0] == "p" and b[1].startswith("Skipped")]
     return {"runs": len(runs), "failed": len(failed), "pngs": pngs, "skipped": skipped, "out": str(out),

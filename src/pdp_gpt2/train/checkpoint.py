@@ -133,6 +133,11 @@ def drop_unusable_checkpoints(output_dir: Path, resume_from: Path | None) -> lis
     return drop_incomplete_checkpoints(output_dir) + drop
 
 
+def remove_checkpoint(p: Path) -> None:
+    """Remove one checkpoint directory (renamed out of the way first, like the others)."""
+    _remove(p, ".removed")
+
+
 def _remove(p: Path, tag: str) -> None:
     trash = p.with_name(f".{p.name}{tag}")
     shutil.rmtree(trash, ignore_errors=True)

@@ -131,10 +131,6 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
-        for f in fields(PDPConfig):  # a method's own setting, changed for another method, would do nothing
-            owner = registry.owner_of(f.name)
-            if owner is not None and owner.name != self.method and getattr(self.pdp, f.name) != f.default:
-                raise UsageError(f"--{f.name} applies to --method {owner.name} only, not {self.method}")
         spec = registry.get(self.method)
         if spec.prunes and not spec.accepts(self.pdp.pattern):
             raise UsageError(f"method {self.method} prunes {' or '.join(spec.patterns)} patterns, not "

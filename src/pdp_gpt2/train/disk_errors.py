@@ -2,16 +2,14 @@
 (exit 2), and a run it interrupted must not look finished."""
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from pathlib import Path
 
+from pdp_gpt2.errors import DISK_ERRNOS as DISK_ERRORS  # errors of the disk, not of the program: exit 2
+from pdp_gpt2.errors import DISK_WORDS as _DISK_WORDS
 from pdp_gpt2.errors import UsageError
 
-# Errors of the disk, not of the program: one line naming the path, exit 2.
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
-_DISK_WORDS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
 _FULL_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
 
 
@@ -35,11 +33,19 @@ def disk_error(e: BaseException, output_dir: Path | None = None) -> UsageError |
     return UsageError(f"{where}: {word}; the run did not finish") if word else None
 
 
-def unfinished(output_dir: Path) -> None:
-    """After a disk error: a final/ without summary.json must not look like a finished run."""
+def unfinished(output_dir: Path) -> list[Path]:
+    """After a disk error: a final/ without summary.json must not look like a finished run, and a
+    checkpoint the error cut short is removed (it frees the space it took; the resumed run writes it again).
+    Returns the checkpoints removed."""
     final = output_dir / "final"
     if final.is_dir() and not final.is_symlink() and not (output_dir / "summary.json").exists():
         try:
             os.replace(final, output_dir / "final.incomplete")
         except OSError:
             pass
+    from pdp_gpt2.train.checkpoint import drop_incomplete_checkpoints  # torch-free callers import this module
+
+    try:
+        return drop_incomplete_checkpoints(output_dir)
+    except OSError:
+        return []

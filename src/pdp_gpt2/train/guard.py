@@ -7,9 +7,12 @@ cut short removed). A NaN/inf loss or non-finite gradients drop that step's grad
 ``on_step_end``, after the optimizer step and before Trainer logs or saves, and after
 DefaultFlowCallback, so these flags override its "save now". The same hook makes the last step a
 log step; a checkpoint step is not made one (the open loss window travels in the checkpoint).
+After training, :func:`evaluating` makes a signal during the evaluations one line too (the trained
+state is saved first).
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -51,6 +54,38 @@ def _grads_finite(model) -> bool:
     norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one fused pass
     total = norm(grads) if norm else torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).norm()
     return bool(torch.isfinite(total))
+
+
+class _SignalWhileEvaluating(BaseException):
+    """Raised by :func:`evaluating`'s handler; a BaseException, so no ``except Exception`` on its way
+    turns a Ctrl-C into a traceback of something else."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def evaluating(saved: Path):
+    """The evaluations after training: SIGINT / SIGTERM stop them at once and become one
+    :class:`Interrupted` line (exit 130 / 143) that points at ``saved``, the checkpoint of the trained
+    state, from which ``--resume`` evaluates and finishes.  The previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _SignalWhileEvaluating(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _SignalWhileEvaluating as e:
+        raise Interrupted(f"stopped by {signal.Signals(e.signum).name} while evaluating the trained model; it is "
+                          f"saved in {saved}; --resume evaluates it and finishes the run", e.signum) from None
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 class RunGuard(TrainerCallback):

@@ -4,9 +4,10 @@ Pruning itself is the public callback, the one users put in their own Trainer: o
 What only a ``pdp-gpt2 train`` run does is here: :class:`RunMetrics` (metrics.jsonl and the
 tracker, after PruningCallback, whose values it reads), :class:`BarProgress`,
 :class:`MaskHistCallback` (``mask_hist.json``), :class:`TrainClock` (training time across resumes),
-:class:`RecordCheckpointFiles` (file sizes and modes) and :func:`resume_without_training` (a checkpoint at the last step). No copied
-Trainer code: callbacks, one ``training_step`` that calls Trainer's own, distillation's
-``compute_loss`` around Trainer's own, and Trainer's loop events replayed where no loop runs.
+:class:`RecordCheckpointFiles` (file sizes and modes), :class:`SaveTrained` (the last step saved
+before the evaluations) and :func:`resume_without_training`. No copied Trainer code: callbacks, one
+``training_step`` that calls Trainer's own, distillation's ``compute_loss`` around Trainer's own,
+and Trainer's loop events replayed where no loop runs.
 """
 from __future__ import annotations
 
@@ -239,6 +240,20 @@ class RecordCheckpointFiles(TrainerCallback):
             if self.clock is not None:
                 saved["train_seconds"] = self.clock.seconds()
             atomic_write_json(ckpt / PDP_STATE, saved)
+
+
+class SaveTrained(TrainerCallback):
+    """Makes the last step a checkpoint step (unless ``guard`` stopped the run for a NaN loss): the trained
+    state is on disk before the evaluations after training start, so a failure or a signal there loses
+    nothing and ``--resume`` only evaluates (:func:`resume_without_training`).  Must come after the guard."""
+
+    def __init__(self, guard):
+        self.guard = guard
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.guard.diverged is None and 0 < state.max_steps <= state.global_step:
+            control.should_save = True
+        return control
 
 
 def resume_without_training(trainer, checkpoint: Path | None, total_steps: int) -> bool:

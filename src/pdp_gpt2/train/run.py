@@ -32,7 +32,7 @@ from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
 from pdp_gpt2.pdp.kernels.sharded import barrier
 from pdp_gpt2.pdp.core.schedule import plan_end
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics, RunTrainer,
-                                       TrainClock, resume_without_training)
+                                       SaveTrained, TrainClock, resume_without_training)
 from pdp_gpt2.train.metrics_log import MetricsLog, read_saved
 from pdp_gpt2.train.config import TrainConfig
 from pdp_gpt2.errors import UsageError
@@ -65,7 +65,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     from pdp_gpt2.data.sources import LMBlockDataset, check_local, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.data.models import load_model_and_tokenizer
     from pdp_gpt2.data.perplexity import context_length
-    from pdp_gpt2.pdp.core.targets import find_targets
+    from pdp_gpt2.pdp.core.attach import check_fit
 
     distributed.refuse_sharded()
     refuse_unused_precision(cfg.precision)
@@ -81,8 +81,9 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if resume_from is not None:
         check_resume_config(cfg, resume_from)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    if registry.get(cfg.method).prunes:  # --targets matching nothing: refused now, not after the dense evaluation
-        find_targets(model, cfg.pdp.targets)
+    # the method's driver, --targets and --pattern against the model's shapes: refused now, not after the
+    # dense evaluation
+    check_fit(model, cfg.method, cfg.pdp)
     context = context_length(model.config)
     if context and cfg.max_length > context:
         raise UsageError(f"--max_length {cfg.max_length} exceeds the model's context of {context} tokens")
@@ -269,10 +270,10 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     from pdp_gpt2.train.guard import RunGuard
     from pdp_gpt2.train.summary import finish_run
 
-    if cfg.eval_tasks:  # a missing extra or a mistyped task name fails now, not after training
-        from pdp_gpt2.data.lmeval import resolve_tasks
+    if cfg.eval_tasks:  # a missing extra, a mistyped task name or data that cannot load fail now, not after training
+        from pdp_gpt2.data.lmeval import check_task_data
 
-        resolve_tasks(cfg.eval_tasks)  # lm-eval's index is built once per process: the evaluation reuses it
+        check_task_data(cfg.eval_tasks)  # lm-eval's index is built once per process: the evaluation reuses it
     prep = prepare(cfg)
     out = prep.output_dir
     is_main = distributed.is_main()
@@ -319,7 +320,8 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     clock = TrainClock(before=(saved or {}).get("train_seconds", 0.0 if prep.resume_from is None else None))
     run_metrics = RunMetrics(metrics, tracker, is_main, resume_from=prep.resume_from, clock=clock)
     trainer = RunTrainer(model=model, args=args, data_collator=default_data_collator,
-                         train_dataset=prep.train_data,
+                         # none when nothing trains: Trainer refuses a stream without --max_steps > 0
+                         train_dataset=prep.train_data if total > 0 else None,
                          # RunMetrics after PruningCallback: it writes the values PruningCallback logs;
                          # its saver before, whose pdp_state.json marks a checkpoint complete
                          callbacks=[run_metrics.saver, callback, guard, run_metrics],
@@ -331,15 +333,19 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     trainer.add_callback(MaskHistCallback())  # after PruningCallback, so it sees each step's thresholds
     trainer.add_callback(clock)
     trainer.add_callback(RecordCheckpointFiles(clock))  # sizes and time so far into pdp_state.json
+    trainer.add_callback(SaveTrained(guard))  # after the guard: a checkpoint at the last step, unless diverged
     if (digest := distributed.digest_callback()) is not None:
         trainer.add_callback(digest)
     try:
         # total 0: nothing to train (Trainer would read max_steps=0 as "count epochs"); a checkpoint at the last step
-        if total > 0 and not resume_without_training(trainer, prep.resume_from, total):
+        evaluate_only = total > 0 and resume_without_training(trainer, prep.resume_from, total)
+        if total > 0 and not evaluate_only:
             trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     except KeyboardInterrupt:  # a second Ctrl-C: one line and exit 130, no half-written checkpoint left
         tracker.finish()
         raise guard.aborted(out, trainer.state.global_step) from None
+    finally:
+        guard.close()  # also when training raised (a full disk): the caller's signal handlers come back
     train_seconds = clock.seconds()  # every segment of a resumed run; None if an older checkpoint kept no time
     if (stopped := guard.stop_error(out)) is not None:  # a signal (checkpoint saved) or a NaN loss: no final/
         tracker.finish()
@@ -348,20 +354,44 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
         tracker.finish()
         return {}
 
-    ppl_soft, stats = None, None
-    if pruner is not None:
-        pruner.set_sparsity(cfg.pdp.sparsity)  # a run stopped before the end of the ramp still ends at target
-        stats = pruner.stats()
-        ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft", eval_seconds)
-        callback.finalize()
-    ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned", eval_seconds)
-    lm_eval = task_scores(model, prep.tokenizer, cfg, out) if cfg.eval_tasks else None
-    result = dict(lm_eval=lm_eval, ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
-                  train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
-                  eval_tokens=int(len(prep.eval_tokens)), eval_seconds=eval_seconds)
-    summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
-    tracker.finish()
+    # The trained state is in checkpoint-<last step> (SaveTrained; none when nothing trained): a failure or
+    # a signal from here on loses nothing, --resume evaluates it and finishes (resume_without_training).
+    trained = (None if total == 0 else prep.resume_from if evaluate_only
+               else out / f"checkpoint-{trainer.state.global_step}")
+    try:
+        with guard_evaluating(trained):
+            ppl_soft, stats = None, None
+            if pruner is not None:
+                pruner.set_sparsity(cfg.pdp.sparsity)  # a run stopped before the end of the ramp still ends at target
+                stats = pruner.stats()
+                ppl_soft = evaluate(model, prep.eval_tokens, cfg, "eval soft", eval_seconds)
+                callback.finalize()
+            ppl_hard = evaluate(model, prep.eval_tokens, cfg, "eval pruned", eval_seconds)
+            lm_eval = task_scores(model, prep.tokenizer, cfg, out) if cfg.eval_tasks else None
+            result = dict(lm_eval=lm_eval, ppl_dense=ppl_dense, ppl_soft=ppl_soft, ppl_hard=ppl_hard, stats=stats,
+                          train_steps=trainer.state.global_step, train_seconds=train_seconds, ramp_steps=ramp,
+                          eval_tokens=int(len(prep.eval_tokens)), eval_seconds=eval_seconds)
+            summary = finish_run(cfg, model, prep.tokenizer, out, result, tracker)
+    except UsageError as e:  # e.g. lm-eval data gone since the check: the training is not lost
+        if trained is None or not trained.is_dir():
+            raise
+        raise UsageError(f"{e}; the trained model is saved in {trained}: --resume evaluates it") from None
+    finally:
+        tracker.finish()
+    if (trained is not None and trained.parent == out and trained.is_dir()
+            and (not cfg.save_steps or trainer.state.global_step % cfg.save_steps)):
+        checkpoint.remove_checkpoint(trained)  # made only to survive the evaluations; the run has finished
     return summary
+
+
+def guard_evaluating(trained: Path | None):
+    """SIGINT / SIGTERM during the evaluations as one line naming ``trained`` (guard.evaluating); without
+    a trained checkpoint (nothing trained) they keep their usual meaning."""
+    from contextlib import nullcontext
+
+    from pdp_gpt2.train.guard import evaluating
+
+    return evaluating(trained) if trained is not None else nullcontext()
 
 
 def task_scores(model, tokenizer, cfg: TrainConfig, out: Path) -> dict:

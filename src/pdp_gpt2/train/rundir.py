@@ -107,9 +107,9 @@ RUN_FILES = (*RUN_MARKERS, DENSE_EVAL, "final", ".final.tmp", ".final.old", "fin
 
 
 # What a kill leaves of an atomic write (atomic.py): ".<name>.<mkstemp's 8 characters>.tmp" files, and
-# atomic_dir's ".final.tmp" / ".final.old"; checkpoint.py's ".checkpoint-<N>.incomplete|.damaged" trash.
+# atomic_dir's ".final.tmp" / ".final.old"; checkpoint.py's ".checkpoint-<N>.incomplete|.damaged|.removed" trash.
 TMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
-TMP_DIRS = re.compile(r"^\.(final\.(tmp|old)|checkpoint-\d+\.(incomplete|damaged))$")
+TMP_DIRS = re.compile(r"^\.(final\.(tmp|old)|checkpoint-\d+\.(incomplete|damaged|removed))$")
 
 
 def leftovers(output_dir: Path) -> list[Path]:

@@ -128,7 +128,8 @@ class RunLock:
                 os.pwrite(fd, info, 0)
             except OSError as e:  # a full disk: the lock file cannot even say who holds it
                 self.release()
-                raise UsageError(f"--output_dir {self.dir} is not writable: {e.strerror}") from None
+                raise UsageError(f"--output_dir {self.dir}: cannot write its lock file {self.path}: {e.strerror}"
+                                 f"{_cut_short(self.dir)}; free space on that disk and run again") from None
             return self
         raise UsageError(f"--output_dir {self.dir}: could not take the lock {self.path} (another run is "
                          "starting and stopping there?)")
@@ -163,6 +164,14 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _cut_short(output_dir: Path) -> str:
+    """Names the checkpoints a save cut short (they hold space a resume removes anyway), for a full-disk line."""
+    from pdp_gpt2.train.checkpoint import checkpoints, is_complete
+
+    cut = [p.name for p in checkpoints(output_dir) if not is_complete(p)]
+    return f" ({', '.join(cut)} in it: incomplete, cut short while saving; deleting it frees space)" if cut else ""
 
 
 class Claim:
@@ -229,8 +238,10 @@ def release_claims(fn):
             return fn(*args, **kwargs)
         except Exception as e:
             if (usage := disk_error(e, _active[depth].dir if len(_active) > depth else None)) is not None:
-                for c in _active[depth:]:
-                    unfinished(c.dir)
+                dropped = [p.name for c in _active[depth:] if c.lock is not None  # the lock holder alone removes
+                           for p in unfinished(c.dir)]
+                if dropped:
+                    usage = UsageError(f"{usage}; removed {', '.join(dropped)}, cut short while saving")
                 raise usage from None
             raise
         finally:

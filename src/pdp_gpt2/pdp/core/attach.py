@@ -19,7 +19,7 @@ from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.pdp.core.config import PruningConfig
 from pdp_gpt2.pdp.core.driver import MaskDriver, global_budgets  # noqa: F401  (re-exported)
-from pdp_gpt2.pdp.core.targets import find_targets
+from pdp_gpt2.pdp.core.targets import Target, find_targets
 from pdp_gpt2.pdp.kernels.fused import KernelOptions
 
 
@@ -66,6 +66,37 @@ def own_config(spec: registry.MethodSpec, config: PruningConfig | None, override
     return cls(**{**given, **overrides})
 
 
+def driver_class(spec: registry.MethodSpec) -> type[MaskDriver] | None:
+    """``spec``'s driver class, or a UsageError naming the method when a plugin's driver cannot be
+    imported or is not a MaskDriver (found before any work, not when the masks go on)."""
+    try:
+        cls = spec.driver_class()
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"method {spec.name!r}: its driver {spec.driver!r} cannot be loaded "
+                         f"({type(e).__name__}: {e})") from None
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, MaskDriver)):
+        raise UsageError(f"method {spec.name!r}: its driver {spec.driver!r} is not a MaskDriver subclass "
+                         "(pdp_gpt2.pdp.core.driver.MaskDriver)")
+    return cls
+
+
+def check_fit(model: nn.Module, method: str, config: PruningConfig) -> list[Target]:
+    """Everything about ``model``'s shapes that ``attach`` would refuse late, refused now in one line: the
+    method's driver loads, the targets exist, and the pattern fits every target weight.  Returns the targets
+    ([] for a method without masks)."""
+    try:
+        spec = registry.get(method)
+    except KeyError:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(registry.names())}") from None
+    if driver_class(spec) is None:
+        return []
+    targets = find_targets(model, config.targets)
+    pattern = config.mask_pattern
+    for t in targets:
+        pattern.check_shape(t.name, t.module.weight.shape, t.out_dim)
+    return targets
+
+
 def attach(model: nn.Module, method: str | PruningConfig = "pdp", config: PruningConfig | None = None, *,
            calibration: torch.Tensor | None = None, kernels: KernelOptions | None = None,
            **overrides) -> MaskDriver | None:
@@ -85,11 +116,11 @@ def attach(model: nn.Module, method: str | PruningConfig = "pdp", config: Prunin
         spec = registry.get(method)
     except KeyError:
         raise UsageError(f"unknown method {method!r}; choose from {', '.join(registry.names())}") from None
-    driver_cls = spec.driver_class()
+    driver_cls = driver_class(spec)
     if driver_cls is None:
         return None
     config = own_config(spec, config, overrides)
-    targets = find_targets(model, config.targets)
+    targets = check_fit(model, method, config)
     for t in targets:
         if parametrize.is_parametrized(t.module, "weight"):
             raise ValueError(f"{t.name}.weight already has a parametrization (attached twice?)")

@@ -42,9 +42,9 @@ class MethodSpec:
     # the pattern kinds it can prune ("unstructured", "row", "N:M"); empty: every pattern.  Checked
     # when a run is configured, before any work (the driver refuses too, for library callers)
     patterns: tuple = ()
-    # the flags only this method reads (Wanda's wanda_groups, its config's own fields): any other
-    # method refuses a value other than the field's default, leaves them out of its record, and the
-    # report names a run by the values it changed
+    # the flags only this method reads (Wanda's wanda_groups, its config's own fields): every other
+    # method ignores them (ignored_flags: one warning, left out of its record; a sweep may set them for
+    # every trial), and the report names a run by the values it changed
     options: tuple = ()
     # "module:attr" of its config class (or the class), a PruningConfig subclass: ``attach`` hands the
     # driver that part of any config it is given.  None: the flat PDPConfig (every built-in setting)

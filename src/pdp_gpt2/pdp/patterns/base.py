@@ -81,6 +81,9 @@ class Pattern:
     def check(self, sparsity: float, allocation: str) -> None:
         """Raise UsageError if this pattern cannot give ``sparsity`` under ``allocation``."""
 
+    def check_shape(self, name: str, shape, out_dim: int) -> None:
+        """Raise UsageError if this pattern cannot prune weight ``name`` of ``shape`` (checked before any work)."""
+
     # ---- counting and scores ------------------------------------------------------------------
     def num_pruned(self, shape, out_dim: int, sparsity: float) -> int:
         """k: how many units (entries, rows, entries per group) are pruned at ``sparsity``."""

@@ -116,6 +116,12 @@ class NM(Pattern):
         if allocation == "global":
             raise UsageError(f"allocation 'global' does not apply to the fixed N:M pattern {self.name}")
 
+    def check_shape(self, name, shape, out_dim):
+        n_in = int(shape[1 - out_dim])  # groups run along the input dimension, whatever the layout
+        if n_in % self.m:
+            raise UsageError(f"pattern {self.name}: {name}.weight has {n_in} inputs, not a multiple of M={self.m} "
+                             f"(the groups of {self.m} run along the input dimension); choose an M that divides it")
+
     def num_pruned(self, shape, out_dim, sparsity):
         # The schedule ramps r from 0 to (M-N)/M: prune floor(r*M) per group, never more than M-N.
         return min(self.m - self.n, M.num_pruned(self.m, sparsity))

@@ -90,6 +90,8 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, k: int = 0, *, nm: tuple[i
     hinv, dead = inverse_hessian_factor(h.to(V.device), percdamp)
     if nm is not None:
         p, m = nm
+        if cols % m:  # checked here, on the whole row: a block's slice would name the wrong dimension
+            raise ValueError(f"input dimension {cols} is not divisible by M={m}")
         blocksize = max(m, blocksize // m * m)  # a group never straddles two blocks
     shares = block_counts(k, cols, blocksize) if nm is None else None
     pruned = torch.zeros_like(V, dtype=torch.bool)
