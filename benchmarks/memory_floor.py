@@ -5,7 +5,7 @@ A soft-masked step has to read every target weight and write its masked copy (fo
 weight and the masked copy's gradient and write the weight's gradient (backward), and read every
 weight once more to refresh the thresholds.  Even with perfect fusion that is 6 tensor-sized
 transfers per step; with the masked copy recomputed in backward instead of kept (this library's
-default on CPU, pdp/recompute.py) it is 8.  This script times the elementary passes with torch's
+default on CPU, pdp/kernels/recompute.py) it is 8.  This script times the elementary passes with torch's
 own kernels (no math in them, so they run at memory speed) over GPT-2 small's 48 target weights
 (85 M entries) and prints the floor, to set against a dense step from benchmarks/step_overhead.py.
 

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from pdp_gpt2.cli import main as cli
-    from pdp_gpt2.pdp import select
+    from pdp_gpt2.pdp.kernels import select
 
     with tempfile.TemporaryDirectory() as tmp:
         rc = cli(["train", "--max_steps", str(args.max_steps), "--warmup_steps", str(args.warmup_steps),

@@ -45,8 +45,8 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.75, help="PDP target sparsity")
     args = ap.parse_args()
 
-    from pdp_gpt2.pdp import sharded
-    from pdp_gpt2.pdp.attach import attach
+    from pdp_gpt2.pdp.kernels import sharded
+    from pdp_gpt2.pdp.core.attach import attach
     from pdp_gpt2.fsdp import shard_model
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -194,7 +194,7 @@ def pdp_own_work(pruner, device: torch.device, reps: int = 5) -> dict:
         rows.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
     med = [statistics.median(col) for col in zip(*rows[1:])]
     res = dict(zip(("mask_forward_s", "mask_backward_s", "thresholds_s"), med))
-    # In a training step the backward computes every masked weight once more (pdp/recompute.py).
+    # In a training step the backward computes every masked weight once more (pdp/kernels/recompute.py).
     res["recompute_s"] = res["mask_forward_s"] if pruner.kernels.recompute else 0.0
     res["total_s"] = sum(med) + res["recompute_s"]
     return res
@@ -220,7 +220,7 @@ class NaivePDP:
     def __init__(self, model: torch.nn.Module, sparsity: float, tau: float = 0.02):
         from torch.nn.utils import parametrize
 
-        from pdp_gpt2.pdp.targets import find_targets
+        from pdp_gpt2.pdp.core.targets import find_targets
 
         self.sparsity, self.modules = sparsity, [t.module for t in find_targets(model)]
         for m in self.modules:
@@ -229,7 +229,7 @@ class NaivePDP:
 
     @torch.no_grad()
     def step(self) -> None:
-        from pdp_gpt2.pdp import mask as M
+        from pdp_gpt2.pdp.kernels import mask as M
 
         for m in self.modules:
             w = m.parametrizations.weight.original

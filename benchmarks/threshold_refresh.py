@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import pdp_gpt2
-    from pdp_gpt2.pdp import mask as M
+    from pdp_gpt2.pdp.kernels import mask as M
 
     dev = torch.device(args.device)
     torch.manual_seed(0)

@@ -128,7 +128,7 @@ def pruned_copy(src, dst, sparsity=0.9):
     """The model in src with 90% of each block weight set to exact zeros (smallest magnitudes), saved to dst."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pdp_gpt2.pdp.targets import find_targets
+    from pdp_gpt2.pdp.core.targets import find_targets
 
     model = AutoModelForCausalLM.from_pretrained(src)
     for t in find_targets(model):

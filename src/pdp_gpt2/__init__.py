@@ -13,12 +13,12 @@ The public API (docs/integrate.md, docs/api.md)::
 _API = {
     "PDPConfig": "pdp_gpt2.pdp.config",
     "UsageError": "pdp_gpt2.errors",
-    "Pruner": "pdp_gpt2.pdp.attach", "attach": "pdp_gpt2.pdp.attach", "sparsity_report": "pdp_gpt2.pdp.attach",
-    "KernelOptions": "pdp_gpt2.pdp.fused",
-    "hard_mask": "pdp_gpt2.pdp.mask", "soft_mask": "pdp_gpt2.pdp.mask", "threshold": "pdp_gpt2.pdp.mask",
-    "MaskAwareAdamW": "pdp_gpt2.pdp.optim",
-    "PruningSchedule": "pdp_gpt2.pdp.schedule", "sparsity_at": "pdp_gpt2.pdp.schedule", "tau_at": "pdp_gpt2.pdp.schedule",
-    "MethodSpec": "pdp_gpt2.pdp.registry", "register_method": "pdp_gpt2.pdp.registry",
+    "Pruner": "pdp_gpt2.pdp.methods.pdp.driver", "attach": "pdp_gpt2.pdp.core.attach", "sparsity_report": "pdp_gpt2.pdp.core.attach",
+    "KernelOptions": "pdp_gpt2.pdp.kernels.fused",
+    "hard_mask": "pdp_gpt2.pdp.kernels.mask", "soft_mask": "pdp_gpt2.pdp.kernels.mask", "threshold": "pdp_gpt2.pdp.kernels.mask",
+    "MaskAwareAdamW": "pdp_gpt2.pdp.core.optim",
+    "PruningSchedule": "pdp_gpt2.pdp.core.schedule", "sparsity_at": "pdp_gpt2.pdp.core.schedule", "tau_at": "pdp_gpt2.pdp.core.schedule",
+    "MethodSpec": "pdp_gpt2.pdp.core.registry", "register_method": "pdp_gpt2.pdp.core.registry",
     "load_compressed": "pdp_gpt2.export.compressed_loader",
     "PruningCallback": "pdp_gpt2.pdp.callback",  # subclasses transformers.TrainerCallback
     **dict.fromkeys(("shard_model", "gather_plain_model", "save_sharded", "load_sharded"), "pdp_gpt2.fsdp"),

@@ -4,7 +4,7 @@ it, and gather the plain model at the end (docs/distributed.md has the loop).
 Masks go on first: ``fully_shard`` then shards the parameter inside each parametrization, and in
 every forward the mask receives the weight FSDP has just gathered, so the masked forward and its
 gradient are the unsharded ones. After each optimizer step the drivers compute thresholds from
-the shards (pdp/sharded.py), bit for bit the full-tensor ones. Every function here is collective
+the shards (pdp/kernels/sharded.py), bit for bit the full-tensor ones. Every function here is collective
 and needs an initialized process group. Imports torch and the core (``pdp_gpt2.pdp``) only.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.names import ORIGINAL, STATE_FILE
-from pdp_gpt2.pdp.sharded import barrier
+from pdp_gpt2.pdp.kernels.sharded import barrier
 
 
 def _mesh():

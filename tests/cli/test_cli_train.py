@@ -84,3 +84,22 @@ def test_progress_bar_carries_the_loss_instead_of_printed_dicts(tmp_path, tiny_a
     assert "{'loss'" not in both and "'train_runtime'" not in both  # no dict lines between bar updates
     assert "loss=" in cap.err and "sparsity=" in cap.err  # the bar's postfix (tqdm writes to stderr)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # every logged step still recorded
+
+
+def test_a_registered_pattern_appears_in_train_help(monkeypatch):
+    """--pattern's help lists the pattern registry, so a pattern added there is offered in --help."""
+    import argparse
+
+    from pdp_gpt2.cli import train as train_cli
+    from pdp_gpt2.pdp import patterns
+
+    class Diagonal(patterns.Pattern):
+        name = "diagonal"
+        help = "the main diagonal of every weight"
+
+    monkeypatch.setitem(patterns.PATTERNS, "diagonal", Diagonal)
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "diagonal: the main diagonal of every weight" in text
+    assert "unstructured: " in text and "row: " in text and "N:M: " in text

@@ -28,7 +28,7 @@ from pdp_gpt2.data.manifest import MANIFEST, read_manifest, write_manifest
 from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export import writer
 from pdp_gpt2.export.writer import export
-from pdp_gpt2.pdp.targets import find_targets
+from pdp_gpt2.pdp.core.targets import find_targets
 from pdp_gpt2.train.config import transformers_version
 
 from helpers import pruned_copy, tiny_gpt2

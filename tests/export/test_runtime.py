@@ -16,7 +16,7 @@ from pdp_gpt2.cli import main
 from pdp_gpt2.export.loader import load_for_inference, model_kind
 from pdp_gpt2.export.sparse import SparseLinear, decode_weight_bytes, max_sparse_rows, sparsify
 from pdp_gpt2.export.writer import export
-from pdp_gpt2.pdp.targets import find_targets
+from pdp_gpt2.pdp.core.targets import find_targets
 
 from helpers import ROOT, tiny_gpt2, tiny_llama
 

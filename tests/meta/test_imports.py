@@ -31,7 +31,8 @@ ALLOWED = {
     "export": ("pdp_gpt2.export", "pdp_gpt2.pdp", "pdp_gpt2.data", "pdp_gpt2.errors", "pdp_gpt2.atomic",
                "pdp_gpt2.names"),
     # report reads run outputs (files); of the core only the method registry (torch-free), never training
-    "report": ("pdp_gpt2.report", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.pdp.registry"),
+    "report": ("pdp_gpt2.report", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.pdp.core.registry",
+               "pdp_gpt2.pdp.registry"),  # the last: the registry's old path
     # FSDP2 for your own loop: library code on top of the core, below every app layer
     "fsdp": ("pdp_gpt2.pdp", "pdp_gpt2.errors", "pdp_gpt2.atomic", "pdp_gpt2.names"),
     "cli": ("pdp_gpt2",),
@@ -110,15 +111,15 @@ def test_every_module_belongs_to_a_part_with_a_rule():
 
 def test_the_walker_sees_function_level_and_relative_imports(tmp_path, monkeypatch):
     fake = tmp_path / "x.py"
-    fake.write_text("import os\nfrom pdp_gpt2.pdp import mask\nfrom . import param\n"
+    fake.write_text("import os\nfrom pdp_gpt2.pdp.kernels import mask\nfrom . import callback\n"
                     "def f():\n    from pdp_gpt2.data.sources import load_split_texts\n"
                     "class C:\n    import pdp_gpt2.train.run\n")
     monkeypatch.setitem(MODULES, "pdp_gpt2.pdp.x", fake)
-    assert imports_of("pdp_gpt2.pdp.x") == [("pdp_gpt2.pdp.mask", 2, True), ("pdp_gpt2.pdp.param", 3, True),
+    assert imports_of("pdp_gpt2.pdp.x") == [("pdp_gpt2.pdp.kernels.mask", 2, True), ("pdp_gpt2.pdp.callback", 3, True),
                                             ("pdp_gpt2.data.sources", 5, False), ("pdp_gpt2.train.run", 7, True)]
-    assert not _allowed("pdp", "pdp_gpt2.data.sources") and _allowed("pdp", "pdp_gpt2.pdp.mask")
+    assert not _allowed("pdp", "pdp_gpt2.data.sources") and _allowed("pdp", "pdp_gpt2.pdp.kernels.mask")
     assert not _allowed("report", "pdp_gpt2.train.config") and not _allowed("report", "pdp_gpt2.train.run")
-    assert _allowed("report", "pdp_gpt2.pdp.registry") and not _allowed("report", "pdp_gpt2.pdp.attach")
+    assert _allowed("report", "pdp_gpt2.pdp.core.registry") and not _allowed("report", "pdp_gpt2.pdp.core.attach")
     assert not _allowed("report", "pdp_gpt2.pdp")  # the registry, not the core it sits in
 
 
@@ -141,8 +142,8 @@ def test_a_report_module_importing_training_is_caught(tmp_path, monkeypatch):
 # ---- transitive: what importing a module really loads (ast cannot see through other packages) ----
 
 # The plain schemas (report, sweeps and the CLI's --help read them) and the package itself.
-TORCH_FREE = ("pdp_gpt2", "pdp_gpt2.pdp.config", "pdp_gpt2.train.config", "pdp_gpt2.pdp.registry",
-              "pdp_gpt2.train.flags")
+TORCH_FREE = ("pdp_gpt2", "pdp_gpt2.pdp.core.config", "pdp_gpt2.pdp.methods.pdp.config", "pdp_gpt2.train.config", "pdp_gpt2.pdp.core.registry",
+              "pdp_gpt2.train.flags", "pdp_gpt2.pdp.config", "pdp_gpt2.pdp.registry")  # the last two: old paths
 
 
 def heavy_modules_loaded_by(module: str, path: Path | None = None) -> list[str]:
@@ -242,3 +243,78 @@ def test_docstrings_state_these_rules(part):
     allowed_text = re.split(r"\b[Nn]ever\b", _rule_paragraph(part))[0]
     named = {n.rstrip(".*") for n in re.findall(r"``(pdp_gpt2(?:\.[\w*]+)*)``", allowed_text)}
     assert named == set(ALLOWED[part]), (part, sorted(named), ALLOWED[part])
+
+
+# ---- the floors inside the core: kernels < patterns < core < methods < callback ----
+
+# A module may import its own floor or one below: config is the flat PDPConfig, made of the methods'
+# configs.  The other modules directly in pdp/ are old import paths kept for importers outside the
+# core: above every floor, imported by none.
+PDP_FLOORS = ("kernels", "patterns", "core", "methods", "config", "callback")
+
+
+def pdp_floor(module: str) -> int | None:
+    """'pdp_gpt2.pdp.core.driver' -> 2; an old path ('pdp_gpt2.pdp.registry') -> len(PDP_FLOORS);
+    None outside pdp/ and for pdp/__init__."""
+    parts = module.split(".")
+    if parts[:2] != ["pdp_gpt2", "pdp"] or len(parts) < 3:
+        return None
+    return PDP_FLOORS.index(parts[2]) if parts[2] in PDP_FLOORS else len(PDP_FLOORS)
+
+
+def pdp_floor_breaks() -> list[str]:
+    bad = []
+    for module in MODULES:
+        floor = pdp_floor(module)
+        if floor is None:
+            continue
+        for target, line, _ in imports_of(module):
+            t = pdp_floor(target)
+            if t is not None and t > floor:
+                bad.append(f"{module} (line {line}) imports {target}, a floor above it")
+            if floor == t == PDP_FLOORS.index("methods") and module.split(".")[3] != target.split(".")[3]:
+                bad.append(f"{module} (line {line}) imports {target}: a method imports no other method")
+    return bad
+
+
+def test_the_core_keeps_its_floors():
+    assert pdp_floor_breaks() == []
+
+
+def test_a_floor_break_is_caught(tmp_path, monkeypatch):
+    fake = tmp_path / "leak.py"
+    fake.write_text("from pdp_gpt2.pdp.methods.pdp.mask import PDPMask\nfrom pdp_gpt2.pdp import callback\n"
+                    "from pdp_gpt2.pdp.kernels import mask\n")
+    monkeypatch.setitem(MODULES, "pdp_gpt2.pdp.core.leak", fake)
+    other = tmp_path / "other.py"
+    other.write_text("from pdp_gpt2.pdp.methods.gmp.driver import GMP\nfrom pdp_gpt2.pdp.core.hard import HardMask\n")
+    monkeypatch.setitem(MODULES, "pdp_gpt2.pdp.methods.wanda.other", other)
+    assert [e for e in pdp_floor_breaks() if ".leak " in e or ".other " in e] == [
+        "pdp_gpt2.pdp.core.leak (line 1) imports pdp_gpt2.pdp.methods.pdp.mask, a floor above it",
+        "pdp_gpt2.pdp.core.leak (line 2) imports pdp_gpt2.pdp.callback, a floor above it",
+        "pdp_gpt2.pdp.methods.wanda.other (line 1) imports pdp_gpt2.pdp.methods.gmp.driver: a method imports no other method"]
+
+
+OLD_PATHS = ("registry", "mask", "targets", "sharded", "fused", "optim", "schedule", "driver")
+
+
+@pytest.mark.parametrize("name", OLD_PATHS)
+def test_an_old_path_is_the_moved_module_itself(name):
+    """Importers outside the core (and plugins) written against the flat pdp/ keep working, and a
+    monkeypatch through the old name reaches the module the core uses."""
+    import importlib
+
+    old = importlib.import_module(f"pdp_gpt2.pdp.{name}")
+    assert old.__name__.split(".")[2] in ("core", "kernels") and old.__name__.endswith("." + name)
+    assert old is importlib.import_module(old.__name__)
+
+
+def test_the_old_composite_paths_name_the_moved_classes():
+    from pdp_gpt2.pdp import attach as old_attach, baselines
+    from pdp_gpt2.pdp.core.attach import attach, method_record
+    from pdp_gpt2.pdp.core.hard import HardMask
+    from pdp_gpt2.pdp.methods.gmp.driver import GMP
+    from pdp_gpt2.pdp.methods.pdp.driver import Pruner
+
+    assert (old_attach.attach, old_attach.method_record, old_attach.Pruner) == (attach, method_record, Pruner)
+    assert (baselines.HardMask, baselines.GMP) == (HardMask, GMP)

@@ -4,7 +4,7 @@ Read from the source with ``ast``, like test_imports.py: a comparison (``==``, `
 ``not in``, a ``match`` case) whose operand is a string literal equal to a registered method's name,
 or a literal tuple/list/set holding one, is a branch on that method's name.  The method's
 ``MethodSpec`` capability (prunes, soft, uses_tau, calibration, label, colour, ...) says it instead.
-``pdp/registry.py`` is where the names live, so it is not scanned.
+``pdp/core/registry.py`` is where the names live, so it is not scanned.
 
 The same strings name other things too (TrainConfig's ``pdp`` field, the ``dense`` export format
 and runtime); those comparisons are listed in ``OTHER_MEANINGS`` by file and by the expression
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from helpers import ROOT
 
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 
 PKG = ROOT / "src" / "pdp_gpt2"
 NAMES = frozenset(s.name for s in registry.BUILTIN)
@@ -72,7 +72,7 @@ def test_the_builtin_names_are_what_is_scanned_for():
 
 def test_no_method_name_is_compared_outside_the_registry():
     hits = scan()
-    assert not hits, ("branches on a method's name; ask its MethodSpec (pdp_gpt2.pdp.registry) instead:\n  "
+    assert not hits, ("branches on a method's name; ask its MethodSpec (pdp_gpt2.pdp.core.registry) instead:\n  "
                       + "\n  ".join(hits))
 
 

@@ -1,7 +1,7 @@
 """docs/runs.md's table of the flags each method ignores is the registry's (MethodSpec capabilities)."""
 from helpers import ROOT
 
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.train import flags
 
 DOC = ROOT / "docs" / "runs.md"
@@ -28,5 +28,5 @@ def test_the_doc_has_both_sections_and_the_registrys_table():
 def test_the_table_says_what_the_issue_says():
     table = ignored_table()
     assert "| movement | `uses_tau` | `--tau`, `--tau_mode`, `--tau_schedule`, `--tau_final`, " \
-           "`--improved_masking`, `--beta`, `--wanda_groups` |" in table
-    assert "| pdp | - | `--wanda_groups` |" in table  # another method's own option, nothing of its own
+           "`--improved_masking`, `--beta`, `--wanda_groups`, `--sparsegpt_blocksize`, `--sparsegpt_percdamp` |" in table
+    assert "| pdp | - | `--wanda_groups`, `--sparsegpt_blocksize`, `--sparsegpt_percdamp` |" in table

@@ -6,7 +6,7 @@ from transformers.pytorch_utils import Conv1D
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig, UsageError
-from pdp_gpt2.pdp.optim import MaskAwareAdamW
+from pdp_gpt2.pdp.core.optim import MaskAwareAdamW
 
 from helpers import tiny_gpt2, tiny_llama
 
@@ -169,7 +169,7 @@ def test_global_allocation_holds_a_small_layer_at_the_cap_and_still_hits_the_tar
     """A layer whose weights are all tiny would be pruned whole by the global ranking; it stops at
     max_layer_sparsity and the rest of the target goes to the others (clipping alone fell short:
     a 0.98 run ended at 0.978)."""
-    from pdp_gpt2.pdp import mask as M
+    from pdp_gpt2.pdp.kernels import mask as M
 
     model = tiny_gpt2()
     small = "transformer.h.1.mlp.c_proj"

@@ -8,19 +8,25 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pdp_gpt2.cli import main
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.attach import attach_baseline
-from pdp_gpt2.pdp.baselines import HardMask, keep_from_scores
-from pdp_gpt2.pdp.patterns import get_pattern
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.core.attach import attach
+from pdp_gpt2.pdp.core.hard import HardMask
+from pdp_gpt2.pdp.patterns import Part, get_pattern
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.pdp.targets import find_targets, in_last
-from pdp_gpt2.pdp.wanda import per_output_keep
+from pdp_gpt2.pdp.core.targets import find_targets
+from pdp_gpt2.pdp.kernels.mask import in_last
+from pdp_gpt2.pdp.methods.wanda.driver import per_output_keep
 
 from helpers import tiny_gpt2
 
 
 # ---- hand-computed masks ------------------------------------------------------------------
+
+def keep_from_scores(scores, sparsity, *, pattern, out_dim):
+    """The keep-mask a hard method selects: the pattern's k lowest-scoring units pruned."""
+    return pattern.keep(scores, out_dim, pattern.num_pruned(scores.shape, out_dim, sparsity))
+
 
 def test_keep_unstructured_prunes_exactly_the_smallest():
     w = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
@@ -55,7 +61,7 @@ def test_hard_mask_gives_pruned_weights_zero_gradient():
 
 def test_magnitude_is_one_shot_and_ignores_the_schedule(gpt2):
     ref = {t.name: t.module.weight.detach().clone() for t in find_targets(gpt2)}
-    pruner = attach_baseline(gpt2, "magnitude", sparsity=0.6)
+    pruner = attach(gpt2, "magnitude", sparsity=0.6)
     before = {k: v.clone() for k, v in pruner.masks().items()}
     pruner.set_sparsity(0.1)  # the callback's ramp: must not move a one-shot mask
     for name, m in pruner.masks().items():
@@ -68,7 +74,7 @@ def test_magnitude_is_one_shot_and_ignores_the_schedule(gpt2):
 
 
 def test_gmp_follows_the_schedule_and_pruned_weights_stay_pruned(gpt2):
-    pruner = attach_baseline(gpt2, "gmp", sparsity=0.8)
+    pruner = attach(gpt2, "gmp", sparsity=0.8)
     assert pruner.stats()["sparsity_hard"] == 0.0  # gradual: starts dense
     pruner.set_sparsity(0.4)
     t = pruner.targets[0]
@@ -83,7 +89,7 @@ def test_gmp_follows_the_schedule_and_pruned_weights_stay_pruned(gpt2):
 
 
 def test_gmp_skips_unchanged_masks_but_prunes_a_kept_zero(gpt2):
-    pruner = attach_baseline(gpt2, "gmp", sparsity=0.5)
+    pruner = attach(gpt2, "gmp", sparsity=0.5)
     pruner.set_sparsity(0.5)
     a, b = pruner.targets[:2]
     before = {t.name: pruner.mask_of(t).keep.clone() for t in (a, b)}
@@ -104,7 +110,7 @@ def test_gmp_skips_unchanged_masks_but_prunes_a_kept_zero(gpt2):
 
 def test_finalize_exact_zeros_and_plain_state_dict(gpt2):
     fresh_keys = set(tiny_gpt2().state_dict())
-    pruner = attach_baseline(gpt2, "gmp", sparsity=0.75)
+    pruner = attach(gpt2, "gmp", sparsity=0.75)
     pruner.set_sparsity(0.75)
     names = [t.name for t in pruner.targets]
     pruner.finalize()
@@ -115,7 +121,7 @@ def test_finalize_exact_zeros_and_plain_state_dict(gpt2):
 
 
 def test_keep_masks_travel_in_the_model_state_dict(gpt2):
-    pruner = attach_baseline(gpt2, "magnitude", sparsity=0.5)
+    pruner = attach(gpt2, "magnitude", sparsity=0.5)
     sd = gpt2.state_dict()
     key = f"{pruner.targets[0].name}.parametrizations.weight.0.keep"
     assert key in sd and sd[key].dtype == torch.bool and float((~sd[key]).float().mean()) == 0.5
@@ -166,7 +172,7 @@ def _wanda_layer(conv1d: bool, d_in: int = 192, d_out: int = 24, tokens: int = 2
 
 def _wanda_pruned(model, calib, **kw) -> torch.Tensor:
     """Our Wanda's pruned set, as (out, in)."""
-    pruner = attach_baseline(model, "wanda", calibration=calib, **kw)
+    pruner = attach(model, "wanda", calibration=calib, **kw)
     t = pruner.targets[0]
     return in_last(~pruner.mask_of(t).keep, t.out_dim)
 
@@ -226,7 +232,7 @@ def test_wanda_calibrates_block_by_block_on_the_pruned_outputs(gpt2):
     masks equal the published per-row Wanda on the inputs of a full forward after block 0 was pruned."""
     ids = torch.randint(0, 128, (6, 16), generator=torch.Generator().manual_seed(0))
     dense = {t.name: t.module.weight.detach().clone() for t in find_targets(gpt2)}
-    pruner = attach_baseline(gpt2, "wanda", calibration=ids, sparsity=0.5)
+    pruner = attach(gpt2, "wanda", calibration=ids, sparsity=0.5)
     targets = list(pruner.targets)
     keeps = {t.name: pruner.mask_of(t).keep.clone() for t in targets}
     pruner.remove()  # the dense weights come back untouched
@@ -267,7 +273,7 @@ def _inputs_dense(weights: dict, ids: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def test_wanda_help_and_record_say_how_the_count_is_defined():
-    from pdp_gpt2.pdp.attach import method_record
+    from pdp_gpt2.pdp.core.attach import method_record
     from pdp_gpt2.train import flags
 
     help_of = {f.name: flags.help_of(f) for f in flags.fields()}
@@ -324,6 +330,9 @@ def test_cli_baseline_writes_contract_with_exact_zeros(tmp_path, tiny_assets, me
         assert targets == [pytest.approx(0.75)] * 4  # pruned at step 0, frozen
     manifest = json.loads((out / "final" / "pdp_pruning.json").read_text())
     assert ("count" in manifest["method_record"]) == (method in ("wanda", "sparsegpt"))
+    own = {"wanda": {"wanda_groups": "output"}, "sparsegpt": {"sparsegpt_blocksize": 128, "sparsegpt_percdamp": 0.01}}
+    assert manifest["method_settings"] == own.get(method, {})  # its own config, nobody else's
+    assert set(s["config"]["pdp"]) & {"tau", "wanda_groups", "sparsegpt_blocksize"} == set(own.get(method, {}))
     hist = json.loads((out / "mask_hist.json").read_text())["moments"]
     assert hist[-1]["step"] == 8 and hist[-1]["below_half"] == pytest.approx(0.75)
     assert hist[-1]["band"] == 0.0  # hard masks are only 0 or 1
@@ -351,6 +360,7 @@ def test_resumed_gmp_run_ends_bit_identical(tmp_path, tiny_assets):
 def test_finalize_writes_positive_zeros():
     hm = HardMask((1, 4), out_dim=0)
     hm.keep.copy_(torch.tensor([[False, True, False, True]]))
-    w = hm.final_weight(torch.tensor([[-1.0, -2.0, 3.0, 4.0]]))
+    part = Part(torch.tensor([[-1.0, -2.0, 3.0, 4.0]]), 0)
+    w = hm.final_local(part, hm.final_keep(part))  # what finalize writes
     assert w.tolist() == [[0.0, -2.0, 0.0, 4.0]]
     assert not torch.signbit(w[0, 0])  # +0.0, not -0.0: saved bytes do not depend on pruned signs

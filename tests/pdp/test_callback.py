@@ -10,7 +10,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import pdp_gpt2
 from pdp_gpt2.pdp.callback import STATE_FILE
-from pdp_gpt2.pdp.targets import find_targets
+from pdp_gpt2.pdp.core.targets import find_targets
 
 from helpers import Blocks, model_with_dropout
 

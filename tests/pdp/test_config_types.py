@@ -36,7 +36,7 @@ def test_right_types_still_pass():
 
 
 def test_a_list_of_targets_selects_only_what_it_names(gpt2):
-    from pdp_gpt2.pdp.targets import find_targets
+    from pdp_gpt2.pdp.core.targets import find_targets
 
     assert {t.name for t in find_targets(gpt2, PDPConfig(targets=["*.mlp.*"]).targets)} == {
         f"transformer.h.{i}.mlp.{n}" for i in range(2) for n in ("c_fc", "c_proj")}

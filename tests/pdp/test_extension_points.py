@@ -8,11 +8,11 @@ import torch
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig, UsageError
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import attach
-from pdp_gpt2.pdp.baselines import HardMask
-from pdp_gpt2.pdp.driver import MaskDriver
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.attach import attach
+from pdp_gpt2.pdp.core.hard import HardMask
+from pdp_gpt2.pdp.core.driver import MaskDriver
 from pdp_gpt2.pdp.patterns import PATTERNS, Pattern, get_pattern
 from pdp_gpt2.train.config import TrainConfig
 
@@ -202,3 +202,43 @@ def test_the_toys_in_docs_architecture_run():
         PATTERNS.clear(), PATTERNS.update(saved)
         if "random" not in methods:
             registry.unregister("random")
+
+
+# ---- each method is handed its own config ----
+
+def test_each_method_gets_its_own_part_of_the_flat_config():
+    import dataclasses
+    import warnings
+
+    from pdp_gpt2.pdp.core.config import PruningConfig
+    from pdp_gpt2.pdp.methods.pdp.config import PDPMaskConfig
+
+    flat = pdp_gpt2.PDPConfig(sparsity=0.5, tau=0.05, wanda_groups="tensor", targets=["0", "1"])
+    for method, cls in (("gmp", PruningConfig), ("magnitude", PruningConfig), ("pdp", PDPMaskConfig)):
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+        pruner = pdp_gpt2.attach(model, method, flat)
+        assert type(pruner.config) is cls, method
+        assert dataclasses.asdict(pruner.config) == {k: v for k, v in dataclasses.asdict(flat).items()
+                                                     if k in {f.name for f in dataclasses.fields(cls)}}
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = pdp_gpt2.attach(model, "gmp", sparsity=0.5, tau=0.5, targets=["0", "1"])  # tau: PDP's
+    assert type(pruner.config) is PruningConfig and pruner.config.sparsity == 0.5
+    assert [str(w.message) for w in caught if w.category is DeprecationWarning] == ["method 'gmp' does not take tau: ignored"]
+    with pytest.raises(TypeError):
+        pdp_gpt2.attach(torch.nn.Sequential(torch.nn.Linear(8, 8)), "gmp", sparsity=0.5, not_a_setting=1)
+
+
+def test_sparsegpt_settings_live_in_its_config():
+    from pdp_gpt2.pdp.core.attach import method_record, method_settings
+    from pdp_gpt2.pdp.methods.sparsegpt.config import SparseGPTConfig
+
+    cfg = PDPConfig(sparsity=0.5, sparsegpt_blocksize=64, sparsegpt_percdamp=0.05)
+    assert method_settings("sparsegpt", cfg) == {"sparsegpt_blocksize": 64, "sparsegpt_percdamp": 0.05}
+    assert method_settings("gmp", cfg) == {} and method_settings("dense", cfg) == {}
+    record = method_record("sparsegpt", cfg)
+    assert "blocks of 64" in record["count"] and record["damping"].startswith("0.05 of")
+    with pytest.raises(UsageError, match="sparsegpt_blocksize must be an integer >= 1"):
+        SparseGPTConfig(sparsegpt_blocksize=0)
+

@@ -118,10 +118,10 @@ def _selection(out: Path) -> None:
     import torch.distributed as dist
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
-    from pdp_gpt2.pdp import mask as M
-    from pdp_gpt2.pdp import sharded as S
+    from pdp_gpt2.pdp.kernels import mask as M
+    from pdp_gpt2.pdp.kernels import sharded as S
     from pdp_gpt2.pdp.patterns import NM, Part, Row, Unstructured
-    from pdp_gpt2.pdp.targets import from_in_last, in_last
+    from pdp_gpt2.pdp.kernels.mask import from_in_last, in_last
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     checked = 0
@@ -223,7 +223,7 @@ def _digest(model) -> str:
 
 def _reference(driver, t, full, prev_keep):
     """What the full-tensor driver would put in t's mask buffer for this full weight."""
-    from pdp_gpt2.pdp import mask as M
+    from pdp_gpt2.pdp.kernels import mask as M
 
     m = driver.mask_of(t)
     s = driver.layer_sparsity(t.name)
@@ -240,7 +240,7 @@ def _reference(driver, t, full, prev_keep):
 def _setup(model_kind: str, method: str, allocation: str, pattern: str, shard: bool, seed: int = 0):
     from helpers import tiny_gpt2, tiny_llama
 
-    from pdp_gpt2.pdp.attach import attach
+    from pdp_gpt2.pdp.core.attach import attach
     from pdp_gpt2.fsdp import shard_model
 
     model = (tiny_gpt2 if model_kind == "gpt2" else tiny_llama)(seed=seed).train()
@@ -256,7 +256,7 @@ def _steps(model, driver, opt, final: float, first: int, last: int, ramp: int, s
     """Optimizer steps first..last of a pruning loop (PruningCallback's order), checking every one."""
     import torch.distributed as dist
 
-    from pdp_gpt2.pdp import sharded as S
+    from pdp_gpt2.pdp.kernels import sharded as S
 
     rank = dist.get_rank() if shard else 0
     digests, comm = [], []
@@ -290,7 +290,7 @@ def _train(model_kind: str, method: str, allocation: str, pattern: str, steps: i
 
 
 def _expected_zeros(driver, t) -> int:
-    from pdp_gpt2.pdp import mask as M
+    from pdp_gpt2.pdp.kernels import mask as M
 
     w = driver.original(t)
     s = driver.layer_sparsity(t.name)
@@ -416,7 +416,7 @@ def _toy(out: Path) -> None:
     import torch.distributed as dist
 
     from pdp_gpt2.fsdp import gather_plain_model
-    from pdp_gpt2.pdp import mask as M
+    from pdp_gpt2.pdp.kernels import mask as M
     from pdp_gpt2.pdp.patterns import PATTERNS
 
     sys.path.insert(0, str(HERE.parent))

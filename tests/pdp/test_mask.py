@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.fused import soft_masked_weight
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels.fused import soft_masked_weight
 
 
 def test_num_pruned_is_floor_and_robust_to_float_noise():

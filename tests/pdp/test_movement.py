@@ -1,4 +1,4 @@
-"""Movement pruning (pdp/movement.py): the straight-through gradients and an optimizer step worked
+"""Movement pruning (pdp/methods/movement/driver.py): the straight-through gradients and an optimizer step worked
 by hand on a 2x3 layer, the exact top-k of the scores (ties, -0.0, dtypes, N:M), why the scores
 need no learning rate of their own (bit for bit), a tiny GPT-2 end to end, the CLI, and (slow,
 torchrun) DDP and FSDP2.
@@ -21,10 +21,11 @@ from torch import nn
 
 import pdp_gpt2
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.pdp.movement import order_keys
-from pdp_gpt2.pdp.targets import find_targets, in_last
+from pdp_gpt2.pdp.methods.movement.driver import order_keys
+from pdp_gpt2.pdp.core.targets import find_targets
+from pdp_gpt2.pdp.kernels.mask import in_last
 
 from helpers import ROOT, TESTS, tiny_gpt2, tiny_llama, train_tiny
 
@@ -216,7 +217,7 @@ def test_the_scores_need_no_learning_rate_of_their_own(fused):
     """Emmental trains the scores in their own group at a far higher learning rate.  From S = 0 the
     top-k reads only their order and an Adam step is lr times a function of the gradients, so
     scores at 1024x the learning rate are 1024x the scores, with the same masks and weights, bit
-    for bit (the design decision in pdp/movement.py's docstring)."""
+    for bit (the design decision in pdp/methods/movement/driver.py's docstring)."""
     def split(model):  # emmental's groups: the scores at their own learning rate
         scores = [p for n, p in model.named_parameters() if n.endswith(".scores")]
         rest = [p for n, p in model.named_parameters() if not n.endswith(".scores")]

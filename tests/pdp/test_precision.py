@@ -7,7 +7,7 @@ import torch
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig
-from pdp_gpt2.pdp import mask as M
+from pdp_gpt2.pdp.kernels import mask as M
 
 from helpers import tiny_gpt2
 

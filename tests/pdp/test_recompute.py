@@ -1,4 +1,4 @@
-"""Masked weights recomputed in backward instead of kept from forward (pdp/recompute.py).
+"""Masked weights recomputed in backward instead of kept from forward (pdp/kernels/recompute.py).
 
 The claims: gradients are bit-identical to keeping the masked weight; the forward's
 copy is really gone before backward; a threshold refresh between forward and
@@ -19,8 +19,8 @@ from torch import nn
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig
-from pdp_gpt2.pdp.fused import KernelOptions
-from pdp_gpt2.pdp.param import PDPMask
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
+from pdp_gpt2.pdp.methods.pdp.mask import PDPMask
 
 # compile_min_numel=1024 puts the tiny models' weights through the compiled kernels too
 _ON = KernelOptions(recompute=True, compile=False)

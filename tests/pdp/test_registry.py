@@ -1,4 +1,4 @@
-"""The method registry (pdp/registry.py): capabilities, plugins through entry points, no torch."""
+"""The method registry (pdp/core/registry.py): capabilities, plugins through entry points, no torch."""
 import json
 import os
 import subprocess
@@ -6,17 +6,17 @@ import sys
 
 import pytest
 
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.registry import MethodSpec
+from pdp_gpt2.pdp.core.registry import MethodSpec
 
 from helpers import ROOT, install_dist
 
 PLUGIN = '''
 import torch
-from pdp_gpt2.pdp.baselines import HardMask
-from pdp_gpt2.pdp.driver import MaskDriver
-from pdp_gpt2.pdp.registry import MethodSpec
+from pdp_gpt2.pdp.core.hard import HardMask
+from pdp_gpt2.pdp.core.driver import MaskDriver
+from pdp_gpt2.pdp.core.registry import MethodSpec
 
 
 class EveryOther(MaskDriver):
@@ -80,7 +80,7 @@ def test_register_refuses_duplicates_and_builtins_cannot_go():
 
 def test_importing_the_registry_and_listing_plugins_loads_no_torch(tmp_path):
     _install_plugin(tmp_path)
-    code = ("import sys; from pdp_gpt2.pdp import registry; names = registry.names(); "
+    code = ("import sys; from pdp_gpt2.pdp.core import registry; names = registry.names(); "
             "print(names[-1], 'torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -123,7 +123,9 @@ def test_a_plugin_method_trains_through_the_cli_in_a_subprocess(tmp_path, tiny_a
 
 
 def test_help_lists_every_method():
-    text = registry.help_text()
+    from pdp_gpt2.train import flags
+
+    text = flags.help_of(next(f for f in flags.fields() if f.name == "method"))
     for name in ("pdp", "dense", "magnitude", "gmp", "wanda", "sparsegpt"):
         assert f"{name}:" in text
     assert "\n" not in text  # one line, for --help
@@ -153,7 +155,7 @@ GROUP = f"[{registry.ENTRY_POINT_GROUP}]\n"
 
 
 def _spec_module(name: str) -> str:
-    return f"from pdp_gpt2.pdp.registry import MethodSpec\nSPEC = MethodSpec({name!r}, 'pdp_gpt2.pdp.baselines:GMP')\n"
+    return f"from pdp_gpt2.pdp.core.registry import MethodSpec\nSPEC = MethodSpec({name!r}, 'pdp_gpt2.pdp.methods.gmp.driver:GMP')\n"
 
 
 @pytest.fixture
@@ -181,7 +183,7 @@ def test_a_plugin_that_raises_at_import_is_one_line_naming_its_package(tmp_path,
     assert registry.get("fine").name == "fine" and registry.get("gmp").gradual  # the others keep working
     assert capsys.readouterr().err == ""  # a failed get() is the caller's error to report, not a print
     assert [s.name for s in registry.all_specs()][-1] == "fine"  # the broken one left out ...
-    registry.help_text()
+    registry.all_specs()
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "warning" in err[0] and "'broken'" in err[0] and "brokenplug" in err[0], err  # ... once
 

@@ -1,4 +1,4 @@
-"""pdp/select.py: exact order statistics of many tensors at once, counting on the device.
+"""pdp/kernels/select.py: exact order statistics of many tensors at once, counting on the device.
 
 * thresholds and keep-masks equal the definitions (mask.threshold, mask.hard_mask_from_scores)
   bit for bit: every dtype, ties across signs and at zero, -0.0, any hint (stale or absurd),
@@ -18,10 +18,10 @@ from torch.utils._python_dispatch import TorchDispatchMode  # counts host reads 
 
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig
-from pdp_gpt2.pdp import fused as F
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import select as SEL
-from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.kernels import fused as F
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels import select as SEL
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

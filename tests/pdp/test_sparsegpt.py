@@ -1,4 +1,4 @@
-"""SparseGPT (pdp/sparsegpt.py, pdp/sequential.py): the math by hand, exact counts, N:M, the
+"""SparseGPT (pdp/methods/sparsegpt/driver.py, pdp/core/sequential.py): the math by hand, exact counts, N:M, the
 layer-by-layer runner, the driver end to end, and that it reconstructs better than Wanda/magnitude."""
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from transformers.pytorch_utils import Conv1D
 from helpers import tiny_gpt2, tiny_llama
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import attach
-from pdp_gpt2.pdp.sequential import block_of, visit_sequentially
-from pdp_gpt2.pdp.sparsegpt import (add_to_hessian, block_counts, inverse_hessian_factor, sparsegpt_prune)
-from pdp_gpt2.pdp.targets import find_targets, in_last
-from pdp_gpt2.pdp.wanda import per_output_keep
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.attach import attach
+from pdp_gpt2.pdp.core.sequential import block_of, visit_sequentially
+from pdp_gpt2.pdp.methods.sparsegpt.driver import (add_to_hessian, block_counts, inverse_hessian_factor, sparsegpt_prune)
+from pdp_gpt2.pdp.core.targets import find_targets
+from pdp_gpt2.pdp.kernels.mask import in_last
+from pdp_gpt2.pdp.methods.wanda.driver import per_output_keep
 
 
 def _hessian(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pdp_gpt2 import PDPConfig, attach
-from pdp_gpt2.pdp.fused import KernelOptions, compiled_kernels
+from pdp_gpt2.pdp.kernels.fused import KernelOptions, compiled_kernels
 
 TINY = torch.finfo(torch.float32).tiny
 TAUS = (0.012, 0.011, 0.01, 0.008, 0.006, 0.004, 0.002, 0.001)

@@ -9,7 +9,7 @@ import torch
 import pdp_gpt2
 from pdp_gpt2 import PDPConfig, UsageError, tau_at
 from pdp_gpt2.cli import main
-from pdp_gpt2.pdp.targets import find_targets
+from pdp_gpt2.pdp.core.targets import find_targets
 
 # tau0 = 0.02 -> tau_final = 2e-4 (a factor 100) over the window [10, 20]
 T0, TF, START, END = 0.02, 2e-4, 10, 20

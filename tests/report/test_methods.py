@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.report import findings, methods, style
 from pdp_gpt2.report.report import collect, variant
 from pdp_gpt2.report.stats import dense_mean

@@ -70,7 +70,7 @@ def test_model_card_front_matter_table_perplexities_and_command(run):
     add_arguments(parser)
     from pdp_gpt2.train import flags
 
-    again = flags.recorded(config_from_args(parser.parse_args(shlex.split(line)[2:])))  # as a run records it
+    again = flags.recorded(config_from_args(parser.parse_args(shlex.split(line)[2:])))  # as the run records it
     want = dict(s["config"], progress=True)  # --progress false was left out: it does not change the model
     assert again == want
 

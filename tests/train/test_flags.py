@@ -23,5 +23,6 @@ def test_dependent_defaults_resolve_as_parsing_does_and_the_card_leaves_them_out
     assert card.command(cfg) == "pdp-gpt2 train"
     nm = _cfg("--pattern", "2:4", "--tau", "0.05")
     assert nm.pdp.sparsity == flags.cli_defaults(nm.pdp)["sparsity"] == 0.5  # 2:4 implies its own
-    assert card.command(nm) == "pdp-gpt2 train --tau 0.05 --pattern 2:4"  # tau_final follows tau: not named
+    # the shared settings, then the method's own; tau_final follows tau: not named
+    assert card.command(nm) == "pdp-gpt2 train --pattern 2:4 --tau 0.05"
     assert card.command(_cfg("--sparsity", "0.5")) == "pdp-gpt2 train --sparsity 0.5"  # unstructured: 0.9 is its default

@@ -15,14 +15,14 @@ import yaml
 
 from pdp_gpt2.cli import main
 from pdp_gpt2.cli import train as train_cli
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 
 from helpers import ROOT, install_dist
 
 # A plugin needs no code of its own to be a method: this one registers the built-in magnitude driver
 # under another name (a real plugin names its own MaskDriver subclass).
-SPEC_MODULE = '''from pdp_gpt2.pdp.registry import MethodSpec
-SPEC = MethodSpec("magcopy", "pdp_gpt2.pdp.baselines:Magnitude", label="magnitude (plugin)",
+SPEC_MODULE = '''from pdp_gpt2.pdp.core.registry import MethodSpec
+SPEC = MethodSpec("magcopy", "pdp_gpt2.pdp.methods.magnitude.driver:Magnitude", label="magnitude (plugin)",
                   summary="a plugin: one-shot |w|")
 '''
 

@@ -13,7 +13,8 @@ import dataclasses
 import os
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.fused import KernelOptions
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.train import flags
 from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
@@ -48,11 +49,15 @@ def _add_field(group, f: dataclasses.Field, default) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    groups = {"run": parser.add_argument_group("run"), "PDP": parser.add_argument_group("PDP")}
-    pdp_names = {f.name for f in dataclasses.fields(PDPConfig)}
+    titles = {f.name: "pruning (every method)" for f in dataclasses.fields(PDPConfig)}
+    for spec in registry.BUILTIN:  # a method's own settings under its name
+        if spec.prunes and spec.config is not None:
+            titles.update(dict.fromkeys(spec.config_class().own_fields(), f"--method {spec.name}"))
+    groups = {}
     defaults = flags.cli_defaults()
     for f in flags.fields():
-        group = groups["PDP" if f.name in pdp_names else "run"]
+        title = titles.get(f.name, "run")
+        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         if f.name == "sparsity":  # filled in after parsing: an N:M pattern implies its own
             group.add_argument("--sparsity", type=float, default=None,
                                help=f"{f.metadata['help']} (default: 0.9; (M-N)/M for an N:M pattern)")

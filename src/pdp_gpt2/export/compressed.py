@@ -72,7 +72,7 @@ def grid_scales(w: torch.Tensor, bits: int, channel_dim: int) -> torch.Tensor | 
     """Per-channel scales s with round(w/s)*s == w exactly for every entry, else None.
 
     The grid is symmetric b-bit per output channel (codes in [-(2^(b-1)-1), 2^(b-1)-1]),
-    the grid quantization masking trains on (pdp/mask.py:fake_quant).  The check
+    the grid quantization masking trains on (pdp/kernels/mask.py:fake_quant).  The check
     runs in w's own dtype with the same multiply the decoder uses, so a success
     here is a bit-exact round trip.
     """

@@ -1,7 +1,7 @@
 """The 2:4 (N:M) layout: kept values + 2-bit in-group indices, and the CUDA conversion.
 
 Groups are M consecutive weights along the *input* dimension, the axis NVIDIA's
-sparse tensor cores compress (and the one pdp/mask.py prunes along).  The
+sparse tensor cores compress (and the one pdp/kernels/mask.py prunes along).  The
 encoder works on the (out, in) view: Linear weights as stored, Conv1D weights
 transposed.  Layout (docs/format.md): ``values`` is (out, in/M*N) in the
 model's dtype, ``indices`` a packed stream of ceil(log2 M)-bit positions in the

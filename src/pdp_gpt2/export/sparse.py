@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D
+from pdp_gpt2.pdp.core.targets import PRUNABLE, Conv1D
 
 # density (nonzeros / numel) -> most rows per call that run sparse (more rows: dense).
 # From benchmarks/inference.py-style microbenchmarks on GPT-2-small shapes (3072x768, 768x3072),

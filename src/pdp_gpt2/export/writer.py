@@ -30,7 +30,7 @@ from pdp_gpt2.data.manifest import (MANIFEST, check_counts, check_description, p
                                     read_manifest)
 from pdp_gpt2.errors import UsageError, disk_problem
 from pdp_gpt2.names import ORIGINAL
-from pdp_gpt2.pdp.targets import PRUNABLE, Conv1D, find_targets
+from pdp_gpt2.pdp.core.targets import PRUNABLE, Conv1D, find_targets
 
 FORMATS = ("dense", "compressed", "2:4")
 VALUES = {"auto": None, "fp16": torch.float16, "fp32": torch.float32}

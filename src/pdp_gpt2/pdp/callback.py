@@ -23,11 +23,12 @@ from transformers import TrainerCallback
 
 from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.names import STATE_FILE
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import attach
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.attach import attach
 from pdp_gpt2.pdp.config import PDPConfig
-from pdp_gpt2.pdp.schedule import SCHEDULES, PruningSchedule
-from pdp_gpt2.pdp.sharded import barrier
+from pdp_gpt2.pdp.core.config import PruningConfig
+from pdp_gpt2.pdp.core.schedule import SCHEDULES, PruningSchedule
+from pdp_gpt2.pdp.kernels.sharded import barrier
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -58,7 +59,7 @@ class PruningCallback(TrainerCallback):
     """Prune while a ``Trainer`` trains: attach, schedule, log, checkpoint, finalize (module docstring).
 
     ``config``: the :class:`PDPConfig` (target sparsity, tau and its schedule, pattern, ...).
-    ``method``: a name in the method registry (pdp/registry.py): ``pdp``, a baseline (``gmp``,
+    ``method``: a name in the method registry (pdp/core/registry.py): ``pdp``, a baseline (``gmp``,
     ``magnitude``, ``wanda`` with ``calibration`` token blocks), or ``dense`` (no masks; checkpoints
     still get their pdp_state.json).  ``ramp_steps`` (default ``ramp_fraction`` of the run's optimizer steps;
     more than the run has is a ValueError when training begins, before the first step) and
@@ -73,8 +74,8 @@ class PruningCallback(TrainerCallback):
                  ramp_fraction: float = 0.5, schedule: str = "cubic", finalize: bool = True,
                  log_layers: bool = True, calibration: torch.Tensor | None = None, kernels=None,
                  resume_from: str | Path | None = None):
-        if config is not None and not isinstance(config, PDPConfig):
-            raise TypeError(f"config must be a PDPConfig, got {type(config).__name__}")
+        if config is not None and not isinstance(config, PruningConfig):
+            raise TypeError(f"config must be a PDPConfig (or a method's own config), got {type(config).__name__}")
         if method not in registry.names():
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(registry.names())}")
         if schedule not in SCHEDULES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.report import methods
 from pdp_gpt2.report.methods import SHIPPED
 

@@ -1,4 +1,4 @@
-"""What the report knows about a method, asked of the method registry (``pdp_gpt2.pdp.registry``,
+"""What the report knows about a method, asked of the method registry (``pdp_gpt2.pdp.core.registry``,
 which imports no torch), never by comparing its name: whether it prunes at all (the dense reference
 does not), whether tau applies, whether its mask is soft, how a title names it, its colour, and which
 method the findings are about (``SHIPPED``; every other pruning method is a baseline of it).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 
 SHIPPED = registry.SHIPPED
 

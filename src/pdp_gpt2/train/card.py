@@ -7,8 +7,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.attach import method_description, method_record  # what the registry's drivers say
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.attach import method_description, method_record, method_settings  # what the registry's drivers say
 from pdp_gpt2.train import flags
 from pdp_gpt2.train.config import TrainConfig
 
@@ -29,6 +29,7 @@ def manifest(cfg: TrainConfig, targets, saved: dict, stats: dict | None) -> dict
                                        "numel": d["numel"], "zeros": d["zeros"], "target_sparsity": target}
     return {
         "method": cfg.method, "method_record": method_record(cfg.method, cfg.pdp),
+        "method_settings": method_settings(cfg.method, cfg.pdp),  # its own config (PDP's tau, Wanda's groups)
         "pattern": cfg.pdp.pattern if pruning else None,
         "allocation": cfg.pdp.allocation if pruning else None,
         "sparsity_target": cfg.pdp.sparsity if pruning else 0.0, "sparsity_actual": saved["sparsity"],

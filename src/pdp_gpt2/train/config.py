@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp import registry  # method names and capabilities; imports nothing heavy
-from pdp_gpt2.pdp.config import PATTERNS_HELP, PDPConfig  # noqa: F401  (re-exported for the CLI)
+from pdp_gpt2.pdp.core import registry  # method names and capabilities; imports nothing heavy
+from pdp_gpt2.pdp.config import PDPConfig
 
 
 DISTILL_TEMPERATURE = 2.0  # --distill_temperature's default: DistilBERT's and movement pruning's T
@@ -47,7 +47,7 @@ class TrainConfig:
     dataset: str = field(default="shakespeare", metadata={"help": "'shakespeare' (bundled), a HF dataset 'name[:config]' such as wikitext:wikitext-2-raw-v1, or local .txt files/globs (comma-separated; files named train/valid/test are used as named, see data/splits.py)"})
     streaming: bool = field(default=False, metadata={"help": "read --dataset (HF or local .txt) as a stream of blocks, never whole in memory; needs --max_steps, and --warmup_epochs then counts fractions of --max_steps (a stream has no epochs)"})
     streaming_eval_tokens: int = field(default=1_000_000, metadata={"help": "with --streaming: evaluate on the first N tokens of the held-out split"})
-    method: str = field(default="pdp", metadata={"help": "pruning method, a name in the method registry (pdp/registry.py; installed plugins too)"})  # the CLI appends the list (flags.help_of)
+    method: str = field(default="pdp", metadata={"help": "pruning method, a name in the method registry (pdp/core/registry.py; installed plugins too)"})  # the CLI appends the list (flags.help_of)
     output_dir: str | None = field(default=None, metadata={"help": "where the run is written (default: runs/<run_name>-<time>)"})
     run_name: str | None = field(default=None, metadata={"help": "name of the run (W&B and default output_dir)"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a different run already in --output_dir"})
@@ -100,7 +100,7 @@ class TrainConfig:
              "--max_steps > 0, or a one-shot method"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            # A ramp past the last step would leave the run short of its target (pdp/schedule.py).
+            # A ramp past the last step would leave the run short of its target (pdp/core/schedule.py).
             (self.warmup_steps is None or self.max_steps <= 0 or self.warmup_steps <= self.max_steps,
              f"--warmup_steps {self.warmup_steps} is longer than the run (--max_steps {self.max_steps}): the "
              f"sparsity would not reach its target; use at most {self.max_steps}"),

@@ -29,11 +29,15 @@ def help_of(f: dataclasses.Field) -> str:
     text = f.metadata.get("help", "")
     if f.name == "method":
         text += ": " + "; ".join(method_lines())
+    elif f.name == "pattern":  # the pattern registry's list, so a new pattern is offered here
+        from pdp_gpt2.pdp import patterns  # torch: only when a parser is built
+
+        text += ": " + patterns.help_text()
     return text
 
 
 def method_lines() -> list[str]:
-    from pdp_gpt2.pdp import registry
+    from pdp_gpt2.pdp.core import registry
 
     builtin = {s.name: s for s in registry.BUILTIN}
     return [f"{n}: {builtin[n].summary}" if n in builtin and builtin[n].summary else f"{n} (plugin)"
@@ -47,7 +51,7 @@ def values(cfg: TrainConfig) -> dict[str, object]:
 
 def ignored(cfg: TrainConfig) -> tuple[str, ...]:
     """The flags ``cfg.method`` does not take (its MethodSpec's missing capabilities)."""
-    from pdp_gpt2.pdp import registry
+    from pdp_gpt2.pdp.core import registry
 
     return registry.get(cfg.method).ignored_flags()
 

@@ -23,7 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from pdp_gpt2.atomic import atomic_write_json, normalize_modes
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.mask import BAND
+from pdp_gpt2.pdp.kernels.mask import BAND
 from pdp_gpt2.train.checkpoint import PDP_STATE, step_of, with_file_sizes
 from pdp_gpt2.train.distill import DistillMixin
 from pdp_gpt2.train.loss_window import LossWindow

@@ -27,10 +27,10 @@ from pdp_gpt2.atomic import atomic_write_json
 from pdp_gpt2.train import distributed
 
 from pdp_gpt2.train import checkpoint, distill, flags, rundir, runlock
-from pdp_gpt2.pdp import registry
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.pdp.callback import PruningCallback, read_checkpoint_state
-from pdp_gpt2.pdp.sharded import barrier
-from pdp_gpt2.pdp.schedule import plan_end
+from pdp_gpt2.pdp.kernels.sharded import barrier
+from pdp_gpt2.pdp.core.schedule import plan_end
 from pdp_gpt2.train.hf_trainer import (BarProgress, MaskHistCallback, RecordCheckpointFiles, RunMetrics, RunTrainer,
                                        SaveTrained, TrainClock, resume_without_training)
 from pdp_gpt2.train.metrics_log import MetricsLog, read_saved
@@ -65,7 +65,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     from pdp_gpt2.data.sources import LMBlockDataset, check_local, load_split_texts, token_stream, tokenize_and_group
     from pdp_gpt2.data.models import load_model_and_tokenizer
     from pdp_gpt2.data.perplexity import context_length
-    from pdp_gpt2.pdp.attach import check_fit
+    from pdp_gpt2.pdp.core.attach import check_fit
 
     distributed.refuse_sharded()
     refuse_unused_precision(cfg.precision)
@@ -313,7 +313,7 @@ def run(cfg: TrainConfig, kernels=None) -> dict:
     tracker = make_tracker(cfg.use_wandb and is_main, cfg.wandb_project, run_name(cfg), flags.recorded(cfg), out)
     opt = None
     if cfg.custom_optimizer and pruner is not None:
-        from pdp_gpt2.pdp.optim import MaskAwareAdamW
+        from pdp_gpt2.pdp.core.optim import MaskAwareAdamW
 
         opt = (MaskAwareAdamW, {"pruner": pruner, "lr": cfg.learning_rate, "fused": fused_adamw_ok() or None})
     guard = RunGuard()

@@ -14,8 +14,8 @@ from safetensors import safe_open
 
 from pdp_gpt2.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from pdp_gpt2.data.manifest import write_manifest
-from pdp_gpt2.pdp import registry
-from pdp_gpt2.pdp.targets import find_targets
+from pdp_gpt2.pdp.core import registry
+from pdp_gpt2.pdp.core.targets import find_targets
 from pdp_gpt2.train import card, flags
 from pdp_gpt2.train.config import TrainConfig
 

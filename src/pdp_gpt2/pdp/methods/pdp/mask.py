@@ -14,12 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import sharded as S
-from pdp_gpt2.pdp.fused import KernelOptions
-from pdp_gpt2.pdp.patterns import Part, Pattern
-
 from pdp_gpt2.names import ORIGINAL  # noqa: F401  (where parametrize keeps the dense weight; re-exported)
+from pdp_gpt2.pdp.core.hard import final_values
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
+from pdp_gpt2.pdp.patterns import Part, Pattern
 
 
 class PDPMask(nn.Module):
@@ -54,14 +53,6 @@ class PDPMask(nn.Module):
         self._hint = hint
         self.active = self.k > 0 and positive
 
-    @torch.no_grad()
-    def refresh(self, w: torch.Tensor, sparsity: float) -> None:
-        """Recompute the threshold(s) of the whole weight w at this tensor's sparsity (one tensor;
-        the driver does all of them together)."""
-        (t,), (hint,), (pos,) = self.pattern.thresholds([Part(w, self.out_dim)], [self._k(sparsity)], [self._hint],
-                                                       self.kernels)
-        self.set_threshold(sparsity, t, hint, pos)
-
     # ---- forward ---------------------------------------------------------------
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self._output(w, self.active, self.t, self.tau)
@@ -75,7 +66,7 @@ class PDPMask(nn.Module):
 
     def recipe(self, w: torch.Tensor):
         """A function that recomputes this forward's output for ``w`` later, with the state
-        the mask has now (threshold, tau), for the backward (pdp/recompute.py)."""
+        the mask has now (threshold, tau), for the backward (pdp/kernels/recompute.py)."""
         active, t, tau = self.active, self.t.clone(), self.tau
         return lambda: self._output(w, active, t, tau)
 
@@ -98,37 +89,9 @@ class PDPMask(nn.Module):
         return self.pattern.keeps([part], [self.k], self.kernels)[0]
 
     @torch.no_grad()
-    def hard_keep(self, w: torch.Tensor) -> torch.Tensor:
-        return self.final_keep(Part(w, self.out_dim))
-
-    @torch.no_grad()
     def final_local(self, part: Part, keep: torch.Tensor) -> torch.Tensor:
         return final_values(part, keep, self.bits)
-
-    @torch.no_grad()
-    def final_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """Dense weight with exact zeros (and on the quantization grid if quantizing)."""
-        part = Part(w, self.out_dim)
-        return self.final_local(part, self.final_keep(part))
 
     def to_identity(self) -> None:
         """Mask nothing from now on (a finalized or removed sharded model keeps its parametrizations)."""
         self.active, self.bits = False, None
-
-
-def final_values(part: Part, keep: torch.Tensor, bits: int | None) -> torch.Tensor:
-    """``part``'s rows with exact zeros where ``keep`` is False, then on the quantization grid.
-
-    where(), not w * keep: a product leaves -0.0 for negative pruned weights, and a checkpoint's
-    bytes should not depend on the signs of weights that are gone.  Quantization scales are
-    per output channel; a Conv1D shard's channels continue on other ranks, so their maxima are
-    reduced over the shard's group (exact for a maximum)."""
-    w = part.w
-    out = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
-    if bits is not None:
-        reduce = None
-        if part.shard is not None and part.out_dim == 1:
-            def reduce(amax, group=part.group):
-                return S.all_reduce_max(amax, group)
-        out = M.fake_quant(out, bits, part.out_dim, reduce)
-    return out.detach()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pdp_gpt2.pdp import sharded as S
+from pdp_gpt2.pdp.kernels import sharded as S
 
 SB = 256  # entries per counting block (smaller blocks made the counting pass 2x slower on CPU)
 SMALL = 1 << 14  # vectors this short (globally) are sorted whole
@@ -402,7 +402,7 @@ class _Batch:
             self._count(_Bracket(*(torch.where(fits, getattr(self.b, f), getattr(nb, f)) for f in _FIELDS)))
 
     def _count(self, b: _Bracket) -> None:
-        from pdp_gpt2.pdp.fused import row_block_counts
+        from pdp_gpt2.pdp.kernels.fused import row_block_counts
 
         lo, hi = b.lo.to(self.dtype), b.hi.to(self.dtype)  # the bounds as compared, in x's dtype
         below_b, self.inside_b = row_block_counts(self.body, lo, hi, self.kernels)
@@ -456,7 +456,7 @@ def _vec(values: list, device) -> torch.Tensor:
 
 
 def _radix(q: Query, group) -> Found:
-    """The exact fallback: radix selection on the float bit patterns (pdp/sharded.py)."""
+    """The exact fallback: radix selection on the float bit patterns (pdp/kernels/sharded.py)."""
     ranks = [q.k, min(q.k + 1, q.n)]
     (v1, below, equal), (v2, _, _) = S.radix_select([([S.keys(q.x)], ranks)], group)[0]
     dev = q.x.device
@@ -490,7 +490,7 @@ def keep_masks(queries: list[Query], group=None, kernels=None) -> list[torch.Ten
         if nan:  # pruning into the NaNs (a sort puts them last): rare, take the definition
             if group is not None:
                 raise ValueError("cannot prune into NaN scores of a sharded tensor")
-            from pdp_gpt2.pdp.mask import hard_mask_from_scores
+            from pdp_gpt2.pdp.kernels.mask import hard_mask_from_scores
 
             out[i] = hard_mask_from_scores(a, q.k)
             continue

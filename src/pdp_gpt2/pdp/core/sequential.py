@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pdp_gpt2.pdp.targets import Target
+from pdp_gpt2.pdp.core.targets import Target
 
 _BLOCK = re.compile(r"^(?P<stack>.+?)\.(?P<index>\d+)(\.|$)")  # the first numbered component
 

@@ -1,10 +1,10 @@
-"""Movement pruning (Sanh, Wolf, Rush, NeurIPS 2020) as a :class:`~pdp_gpt2.pdp.driver.MaskDriver`.
+"""Movement pruning (Sanh, Wolf, Rush, NeurIPS 2020) as a :class:`~pdp_gpt2.pdp.core.driver.MaskDriver`.
 
 Every target weight W gets learned scores S of its shape. Forward: W' = W * M, where M keeps the
 highest-scoring entries, exactly floor(r n) pruned at the schedule's sparsity r (ties by index).
 Backward, straight-through on the top-k: dL/dW = dL/dW' * M and dL/dS = dL/dW' * W, so a weight
 moving away from zero gains score and a pruned one can come back. M is selected after every
-optimizer step for every target at once (pdp/select.py); finalize keeps the top-k of the last scores.
+optimizer step for every target at once (pdp/kernels/select.py); finalize keeps the top-k of the last scores.
 S is an ``nn.Parameter`` of the mask, so the optimizer, checkpoints and DDP carry it unchanged.
 
 The selection ranks magnitudes, and a score's sign matters: :func:`order_keys` maps each score to a
@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp import sharded as S
-from pdp_gpt2.pdp.baselines import HardMask
-from pdp_gpt2.pdp.driver import MaskDriver
+from pdp_gpt2.pdp.core.driver import MaskDriver
+from pdp_gpt2.pdp.core.hard import HardMask
+from pdp_gpt2.pdp.core.targets import Target
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels import sharded as S
 from pdp_gpt2.pdp.patterns import Part, Pattern
-from pdp_gpt2.pdp.targets import Target
 
 # score dtype -> (its bits as an integer, a float type that holds every unsigned key exactly)
 _KEYS = {torch.float32: (torch.int32, torch.float64), torch.bfloat16: (torch.int16, torch.float32),
@@ -121,7 +121,7 @@ class Movement(MaskDriver):
 
     def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
         """Every target's keep-mask from its scores, in one batched selection (one host read in a
-        steady state, however many targets; pdp/select.py)."""
+        steady state, however many targets; pdp/kernels/select.py)."""
         todo, parts, ks = [], [], []
         for t, s in zip(targets, sparsities):
             shape = self.mask_of(t).keep.shape

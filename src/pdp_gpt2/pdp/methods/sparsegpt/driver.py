@@ -11,7 +11,7 @@ Where this departs from the reference (exact per-tensor counts, dead inputs, H p
 docs/results.md, "How the baselines are implemented".
 
 The driver (:class:`SparseGPT`) runs this layer by layer with the pruned outputs fed forward
-(pdp/sequential.py), at attach, at the final target, then freezes the mask as a ``HardMask``.
+(pdp/core/sequential.py), at attach, at the final target, then freezes the mask as a ``HardMask``.
 """
 from __future__ import annotations
 
@@ -21,14 +21,13 @@ import torch
 from torch import nn
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp import mask as M
-from pdp_gpt2.pdp.baselines import HardPruner
+from pdp_gpt2.pdp.core.hard import HardPruner
+from pdp_gpt2.pdp.core.sequential import visit_sequentially
+from pdp_gpt2.pdp.core.targets import Target
+from pdp_gpt2.pdp.kernels import mask as M
+from pdp_gpt2.pdp.kernels.mask import from_in_last, in_last
+from pdp_gpt2.pdp.methods.sparsegpt.config import BLOCKSIZE, PERCDAMP
 from pdp_gpt2.pdp.patterns import NM, Unstructured
-from pdp_gpt2.pdp.sequential import visit_sequentially
-from pdp_gpt2.pdp.targets import Target, from_in_last, in_last
-
-BLOCKSIZE = 128  # columns per block of adaptive mask selection and lazy updates (the paper's B_s)
-PERCDAMP = 0.01  # damping, as a fraction of the mean diagonal of H
 
 
 # ---- pure math ------------------------------------------------------------------------------------
@@ -138,10 +137,10 @@ class SparseGPT(HardPruner):
     @classmethod
     def record(cls, config) -> dict:
         count = ("k = floor(r n) per tensor; the block of columns [c0, c1) of C prunes floor(k c1 / C) - "
-                 f"floor(k c0 / C), blocks of {BLOCKSIZE}") if isinstance(config.mask_pattern, Unstructured) else \
+                 f"floor(k c0 / C), blocks of {config.sparsegpt_blocksize}") if isinstance(config.mask_pattern, Unstructured) else \
             f"the {config.mask_pattern.name!r} pattern's count in every group"
         return {"count": count, "calibration": "sequential: block by block, on the outputs of the blocks already pruned",
-                "damping": f"{PERCDAMP:g} of the mean live diagonal of H; a dead input's H_ii = the damped live mean"}
+                "damping": f"{config.sparsegpt_percdamp:g} of the mean live diagonal of H; a dead input's H_ii = the damped live mean"}
 
     def prepare(self, calibration) -> None:
         if calibration is None:
@@ -174,7 +173,8 @@ class SparseGPT(HardPruner):
         if h is None:
             raise ValueError(f"{t.name} saw no calibration inputs: is it used in the model's forward?")
         nm = (k, self.pattern.m) if isinstance(self.pattern, NM) else None
-        w, keep = sparsegpt_prune(in_last(weight.detach(), t.out_dim), h, k, nm=nm)
+        w, keep = sparsegpt_prune(in_last(weight.detach(), t.out_dim), h, k, nm=nm,
+                                  blocksize=self.config.sparsegpt_blocksize, percdamp=self.config.sparsegpt_percdamp)
         weight.copy_(from_in_last(w, t.out_dim).to(weight.dtype))
         return from_in_last(keep, t.out_dim).contiguous()
 

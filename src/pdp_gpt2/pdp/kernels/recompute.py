@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 
-from pdp_gpt2.pdp import fused, sharded
+from pdp_gpt2.pdp.kernels import fused, sharded
 
 
 class _Recipe:

@@ -1,0 +1,1 @@
+"""One-shot magnitude pruning at the target, mask frozen."""

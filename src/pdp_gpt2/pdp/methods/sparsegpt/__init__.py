@@ -1,0 +1,1 @@
+"""SparseGPT (Frantar & Alistarh 2023): one-shot, weights reconstructed layer by layer."""
