@@ -52,7 +52,7 @@ def test_an_m_larger_than_the_inputs_is_refused_too(tiny_assets, tmp_path, capsy
 
 
 def test_sparsegpt_names_the_input_dimension_of_the_whole_row():
-    from pdp_gpt2.pdp.sparsegpt import sparsegpt_prune
+    from pdp_gpt2.pdp.methods.sparsegpt.driver import sparsegpt_prune
 
     w, x = torch.randn(4, 12), torch.randn(32, 12)
     with pytest.raises(ValueError, match=r"^input dimension 12 is not divisible by M=7$"):

@@ -70,9 +70,9 @@ def normalized_gap(sq: torch.Tensor, t: torch.Tensor, tau_mode: str = "relative"
 # Below this z = x / tau the sigmoid is taken as exactly 0 (its value would be under e^-64 ~ 1.6e-28).
 # Saturated masks must hold exact zeros, not subnormal numbers: a sigmoid below ~e^-87, or a masked
 # weight w * m below float32's normal range (1.2e-38), makes every op that reads it run on the CPU's
-# slow path (15-20x slower steps while tau anneals). Nothing a float32 run computes can see the
-# difference: w * m changes by under 1.6e-28 |w|, and the gradients it drops are under the flush
-# level of pdp/kernels/fused.py's underflow_level for any upstream gradient below ~1e8.
+# slow path (15-20x slower steps while tau anneals). w * m changes by under 1.6e-28 |w|, and the
+# gradients it drops are under fused.underflow_level's flush for any upstream gradient below ~1e8;
+# a whole run still rounds differently in its last digits (tests/pdp/test_subnormal.py).
 Z_FLOOR = -64.0
 
 
