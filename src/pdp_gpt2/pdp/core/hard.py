@@ -103,3 +103,26 @@ def final_values(part: Part, keep: torch.Tensor, bits: int | None) -> torch.Tens
                 return S.all_reduce_max(amax, group)
         out = M.fake_quant(out, bits, part.out_dim, reduce)
     return out.detach()
+
+
+class CalibratedPruner(HardPruner):
+    """A one-shot method whose ``prepare`` chooses every keep-mask from calibration data (wanda,
+    sparsegpt) into ``_keeps``; attach copies them into the masks, frozen from then on."""
+
+    one_shot = True
+    keeps_history = True  # the masks depend on the calibration data, not on the weights alone
+
+    def __init__(self, model: nn.Module, config, targets: list[Target], **kw):
+        super().__init__(model, config, targets, **kw)
+        self._keeps: dict[str, torch.Tensor] | None = None
+
+    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
+        """The keep-masks ``prepare`` chose (at attach, once: the masks are frozen after it)."""
+        if self._keeps is None:
+            return
+        for t in targets:
+            self.mask_of(t).keep.copy_(self._keeps[t.name])
+
+    def start(self) -> None:
+        super().start()
+        self._keeps = None  # now in the masks' buffers

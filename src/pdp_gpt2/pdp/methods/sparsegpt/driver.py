@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.core.hard import HardPruner
+from pdp_gpt2.pdp.core.hard import CalibratedPruner
 from pdp_gpt2.pdp.core.sequential import visit_sequentially
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels import mask as M
@@ -119,20 +119,16 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, k: int = 0, *, nm: tuple[i
 
 # ---- the driver -----------------------------------------------------------------------------------
 
-class SparseGPT(HardPruner):
+class SparseGPT(CalibratedPruner):
     """One-shot SparseGPT at the final target on the caller's calibration blocks, then frozen."""
 
     description = ("one-shot SparseGPT (Frantar & Alistarh 2023: masks chosen and the remaining weights "
                    "reconstructed from calibration Hessians, layer by layer), then fine-tuning with the mask frozen")
-    one_shot = True
-    keeps_history = True
-
     def __init__(self, model: nn.Module, config, targets: list[Target], **kw):
         super().__init__(model, config, targets, **kw)
         if not isinstance(self.pattern, (Unstructured, NM)):
             raise UsageError(f"sparsegpt prunes unstructured or N:M patterns, not {self.pattern.name!r} "
                              "(its weight updates compensate single weights, not whole neurons)")
-        self._keeps: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def record(cls, config) -> dict:
@@ -177,14 +173,3 @@ class SparseGPT(HardPruner):
                                   blocksize=self.config.sparsegpt_blocksize, percdamp=self.config.sparsegpt_percdamp)
         weight.copy_(from_in_last(w, t.out_dim).to(weight.dtype))
         return from_in_last(keep, t.out_dim).contiguous()
-
-    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
-        """The keep-masks ``prepare`` chose (at attach, once: the masks are frozen after it)."""
-        if self._keeps is None:
-            return
-        for t in targets:
-            self.mask_of(t).keep.copy_(self._keeps[t.name])
-
-    def start(self) -> None:
-        super().start()
-        self._keeps = None  # now in the masks' buffers

@@ -15,9 +15,8 @@ magnitude times the L2 norm of its input feature over calibration tokens, as pub
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from pdp_gpt2.pdp.core.hard import HardPruner
+from pdp_gpt2.pdp.core.hard import CalibratedPruner
 from pdp_gpt2.pdp.core.sequential import visit_sequentially
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels.mask import from_in_last, in_last
@@ -74,18 +73,11 @@ def count_definition(pattern, groups: str) -> str:
 
 # ---- the driver -----------------------------------------------------------------------------------
 
-class Wanda(HardPruner):
+class Wanda(CalibratedPruner):
     """One-shot Wanda at the final target, calibrated block by block, then frozen (module docstring)."""
 
     description = ("one-shot Wanda pruning (Sun et al. 2024: |w| times input-activation norm, compared per output "
                    "row, calibrated block by block), then fine-tuning with the mask frozen")
-    one_shot = True
-    keeps_history = True  # the masks depend on the calibration data, not on the weights alone
-
-    def __init__(self, model: nn.Module, config, targets: list[Target], **kw):
-        super().__init__(model, config, targets, **kw)
-        self._keeps: dict[str, torch.Tensor] | None = None
-
     @classmethod
     def record(cls, config) -> dict:
         return {"comparison_group": config.wanda_groups,
@@ -129,14 +121,3 @@ class Wanda(HardPruner):
         if self.config.wanda_groups == "output" and isinstance(self.pattern, Unstructured):
             return from_in_last(per_output_keep(in_last(scores, t.out_dim), k), t.out_dim).contiguous()
         return self.pattern.keep(scores, t.out_dim, k)
-
-    def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
-        """The keep-masks ``prepare`` chose (at attach, once: the masks are frozen after it)."""
-        if self._keeps is None:
-            return
-        for t in targets:
-            self.mask_of(t).keep.copy_(self._keeps[t.name])
-
-    def start(self) -> None:
-        super().start()
-        self._keeps = None  # now in the masks' buffers
