@@ -179,7 +179,9 @@ def test_gradient_accumulation_gives_the_same_step_as_one_batch(tmp_path):
         trainer.args.per_device_train_batch_size = batch
         trainer.distill_from(teacher, alpha=0.5).train()
         weights.append(model.transformer.h[0].mlp.c_fc.weight.detach().clone())
-    assert torch.allclose(weights[0], weights[1], atol=1e-6), (weights[0] - weights[1]).abs().max()
+    # AdamW's first step moves a weight by lr * g / (|g| + eps): where |g| is near eps (1e-8) the last bits
+    # of the accumulated gradient show, up to ~2e-6 here on the AVX2 kernels of torch 2.6 (lr 1e-2)
+    assert torch.allclose(weights[0], weights[1], atol=1e-5), (weights[0] - weights[1]).abs().max()
     assert not torch.equal(weights[0], tiny_gpt2(seed=0).transformer.h[0].mlp.c_fc.weight)
 
 
