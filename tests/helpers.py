@@ -156,3 +156,14 @@ def install_dist(site, dist: str, entry_points: str, modules: dict[str, str] | N
 def without_times(records: list[dict]) -> list[dict]:
     """metrics.jsonl records less their wall times (which no two runs share)."""
     return [{k: v for k, v in r.items() if k not in ("step_seconds", "train_seconds")} for r in records]
+
+
+def load_script(relpath: str):
+    """A script of the repository (benchmarks/, scripts/) imported as a module, by its path from the root."""
+    import importlib.util
+
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

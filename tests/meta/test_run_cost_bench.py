@@ -1,17 +1,12 @@
 """benchmarks/run_cost.py: phases, windows and ratios from per-step times, worked by hand."""
-import importlib.util
-
 import pytest
 
-from helpers import ROOT
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def rc():
-    spec = importlib.util.spec_from_file_location("run_cost", ROOT / "benchmarks" / "run_cost.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/run_cost.py")
 
 
 def test_phases_windows_and_ratios(rc):

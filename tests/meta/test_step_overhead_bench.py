@@ -1,6 +1,5 @@
 """benchmarks/step_overhead.py: its "before" variant computes the same masked weights as the
 library, so the before/after table in docs/performance.md compares like with like."""
-import importlib.util
 import json
 
 import pytest
@@ -9,15 +8,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import pdp_gpt2
 
-from helpers import ROOT
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("step_overhead", ROOT / "benchmarks" / "step_overhead.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/step_overhead.py")
 
 
 def _tiny():
