@@ -1,0 +1,89 @@
+"""Coupled structures of a model: the weights that must go together for a unit to be removable.
+
+An MLP neuron j lives in several modules at once: its input weights (the output channel j of
+GPT-2's c_fc, of Llama's gate_proj and up_proj, of OPT's fc1, with the bias entry j where there is
+one) and its output weights (the input channel j of c_proj, down_proj, fc2). Only when all of them
+go can the MLP be made narrower. :data:`FAMILIES` says, once per architecture family, which child
+modules hold the two sides and which config field holds the width; the neuron pattern and the
+physical shrink (export) both read it from :func:`mlp_structures`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from pdp_gpt2.pdp.core.targets import PRUNABLE, _out_dim
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture family's MLP: the child modules on each side of the neurons."""
+
+    name: str
+    inputs: tuple[str, ...]  # children whose output channels are the neurons
+    outputs: tuple[str, ...]  # children whose input channels are the neurons
+    width_field: str  # the model config's field for the MLP width
+
+
+FAMILIES = (
+    Family("GPT-2", ("c_fc",), ("c_proj",), "n_inner"),
+    Family("Llama", ("gate_proj", "up_proj"), ("down_proj",), "intermediate_size"),
+    Family("OPT", ("fc1",), ("fc2",), "ffn_dim"),
+)
+
+
+@dataclass
+class Member:
+    """One weight of a coupled structure: ``axis`` is the axis of ``module.weight`` indexing the
+    units; ``bias`` says whether ``module.bias`` holds one entry per unit (input side only)."""
+
+    name: str  # dotted module name
+    module: nn.Module
+    axis: int
+    bias: bool
+
+    @property
+    def weight(self):
+        return self.module.weight
+
+
+@dataclass
+class Structure:
+    """The units of one MLP: ``width`` neurons, each spanning every member at the same index."""
+
+    name: str  # dotted name of the module holding the members
+    family: Family
+    members: list[Member]
+    width: int
+
+
+def _family_of(module: nn.Module) -> Family | None:
+    children = dict(module.named_children())
+    for fam in FAMILIES:
+        names = fam.inputs + fam.outputs
+        if all(isinstance(children.get(n), PRUNABLE) for n in names):
+            return fam
+    return None
+
+
+def mlp_structures(model: nn.Module) -> list[Structure]:
+    """Every MLP of ``model`` whose family :data:`FAMILIES` knows, in ``named_modules`` order."""
+    found = []
+    for name, module in model.named_modules():
+        fam = _family_of(module)
+        if fam is None:
+            continue
+        members = []
+        for side, names in ((0, fam.inputs), (1, fam.outputs)):
+            for child in names:
+                m = getattr(module, child)
+                out_dim = _out_dim(m)
+                axis = out_dim if side == 0 else 1 - out_dim
+                bias = side == 0 and getattr(m, "bias", None) is not None
+                members.append(Member(f"{name}.{child}" if name else child, m, axis, bias))
+        widths = {int(m.weight.shape[m.axis]) for m in members}
+        if len(widths) != 1:  # not an MLP after all (e.g. a projection pair of other widths)
+            continue
+        found.append(Structure(name, fam, members, widths.pop()))
+    return found
