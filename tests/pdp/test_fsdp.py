@@ -234,7 +234,7 @@ def _reference(driver, t, full, prev_keep):
         if int((~prev_keep).sum()) <= M.num_pruned(full.numel(), s):
             score = score * prev_keep
         return driver.pattern.keep(score, t.out_dim, driver.pattern.num_pruned(full.shape, t.out_dim, s))
-    return driver.pattern.threshold(full, t.out_dim, m._k(s)).to(m.t.dtype)
+    return driver.pattern.threshold(full, t.out_dim, driver.pattern.num_pruned(full.shape, t.out_dim, s)).to(m.t.dtype)
 
 
 def _setup(model_kind: str, method: str, allocation: str, pattern: str, shard: bool, seed: int = 0):

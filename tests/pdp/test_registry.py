@@ -138,13 +138,14 @@ def test_a_pattern_the_method_cannot_prune_is_refused_before_any_work(method, tm
     from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
     assert registry.get(method).accepts("2:4") and registry.get(method).accepts("unstructured")
-    with pytest.raises(UsageError, match=f"method {method} prunes unstructured or N:M patterns, not 'row'"):
+    kinds = {"movement": "unstructured, N:M, neurons", "sparsegpt": "unstructured, N:M"}[method]
+    with pytest.raises(UsageError, match=f"method {method} prunes only {kinds} patterns, not 'row'"):
         TrainConfig(method=method, pdp=PDPConfig(pattern="row"))
     out = tmp_path / "run"  # the CLI: one line, exit 2, nothing written (no model is even looked for)
     assert main(["train", "--method", method, "--pattern", "row", "--model", str(tmp_path / "missing"),
                  "--output_dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "prunes unstructured or N:M patterns, not 'row'" in err[0]
+    assert len(err) == 1 and f"prunes only {kinds} patterns, not 'row'" in err[0]
     assert not out.exists()
     assert registry.get("pdp").accepts("row") and registry.get("gmp").accepts("3:8")
 

@@ -157,7 +157,7 @@ def test_pruner_thresholds_stay_exact_across_steps():
             w = pruner.original(t)
             ref = M.threshold(w.abs(), M.num_pruned(w.numel(), pruner.layer_sparsity(t.name)))
             assert torch.equal(pruner.mask_of(t).t, ref)
-            assert pruner.mask_of(t)._hint is not None  # the bracket path ran, and warm-starts the next
+            assert pruner._hints[t.name] is not None  # the bracket path ran, and warm-starts the next
 
 
 # ---- host transfers per refresh ----------------------------------------------------------------

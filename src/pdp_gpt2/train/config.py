@@ -133,7 +133,7 @@ class TrainConfig:
                 raise UsageError(msg)
         spec = registry.get(self.method)
         if spec.prunes and not spec.accepts(self.pdp.pattern):
-            raise UsageError(f"method {self.method} prunes {' or '.join(spec.patterns)} patterns, not "
+            raise UsageError(f"method {self.method} prunes only {', '.join(spec.patterns)} patterns, not "
                              f"{self.pdp.pattern!r}")
 
     @property

@@ -19,6 +19,7 @@ from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.pdp.core.config import PruningConfig
 from pdp_gpt2.pdp.core.driver import MaskDriver, global_budgets  # noqa: F401  (re-exported)
+from pdp_gpt2.pdp.core.groups import group
 from pdp_gpt2.pdp.core.targets import Target, find_targets
 from pdp_gpt2.pdp.kernels.fused import KernelOptions
 
@@ -90,8 +91,8 @@ def check_fit(model: nn.Module, method: str, config: PruningConfig) -> list[Targ
         raise UsageError(f"unknown method {method!r}; choose from {', '.join(registry.names())}") from None
     if driver_class(spec) is None:
         return []
-    targets = find_targets(model, config.targets)
     pattern = config.mask_pattern
+    targets, _ = group(model, pattern, find_targets(model, config.targets), explicit=config.targets is not None)
     for t in targets:
         pattern.check_shape(t.name, t.module.weight.shape, t.out_dim)
     return targets

@@ -20,8 +20,10 @@ from torch.nn.utils import parametrize
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels import sharded
 from pdp_gpt2.pdp.core.config import PruningConfig
+from pdp_gpt2.pdp.core.groups import Group, group
 from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.pdp.patterns import Part
+from pdp_gpt2.pdp.patterns.coupled import along
 from pdp_gpt2.pdp.kernels.recompute import RecomputeHooks
 from pdp_gpt2.pdp.core.targets import Target
 
@@ -44,6 +46,10 @@ class MaskDriver:
             raise ValueError("attach the masks before sharding the model (fully_shard): FSDP must shard the "
                              "parameter inside each parametrization")
         self.pattern = config.mask_pattern
+        # What each selection ranks: one target each, or (a coupled pattern) one structure's targets.
+        self.targets, self.groups = group(model, self.pattern, targets, explicit=True)
+        if self.pattern.coupled and any(sharded.is_sharded(t.module.weight) for t in self.targets):
+            raise ValueError(f"pattern {self.pattern.name!r} does not run under FSDP2")
         self.kernels = kernels or KernelOptions()
         self.sparsity = 0.0
         self.steps = 0
@@ -93,6 +99,37 @@ class MaskDriver:
         if sharded.is_sharded(w):
             return Part(w.to_local().detach(), t.out_dim, sharded.layout(w))
         return Part(w.detach(), t.out_dim)
+
+    # ---- groups: what one selection ranks (pdp/core/groups.py) -------------------------------------
+    def pools(self, g: Group, live: bool = False) -> list:
+        """Each member's tensors holding the units, as (tensor, axis): its weight and, where it has one,
+        its bias (``live``: the parameters themselves, for a forward; else detached)."""
+        out = []
+        for m in g.members:
+            pool = [(self.original(m.target), m.axis)]
+            if m.bias:
+                pool.append((m.target.module.bias, 0))
+            out.append([(x if live else x.detach(), a) for x, a in pool])
+        return out
+
+    def group_part(self, g: Group) -> Part:
+        """What the pattern ranks for ``g``: the target's weight, or one score per unit of the structure."""
+        if not g.coupled:
+            return self.part(g.lead)
+        return Part(self.pattern.unit_sq(self.pools(g)).sqrt(), 0)
+
+    def member_keeps(self, g: Group, keep: torch.Tensor) -> list[torch.Tensor]:
+        """A keep-mask over what ``group_part`` ranked, as each member's keep-mask (its whole shape)."""
+        if not g.coupled:
+            return [keep]
+        return [along(keep, m.target.module.weight.shape, m.axis).expand(m.target.module.weight.shape)
+                for m in g.members]
+
+    def groups_of(self, targets: list[Target], sparsities: list[float]) -> tuple[list[Group], list[float]]:
+        """The groups whose members are among ``targets``, each with its lead member's sparsity."""
+        of = dict(zip((t.name for t in targets), sparsities))
+        chosen = [g for g in self.groups if g.lead.name in of]
+        return chosen, [of[g.lead.name] for g in chosen]
 
     def layer_sparsity(self, name: str, sparsity: float | None = None) -> float:
         s = self.sparsity if sparsity is None else sparsity
@@ -149,17 +186,28 @@ class MaskDriver:
         (FSDP holds the parameters inside them); ``pdp_gpt2.fsdp.gather_plain_model`` then gives
         the plain model."""
         self._unhook_recompute()
+        keeps = self.final_keeps()
+        for g in self.groups:  # a pruned unit's bias entries go with it
+            for m in g.members:
+                if m.bias:
+                    unit = keeps[m.target.name].any(dim=1 - m.axis)
+                    m.target.module.bias.masked_fill_(~unit, 0.0)
         for t in self.targets:
             mask, part = self.mask_of(t), self.part(t)
-            final = mask.final_local(part, mask.final_keep(part))
+            final = mask.final_local(part, keeps[t.name])
             if part.shard is not None:
                 self.original(t).to_local().copy_(final)
                 mask.to_identity()
             else:
                 parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
                 t.module.weight.copy_(final)
-        self.targets = []
+        self.targets, self.groups = [], []
         return self.model
+
+    @torch.no_grad()
+    def final_keeps(self) -> dict[str, torch.Tensor]:
+        """Each target's keep-mask (of this process's rows) for finalize: its mask's own by default."""
+        return {t.name: self.mask_of(t).final_keep(self.part(t)) for t in self.targets}
 
     @torch.no_grad()
     def remove(self) -> nn.Module:
@@ -172,7 +220,7 @@ class MaskDriver:
                 self.mask_of(t).to_identity()
             else:
                 parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
-        self.targets = []
+        self.targets, self.groups = [], []
         return self.model
 
     # ---- introspection ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core.driver import MaskDriver
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels import mask as M
@@ -75,16 +76,23 @@ class HardPruner(MaskDriver):
         self.update_all([t], [sparsity])
 
     def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
-        parts = [self.part(t) for t in targets]
-        scored = [Part(self.score(t, p.w), p.out_dim, p.shard) for t, p in zip(targets, parts)]
-        self._set_keeps(targets, scored, sparsities)
+        groups, sparsities = self.groups_of(targets, sparsities)
+        self._set_keeps(groups, [self.scored(g) for g in groups], sparsities)
 
-    def _set_keeps(self, targets, scored: list[Part], sparsities) -> None:
-        """Keep-masks pruning the lowest scores of every target together, into the masks' buffers."""
+    def scored(self, g) -> Part:
+        """What is ranked for group g: ``score`` of the target's weight, or a structure's unit norms."""
+        if g.coupled:
+            return self.group_part(g)
+        p = self.part(g.lead)
+        return Part(self.score(g.lead, p.w), p.out_dim, p.shard)
+
+    def _set_keeps(self, groups, scored: list[Part], sparsities) -> None:
+        """Keep-masks pruning the lowest scores of every group together, into the masks' buffers."""
         ks = [self.pattern.num_pruned(p.shape, p.out_dim, s) for p, s in zip(scored, sparsities)]
-        for t, p, keep in zip(targets, scored, self.pattern.keeps(scored, ks, self.kernels)):
+        for g, p, keep in zip(groups, scored, self.pattern.keeps(scored, ks, self.kernels)):
             whole = keep if p.shard is None else S.gather_dim0(keep, p.shard)  # every rank holds all of keep
-            self.mask_of(t).keep.copy_(whole)
+            for m, k in zip(g.members, self.member_keeps(g, whole)):
+                self.mask_of(m.target).keep.copy_(k)
 
 
 def final_values(part: Part, keep: torch.Tensor, bits: int | None) -> torch.Tensor:
@@ -114,6 +122,9 @@ class CalibratedPruner(HardPruner):
 
     def __init__(self, model: nn.Module, config, targets: list[Target], **kw):
         super().__init__(model, config, targets, **kw)
+        if self.pattern.coupled:  # prepare() chooses each tensor's keep-mask on its own
+            raise UsageError(f"method {self.method!r} prunes each tensor on its own from calibration data; "
+                             f"pattern {self.pattern.name!r} couples tensors: use pdp, gmp, magnitude or movement")
         self._keeps: dict[str, torch.Tensor] | None = None
 
     def update_all(self, targets: list[Target], sparsities: list[float]) -> None:

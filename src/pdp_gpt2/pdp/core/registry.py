@@ -39,7 +39,7 @@ class MethodSpec:
     uses_tau: bool = False  # tau, its schedule and improved masking apply
     calibration: bool = False  # needs calibration token blocks before attach (attach(..., calibration=))
     trainable_state: bool = False  # brings parameters of its own (scores) that the optimizer trains
-    # the pattern kinds it can prune ("unstructured", "row", "N:M"); empty: every pattern.  Checked
+    # the pattern kinds it can prune ("unstructured", "row", "N:M", "neurons"); empty: every pattern.  Checked
     # when a run is configured, before any work (the driver refuses too, for library callers)
     patterns: tuple = ()
     # the flags only this method reads (Wanda's wanda_groups, its config's own fields): every other
@@ -133,12 +133,12 @@ BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("gmp", f"{_CORE}.methods.gmp.driver:GMP", label="GMP", colour="#ff7f0e", gradual=True, config=_SHARED,
                summary="gradual magnitude pruning on the schedule"),
     MethodSpec("wanda", f"{_CORE}.methods.wanda.driver:Wanda", label="Wanda", colour="#9467bd", calibration=True,
-               options=("wanda_groups",), config=f"{_CORE}.methods.wanda.config:WandaConfig",
+               options=("wanda_groups",), config=f"{_CORE}.methods.wanda.config:WandaConfig", patterns=("unstructured", "row", "N:M"),
                summary="one-shot |w|*||x|| on calibration data, calibrated block by block, compared per output row "
                "as published (--wanda_groups tensor: across the tensor), exactly floor(r n) zeros; mask frozen"),
     MethodSpec("movement", f"{_CORE}.methods.movement.driver:Movement", label="movement", colour="#d62728", gradual=True,
                config=_SHARED,
-               trainable_state=True, patterns=("unstructured", "N:M"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
+               trainable_state=True, patterns=("unstructured", "N:M", "neurons"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),
     MethodSpec("sparsegpt", f"{_CORE}.methods.sparsegpt.driver:SparseGPT", label="SparseGPT", colour="#e6ab02", calibration=True,
                options=("sparsegpt_blocksize", "sparsegpt_percdamp"), config=f"{_CORE}.methods.sparsegpt.config:SparseGPTConfig",

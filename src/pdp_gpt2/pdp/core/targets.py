@@ -18,12 +18,7 @@ from torch import nn
 
 from pdp_gpt2.errors import UsageError
 
-try:  # transformers is a dependency, but keep this module importable without it
-    from transformers.pytorch_utils import Conv1D
-except Exception:  # pragma: no cover
-    Conv1D = ()  # type: ignore[assignment]
-
-PRUNABLE = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
+from pdp_gpt2.pdp.patterns.structures import PRUNABLE, Conv1D, out_dim_of  # noqa: F401  (Conv1D: export reads it here)
 _IN_BLOCK = re.compile(r"(^|\.)\d+(\.|$)")
 
 
@@ -36,10 +31,6 @@ class Target:
     @property
     def in_dim(self) -> int:
         return 1 - self.out_dim
-
-
-def _out_dim(module: nn.Module) -> int:
-    return 1 if Conv1D and isinstance(module, Conv1D) else 0
 
 
 def _tied_to_input_embedding(model: nn.Module, module: nn.Module) -> bool:
@@ -69,7 +60,7 @@ def find_targets(model: nn.Module, patterns: list[str] | None = None) -> list[Ta
                 f"{name}.weight is tied to the input embedding; pruning it would prune the embedding too. "
                 "Untie the weights or leave it out of targets"
             )
-        found.append(Target(name, module, _out_dim(module)))
+        found.append(Target(name, module, out_dim_of(module)))
     if not found:
         what = "no Linear/Conv1D inside numbered blocks" if patterns is None else f"nothing matches {patterns}"
         raise UsageError(f"no prunable weights found: {what}")

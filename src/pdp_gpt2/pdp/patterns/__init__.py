@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.patterns.base import Part, Pattern, Scores  # noqa: F401  (the package's face)
+from pdp_gpt2.pdp.patterns.coupled import CoupledPattern, Neurons  # noqa: F401
 from pdp_gpt2.pdp.patterns.kinds import NM, Row, Unstructured, parse_nm  # noqa: F401
 
-PATTERNS: dict[str, type[Pattern]] = {"unstructured": Unstructured, "row": Row, "N:M": NM}
+PATTERNS: dict[str, type[Pattern]] = {"unstructured": Unstructured, "row": Row, "N:M": NM, "neurons": Neurons}
 
 
 def get_pattern(spec: str) -> Pattern:

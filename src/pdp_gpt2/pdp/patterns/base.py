@@ -72,6 +72,8 @@ class Pattern:
     help = ""  # one line for --pattern's help (the registry lists it); default: the name alone
     # The sparsity a run takes when none is given (the CLI's default); N:M fixes its own.
     default_sparsity = 0.9
+    # Units span several tensors (pdp/patterns/coupled.py): the driver groups the targets first.
+    coupled = False
 
     @classmethod
     def parse(cls, spec: str) -> Pattern | None:

@@ -1,4 +1,4 @@
-"""The built-in patterns: each entry on its own, whole output neurons, and N:M groups."""
+"""The built-in per-tensor patterns: each entry on its own, the output rows of a tensor, and N:M groups."""
 from __future__ import annotations
 
 import re
@@ -44,12 +44,13 @@ class Unstructured(Pattern):
 
 
 class Row(Pattern):
-    """Whole output neurons, ranked by their L2 norm.  Linear's rows are whole on each rank;
+    """Each tensor's output rows on their own, ranked by their L2 norm.  Linear's rows are whole on each rank;
     Conv1D's output neurons are columns split across ranks, so their norms come from the gathered
     weight (a sum of per-shard sums would round differently)."""
 
     name = "row"
-    help = "whole output neurons, ranked by their L2 norm"
+    help = ("each tensor's output rows on their own, ranked by their L2 norm (a pruned row's bias and "
+            "the next layer's weights stay: zeros, not a smaller model; see 'neurons')")
 
     def num_pruned(self, shape, out_dim, sparsity):
         return M.num_pruned(int(shape[out_dim]), sparsity)

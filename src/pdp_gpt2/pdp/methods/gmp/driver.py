@@ -26,6 +26,10 @@ class GMP(HardPruner):
         pass  # starts dense: the schedule's set_sparsity moves it
 
     def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
+        groups, group_s = self.groups_of(targets, sparsities)
+        if groups and groups[0].coupled:
+            self._update_structures(groups, group_s)
+            return
         parts = [self.part(t) for t in targets]
         masks = [self.mask_of(t) for t in targets]
         keeps = [p.mine(m.keep) for p, m in zip(parts, masks)]
@@ -53,4 +57,15 @@ class GMP(HardPruner):
             scored.append(Part(score, p.out_dim, p.shard))
             todo_s.append(s)
         if todo:
-            self._set_keeps(todo, scored, todo_s)
+            by_lead = {g.lead.name: g for g in groups}
+            self._set_keeps([by_lead[t.name] for t in todo], scored, todo_s)
+
+    def _update_structures(self, groups, sparsities) -> None:
+        """A coupled pattern's units: their norms, pruned units held at 0 once the count is reached
+        (as for single weights above; a unit's keep is the same in every member, so the lead's says it)."""
+        parts = [self.group_part(g) for g in groups]
+        unit_keeps = [self.mask_of(g.lead).keep.any(dim=1 - g.members[0].axis) for g in groups]
+        pruned = torch.stack([(~k).sum() for k in unit_keeps]).tolist()  # one host read for every group
+        scored = [Part(p.w * k, 0) if n <= self.pattern.num_pruned(p.shape, p.out_dim, s) else p
+                  for p, k, n, s in zip(parts, unit_keeps, pruned, sparsities)]
+        self._set_keeps(groups, scored, sparsities)

@@ -119,19 +119,34 @@ class Movement(MaskDriver):
             return Part(order_keys(s.to_local()), t.out_dim, S.layout(s))
         return Part(order_keys(s), t.out_dim)
 
+    def group_scores(self, g) -> Part:
+        """What is ranked for group g: the target's scores, or per unit of a structure the sum of
+        its members' scores (the paper's score of a block), as order keys."""
+        if not g.coupled:
+            return self.scores_part(g.lead)
+        total = None
+        for m in g.members:
+            s = self.mask_of(m.target).scores.detach()
+            per_unit = s.sum(dim=1 - m.axis)
+            total = per_unit if total is None else total + per_unit
+        return Part(order_keys(total), 0)
+
     def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
-        """Every target's keep-mask from its scores, in one batched selection (one host read in a
+        """Every group's keep-mask from its scores, in one batched selection (one host read in a
         steady state, however many targets; pdp/kernels/select.py)."""
+        groups, sparsities = self.groups_of(targets, sparsities)
         todo, parts, ks = [], [], []
-        for t, s in zip(targets, sparsities):
-            shape = self.mask_of(t).keep.shape
-            k = self.pattern.num_pruned(shape, t.out_dim, s)
-            if k <= 0:  # nothing pruned: no keys, no selection
-                self.mask_of(t).keep.fill_(True)
+        for g, s in zip(groups, sparsities):
+            p = self.group_scores(g)
+            k = self.pattern.num_pruned(p.shape, p.out_dim, s)
+            if k <= 0:  # nothing pruned: no selection
+                for m in g.members:
+                    self.mask_of(m.target).keep.fill_(True)
                 continue
-            todo.append(t)
-            parts.append(self.scores_part(t))
+            todo.append(g)
+            parts.append(p)
             ks.append(k)
-        for t, p, keep in zip(todo, parts, self.pattern.keeps(parts, ks, self.kernels)):
+        for g, p, keep in zip(todo, parts, self.pattern.keeps(parts, ks, self.kernels)):
             whole = keep if p.shard is None else S.gather_dim0(keep, p.shard)  # every rank holds all of keep
-            self.mask_of(t).keep.copy_(whole)
+            for m, k in zip(g.members, self.member_keeps(g, whole)):
+                self.mask_of(m.target).keep.copy_(k)

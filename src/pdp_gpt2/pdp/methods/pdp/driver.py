@@ -2,6 +2,7 @@
 threshold refreshed in one batched selection after each step, and the tau schedule's setter."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from pdp_gpt2.pdp.core.driver import MaskDriver
@@ -15,24 +16,52 @@ class Pruner(MaskDriver):
                    "while fine-tuning: soft masks from each weight's magnitude, sparsity on a schedule, "
                    "exact zeros at the end")
 
+    def __init__(self, model, config, targets, *, kernels=None):
+        super().__init__(model, config, targets, kernels=kernels)
+        # Per group: the units its mask prunes now, and a warm start for its next threshold (where the
+        # last one was, on the device: it only speeds the search up).
+        self._ks: dict[str, int] = {}
+        self._hints: dict = {}
+
     def make_mask(self, t: Target) -> nn.Module:
         c = self.config
         return PDPMask(t.module.weight.shape, t.out_dim, pattern=self.pattern, tau=c.tau, tau_mode=c.tau_mode,
                        beta=c.beta if c.improved_masking else None, bits=c.bits if c.quantize else None,
-                       kernels=self.kernels)
+                       kernels=self.kernels, unit=self._unit_of(t))
+
+    def _unit_of(self, t: Target):
+        """(the structure's live pools, t's unit axis) when t is a coupled pattern's member, else None."""
+        for g in self.groups:
+            for m in g.members:
+                if g.coupled and m.target is t:
+                    return (lambda live, g=g: self.pools(g, live)), m.axis
+        return None
 
     def update(self, t: Target, sparsity: float) -> None:
         self.update_all([t], [sparsity])
 
     def update_all(self, targets: list[Target], sparsities: list[float]) -> None:
-        """Every target's threshold in one batched selection (pdp/kernels/select.py: one host transfer in a
+        """Every group's threshold in one batched selection (pdp/kernels/select.py: one host transfer in a
         steady state, however many targets; the same code on shards)."""
-        masks = [self.mask_of(t) for t in targets]
-        ks = [m._k(s) for m, s in zip(masks, sparsities)]
-        ts, hints, positive = self.pattern.thresholds([self.part(t) for t in targets], ks,
-                                                      [m._hint for m in masks], self.kernels)
-        for m, s, t, h, pos in zip(masks, sparsities, ts, hints, positive):
-            m.set_threshold(s, t, h, pos)
+        groups, sparsities = self.groups_of(targets, sparsities)
+        parts = [self.group_part(g) for g in groups]
+        ks = [self.pattern.num_pruned(p.shape, p.out_dim, s) for p, s in zip(parts, sparsities)]
+        ts, hints, positive = self.pattern.thresholds(parts, ks, [self._hints.get(g.name) for g in groups],
+                                                      self.kernels)
+        for g, k, t, h, pos in zip(groups, ks, ts, hints, positive):
+            self._ks[g.name], self._hints[g.name] = k, h
+            for m in g.members:
+                self.mask_of(m.target).set_threshold(t, k > 0 and pos)
+
+    @torch.no_grad()
+    def final_keeps(self) -> dict[str, torch.Tensor]:
+        """Keep-masks with exactly each group's current number of pruned units (ties by index)."""
+        parts = [self.group_part(g) for g in self.groups]
+        keeps = self.pattern.keeps(parts, [self._ks.get(g.name, 0) for g in self.groups], self.kernels)
+        out = {}
+        for g, keep in zip(self.groups, keeps):
+            out.update(zip((m.target.name for m in g.members), self.member_keeps(g, keep)))
+        return out
 
     def set_tau(self, tau: float) -> None:
         """Soft-mask temperature of every target (the tau schedule calls this).  Each mask reads

@@ -5,9 +5,10 @@ the model's own forward code is untouched and autograd sees the mask. The thresh
 the driver refreshes once per optimizer step for every target together; a forward only applies it
 (so gradient accumulation does not recompute thresholds per micro-batch). What depends on the
 pattern is the :class:`~pdp_gpt2.pdp.patterns.Pattern`'s, what depends on a shard the
-:class:`~pdp_gpt2.pdp.patterns.Part`'s. A mask tells its driver ``soft``, ``k``,
-``local_soft_mask``, ``final_keep`` / ``final_local`` (finalize's exact zeros, written as +0.0)
-and ``to_identity``, as the baselines' ``HardMask`` does.
+:class:`~pdp_gpt2.pdp.patterns.Part`'s. A mask tells its driver ``soft``,
+``local_soft_mask``, ``final_local`` (finalize's exact zeros, written as +0.0) and ``to_identity``;
+the driver keeps the counts and chooses finalize's keep-masks (the units of a coupled pattern span
+several masks).
 """
 from __future__ import annotations
 
@@ -25,41 +26,36 @@ class PDPMask(nn.Module):
     soft = True
 
     def __init__(self, shape: torch.Size, out_dim: int, *, pattern: Pattern, tau: float,
-                 tau_mode: str, beta: float | None, bits: int | None, kernels: KernelOptions | None = None):
+                 tau_mode: str, beta: float | None, bits: int | None, kernels: KernelOptions | None = None,
+                 unit: tuple | None = None):
         super().__init__()
         self.shape, self.out_dim, self.pattern = tuple(shape), out_dim, pattern
         self.tau, self.tau_mode, self.beta, self.bits = tau, tau_mode, beta, bits
         self.kernels = kernels or KernelOptions()
+        # A coupled pattern's member: (a function giving the structure's live pools, this weight's unit
+        # axis); the mask is then the units' soft mask from every member (pdp/patterns/coupled.py).
+        self.unit = unit
         self.register_buffer("t", torch.zeros(pattern.threshold_shape(self.shape, out_dim)))
         # Python-side copy of "is anything pruned?", so forward never syncs with the device.
         self.active = False
-        self.sparsity = 0.0  # this tensor's current target sparsity
-        # Warm start for the next threshold (where the last one was, on the device); it only
-        # speeds the search up, the threshold is exact whatever it holds.
-        self._hint = None
 
-    def _k(self, sparsity: float) -> int:
-        return self.pattern.num_pruned(self.shape, self.out_dim, sparsity)
-
-    @property
-    def k(self) -> int:
-        """Units pruned at the current sparsity."""
-        return self._k(self.sparsity)
-
-    def set_threshold(self, sparsity: float, t: torch.Tensor, hint, positive: bool) -> None:
-        """Take a threshold the driver selected (for every target at once) at ``sparsity``."""
-        self.sparsity = float(sparsity)
+    def set_threshold(self, t: torch.Tensor, active: bool) -> None:
+        """Take the threshold the driver selected (for every target at once); ``active``: anything is pruned."""
         self.t.copy_(t.to(self.t.dtype))
-        self._hint = hint
-        self.active = self.k > 0 and positive
+        self.active = active
 
     # ---- forward ---------------------------------------------------------------
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self._output(w, self.active, self.t, self.tau)
 
     def _output(self, w: torch.Tensor, active: bool, t: torch.Tensor, tau: float) -> torch.Tensor:
-        out = self.pattern.masked_weight(w, self.out_dim, t.to(w.dtype), tau, self.tau_mode, self.beta,
-                                         self.kernels) if active else w
+        if not active:
+            out = w
+        elif self.unit is not None:
+            out = w * self._unit_mask(self.unit[0](True), w.shape, t, tau)
+        else:
+            out = self.pattern.masked_weight(w, self.out_dim, t.to(w.dtype), tau, self.tau_mode, self.beta,
+                                             self.kernels)
         if self.bits is not None:
             out = M.fake_quant(out, self.bits, self.out_dim)
         return out
@@ -75,19 +71,20 @@ class PDPMask(nn.Module):
         """Current soft mask values, broadcast to w's shape (for stats and the optimizer)."""
         return self.local_soft_mask(Part(w, self.out_dim))
 
+    def _unit_mask(self, pools, shape, t, tau) -> torch.Tensor:
+        sq = self.pattern.unit_sq(pools)
+        return self.pattern.member_mask(sq, shape, self.unit[1], t, tau, self.tau_mode, self.beta)
+
     @torch.no_grad()
     def local_soft_mask(self, part: Part) -> torch.Tensor:
         """The soft mask's values on the rows ``part`` holds."""
         if not self.active:
             return torch.ones_like(part.w)
+        if self.unit is not None:
+            return self._unit_mask(self.unit[0](False), part.w.shape, self.t, self.tau).expand_as(part.w)
         return self.pattern.local_soft_mask(part, self.t, self.tau, self.tau_mode, self.beta).expand_as(part.w)
 
     # ---- finalize ----------------------------------------------------------------
-    @torch.no_grad()
-    def final_keep(self, part: Part) -> torch.Tensor:
-        """Boolean keep-mask of ``part``'s rows with exactly this tensor's number of zeros."""
-        return self.pattern.keeps([part], [self.k], self.kernels)[0]
-
     @torch.no_grad()
     def final_local(self, part: Part, keep: torch.Tensor) -> torch.Tensor:
         return final_values(part, keep, self.bits)

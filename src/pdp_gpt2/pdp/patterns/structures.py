@@ -13,7 +13,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pdp_gpt2.pdp.core.targets import PRUNABLE, _out_dim
+try:  # transformers is a dependency, but keep this module importable without it
+    from transformers.pytorch_utils import Conv1D
+except Exception:  # pragma: no cover
+    Conv1D = ()  # type: ignore[assignment]
+
+# The layers a pattern can prune: nn.Linear (out, in) and GPT-2's Conv1D, which stores (in, out).
+PRUNABLE = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
+
+
+def out_dim_of(module: nn.Module) -> int:
+    """The axis of ``module.weight`` holding the output channels: 0 for nn.Linear, 1 for Conv1D."""
+    return 1 if Conv1D and isinstance(module, Conv1D) else 0
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ def mlp_structures(model: nn.Module) -> list[Structure]:
         for side, names in ((0, fam.inputs), (1, fam.outputs)):
             for child in names:
                 m = getattr(module, child)
-                out_dim = _out_dim(m)
+                out_dim = out_dim_of(m)
                 axis = out_dim if side == 0 else 1 - out_dim
                 bias = side == 0 and getattr(m, "bias", None) is not None
                 members.append(Member(f"{name}.{child}" if name else child, m, axis, bias))
