@@ -15,7 +15,8 @@ from safetensors import safe_open
 from pdp_gpt2.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from pdp_gpt2.data.manifest import write_manifest
 from pdp_gpt2.pdp.core import registry
-from pdp_gpt2.pdp.core.targets import find_targets
+from pdp_gpt2.pdp.core.attach import pruned_targets
+from pdp_gpt2.pdp.patterns.structures import mlp_structures, removed_units, unit_parameters
 from pdp_gpt2.train import card, flags
 from pdp_gpt2.train.config import TrainConfig
 
@@ -45,7 +46,7 @@ def layers_markdown(saved: dict, stats: dict | None) -> str:
 
 
 def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, tracker) -> dict:
-    targets = find_targets(model, cfg.pdp.targets)
+    targets = pruned_targets(model, cfg.pdp)
     final = out / "final"
     stats = result["stats"]
     done: dict = {}
@@ -55,6 +56,8 @@ def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, trac
         tokenizer.save_pretrained(tmp)
         saved = saved_sparsity(tmp, [t.name for t in targets])
         summary = run_summary(cfg, result, saved, final)
+        if registry.get(cfg.method).prunes and cfg.pdp.mask_pattern.coupled:
+            summary["structure"] = structure_summary(model)
         man = card.manifest(cfg, targets, saved, stats)
         write_manifest(tmp, man)
         atomic_write_text(tmp / "README.md", card.model_card(cfg, summary, man, layers_markdown(saved, stats)))
@@ -69,6 +72,17 @@ def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, trac
                   [[n, d["numel"], d["zeros"], d["sparsity"]] for n, d in saved["layers"].items()])
     print_table(summary)
     return summary
+
+
+def structure_summary(model) -> dict:
+    """What ``export --shrink`` would remove: units gone per structure, widths, parameters before and after."""
+    widths, removed = [], 0
+    for st in mlp_structures(model):
+        n = int(removed_units(st).sum())
+        widths.append([st.width, st.width - n])
+        removed += n * unit_parameters(st)
+    total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
+    return {"mlp_widths": widths, "parameters": total, "parameters_after_shrink": total - removed}
 
 
 def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dict:
@@ -120,4 +134,9 @@ def print_table(s: dict) -> None:
         f" ({s['target_weights']:,} target weights, counted in the saved files)",
         f"  checkpoint         {s['final_dir']}",
     ]
+    if st := s.get("structure"):
+        after = sorted({w for _, w in st["mlp_widths"]})
+        lines.insert(-1, f"  structure          MLP width {st['mlp_widths'][0][0]} -> {'/'.join(map(str, after))} in "
+                         f"{len(st['mlp_widths'])} layers; parameters {st['parameters']:,} -> "
+                         f"{st['parameters_after_shrink']:,} with export --shrink")
     print("\n".join(lines), flush=True)

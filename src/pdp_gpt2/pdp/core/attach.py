@@ -138,6 +138,12 @@ def attach(model: nn.Module, method: str | PruningConfig = "pdp", config: Prunin
     return driver
 
 
+def pruned_targets(model: nn.Module, config: PruningConfig) -> list[Target]:
+    """The weights ``config`` prunes in ``model`` (a coupled pattern keeps only its structures' members)."""
+    pattern = config.mask_pattern
+    return group(model, pattern, find_targets(model, config.targets), explicit=config.targets is not None)[0]
+
+
 @torch.no_grad()
 def sparsity_report(model: nn.Module, targets: list[str] | None = None) -> dict:
     """Fraction of exact zeros in each target weight and over all of them.

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels import sharded
 from pdp_gpt2.pdp.core.config import PruningConfig
@@ -48,8 +49,6 @@ class MaskDriver:
         self.pattern = config.mask_pattern
         # What each selection ranks: one target each, or (a coupled pattern) one structure's targets.
         self.targets, self.groups = group(model, self.pattern, targets, explicit=True)
-        if self.pattern.coupled and any(sharded.is_sharded(t.module.weight) for t in self.targets):
-            raise ValueError(f"pattern {self.pattern.name!r} does not run under FSDP2")
         self.kernels = kernels or KernelOptions()
         self.sparsity = 0.0
         self.steps = 0
@@ -106,6 +105,9 @@ class MaskDriver:
         its bias (``live``: the parameters themselves, for a forward; else detached)."""
         out = []
         for m in g.members:
+            if sharded.is_sharded(self.original(m.target)):
+                raise UsageError(f"pattern {self.pattern.name!r} does not run under FSDP2 (a unit spans several "
+                                 "tensors, each sharded on its own): use DDP")
             pool = [(self.original(m.target), m.axis)]
             if m.bias:
                 pool.append((m.target.module.bias, 0))

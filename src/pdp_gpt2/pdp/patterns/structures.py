@@ -98,3 +98,18 @@ def mlp_structures(model: nn.Module) -> list[Structure]:
             continue
         found.append(Structure(name, fam, members, widths.pop()))
     return found
+
+
+def removed_units(s: Structure):
+    """Which units of ``s`` are gone in a finalized model: every output-side weight of the unit is
+    exactly zero, so the unit contributes nothing whatever its inputs (a bool tensor of ``width``)."""
+    gone = None
+    for m in s.members[len(s.family.inputs):]:
+        zero = (m.weight == 0).all(dim=1 - m.axis)
+        gone = zero if gone is None else gone & zero
+    return gone
+
+
+def unit_parameters(s: Structure) -> int:
+    """Parameters one unit of ``s`` holds across its members (its bias entries included)."""
+    return sum(m.weight.numel() // s.width + int(m.bias) for m in s.members)
