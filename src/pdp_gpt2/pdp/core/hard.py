@@ -9,16 +9,18 @@ import torch
 from torch import nn
 
 from pdp_gpt2.pdp.core.driver import MaskDriver
+from pdp_gpt2.pdp.core.mask import Mask
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels import sharded as S
 from pdp_gpt2.pdp.patterns import Part
 
 
-class HardMask(nn.Module):
+class HardMask(Mask):
     """Parametrization w -> w * keep (then fake-quant if ``bits``)."""
 
     soft = False
+    recomputable = True
 
     def __init__(self, shape, out_dim: int, bits: int | None = None):
         super().__init__()

@@ -61,6 +61,11 @@ class MethodSpec:
         kind = "N:M" if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", pattern_spec) else pattern_spec
         return not self.patterns or kind in self.patterns
 
+    def check_pattern(self, pattern_spec: str) -> None:
+        """A one-line UsageError unless this method can prune the pattern ``pattern_spec`` names."""
+        if not self.accepts(pattern_spec):
+            raise UsageError(f"method {self.name} prunes {' or '.join(self.patterns)} patterns, not {pattern_spec!r}")
+
     def ignored_flags(self) -> tuple[str, ...]:
         """The train flags this method does not take: those of every capability it lacks
         (CAPABILITY_FLAGS) and the other methods' own options.  They change nothing in its run, so
