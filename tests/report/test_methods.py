@@ -18,13 +18,11 @@ from helpers import install_dist
 @pytest.fixture
 def plugin():
     """A plugin method registered in this process, the way an entry point would add it."""
-    methods.spec.cache_clear()
     specs = [registry.register(registry.MethodSpec("random", "x:RandomMask", label="Random", colour="#123456")),
              registry.register(registry.MethodSpec("softplug", "x:Soft", soft=True, uses_tau=True))]
     yield specs
     for s in specs:
         registry.unregister(s.name)
-    methods.spec.cache_clear()
 
 
 def _run(root, name, method, target, ppl, **config):
@@ -94,7 +92,6 @@ def test_distilled_runs_are_marked_and_not_the_dense_reference(tmp_path):
 
 
 def test_a_method_not_installed_here_is_a_pruning_method_with_a_spare_colour(tmp_path):
-    methods.spec.cache_clear()
     _run(tmp_path, "x", "not-installed-here", 0.9, 140.0)
     (run,), _ = collect([tmp_path])
     assert run.prunes and run.label == "not-installed-here" and not run.spec.uses_tau
@@ -130,19 +127,14 @@ def test_a_run_of_a_plugin_that_fails_to_load_is_reported_with_one_warning(tmp_p
     site = install_dist(tmp_path / "site", "boomplug", f"[{registry.ENTRY_POINT_GROUP}]\nboom = boomplug_mod:SPEC\n",
                         {"boomplug_mod": "raise RuntimeError('boom at import')\n"})
     monkeypatch.syspath_prepend(str(site))
-    methods.spec.cache_clear()
     _run(tmp_path / "runs", "b", "boom", 0.9, 140.0)
     _run(tmp_path / "runs", "p", "pdp", 0.9, 130.0)
-    try:
-        rc, md, err = _report(tmp_path, capsys)
-    finally:
-        methods.spec.cache_clear()
+    rc, md, err = _report(tmp_path, capsys)
     assert rc == 0 and "| b | boom |" in md and "| p | pdp |" in md  # read as a method named by itself
     assert len(err) == 1 and "boomplug" in err[0] and "RuntimeError: boom at import" in err[0], err
 
 
 def test_a_colour_matplotlib_cannot_draw_is_replaced_by_a_spare_one_with_one_warning(tmp_path, capsys):
-    methods.spec.cache_clear()
     registry.register(registry.MethodSpec("badcolour", "x:Y", colour="notacolour"))
     try:
         _run(tmp_path / "runs", "x", "badcolour", 0.9, 140.0)
@@ -151,6 +143,17 @@ def test_a_colour_matplotlib_cannot_draw_is_replaced_by_a_spare_one_with_one_war
         assert style.color("badcolour") in style.SPARE and capsys.readouterr().err == ""  # warned once only
     finally:
         registry.unregister("badcolour")
-        methods.spec.cache_clear()
     assert rc == 0 and "| x | badcolour |" in md and (tmp_path / "rep" / "ppl_vs_sparsity.png").stat().st_size > 5000
     assert len(err) == 1 and "'badcolour'" in err[0] and "'notacolour'" in err[0], err
+
+
+def test_a_method_registered_after_the_report_first_asked_is_seen():
+    """The report reads the registry as it is now: a name it once found unknown is not remembered as such."""
+    assert methods.spec("latecomer").uses_tau is False and style.color("latecomer") in style.SPARE
+    registry.register(registry.MethodSpec("latecomer", "x:Y", uses_tau=True, label="Late", colour="#abcdef"))
+    try:
+        assert methods.spec("latecomer").uses_tau and methods.title("latecomer") == "Late"
+        assert style.color("latecomer") == "#abcdef"
+    finally:
+        registry.unregister("latecomer")
+    assert methods.title("latecomer") == "latecomer"  # and gone again once unregistered

@@ -11,21 +11,25 @@ plugin that is installed here but cannot be used, after one warning line naming 
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
-
 from pdp_gpt2.pdp.core import registry
 
 SHIPPED = registry.SHIPPED
 
 
-@lru_cache(maxsize=None)
+# Warned about once per process: a report asks about the same run's method many times.
+_unusable: set[str] = set()
+
+
 def spec(name: str) -> registry.MethodSpec:
+    """The method's spec as the registry has it now (it is not cached: a method may be registered later)."""
     try:
         return registry.get(name)
     except KeyError:  # unknown here
         pass
-    except registry.PluginError as e:  # installed, but it cannot be used: say so once (lru_cache)
-        print(f"pdp-gpt2: warning: {e}", file=sys.stderr, flush=True)
+    except registry.PluginError as e:  # installed, but it cannot be used: say so once
+        if str(e) not in _unusable:
+            _unusable.add(str(e))
+            print(f"pdp-gpt2: warning: {e}", file=sys.stderr, flush=True)
     return registry.MethodSpec(name, driver=name)
 
 
