@@ -49,6 +49,20 @@ def _install_plugin(root):
     return root
 
 
+def test_styling_is_a_hint_checked_at_registration():
+    """A method may bring a label and a colour hint (the report draws them, report/style.py); the
+    built-ins bring none: their labels and colours are the report's."""
+    assert not any(s.label or s.colour for s in registry.BUILTIN)
+    assert MethodSpec("ok", "a:B", label="Ok", colour="#12ab34").colour == "#12ab34"
+    assert MethodSpec("named", "a:B", colour="tab:olive").colour == "tab:olive"
+    for bad in ({"colour": "#12345"}, {"colour": 3}, {"colour": "#12345g"}, {"label": "two\nlines"}, {"label": 1}):
+        with pytest.raises(ValueError, match="method 'x'"):
+            MethodSpec("x", "a:B", **bad)
+    site_spec = "from pdp_gpt2.pdp.core.registry import MethodSpec\nSPEC = MethodSpec('x', 'a:B', colour='#12')\n"
+    with pytest.raises(ValueError, match="colour hint '#12'"):
+        exec(site_spec, {})
+
+
 def test_builtins_declare_what_callers_ask():
     assert registry.get("wanda").calibration and not registry.get("gmp").calibration
     assert registry.get("pdp").soft and registry.get("pdp").uses_tau and not registry.get("gmp").uses_tau

@@ -1,6 +1,6 @@
 """What the report knows about a method, asked of the method registry (``pdp_gpt2.pdp.core.registry``,
 which imports no torch), never by comparing its name: whether it prunes at all (the dense reference
-does not), whether tau applies, whether its mask is soft, how a title names it, its colour, and which
+does not), whether tau applies, whether its mask is soft, its label and colour hints, and which
 method the findings are about (``SHIPPED``; every other pruning method is a baseline of it).
 
 A summary.json may name a method this process does not know (a plugin installed where the run
@@ -43,9 +43,15 @@ def method_of(label: str) -> str:
     return label.split("+", 1)[0].split("@", 1)[0].split(" ", 1)[0]
 
 
+# How titles name the built-in methods; a registered label hint comes first, else the name itself.
+LABELS = {"pdp": "PDP", "gmp": "GMP", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+
+
 def title(label: str) -> str:
-    """How a title names a method ('PDP', 'GMP'): its registered label; a variant label as it is."""
-    return spec(label).display if method_of(label) == label else label
+    """How a title names a method ('PDP', 'GMP'); a variant label as it is."""
+    if method_of(label) != label:
+        return label
+    return spec(label).label or LABELS.get(label, label)
 
 
 def is_baseline(name: str) -> bool:
@@ -57,7 +63,7 @@ _bad_colours: set[tuple[str, str]] = set()  # warned about once per process
 
 
 def colour(name: str) -> str:
-    """The method's registered colour; '' if it declares none, or one matplotlib cannot draw (a
+    """The method's registered colour hint; '' if it declares none, or one matplotlib cannot draw (a
     plugin's typo must not cost the report: the method gets a spare colour, in one warning line)."""
     c = spec(name).colour
     if not c:
