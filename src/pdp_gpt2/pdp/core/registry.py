@@ -227,6 +227,11 @@ def _entry_points() -> dict:
     return out
 
 
+def registered() -> list[MethodSpec]:
+    """The specs this process holds now: built-ins, registered here, plugins already loaded (none is imported)."""
+    return list(_specs.values())
+
+
 def names() -> list[str]:
     """Every method name: built-ins, registered in this process, and installed plugins (not imported)."""
     return list(dict.fromkeys([*_specs, *_entry_points()]))
