@@ -181,27 +181,26 @@ def test_dense_is_no_driver():
     assert attach(tiny_gpt2(), "dense", PDPConfig()) is None
 
 
-def test_the_toys_in_docs_architecture_run():
-    """docs/architecture.md's two snippets, executed as written: one class + one registry line each."""
+def test_the_toy_pattern_in_docs_architecture_runs():
+    """docs/architecture.md's pattern, executed as written: one class + one registry line (its method
+    example runs in test_worked_examples.py)."""
     import re
 
     text = (ROOT / "docs" / "architecture.md").read_text()
-    section = text.split("## Extension points", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 2
-    saved, methods = dict(PATTERNS), set(registry.names())
+    section = text.split("\n### A new pattern\n", 1)[1].split("\n### ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    saved = dict(PATTERNS)
     try:
-        for code in blocks:
-            exec(code, {})
-        assert set(PATTERNS) - set(saved) == {"columns"} and set(registry.names()) - methods == {"random"}
+        exec(code, {})
+        assert set(PATTERNS) - set(saved) == {"columns"}
+        registry.register(registry.MethodSpec("random", RandomMask))
         model = tiny_gpt2()
         pdp_gpt2.attach(model, "random", PDPConfig(sparsity=0.5, pattern="columns")).finalize()
         w = model.transformer.h[1].mlp.c_proj.weight  # Conv1D (in=256, out=64)
         assert _dead_inputs(w, 1) == 128 and int((w == 0).sum()) == 128 * 64
     finally:
         PATTERNS.clear(), PATTERNS.update(saved)
-        if "random" not in methods:
-            registry.unregister("random")
+        registry.unregister("random")
 
 
 # ---- each method is handed its own config ----

@@ -132,3 +132,14 @@ def test_under_fsdp2_the_first_forward_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(sharded, "is_sharded", lambda w: True)  # what shard_model makes of every weight
     with pytest.raises(UsageError, match="does not run under FSDP2"):
         model(torch.randint(0, 128, (1, 4)))
+
+
+def test_quantized_neurons_finalize_to_the_grid_with_whole_neurons_zero():
+    model = tiny_gpt2()
+    pdp_gpt2.attach(model, PDPConfig(pattern="neurons", sparsity=0.5, quantize=True, bits=4)).finalize()
+    for s in mlp_structures(model):
+        gone = removed_units(s)
+        assert int(gone.sum()) == s.width // 2
+        w = s.members[0].weight  # Conv1D (in, out): 4-bit per output channel, at most 2^4 - 1 levels each
+        assert max(len(torch.unique(w[:, j])) for j in range(w.shape[1])) <= 15
+        assert bool((w[:, gone] == 0).all())

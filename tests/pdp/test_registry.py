@@ -49,6 +49,23 @@ def _install_plugin(root):
     return root
 
 
+def test_styling_is_a_hint_checked_at_registration(tmp_path, monkeypatch):
+    """A method may bring a label and a colour hint (the report draws them, report/style.py); the
+    built-ins bring none: their labels and colours are the report's."""
+    assert not any(s.label or s.colour for s in registry.BUILTIN)
+    assert MethodSpec("ok", "a:B", label="Ok", colour="#12ab34").colour == "#12ab34"
+    assert MethodSpec("named", "a:B", colour="tab:olive").colour == "tab:olive"
+    for bad in ({"colour": "#abcde"}, {"colour": 3}, {"colour": "#abcdeg"}, {"label": "two\nlines"}, {"label": 1}):
+        with pytest.raises(ValueError, match="method 'x'"):
+            MethodSpec("x", "a:B", **bad)
+    # a plugin's hint is checked when its entry point loads: refused in one line naming its package
+    monkeypatch.setattr(registry, "_problems", {}, raising=False)
+    spec = "from pdp_gpt2.pdp.core.registry import MethodSpec\nSPEC = MethodSpec('hue', 'a:B', colour='#ab')\n"
+    monkeypatch.syspath_prepend(str(install_dist(tmp_path, "hueplug", GROUP + "hue = hue_mod:SPEC\n", {"hue_mod": spec})))
+    with pytest.raises(registry.PluginError, match=r"hueplug 0.1.*ValueError: method 'hue': colour hint '#ab'"):
+        registry.get("hue")
+
+
 def test_builtins_declare_what_callers_ask():
     assert registry.get("wanda").calibration and not registry.get("gmp").calibration
     assert registry.get("pdp").soft and registry.get("pdp").uses_tau and not registry.get("gmp").uses_tau

@@ -280,8 +280,10 @@ def test_global_allocation_prunes_each_tensor_at_its_budget():
 def test_registered_with_its_capabilities():
     spec = registry.get("sparsegpt")
     assert spec.calibration and not spec.gradual and not spec.soft and not spec.uses_tau
-    assert spec.label == "SparseGPT"
-    assert spec.colour not in {s.colour for s in registry.all_specs() if s.name != "sparsegpt"}
+    from pdp_gpt2.report import methods, style  # its label and colour are the report's
+
+    assert methods.title("sparsegpt") == "SparseGPT"
+    assert style.color("sparsegpt") not in {style.color(s.name) for s in registry.all_specs() if s.name != "sparsegpt"}
 
 
 # ---- the CLI: --max_steps 0 is the pure one-shot result ------------------------------------------

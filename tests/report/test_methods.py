@@ -18,13 +18,11 @@ from helpers import install_dist
 @pytest.fixture
 def plugin():
     """A plugin method registered in this process, the way an entry point would add it."""
-    methods.spec.cache_clear()
     specs = [registry.register(registry.MethodSpec("random", "x:RandomMask", label="Random", colour="#123456")),
              registry.register(registry.MethodSpec("softplug", "x:Soft", soft=True, uses_tau=True))]
     yield specs
     for s in specs:
         registry.unregister(s.name)
-    methods.spec.cache_clear()
 
 
 def _run(root, name, method, target, ppl, **config):
@@ -36,11 +34,11 @@ def _run(root, name, method, target, ppl, **config):
     return d
 
 
-def test_builtin_labels_and_colours_are_the_registrys():
-    for spec in registry.BUILTIN:
-        if spec.colour:
-            assert style.color(spec.name) == spec.colour, spec.name
-        assert methods.title(spec.name) == spec.display
+def test_builtin_labels_and_colours_are_the_reports():
+    for spec in registry.BUILTIN:  # the core declares none; every built-in has its own colour here
+        assert style.color(spec.name) == style.METHOD_COLORS[spec.name], spec.name
+        assert methods.title(spec.name) == methods.LABELS.get(spec.name, spec.name)
+    assert len(set(style.METHOD_COLORS.values())) == len(style.METHOD_COLORS)
     # today's look, unchanged: the five colours, the titles' names, the extensions' colours
     assert [style.color(m) for m in ("dense", "pdp", "gmp", "magnitude", "wanda")] == \
         ["#333333", "#2ca02c", "#ff7f0e", "#1f77b4", "#9467bd"]
@@ -48,7 +46,7 @@ def test_builtin_labels_and_colours_are_the_registrys():
     assert (style.color("pdp+improved"), style.color("pdp+q8@tau=0.05"), style.color("pdp+tau-exp")) == \
         ("#17becf", "#bcbd22", style.ANNEALED_COLOR)
     assert style.color("gmp+q8") in style.SPARE  # an extension colour is the shipped method's only
-    assert style.DENSE_LINE["color"] == registry.get("dense").colour
+    assert style.DENSE_LINE["color"] == style.color("dense") == "#333333"
 
 
 def test_a_plugin_is_labelled_coloured_and_compared_as_a_baseline(tmp_path, plugin):
@@ -94,7 +92,6 @@ def test_distilled_runs_are_marked_and_not_the_dense_reference(tmp_path):
 
 
 def test_a_method_not_installed_here_is_a_pruning_method_with_a_spare_colour(tmp_path):
-    methods.spec.cache_clear()
     _run(tmp_path, "x", "not-installed-here", 0.9, 140.0)
     (run,), _ = collect([tmp_path])
     assert run.prunes and run.label == "not-installed-here" and not run.spec.uses_tau
@@ -130,19 +127,14 @@ def test_a_run_of_a_plugin_that_fails_to_load_is_reported_with_one_warning(tmp_p
     site = install_dist(tmp_path / "site", "boomplug", f"[{registry.ENTRY_POINT_GROUP}]\nboom = boomplug_mod:SPEC\n",
                         {"boomplug_mod": "raise RuntimeError('boom at import')\n"})
     monkeypatch.syspath_prepend(str(site))
-    methods.spec.cache_clear()
     _run(tmp_path / "runs", "b", "boom", 0.9, 140.0)
     _run(tmp_path / "runs", "p", "pdp", 0.9, 130.0)
-    try:
-        rc, md, err = _report(tmp_path, capsys)
-    finally:
-        methods.spec.cache_clear()
+    rc, md, err = _report(tmp_path, capsys)
     assert rc == 0 and "| b | boom |" in md and "| p | pdp |" in md  # read as a method named by itself
     assert len(err) == 1 and "boomplug" in err[0] and "RuntimeError: boom at import" in err[0], err
 
 
 def test_a_colour_matplotlib_cannot_draw_is_replaced_by_a_spare_one_with_one_warning(tmp_path, capsys):
-    methods.spec.cache_clear()
     registry.register(registry.MethodSpec("badcolour", "x:Y", colour="notacolour"))
     try:
         _run(tmp_path / "runs", "x", "badcolour", 0.9, 140.0)
@@ -151,6 +143,17 @@ def test_a_colour_matplotlib_cannot_draw_is_replaced_by_a_spare_one_with_one_war
         assert style.color("badcolour") in style.SPARE and capsys.readouterr().err == ""  # warned once only
     finally:
         registry.unregister("badcolour")
-        methods.spec.cache_clear()
     assert rc == 0 and "| x | badcolour |" in md and (tmp_path / "rep" / "ppl_vs_sparsity.png").stat().st_size > 5000
     assert len(err) == 1 and "'badcolour'" in err[0] and "'notacolour'" in err[0], err
+
+
+def test_a_method_registered_after_the_report_first_asked_is_seen():
+    """The report reads the registry as it is now: a name it once found unknown is not remembered as such."""
+    assert methods.spec("latecomer").uses_tau is False and style.color("latecomer") in style.SPARE
+    registry.register(registry.MethodSpec("latecomer", "x:Y", uses_tau=True, label="Late", colour="#abcdef"))
+    try:
+        assert methods.spec("latecomer").uses_tau and methods.title("latecomer") == "Late"
+        assert style.color("latecomer") == "#abcdef"
+    finally:
+        registry.unregister("latecomer")
+    assert methods.title("latecomer") == "latecomer"  # and gone again once unregistered

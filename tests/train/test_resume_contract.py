@@ -21,6 +21,7 @@ import pdp_gpt2
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.callback import STATE_FILE
+from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.train import checkpoint, rundir
 from pdp_gpt2.train.metrics_log import MetricsLog
 from pdp_gpt2.train.config import transformers_version
@@ -167,10 +168,15 @@ def test_a_changed_epoch_based_ramp_is_refused_on_resume_and_an_ignored_one_is_n
 
 
 class _Pruner:
-    """What PruningSchedule drives: a config, set_sparsity, set_tau, a JSON state."""
+    """What PruningSchedule drives: a config, its method's spec, set_step, set_sparsity, set_tau, a JSON state."""
+
+    spec = registry.get("pdp")
 
     def __init__(self, cfg):
         self.config, self.sparsity, self.tau, self.steps = cfg, 0.0, None, 0
+
+    def set_step(self, step):
+        self.steps = step
 
     def set_sparsity(self, s):
         self.sparsity = s

@@ -44,3 +44,38 @@ def test_wandb_not_imported_without_flag(tmp_path, tiny_assets):
                        timeout=300, env=_env(tmp_path), cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "WANDB_NOT_IMPORTED" in r.stdout
+
+
+class _FakeWandb:
+    """Stands in for the wandb module: records what init is given, talks to no network."""
+
+    def __init__(self):
+        self.inits = []
+
+    def Settings(self, **kw):  # noqa: N802 (wandb's spelling)
+        return kw
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        return object()
+
+
+@pytest.mark.parametrize("env_mode, mode", [(None, "offline"), ("disabled", None)])
+def test_wandb_offline_is_passed_to_init_not_written_to_the_environment(tmp_path, monkeypatch, capsys,
+                                                                        env_mode, mode):
+    from pdp_gpt2.train import tracking
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    for k in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(k)
+    if env_mode:
+        monkeypatch.setenv("WANDB_MODE", env_mode)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    monkeypatch.delenv("NETRC", raising=False)
+    before = dict(os.environ)
+    tracker = tracking.make_tracker(True, "proj", "run", {"a": 1}, tmp_path)
+    assert isinstance(tracker, tracking.WandbTracker) and dict(os.environ) == before
+    (init,) = fake.inits
+    assert init.get("mode") == mode and init["settings"] == {"console": "off", "silent": True}
+    assert ("logging offline" in capsys.readouterr().err) == (mode == "offline")

@@ -48,21 +48,54 @@ def _add_field(group, f: dataclasses.Field, default) -> None:
         group.add_argument(flag, type=typ, default=default, help=f"{help_} (default: {default})")
 
 
+def method_fields() -> dict[str, list[dataclasses.Field]]:
+    """{method: its own config fields} for every method this process holds (built-ins and those
+    registered here; an installed plugin's once it is loaded).  A config that cannot be imported
+    brings no flags (``--method`` of it is refused, in one line, when the run is configured)."""
+    out = {}
+    for spec in registry.registered():
+        if spec.prunes and spec.config is not None:
+            try:
+                cls = spec.config_class()
+            except (ImportError, AttributeError):
+                continue
+            own = set(cls.own_fields())
+            out[spec.name] = [f for f in dataclasses.fields(cls) if f.name in own]
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     titles = {f.name: "pruning (every method)" for f in dataclasses.fields(PDPConfig)}
-    for spec in registry.BUILTIN:  # a method's own settings under its name
-        if spec.prunes and spec.config is not None:
-            titles.update(dict.fromkeys(spec.config_class().own_fields(), f"--method {spec.name}"))
+    own = method_fields()
+    for name, fs in own.items():  # a method's own settings under its name
+        titles.update(dict.fromkeys((f.name for f in fs), f"--method {name}"))
     groups = {}
+
+    def group_of(title: str):
+        return groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+
     defaults = flags.cli_defaults()
     for f in flags.fields():
-        title = titles.get(f.name, "run")
-        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        group = group_of(titles.get(f.name, "run"))
         if f.name == "sparsity":  # filled in after parsing: an N:M pattern implies its own
             group.add_argument("--sparsity", type=float, default=None,
                                help=f"{f.metadata['help']} (default: 0.9; (M-N)/M for an N:M pattern)")
         else:
             _add_field(group, f, defaults[f.name])
+    for name, fs in own.items():  # the settings of a method outside the flat PDPConfig (one registered here)
+        for f in fs:
+            if f.name not in defaults:
+                _add_field(group_of(f"--method {name}"), f, f.default)
+
+
+def method_config(args: argparse.Namespace):
+    """The config ``--method``'s driver gets from these flags: its own config class, its own fields included."""
+    from pdp_gpt2.pdp.core.attach import own_config  # torch: only once a run is configured
+
+    cfg = config_from_args(args)
+    spec = registry.get(cfg.method)
+    extra = {f.name: vars(args)[f.name] for f in method_fields().get(cfg.method, []) if f.name not in cfg.pdp.to_dict()}
+    return own_config(spec, cfg.pdp, extra) if spec.prunes else None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -76,6 +109,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    # A train run records and resumes the flat PDPConfig: a setting outside it would be lost, so it is
+    # refused before any work (pdp_gpt2.attach takes it: method_config, docs/architecture.md).
+    flat = cfg.pdp.to_dict()
+    if given := [(name, f.name) for name, fs in method_fields().items() for f in fs
+                 if f.name not in flat and vars(args)[f.name] != f.default]:
+        name, flag = given[0]
+        raise UsageError(f"--{flag} (--method {name}'s own setting) is not carried by a train run yet; "
+                         f"pass it in {name}'s config to pdp_gpt2.attach(model, {name!r}, config) in your own loop")
     from pdp_gpt2.train.run import run as train_run  # checks --eval_tasks' names first, before any work
 
     train_run(cfg, kernels=kernel_options(os.environ))

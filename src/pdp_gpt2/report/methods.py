@@ -1,6 +1,6 @@
 """What the report knows about a method, asked of the method registry (``pdp_gpt2.pdp.core.registry``,
 which imports no torch), never by comparing its name: whether it prunes at all (the dense reference
-does not), whether tau applies, whether its mask is soft, how a title names it, its colour, and which
+does not), whether tau applies, whether its mask is soft, its label and colour hints, and which
 method the findings are about (``SHIPPED``; every other pruning method is a baseline of it).
 
 A summary.json may name a method this process does not know (a plugin installed where the run
@@ -11,21 +11,25 @@ plugin that is installed here but cannot be used, after one warning line naming 
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
-
 from pdp_gpt2.pdp.core import registry
 
 SHIPPED = registry.SHIPPED
 
 
-@lru_cache(maxsize=None)
+# Warned about once per process: a report asks about the same run's method many times.
+_unusable: set[str] = set()
+
+
 def spec(name: str) -> registry.MethodSpec:
+    """The method's spec as the registry has it now (it is not cached: a method may be registered later)."""
     try:
         return registry.get(name)
     except KeyError:  # unknown here
         pass
-    except registry.PluginError as e:  # installed, but it cannot be used: say so once (lru_cache)
-        print(f"pdp-gpt2: warning: {e}", file=sys.stderr, flush=True)
+    except registry.PluginError as e:  # installed, but it cannot be used: say so once
+        if str(e) not in _unusable:
+            _unusable.add(str(e))
+            print(f"pdp-gpt2: warning: {e}", file=sys.stderr, flush=True)
     return registry.MethodSpec(name, driver=name)
 
 
@@ -39,9 +43,15 @@ def method_of(label: str) -> str:
     return label.split("+", 1)[0].split("@", 1)[0].split(" ", 1)[0]
 
 
+# How titles name the built-in methods; a registered label hint comes first, else the name itself.
+LABELS = {"pdp": "PDP", "gmp": "GMP", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+
+
 def title(label: str) -> str:
-    """How a title names a method ('PDP', 'GMP'): its registered label; a variant label as it is."""
-    return spec(label).display if method_of(label) == label else label
+    """How a title names a method ('PDP', 'GMP'); a variant label as it is."""
+    if method_of(label) != label:
+        return label
+    return spec(label).label or LABELS.get(label, label)
 
 
 def is_baseline(name: str) -> bool:
@@ -53,7 +63,7 @@ _bad_colours: set[tuple[str, str]] = set()  # warned about once per process
 
 
 def colour(name: str) -> str:
-    """The method's registered colour; '' if it declares none, or one matplotlib cannot draw (a
+    """The method's registered colour hint; '' if it declares none, or one matplotlib cannot draw (a
     plugin's typo must not cost the report: the method gets a spare colour, in one warning line)."""
     c = spec(name).colour
     if not c:

@@ -132,9 +132,8 @@ class TrainConfig:
             if not ok:
                 raise UsageError(msg)
         spec = registry.get(self.method)
-        if spec.prunes and not spec.accepts(self.pdp.pattern):
-            raise UsageError(f"method {self.method} prunes only {', '.join(spec.patterns)} patterns, not "
-                             f"{self.pdp.pattern!r}")
+        if spec.prunes:
+            spec.check_pattern(self.pdp.pattern)
 
     @property
     def stride(self) -> int:

@@ -23,6 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from pdp_gpt2.atomic import atomic_write_json, normalize_modes
 from pdp_gpt2.errors import UsageError
+from pdp_gpt2.pdp.core.mask import Mask
 from pdp_gpt2.pdp.kernels.mask import BAND
 from pdp_gpt2.train.checkpoint import PDP_STATE, step_of, with_file_sizes
 from pdp_gpt2.train.distill import DistillMixin
@@ -136,7 +137,7 @@ class BarProgress(ProgressCallback):
 # threshold.  One histogram of all target masks at a handful of steps shows whether (and
 # when) that happens; it costs one pass over the masks at each moment, so it is on for
 # every run.  It needs no pruner: it reads the masks from the parametrizations on the model
-# (PDPMask and the baselines' HardMask both have soft_mask(w)), and it must come after
+# (every Mask has soft_mask(w), pdp/core/mask.py), and it must come after
 # PruningCallback in the callback list, so each moment sees the thresholds of that step.
 
 MASK_HIST = "mask_hist.json"
@@ -155,7 +156,7 @@ def mask_values(model: torch.nn.Module) -> torch.Tensor | None:
     parts = []
     for module in model.modules():
         plist = getattr(getattr(module, "parametrizations", None), "weight", None)
-        if plist is None or not hasattr(plist[0], "soft_mask"):
+        if plist is None or not isinstance(plist[0], Mask):
             continue
         parts.append(plist[0].soft_mask(plist.original).detach().float().reshape(-1).cpu())
     return torch.cat(parts) if parts else None

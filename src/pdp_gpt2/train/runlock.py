@@ -211,6 +211,8 @@ class Claim:
                 break
 
 
+# Process-wide on purpose: a stack shared by the (nesting) release_claims calls of this process, each of
+# which releases exactly the claims made below it, however deep in the call they were made.
 _active: list[Claim] = []
 
 

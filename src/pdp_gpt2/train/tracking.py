@@ -42,15 +42,18 @@ class WandbTracker:
     enabled = True
 
     def __init__(self, project: str, run_name: str, config: dict, output_dir: Path):
+        # The mode and quiet output go to wandb.init, not into os.environ: the process's environment
+        # (and every subprocess it starts) stays the user's.
+        mode = None  # wandb's own choice (WANDB_MODE, if set)
         if not _has_api_key() and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
-            os.environ["WANDB_MODE"] = "offline"
+            mode = "offline"
             print("wandb: no API key found; logging offline (sync later with `wandb sync`)", file=sys.stderr)
-        os.environ.setdefault("WANDB_SILENT", "true")
+        quiet = {} if "WANDB_SILENT" in os.environ else {"silent": True}
         import wandb  # noqa: PLC0415 - only when asked for
 
         self._wandb = wandb
-        self.run = wandb.init(project=project, name=run_name, config=config, dir=str(output_dir),
-                              reinit="finish_previous", settings=wandb.Settings(console="off"))
+        self.run = wandb.init(project=project, name=run_name, config=config, dir=str(output_dir), mode=mode,
+                              reinit="finish_previous", settings=wandb.Settings(console="off", **quiet))
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         self._safe(lambda: self.run.log(metrics, step=step))

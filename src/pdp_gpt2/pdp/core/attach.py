@@ -20,6 +20,7 @@ from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.pdp.core.config import PruningConfig
 from pdp_gpt2.pdp.core.driver import MaskDriver, global_budgets  # noqa: F401  (re-exported)
 from pdp_gpt2.pdp.core.groups import group
+from pdp_gpt2.pdp.core.mask import Mask
 from pdp_gpt2.pdp.core.targets import Target, find_targets
 from pdp_gpt2.pdp.kernels.fused import KernelOptions
 
@@ -35,9 +36,8 @@ def method_description(method: str) -> str:
 def method_record(method: str, config: PruningConfig) -> dict:
     """The method's own entry of pdp_pruning.json (``MaskDriver.record``): {} for a method without masks."""
     spec = registry.get(method)
-    cls = spec.driver_class()
-    record = getattr(cls, "record", None)  # a plugin's driver need not derive from MaskDriver
-    return record(own_config(spec, config)) if callable(record) else {}
+    cls = driver_class(spec)
+    return {} if cls is None else cls.record(own_config(spec, config))
 
 
 def method_settings(method: str, config: PruningConfig) -> dict:
@@ -91,6 +91,7 @@ def check_fit(model: nn.Module, method: str, config: PruningConfig) -> list[Targ
         raise UsageError(f"unknown method {method!r}; choose from {', '.join(registry.names())}") from None
     if driver_class(spec) is None:
         return []
+    spec.check_pattern(config.pattern)
     pattern = config.mask_pattern
     targets, _ = group(model, pattern, find_targets(model, config.targets), explicit=config.targets is not None)
     for t in targets:
@@ -132,7 +133,11 @@ def attach(model: nn.Module, method: str | PruningConfig = "pdp", config: Prunin
                                         config.max_layer_sparsity)
     driver.prepare(calibration)  # before any mask: the weights are still plain
     for t in targets:
-        parametrize.register_parametrization(t.module, "weight", driver.make_mask(t).to(t.module.weight.device))
+        mask = driver.make_mask(t)
+        if not isinstance(mask, Mask):  # the contract the driver and the optimizer read masks through
+            raise UsageError(f"method {method!r}: make_mask returned a {type(mask).__name__}, not a Mask "
+                             "(pdp_gpt2.pdp.core.mask.Mask)")
+        parametrize.register_parametrization(t.module, "weight", mask.to(t.module.weight.device))
     driver.hook_recompute()
     driver.start()
     return driver

@@ -141,7 +141,7 @@ class MaskDriver:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def hook_recompute(self) -> None:
-        """Masks that can recompute their output (a ``recipe`` method) are not kept alive from
+        """Masks that can recompute their output (``Mask.recomputable``) are not kept alive from
         forward to backward (pdp/kernels/recompute.py); attach calls this, finalize and remove undo it."""
         if not self.kernels.recompute:
             return
@@ -154,7 +154,7 @@ class MaskDriver:
 
         for t in self.targets:
             mask = self.mask_of(t)
-            if callable(getattr(mask, "recipe", None)):
+            if mask.recomputable:
                 self._recompute.append(RecomputeHooks(t.module, mask, self.original(t), skip=checkpointing))
 
     def _unhook_recompute(self) -> None:
@@ -170,6 +170,10 @@ class MaskDriver:
             return  # pruned once at attach; the schedule does not apply
         self.sparsity = float(sparsity)
         self.refresh()
+
+    def set_step(self, step: int) -> None:
+        """Where the run is: ``step`` optimizer steps done (the schedule moves the driver with this)."""
+        self.steps = int(step)
 
     def step(self) -> None:
         """Call once after each optimizer step: the masks follow the updated weights."""

@@ -8,18 +8,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core.driver import MaskDriver
+from pdp_gpt2.pdp.core.mask import Mask
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels import sharded as S
 from pdp_gpt2.pdp.patterns import Part
 
 
-class HardMask(nn.Module):
+class HardMask(Mask):
     """Parametrization w -> w * keep (then fake-quant if ``bits``)."""
 
     soft = False
+    recomputable = True
 
     def __init__(self, shape, out_dim: int, bits: int | None = None):
         super().__init__()
@@ -122,9 +123,6 @@ class CalibratedPruner(HardPruner):
 
     def __init__(self, model: nn.Module, config, targets: list[Target], **kw):
         super().__init__(model, config, targets, **kw)
-        if self.pattern.coupled:  # prepare() chooses each tensor's keep-mask on its own
-            raise UsageError(f"method {self.method!r} prunes each tensor on its own from calibration data; "
-                             f"pattern {self.pattern.name!r} couples tensors: use pdp, gmp, magnitude or movement")
         self._keeps: dict[str, torch.Tensor] | None = None
 
     def update_all(self, targets: list[Target], sparsities: list[float]) -> None:

@@ -3,7 +3,7 @@
 No torch and nothing of the core is imported, so the config schemas, the report and ``sweep`` can
 ask about methods without loading a model stack; a driver class is named as ``"module:attr"`` and
 loaded on first use (:meth:`MethodSpec.driver_class`). Everything outside this module asks the
-spec (calibration, trainable state, soft or hard, schedule, tau, label and colour), never compares
+spec (calibration, trainable state, soft or hard, schedule, tau), never compares
 a method's name. Third-party methods register through the entry-point group ``pdp_gpt2.methods``
 (docs/architecture.md, "Methods as plugins"), found without importing them (:func:`names`); in
 one process, :func:`register` adds a spec directly.
@@ -25,6 +25,10 @@ class PluginError(UsageError):
     """An installed method plugin that cannot be used; the message is one line naming its package."""
 
 
+# A colour hint's form (whether matplotlib can draw a name is the report's to find out).
+_COLOUR_HINT = re.compile(r"|#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})|(?:[a-z]+:)?[a-z][a-z ]*")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A pruning method and what it can do.  The driver owns the masks (pdp/core/driver.py)."""
@@ -32,8 +36,10 @@ class MethodSpec:
     name: str
     # "module:attr" of the MaskDriver subclass (or the class itself); None: no masks at all (dense)
     driver: object = None
-    label: str = ""  # how titles and tables name it ("PDP", "GMP"); default: the name
-    colour: str = ""  # its colour in every figure (report/style.py); default: a stable spare colour
+    # Styling hints for the report, which owns labels, palettes and fallbacks (report/methods.py,
+    # report/style.py): how titles name it, and a colour ("#rrggbb" or a matplotlib name).  Optional.
+    label: str = ""
+    colour: str = ""
     soft: bool = False  # the mask is differentiable (gradient through it) rather than 0/1
     gradual: bool = False  # follows the sparsity schedule; False: pruned once at the target
     uses_tau: bool = False  # tau, its schedule and improved masking apply
@@ -52,6 +58,14 @@ class MethodSpec:
     summary: str = ""  # one line for people (model cards, --help)
     extras: dict = field(default_factory=dict)  # anything else a plugin wants to declare
 
+    def __post_init__(self) -> None:
+        """The styling hints are checked here, when a method (a plugin's too) registers."""
+        if not isinstance(self.label, str) or "\n" in self.label:
+            raise ValueError(f"method {self.name!r}: label must be one line of text, got {self.label!r}")
+        if not isinstance(self.colour, str) or not _COLOUR_HINT.fullmatch(self.colour):
+            raise ValueError(f"method {self.name!r}: colour hint {self.colour!r} is neither '#rrggbb' (or "
+                             "#rgb, #rrggbbaa) nor a colour name such as 'olive' or 'tab:olive'")
+
     @property
     def prunes(self) -> bool:
         return self.driver is not None
@@ -60,6 +74,11 @@ class MethodSpec:
         """Whether this method can prune the pattern a spec names ('2:4' is of kind N:M)."""
         kind = "N:M" if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", pattern_spec) else pattern_spec
         return not self.patterns or kind in self.patterns
+
+    def check_pattern(self, pattern_spec: str) -> None:
+        """A one-line UsageError unless this method can prune the pattern ``pattern_spec`` names."""
+        if not self.accepts(pattern_spec):
+            raise UsageError(f"method {self.name} prunes only {', '.join(self.patterns)} patterns, not {pattern_spec!r}")
 
     def ignored_flags(self) -> tuple[str, ...]:
         """The train flags this method does not take: those of every capability it lacks
@@ -71,10 +90,6 @@ class MethodSpec:
                 out += [f for f in flags if f not in out]
         others = [o for s in _specs.values() if s.name != self.name for o in s.options if o not in self.options]
         return tuple(out + [o for o in others if o not in out])
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
 
     def driver_class(self):
         """The MaskDriver subclass (imported on first call); None for a method without masks."""
@@ -124,23 +139,23 @@ _CORE = "pdp_gpt2.pdp"
 FLAT_CONFIG = f"{_CORE}.config:PDPConfig"  # every built-in setting: what a plugin's driver is given
 _SHARED = f"{_CORE}.core.config:PruningConfig"
 BUILTIN: tuple[MethodSpec, ...] = (
-    MethodSpec("pdp", f"{_CORE}.methods.pdp.driver:Pruner", label="PDP", colour="#2ca02c", soft=True, gradual=True,
+    MethodSpec("pdp", f"{_CORE}.methods.pdp.driver:Pruner", soft=True, gradual=True,
                uses_tau=True, config=f"{_CORE}.methods.pdp.config:PDPMaskConfig", summary="soft masks from each weight's magnitude (the paper)"),
-    MethodSpec("dense", None, label="dense", colour="#333333", summary="fine-tune only, no pruning"),
-    MethodSpec("magnitude", f"{_CORE}.methods.magnitude.driver:Magnitude", label="magnitude", colour="#1f77b4",
+    MethodSpec("dense", None, summary="fine-tune only, no pruning"),
+    MethodSpec("magnitude", f"{_CORE}.methods.magnitude.driver:Magnitude",
                config=_SHARED,
                summary="one-shot |w| at the target, mask frozen"),
-    MethodSpec("gmp", f"{_CORE}.methods.gmp.driver:GMP", label="GMP", colour="#ff7f0e", gradual=True, config=_SHARED,
+    MethodSpec("gmp", f"{_CORE}.methods.gmp.driver:GMP", gradual=True, config=_SHARED,
                summary="gradual magnitude pruning on the schedule"),
-    MethodSpec("wanda", f"{_CORE}.methods.wanda.driver:Wanda", label="Wanda", colour="#9467bd", calibration=True,
+    MethodSpec("wanda", f"{_CORE}.methods.wanda.driver:Wanda", calibration=True,
                options=("wanda_groups",), config=f"{_CORE}.methods.wanda.config:WandaConfig", patterns=("unstructured", "row", "N:M"),
                summary="one-shot |w|*||x|| on calibration data, calibrated block by block, compared per output row "
                "as published (--wanda_groups tensor: across the tensor), exactly floor(r n) zeros; mask frozen"),
-    MethodSpec("movement", f"{_CORE}.methods.movement.driver:Movement", label="movement", colour="#d62728", gradual=True,
+    MethodSpec("movement", f"{_CORE}.methods.movement.driver:Movement", gradual=True,
                config=_SHARED,
                trainable_state=True, patterns=("unstructured", "N:M", "neurons"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
                "top-k on the schedule"),
-    MethodSpec("sparsegpt", f"{_CORE}.methods.sparsegpt.driver:SparseGPT", label="SparseGPT", colour="#e6ab02", calibration=True,
+    MethodSpec("sparsegpt", f"{_CORE}.methods.sparsegpt.driver:SparseGPT", calibration=True,
                options=("sparsegpt_blocksize", "sparsegpt_percdamp"), config=f"{_CORE}.methods.sparsegpt.config:SparseGPTConfig",
                patterns=("unstructured", "N:M"), summary="one-shot SparseGPT on calibration data (weights reconstructed layer by layer), mask frozen"),
 )
@@ -210,6 +225,11 @@ def _entry_points() -> dict:
         else:
             out.setdefault(ep.name, ep)
     return out
+
+
+def registered() -> list[MethodSpec]:
+    """The specs this process holds now: built-ins, registered here, plugins already loaded (none is imported)."""
+    return list(_specs.values())
 
 
 def names() -> list[str]:

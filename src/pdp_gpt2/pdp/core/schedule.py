@@ -118,20 +118,25 @@ class PruningSchedule:
         cfg = pruner.config
         self.pruner, self.total_steps, self.ramp_steps, self.schedule = pruner, int(total_steps), int(ramp_steps), schedule
         self.final_sparsity = cfg.sparsity
-        self.tau0 = getattr(cfg, "tau", None)  # a method without a temperature has no tau settings
-        self.tau_schedule = tau_schedule or getattr(cfg, "tau_schedule", "constant")
-        self.tau_final = tau_final if tau_final is not None else getattr(cfg, "tau_final", None)
+        tau = self.drives_tau  # only a method with a temperature has tau settings (in its config)
+        self.tau0 = cfg.tau if tau else None
+        self.tau_schedule = tau_schedule or (cfg.tau_schedule if tau else "constant")
+        self.tau_final = tau_final if tau_final is not None else (cfg.tau_final if tau else None)
         self.tau_start = self.ramp_steps if tau_start is None else int(tau_start)
         self.tau_end = self.total_steps if tau_end is None else int(tau_end)
         if self.drives_tau:
             tau_at(self.tau_schedule, 0, self.tau0, self.tau_final, self.tau_start, self.tau_end)  # validates
-        self.steps = 0
         self.apply(start_step)
 
     @property
+    def steps(self) -> int:
+        """Optimizer steps done: the driver's count, which it alone writes (``set_step``, ``step``)."""
+        return self.pruner.steps
+
+    @property
     def drives_tau(self) -> bool:
-        """Only PDP's soft masks have a temperature (the baselines' masks are hard)."""
-        return hasattr(self.pruner, "set_tau")
+        """The method's masks have a temperature: its MethodSpec says so (``uses_tau``)."""
+        return self.pruner.spec.uses_tau
 
     def sparsity_at(self, step: int) -> float:
         return sparsity_at(self.schedule, step, self.final_sparsity, self.ramp_steps)
@@ -141,8 +146,7 @@ class PruningSchedule:
 
     def apply(self, step: int) -> None:
         """Put the pruner where the schedules are after ``step`` optimizer steps (refreshes thresholds)."""
-        self.steps = int(step)
-        self.pruner.steps = self.steps
+        self.pruner.set_step(step)
         if self.drives_tau:
             self.pruner.set_tau(self.tau_at(self.steps))
         self.pruner.set_sparsity(self.sparsity_at(self.steps))

@@ -46,7 +46,8 @@ class KernelOptions:
 
 DEFAULT = KernelOptions()
 
-# Compiled kernels by name; "failed" set once compiling has failed in this process.
+# Compiled kernels by name; "failed" set once compiling has failed in this process.  Process-wide on
+# purpose: a compile cache (a kernel compiles once per process, whichever driver calls it first).
 _compiled: dict = {}
 
 

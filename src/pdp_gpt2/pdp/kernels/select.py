@@ -26,7 +26,8 @@ SMALL = 1 << 14  # vectors this short (globally) are sorted whole
 ROUNDS = 6  # bracket rounds before the exact radix selection takes over
 SAMPLE = 4096  # entries in the strided sample that makes a first bracket
 # How many rounds (host reads of verdicts) each select() call took, over this process: what
-# benchmarks/refresh_rounds.py reports (0: every vector was short and sorted whole).
+# benchmarks/refresh_rounds.py reports (0: every vector was short and sorted whole).  Process-wide on
+# purpose: a write-only counter that no result depends on, read by a benchmark across the whole run.
 rounds: collections.Counter = collections.Counter()
 
 

@@ -26,7 +26,8 @@ except ImportError:  # pragma: no cover
 DIGIT = 8  # bits per radix pass: 256 buckets
 _KEY = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 _KEY_BITS = {torch.int32: 31, torch.int64: 63, torch.int16: 15}  # the sign bit is always 0
-# Every call into torch.distributed made here, counted (docs/performance.md "Sharded").
+# Every call into torch.distributed made here, counted (docs/performance.md "Sharded").  Process-wide on
+# purpose: a write-only counter that no result depends on, read by benchmarks and tests around a step.
 comm = {"all_reduce": 0, "all_reduce_bytes": 0, "all_gather": 0, "all_gather_bytes": 0}
 
 

@@ -23,7 +23,7 @@ from pdp_gpt2.pdp.core.hard import HardMask
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels import sharded as S
-from pdp_gpt2.pdp.patterns import Part, Pattern
+from pdp_gpt2.pdp.patterns import Part
 
 # score dtype -> (its bits as an integer, a float type that holds every unsigned key exactly)
 _KEYS = {torch.float32: (torch.int32, torch.float64), torch.bfloat16: (torch.int16, torch.float32),
@@ -82,12 +82,6 @@ class MovementMask(HardMask):
         return M.fake_quant(out, self.bits, self.out_dim) if self.bits is not None else out
 
 
-def entrywise(pattern: Pattern) -> bool:
-    """Whether ``pattern`` ranks single entries by their own score (its ``scores`` is the default
-    |x| per entry): 'unstructured' and N:M are, 'row' (one norm per output neuron) is not."""
-    return type(pattern).scores is Pattern.scores
-
-
 class Movement(MaskDriver):
     """Movement pruning: learned scores, top-k on the schedule, straight-through (module docstring)."""
 
@@ -96,11 +90,8 @@ class Movement(MaskDriver):
     # The masks are the top-k of the scores, which are parameters: they come back with the checkpoint.
     keeps_history = True
 
-    def __init__(self, model, config, targets, *, kernels=None):
-        super().__init__(model, config, targets, kernels=kernels)
-        if not entrywise(self.pattern):
-            raise UsageError(f"movement pruning ranks single weights by their scores; pattern "
-                             f"{self.pattern.name!r} ranks groups of weights: use 'unstructured' or N:M (e.g. '2:4')")
+    # It ranks single weights by their scores: the patterns it takes (entrywise ones) are its
+    # MethodSpec's, and attach refuses the others.
 
     def make_mask(self, t: Target) -> nn.Module:
         bits = self.config.bits if self.config.quantize else None

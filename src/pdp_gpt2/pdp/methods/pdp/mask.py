@@ -13,17 +13,18 @@ several masks).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from pdp_gpt2.names import ORIGINAL  # noqa: F401  (where parametrize keeps the dense weight; re-exported)
 from pdp_gpt2.pdp.core.hard import final_values
+from pdp_gpt2.pdp.core.mask import Mask
 from pdp_gpt2.pdp.kernels import mask as M
 from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.pdp.patterns import Part, Pattern
 
 
-class PDPMask(nn.Module):
+class PDPMask(Mask):
     soft = True
+    recomputable = True
 
     def __init__(self, shape: torch.Size, out_dim: int, *, pattern: Pattern, tau: float,
                  tau_mode: str, beta: float | None, bits: int | None, kernels: KernelOptions | None = None,

@@ -18,9 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core.hard import CalibratedPruner
 from pdp_gpt2.pdp.core.sequential import visit_sequentially
 from pdp_gpt2.pdp.core.targets import Target
@@ -124,11 +122,8 @@ class SparseGPT(CalibratedPruner):
 
     description = ("one-shot SparseGPT (Frantar & Alistarh 2023: masks chosen and the remaining weights "
                    "reconstructed from calibration Hessians, layer by layer), then fine-tuning with the mask frozen")
-    def __init__(self, model: nn.Module, config, targets: list[Target], **kw):
-        super().__init__(model, config, targets, **kw)
-        if not isinstance(self.pattern, (Unstructured, NM)):
-            raise UsageError(f"sparsegpt prunes unstructured or N:M patterns, not {self.pattern.name!r} "
-                             "(its weight updates compensate single weights, not whole neurons)")
+    # The patterns it takes are its MethodSpec's (unstructured, N:M: its weight updates compensate
+    # single weights, not whole neurons); attach refuses the others.
 
     @classmethod
     def record(cls, config) -> dict:
