@@ -35,10 +35,10 @@ def test_a_mask_missing_part_of_the_contract_cannot_be_made():
         def local_soft_mask(self, part):
             return torch.ones_like(part.w)
 
-        def to_identity(self):
-            pass
+        def final_keep(self, part):
+            return torch.ones_like(part.w, dtype=torch.bool)
 
-    with pytest.raises(TypeError, match="final_keep"):
+    with pytest.raises(TypeError, match="final_local"):  # and to_identity: finalize needs both
         NoFinal()
 
 
@@ -95,7 +95,7 @@ def unstructured_only():
 
 
 def test_attach_refuses_a_pattern_the_spec_does_not_list(unstructured_only):
-    with pytest.raises(UsageError, match="method gmp1 prunes unstructured patterns, not '2:4'"):
+    with pytest.raises(UsageError, match="method gmp1 prunes only unstructured patterns, not '2:4'"):
         pdp_gpt2.attach(tiny_gpt2(), "gmp1", PDPConfig(sparsity=0.5, pattern="2:4"))
     with pytest.raises(UsageError, match="method sparsegpt prunes only unstructured, N:M patterns, not 'row'"):
         pdp_gpt2.attach(tiny_gpt2(), "sparsegpt", PDPConfig(sparsity=0.5, pattern="row"))
