@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from pdp_gpt2.data.models import check_safetensors, dtype_kwarg, load_tokenizer
 from pdp_gpt2.errors import UsageError
@@ -75,8 +76,6 @@ def st_header(f: Path) -> dict:
 
 def load_finalized(model_dir: Path) -> nn.Module:
     """The model in its stored dtype; refuses one that still carries PDP parametrizations."""
-    from transformers import AutoModelForCausalLM  # here: `import pdp_gpt2` reaches this module without transformers
-
     check_safetensors(model_dir)  # empty or truncated weights: one line, not a loader traceback
     for f in model_dir.glob("*.safetensors"):
         if any(ORIGINAL in k for k in st_header(f)):
