@@ -23,7 +23,8 @@ def test_two_ranks_compute_identical_masks_and_rank0_writes(tmp_path, tiny_asset
     # mask_digests.py: the CLI plus a callback writing each rank's per-step mask digests into digests/
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(TESTS / "train" / "mask_digests.py"), str(digests),
-           "train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out), "--max_steps", "6", "--warmup_steps", "4", "--save_steps", "3",
+           "train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
+           "--max_steps", "6", "--warmup_steps", "4", "--save_steps", "3",
            "--batch_size", "4", "--max_length", "32", "--log_interval", "2", "--progress", "false",
            "--lr_warmup_steps", "0", "--sparsity", "0.75"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
