@@ -201,11 +201,11 @@ def run_all(batches: list[tuple[Path, list[tuple[str, dict]]]], jobs: int) -> li
     if jobs > 1:  # run in parallel first; the sequential pass below then only collects (all cached)
         items = [(out, r) for out, runs in batches for r in runs]
 
-        from pdp_gpt2.train.sweep import _finished_with
+        from pdp_gpt2.train.sweep_dir import finished_with
 
         def one(item):
             out, (name, params) = item
-            if _finished_with(out / name, params):
+            if finished_with(out / name, params):
                 return  # reused as it is
             pool_dir = out / f".pool-{name}"
             run_trials([(name, params)], pool_dir)

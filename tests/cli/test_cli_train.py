@@ -70,7 +70,7 @@ def test_trainer_uses_fused_adamw_on_cpu(tmp_path):
     """One vectorized kernel; the per-tensor loop is ~5x slower on GPT-2 small and several
     times slower again on the zeros pruning puts in Adam's second moment (docs/performance.md)."""
     from pdp_gpt2.train.config import TrainConfig
-    from pdp_gpt2.train.run import fused_adamw_ok, training_args
+    from pdp_gpt2.train.args import fused_adamw_ok, training_args
 
     assert fused_adamw_ok()
     assert training_args(TrainConfig(), tmp_path, 10).optim == "adamw_torch_fused"

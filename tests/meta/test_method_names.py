@@ -28,7 +28,7 @@ METHODS = Path("pdp") / "methods"  # pdp/methods/<name>/: the package a method o
 OTHER_MEANINGS = {
     ("train/flags.py", "f.name"): "TrainConfig's field 'pdp' (the PDPConfig), not the method",
     ("cli/train.py", "f.name"): "TrainConfig's field 'pdp' (the PDPConfig), not the method",
-    ("train/run.py", "k"): "the key 'pdp' of a run_config.json (the PDPConfig), not the method",
+    ("train/resume.py", "k"): "the key 'pdp' of a run_config.json (the PDPConfig), not the method",
     ("train/rundir.py", "cfg.keys()"): "the key 'pdp' of a run_config.json (the PDPConfig), not the method",
     ("export/writer.py", "fmt"): "the export format 'dense'",
 }

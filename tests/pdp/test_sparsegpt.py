@@ -316,7 +316,7 @@ def test_cli_max_steps_0_is_pure_one_shot(tmp_path, tiny_assets):
 
 def test_max_steps_0_plans_no_steps_for_a_one_shot_method():
     from pdp_gpt2.train.config import TrainConfig
-    from pdp_gpt2.train.run import plan_steps
+    from pdp_gpt2.train.steps import plan_steps
 
     cfg = TrainConfig(method="sparsegpt", max_steps=0, warmup_steps=5)  # a ramp means nothing without steps
     assert plan_steps(1000, cfg, world=1) == (0, 0)

@@ -5,7 +5,7 @@ from transformers import AutoTokenizer
 
 from pdp_gpt2.data.sources import LMBlockDataset, load_split_texts, tokenize_and_group
 from pdp_gpt2.data.streaming import StreamingBlocks, pieces
-from pdp_gpt2.train.run import calibration_blocks
+from pdp_gpt2.train.calibration import calibration_blocks
 
 
 def test_calibration_blocks_are_the_seeded_draw_of_the_prepared_blocks(tiny_assets):

@@ -11,19 +11,20 @@ from transformers import AutoModelForCausalLM
 from pdp_gpt2.train import checkpoint
 from pdp_gpt2.train.metrics_log import MetricsLog
 from pdp_gpt2.cli import main
-from pdp_gpt2.train.distributed import DIGEST_ENV
 
-from helpers import ROOT
+from helpers import ROOT, TESTS
 
 
 @pytest.mark.slow  # multi-process (torchrun, 2 ranks)
 def test_two_ranks_compute_identical_masks_and_rank0_writes(tmp_path, tiny_assets):
     model_dir, corpus = tiny_assets
     out, digests = tmp_path / "run", tmp_path / "digests"
-    env = {**os.environ, DIGEST_ENV: str(digests), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # mask_digests.py: the CLI plus a callback writing each rank's per-step mask digests into digests/
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pdp_gpt2.cli", "train", "--model", str(model_dir), "--dataset", str(corpus),
-           "--output_dir", str(out), "--max_steps", "6", "--warmup_steps", "4", "--save_steps", "3",
+           str(TESTS / "train" / "mask_digests.py"), str(digests),
+           "train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
+           "--max_steps", "6", "--warmup_steps", "4", "--save_steps", "3",
            "--batch_size", "4", "--max_length", "32", "--log_interval", "2", "--progress", "false",
            "--lr_warmup_steps", "0", "--sparsity", "0.75"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

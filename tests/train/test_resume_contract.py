@@ -249,7 +249,7 @@ def test_resume_that_ends_before_the_planned_schedule_is_refused(tiny_assets, tm
 
 def test_warmup_steps_longer_than_an_epoch_based_run_is_refused():
     from pdp_gpt2.train.config import TrainConfig
-    from pdp_gpt2.train.run import plan_steps
+    from pdp_gpt2.train.steps import plan_steps
 
     cfg = TrainConfig(num_epochs=1, batch_size=2, warmup_steps=100)
     assert plan_steps(40, TrainConfig(num_epochs=1, batch_size=2, warmup_steps=20), 1) == (20, 20)
@@ -405,7 +405,8 @@ def test_a_malformed_dense_eval_is_computed_again(tmp_path, capsys, content):
     from helpers import tiny_gpt2
 
     from pdp_gpt2.train.config import TrainConfig
-    from pdp_gpt2.train.run import Prepared, dense_perplexity
+    from pdp_gpt2.train.dense_cache import dense_perplexity
+    from pdp_gpt2.train.prepare import Prepared
 
     out = tmp_path / "run"
     out.mkdir()

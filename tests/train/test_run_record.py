@@ -15,7 +15,8 @@ import torch
 from pdp_gpt2.cli import main
 from pdp_gpt2.names import STATE_FILE
 from pdp_gpt2.train import rundir
-from pdp_gpt2.train import run as run_mod
+from pdp_gpt2.train import dense_cache
+from pdp_gpt2.train.prepare import Prepared
 from pdp_gpt2.train.config import TrainConfig
 
 from helpers import killed_copy, train_tiny
@@ -50,24 +51,24 @@ def test_fp16_without_a_gpu_is_refused_before_any_work(tiny_assets, tmp_path, ca
 def test_a_cached_dense_perplexity_that_is_no_perplexity_is_computed_again(tmp_path, monkeypatch, capsys, cached):
     cfg = TrainConfig(model="m", dataset="d.txt", max_length=32)
     tokens = torch.arange(100)
-    prep = run_mod.Prepared(None, None, None, tokens, tmp_path, resume_from=tmp_path / "checkpoint-4")
+    prep = Prepared(None, None, None, tokens, tmp_path, resume_from=tmp_path / "checkpoint-4")
     key = {"model": "m", "dataset": "d.txt", "eval_split": cfg.eval_split, "window": 32, "stride": cfg.stride,
            "eval_tokens": 100}
     (tmp_path / rundir.DENSE_EVAL).write_text(json.dumps({"perplexity": cached, "key": key}))
-    monkeypatch.setattr(run_mod, "evaluate", lambda *a, **k: 42.0)
-    assert run_mod.dense_perplexity(None, prep, cfg, is_main=True) == 42.0
+    monkeypatch.setattr(dense_cache, "evaluate", lambda *a, **k: 42.0)
+    assert dense_cache.dense_perplexity(None, prep, cfg, is_main=True) == 42.0
     assert "computing it again" in capsys.readouterr().err
     assert json.loads((tmp_path / rundir.DENSE_EVAL).read_text())["perplexity"] == 42.0
 
 
 def test_a_valid_cached_dense_perplexity_is_read_back(tmp_path, monkeypatch):
     cfg = TrainConfig(model="m", dataset="d.txt", max_length=32)
-    prep = run_mod.Prepared(None, None, None, torch.arange(100), tmp_path, resume_from=tmp_path / "checkpoint-4")
+    prep = Prepared(None, None, None, torch.arange(100), tmp_path, resume_from=tmp_path / "checkpoint-4")
     key = {"model": "m", "dataset": "d.txt", "eval_split": cfg.eval_split, "window": 32, "stride": cfg.stride,
            "eval_tokens": 100}
     (tmp_path / rundir.DENSE_EVAL).write_text(json.dumps({"perplexity": 1.5, "key": key}))
-    monkeypatch.setattr(run_mod, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
-    assert run_mod.dense_perplexity(None, prep, cfg, is_main=True) == 1.5
+    monkeypatch.setattr(dense_cache, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    assert dense_cache.dense_perplexity(None, prep, cfg, is_main=True) == 1.5
 
 
 # ---- train_seconds across resumes ------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pdp_gpt2.pdp.core.schedule import PruningSchedule
 from pdp_gpt2.report.labels import variant
 from pdp_gpt2.report.report import load_run
 from pdp_gpt2.train.config import TrainConfig
-from pdp_gpt2.train.run import check_resume_config
+from pdp_gpt2.train.resume import check_resume_config
 
 OLD = Path(__file__).parent / "runs_before_method_configs"
 RUNS = ("gmp", "pdp", "wanda")

@@ -12,7 +12,7 @@ import yaml
 
 from pdp_gpt2.cli import train as cli_train
 
-from pdp_gpt2.train import sweep, sweep_dir
+from pdp_gpt2.train import sweep, sweep_dir, sweep_spec
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
 
@@ -37,8 +37,8 @@ def test_shipped_sweep_config_is_wandb_format_and_names_only_train_flags():
                  "bits", "custom_optimizer", "method"):
         assert name in raw["parameters"], name
     # Every draw is a valid train command line, parsed as wandb agent passes it (--name=value).
-    spec = sweep.load_spec(ROOT / "sweep_config.yaml")
-    for params in sweep.plan_trials(spec, count=25, seed=1):
+    spec = sweep_spec.load_spec(ROOT / "sweep_config.yaml")
+    for params in sweep_spec.plan_trials(spec, count=25, seed=1):
         cfg = cli_train.config_from_args(_train_parser().parse_args(sweep.trial_argv(params)))
         assert cfg.method == params["method"] and cfg.pdp.sparsity == params["sparsity"]
         assert cfg.pdp.improved_masking is params["improved_masking"]
@@ -122,11 +122,11 @@ def test_wandb_agent_argv_parses_to_the_drawn_train_config():
     from pdp_gpt2.cli.main import build_parser
 
     sweep_file = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
-    spec = sweep.load_spec(ROOT / "sweep_config.yaml")
+    spec = sweep_spec.load_spec(ROOT / "sweep_config.yaml")
     # a controller draws full-precision floats; both booleans must appear
-    hand = {**sweep.plan_trials(spec, 1, seed=0)[0], "tau": 0.012345678901234567, "learning_rate": 0.00031415926535,
+    hand = {**sweep_spec.plan_trials(spec, 1, seed=0)[0], "tau": 0.012345678901234567, "learning_rate": 0.00031415926535,
             "improved_masking": True, "quantize": False, "custom_optimizer": True}
-    draws = [hand, *sweep.plan_trials(spec, count=12, seed=3)]
+    draws = [hand, *sweep_spec.plan_trials(spec, count=12, seed=3)]
     assert {d["quantize"] for d in draws} == {True, False}
     for params in draws:
         cmd = _agent_command(sweep_file, params)
@@ -140,35 +140,35 @@ def test_wandb_agent_argv_parses_to_the_drawn_train_config():
 
 
 def test_grid_expands_every_combination_last_parameter_fastest():
-    trials = sweep.grid_trials({"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]}, "c": {"value": 0}})
+    trials = sweep_spec.grid_trials({"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]}, "c": {"value": 0}})
     assert trials == [{"a": 1, "b": "x", "c": 0}, {"a": 1, "b": "y", "c": 0},
                       {"a": 2, "b": "x", "c": 0}, {"a": 2, "b": "y", "c": 0}]
 
 
 def test_random_draws_are_seeded_and_inside_their_ranges():
-    spec = sweep.parse_spec({"method": "random", "parameters": {
+    spec = sweep_spec.parse_spec({"method": "random", "parameters": {
         "tau": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.1},
         "seed": {"min": 1, "max": 3}, "method": {"values": ["pdp", "gmp"]},
         "learning_rate": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}}})
-    a, b = sweep.plan_trials(spec, 30, seed=7), sweep.plan_trials(spec, 30, seed=7)
+    a, b = sweep_spec.plan_trials(spec, 30, seed=7), sweep_spec.plan_trials(spec, 30, seed=7)
     assert a == b and len(a) == 30
     assert all(0.01 <= t["tau"] <= 0.1 for t in a)
     assert {t["seed"] for t in a} == {1, 2, 3}  # min/max integers: int_uniform, both ends included
     assert {t["method"] for t in a} == {"pdp", "gmp"}
     assert {t["learning_rate"] for t in a} <= {0.0, 0.25, 0.5, 0.75, 1.0}
-    assert sweep.plan_trials(spec, 30, seed=8) != a
+    assert sweep_spec.plan_trials(spec, 30, seed=8) != a
 
 
 def test_sample_log_uniform_is_uniform_in_log_space():
     rng = random.Random(0)
-    xs = [sweep.sample({"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}, rng) for _ in range(2000)]
+    xs = [sweep_spec.sample({"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}, rng) for _ in range(2000)]
     below = sum(x < 1e-3 for x in xs) / len(xs)  # 1e-3 is the geometric midpoint
     assert 0.45 < below < 0.55
 
 
 def test_bayes_falls_back_to_random_with_a_note(capsys):
-    spec = sweep.parse_spec({"method": "bayes", "parameters": {"tau": {"min": 0.01, "max": 0.1}}})
-    assert len(sweep.plan_trials(spec, 3)) == 3
+    spec = sweep_spec.parse_spec({"method": "bayes", "parameters": {"tau": {"min": 0.01, "max": 0.1}}})
+    assert len(sweep_spec.plan_trials(spec, 3)) == 3
     assert "bayes" in capsys.readouterr().err
 
 
@@ -180,7 +180,7 @@ def test_bayes_falls_back_to_random_with_a_note(capsys):
 ])
 def test_bad_sweep_files_are_one_line_usage_errors(raw, needle):
     with pytest.raises(UsageError, match=needle):
-        sweep.parse_spec(raw)
+        sweep_spec.parse_spec(raw)
 
 
 def _fake_runner(calls):
@@ -196,7 +196,7 @@ def _fake_runner(calls):
 
 
 def test_a_failed_trial_is_recorded_and_the_sweep_goes_on_then_reruns_only_what_is_missing(tmp_path):
-    spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5, 0.75, 0.9]}}})
+    spec = sweep_spec.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5, 0.75, 0.9]}}})
     calls = []
     rows = sweep.run_sweep(spec, tmp_path, overrides={"max_steps": 3}, runner=_fake_runner(calls))
     assert [r["status"] for r in rows] == ["failed", "ok", "ok"]
@@ -226,7 +226,7 @@ def test_trial_runs_into_a_clean_directory_and_overwrites_only_an_earlier_run(tm
         return argparse.Namespace(returncode=2)
 
     monkeypatch.setattr(sweep.subprocess, "run", fake_run)
-    spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"value": 0.5}}})
+    spec = sweep_spec.parse_spec({"method": "grid", "parameters": {"sparsity": {"value": 0.5}}})
     rows = sweep.run_sweep(spec, tmp_path)
     assert "--overwrite_output_dir=True" not in cmds[0] and rows[0]["error"] == "pdp-gpt2 train: error: boom"
     tdir = tmp_path / "trial-000"
@@ -296,7 +296,7 @@ def test_a_sweep_with_other_flags_refuses_a_finished_trial_before_any_trial_runs
 
 
 def test_a_finished_trial_without_params_is_refused_and_a_killed_one_is_still_rerun(tmp_path):
-    spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5, 0.75]}}})
+    spec = sweep_spec.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5, 0.75]}}})
     calls = []
     (tmp_path / "trial-000").mkdir()
     (tmp_path / "trial-000" / "summary.json").write_text("{}")  # finished, but whose flags?
@@ -338,7 +338,7 @@ def test_the_users_own_sweep_csv_is_refused_and_the_sweeps_own_is_rewritten(tmp_
     assert err.count("\n") == 1 and "sweep.csv" in err and "not one a sweep wrote" in err, err
     assert (out / "sweep.csv").read_text() == "name,score\nmine,1\n" and sorted(os.listdir(out)) == ["sweep.csv"]
     # the table a sweep wrote is recognised by its columns, and rewritten by the next sweep
-    spec = sweep.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5]}}})
+    spec = sweep_spec.parse_spec({"method": "grid", "parameters": {"sparsity": {"values": [0.5]}}})
     (out / "sweep.csv").unlink()
 
     def runner(params, tdir, timeout):

@@ -1,12 +1,12 @@
 """A huge grid is never expanded: 8 parameters x 30 values took 7 GB in 30 s with
 `--dry_run --count 2`. The grid is enumerated lazily (itertools.product + islice), and without
---count a grid over sweep.MAX_TRIALS is refused in one line before any trial is made."""
+--count a grid over sweep_spec.MAX_TRIALS is refused in one line before any trial is made."""
 import tracemalloc
 
 import yaml
 
 from pdp_gpt2.cli import main
-from pdp_gpt2.train import sweep
+from pdp_gpt2.train import sweep_spec
 
 # train flags that take a number (planning does not check the values; --dry_run checks those it lists)
 NAMES = ("sparsity", "tau", "learning_rate", "beta", "bits", "seed", "max_steps", "warmup_steps")
@@ -17,10 +17,10 @@ def _grid(n_params: int, n_values: int) -> dict:
 
 
 def test_grid_with_count_materializes_only_count_trials():
-    spec = sweep.parse_spec(_grid(6, 8))  # 262,144 combinations: ~80 MB when expanded as dicts
+    spec = sweep_spec.parse_spec(_grid(6, 8))  # 262,144 combinations: ~80 MB when expanded as dicts
     tracemalloc.start()
     try:
-        trials = sweep.plan_trials(spec, 2)
+        trials = sweep_spec.plan_trials(spec, 2)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -29,8 +29,8 @@ def test_grid_with_count_materializes_only_count_trials():
 
 
 def test_grid_size_is_counted_without_expanding():
-    assert sweep.grid_size(sweep.parse_spec(_grid(8, 30)).parameters) == 30 ** 8
-    assert sweep.grid_size({"a": {"values": [1, 2]}, "b": {"value": 0}}) == 2
+    assert sweep_spec.grid_size(sweep_spec.parse_spec(_grid(8, 30)).parameters) == 30 ** 8
+    assert sweep_spec.grid_size({"a": {"values": [1, 2]}, "b": {"value": 0}}) == 2
 
 
 def test_dry_run_count_2_on_a_30_to_the_8_grid(tmp_path, capsys):

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str], max_steps: int | None) -> dict:
-    from pdp_gpt2.train.sweep import train_flags
+    from pdp_gpt2.train.sweep_spec import train_flags
 
     out = {}
     for item in items:
@@ -65,18 +65,18 @@ def check_trials(trials: list[tuple[str, dict]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pdp_gpt2.train import sweep
+    from pdp_gpt2.train import sweep, sweep_dir, sweep_spec
 
     if args.count is not None and args.count <= 0:
         raise UsageError(f"--count must be > 0, got {args.count}")
-    spec = sweep.load_spec(args.config)
+    spec = sweep_spec.load_spec(args.config)
     overrides = parse_overrides(args.set, args.max_steps)
     if args.dry_run:
-        trials = sweep.planned(spec, args.count, args.seed, overrides)
+        trials = sweep_spec.planned(spec, args.count, args.seed, overrides)
         check_trials(trials)
         out = Path(args.output_dir)  # what the run would refuse there, said now (nothing is written)
-        sweep.check_sweep_files(out, Path(args.config).read_text())
-        sweep.check_trial_dirs(trials, out)
+        sweep_dir.check_sweep_files(out, Path(args.config).read_text())
+        sweep_dir.check_trial_dirs(trials, out)
         for name, params in trials:
             print(name, " ".join(sweep.trial_argv(params)))
         return 0

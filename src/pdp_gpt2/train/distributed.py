@@ -11,17 +11,12 @@ line. FSDP2 works in your own loop (:mod:`pdp_gpt2.fsdp`).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from pathlib import Path
 
 import torch
 
 from pdp_gpt2.errors import UsageError
 
-# Set to a directory to make every rank write its per-step mask digests there (tests/train/test_ddp.py).
-DIGEST_ENV = "PDP_GPT2_MASK_DIGEST_DIR"
 _SHARDING_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
                  "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
@@ -61,41 +56,3 @@ def max_over_ranks(*values: float) -> list[float]:
         t = t.cuda()
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return t.tolist()
-
-
-@torch.no_grad()
-def mask_digest(model: torch.nn.Module) -> str:
-    """sha256 over every mask parametrization's buffers (PDP thresholds, baseline keep-masks)."""
-    h = hashlib.sha256()
-    for name, module in model.named_modules():
-        plist = getattr(getattr(module, "parametrizations", None), "weight", None)
-        if plist is None:
-            continue
-        for bname, buf in plist[0].named_buffers():
-            h.update(f"{name}.{bname}".encode())
-            h.update(buf.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def digest_callback():
-    """A TrainerCallback writing ``rank<r>.json`` ({step: mask digest}) if DIGEST_ENV is set, else None."""
-    where = os.environ.get(DIGEST_ENV)
-    if not where:
-        return None
-    from transformers import TrainerCallback
-
-    class MaskDigest(TrainerCallback):
-        # Runs after PruningCallback, i.e. on the thresholds just refreshed from this step's weights
-        # and before any later forward (ddp_broadcast_buffers is off, so nothing overwrites them).
-        def __init__(self):
-            self.steps: dict[int, str] = {}
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            self.steps[state.global_step] = mask_digest(model)
-
-        def on_train_end(self, args, state, control, model=None, **kwargs):
-            Path(where).mkdir(parents=True, exist_ok=True)
-            (Path(where) / f"rank{rank()}.json").write_text(json.dumps({"world_size": world_size(),
-                                                                        "steps": self.steps}))
-
-    return MaskDigest()
