@@ -40,11 +40,15 @@ def variants() -> dict[str, tuple[str, dict]]:
 
 
 def plan(args) -> list[tuple[str, dict]]:
+    """Every run, the undistilled ones first (both sparsities), then the distilled ones."""
     runs = []
-    for s in SPARSITIES:
-        for name, (base, extra) in variants().items():
-            for k in range(args.seeds):
-                runs.append((f"{name}-{R.tag(s)}-seed{k}", R.run_flags(args, base, s, k, extra=extra)))
+    for distilled in (False, True):
+        for s in SPARSITIES:
+            for name, (base, extra) in variants().items():
+                if name.endswith("+distill") != distilled:
+                    continue
+                for k in range(args.seeds):
+                    runs.append((f"{name}-{R.tag(s)}-seed{k}", R.run_flags(args, base, s, k, extra=extra)))
     return runs
 
 
