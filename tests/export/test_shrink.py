@@ -161,3 +161,111 @@ def test_saved_shrunk_models_load_in_plain_transformers(tmp_path):
     for d in dirs:
         torch.testing.assert_close(got[d], want[d], atol=1e-5, rtol=1e-5)
     assert json.loads((tmp_path / "gpt2" / "config.json").read_text())["n_inner"] == 240
+
+
+# ---- pdp-gpt2 export --shrink, and the shrunk directory in eval, generate and export ------------------
+
+
+def neuron_run(tmp_path, tiny_assets, k=64, pattern="neurons"):
+    """A run directory whose final/ has ``k`` of each MLP's 256 neurons zeroed, a tokenizer and a manifest."""
+    from transformers import AutoTokenizer
+
+    from pdp_gpt2.data.manifest import write_manifest
+
+    model_dir, _ = tiny_assets
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    zero_neurons(model, k)
+    final = tmp_path / "run" / "final"
+    model.save_pretrained(final)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(final)
+    members = [m for s in mlp_structures(model) for m in s.members]
+    tensors = {f"{m.name}.weight": {"shape": list(m.weight.shape), "out_dim": 1, "numel": m.weight.numel(),
+                                    "zeros": int((m.weight == 0).sum()), "target_sparsity": k / 256} for m in members}
+    write_manifest(final, {"method": "pdp", "pattern": pattern, "allocation": "layer", "sparsity_target": k / 256,
+                           "sparsity_actual": k / 256, "tensors": tensors})
+    return tmp_path / "run", model
+
+
+def _one_line_refusal(capsys, argv, needle):
+    from pdp_gpt2.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_assets):
+    """(run dir, its final model, the shrunk export, what export printed)."""
+    import contextlib
+    import io
+
+    from pdp_gpt2.cli import main
+
+    tmp = tmp_path_factory.mktemp("shrink")
+    run, model = neuron_run(tmp, tiny_assets)
+    out, printed = tmp / "shrunk", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", str(run), "--shrink", "--out", str(out)]) == 0
+    return run, model, out, printed.getvalue()
+
+
+def test_export_shrink_writes_a_plain_narrower_model(exported):
+    from pdp_gpt2.data.manifest import check_counts, read_manifest
+
+    run, model, out, printed = exported
+    before = sum(p.numel() for p in model.parameters())
+    after = before - 2 * 64 * (2 * 64 + 1)
+    assert "(shrunk: 2 GPT-2 MLPs, n_inner 256 -> 192)" in printed and f"parameters: {before:,} -> {after:,}" in printed
+    assert json.loads((out / "config.json").read_text())["n_inner"] == 192
+    card = (out / "README.md").read_text()
+    assert "shrunk model: MLP width 256 -> 192" in card and f"{after:,}" in card and "AutoModelForCausalLM" in card
+    man = read_manifest(out)
+    assert man["shrink"]["shapes"]["transformer.h.1.mlp.c_fc.weight"] == {"before": [64, 256], "after": [64, 192]}
+    assert man["shrink"]["sparsity_actual_before"] == 0.25 and man["sparsity_actual"] == 0.0
+    shrunk = AutoModelForCausalLM.from_pretrained(out).eval()
+    check_counts(man, shrunk.state_dict(), out)  # the recounted manifest agrees with the weights
+    report = json.loads((out / "size_report.json").read_text())
+    assert report["format"] == "shrunk" and report["target_weights"]["ratio"] == pytest.approx(0.75)
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk(_ids()).logits, model.eval()(_ids()).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_shrunk_model_has_nothing_left_to_export_or_shrink(exported, tmp_path, capsys):
+    out = exported[2]
+    _one_line_refusal(capsys, ["export", str(out), "--out", str(tmp_path / "c")], "shrunk model with no zeros left")
+    _one_line_refusal(capsys, ["export", str(out), "--shrink", "--out", str(tmp_path / "c")], "no zeros left")
+
+
+@pytest.mark.slow  # two evaluations and three generations: seconds
+def test_eval_and_generate_take_the_shrunk_dir_in_both_runtimes(exported, tiny_assets, tmp_path, capsys):
+    from pdp_gpt2.cli import main
+
+    run, _, out, _ = exported
+    ppl = {}
+    for name, path, runtime in [("final", run / "final", "dense"), ("shrunk", out, "dense"),
+                                ("shrunk sparse", out, "sparse")]:
+        assert main(["eval", "--model", str(path), "--dataset", str(tiny_assets[1]), "--runtime", runtime,
+                     "--json", str(tmp_path / f"{name}.json"), "--no_progress", "--device", "cpu"]) == 0
+        ppl[name] = json.loads((tmp_path / f"{name}.json").read_text())["perplexity"]
+    assert ppl["shrunk"] == pytest.approx(ppl["final"], rel=1e-5)
+    assert ppl["shrunk sparse"] == pytest.approx(ppl["final"], rel=1e-5)
+    texts = []
+    for path, runtime in [(run / "final", "dense"), (out, "dense"), (out, "sparse")]:
+        capsys.readouterr()
+        assert main(["generate", str(path), "--prompt", "to be or not", "--max_new_tokens", "8",
+                     "--runtime", runtime]) == 0
+        texts.append(capsys.readouterr().out.splitlines()[0])
+    assert texts[1] == texts[0] and texts[2] == texts[0]
+
+
+def test_export_shrink_refusals_come_before_loading(tmp_path, tiny_assets, capsys, monkeypatch):
+    import pdp_gpt2.export.writer as writer
+
+    run, _ = neuron_run(tmp_path, tiny_assets, pattern="unstructured")
+    monkeypatch.setattr(writer, "load_finalized", lambda *a: pytest.fail("loaded before refusing"))
+    out = str(tmp_path / "out")
+    _one_line_refusal(capsys, ["export", str(run), "--shrink", "--out", out], "--shrink needs a run with --pattern neurons")
+    _one_line_refusal(capsys, ["export", str(run), "--shrink", "--format", "compressed", "--out", out],
+                      "drop --format compressed")
+    _one_line_refusal(capsys, ["export", str(run), "--shrink", "--values", "fp16", "--out", out], "drop --values fp16")
