@@ -104,8 +104,9 @@ def size_rows(root: Path, tiny: bool) -> list[tuple]:
 
 @torch.no_grad()
 def timings(models: dict, lengths: list[int], reps: int, past: int, decode_steps: int, vocab: int,
-            batch: int = 1, keep: int = 1) -> dict:
-    """{(variant, measure): median seconds}; variants interleaved within every repetition.
+            batch: int = 1, keep: int = 1, seconds: float = 0.0) -> dict:
+    """{(variant, measure): median seconds}; variants interleaved within every repetition, ``reps`` of them
+    and more until ``seconds`` have passed (small models: more samples at no cost).
     Prefill runs ``batch`` rows and keeps the last ``keep`` positions' logits (0: all); decode one row."""
     g = torch.Generator().manual_seed(0)
     ids = {n: torch.randint(0, vocab, (batch, n), generator=g) for n in lengths}
@@ -130,7 +131,9 @@ def timings(models: dict, lengths: list[int], reps: int, past: int, decode_steps
 
     for name, m in models.items():  # warm-up
         once(name, m, lambda *a: None)
-    for _ in range(reps):
+    start, done = time.perf_counter(), 0
+    while done < reps or time.perf_counter() - start < seconds:
+        done += 1
         for name, m in models.items():
             once(name, m, lambda v, k, s: results.setdefault((v, k), []).append(s))
     return {k: statistics.median(v) for k, v in results.items()}
@@ -303,7 +306,7 @@ def run_shrink(args, length: int) -> dict:
         for t in threads:
             torch.set_num_threads(t)
             med = timings(models, [length], args.reps, args.past, args.decode_steps, model.config.vocab_size,
-                          batch=args.batch, keep=0)
+                          batch=args.batch, keep=0, seconds=args.seconds)
             new = shrink_rows(med, shares[name], name, t, f"prefill {length}")
             rows += new
             print(shrink_table(new, args.batch), flush=True)
@@ -328,6 +331,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shrink", action="store_true", help="time the physical shrink against the dense model instead")
     p.add_argument("--fractions", default="0.25,0.5,0.75",
                    help="--shrink: shares of MLP neurons removed (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=30.0,
+                   help="--shrink: repeat past --reps until this many seconds per model and thread count "
+                        "(default: %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="--shrink: prefill batch size (default: %(default)s)")
     p.add_argument("--models", default="gpt2,embedded",
                    help="--shrink: gpt2 (GPT-2 small's shape, random init; --tiny: 2 layers) and/or embedded "
@@ -373,12 +379,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def main_shrink(args, length: int) -> dict:
-    out = {"benchmark": "shrink", "machine": machine(), "reps": args.reps, "decode_steps": args.decode_steps,
+    out = {"benchmark": "shrink", "machine": machine(), "reps": args.reps, "seconds": args.seconds,
+           "decode_steps": args.decode_steps,
            "past": args.past, "load_before": os.getloadavg()}
     out["shrink"] = run_shrink(args, length)
     out["load_after"] = os.getloadavg()
     print(f"\n**CPU, fp32, prefill {args.batch}x{length} tokens (every position's logits), decode batch 1 on a "
-          f"{args.past}-token KV cache; medians of {args.reps} interleaved repetitions**\n")
+          f"{args.past}-token KV cache; medians of at least {args.reps} interleaved repetitions (and "
+          f"{args.seconds:.0f} s)**\n")
     print(shrink_table(out["shrink"]["rows"], args.batch))
     m = out["machine"]
     print(f"\nshare removed: of the parameters a token touches (matmul weights and biases, LM head included; "

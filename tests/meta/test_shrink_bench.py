@@ -67,7 +67,7 @@ def test_machine_tag(bench):
 def test_shrink_mode_writes_its_json(bench, tmp_path):
     out = tmp_path / "s.json"
     bench.main(["--shrink", "--tiny", "--models", "gpt2", "--fractions", "0.5", "--threads", "1", "--reps", "1",
-                "--decode_steps", "1", "--json", str(out)])
+                "--decode_steps", "1", "--seconds", "0", "--json", str(out)])
     res = json.loads(out.read_text())
     assert [(r["removed"], r["measure"]) for r in res["shrink"]["rows"]] == [("50%", "prefill 32"), ("50%", "decode")]
     assert res["shrink"]["batch"] == 8 and len(res["load_before"]) == 3 and res["machine"]["revision"]
