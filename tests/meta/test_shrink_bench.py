@@ -46,15 +46,18 @@ def test_rows_ratios_and_target_flags(bench):
     med = {("dense", "prefill 128"): 2.0, ("dense", "decode"): 0.010,
            ("50%", "prefill 128"): 1.6, ("50%", "decode"): 0.009,
            ("75%", "prefill 128"): 1.6, ("75%", "decode"): 0.008}
+    med.update({(v, f"cpu {m}"): t / 2 for (v, m), t in med.items()})  # CPU times: half the wall times
+    med[("75%", "cpu prefill 128")] = 0.7  # 30% saved in CPU time
     rows = bench.shrink_rows(med, {"50%": 0.2, "75%": 0.3}, "m", 1, "prefill 128")
     r = rows[0]
     assert (r["removed"], r["measure"], r["dense_ms"], r["shrunk_ms"]) == ("50%", "prefill 128", 2000.0, 1600.0)
     assert r["saved"] == pytest.approx(0.2) and r["saved_over_share"] == pytest.approx(1.0)
+    assert (r["dense_cpu_ms"], r["saved_cpu"]) == (1000.0, pytest.approx(0.2))
     assert rows[3]["measure"] == "decode" and rows[3]["saved"] == pytest.approx(0.2)
     lines = bench.shrink_table(rows, 8).splitlines()
-    assert lines[2] == "| m | 50% | 1 | prefill 8x128 | 2,000.0 | 1,600.0 | 20.0% | 20.0% | 1.00 ok |"
-    assert lines[4].endswith("| 20.0% | 30.0% | 0.67 below target |")  # 0.2 / 0.3 < 0.85
-    assert lines[3].endswith("| 10.0% | 20.0% | 0.50 |")  # decode has no target
+    assert lines[2] == "| m | 50% | 1 | prefill 8x128 | 2,000.0 | 1,600.0 | 20.0% | 20.0% | 20.0% | 1.00 ok, 1.00 ok |"
+    assert lines[4].endswith("| 20.0% | 30.0% | 30.0% | 0.67 below, 1.00 ok |")  # wall 0.2 / 0.3 < 0.85
+    assert lines[3].endswith("| 10.0% | 10.0% | 20.0% | 0.50, 0.50 |")  # decode has no target
 
 
 def test_machine_tag(bench):
