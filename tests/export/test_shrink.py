@@ -269,3 +269,13 @@ def test_export_shrink_refusals_come_before_loading(tmp_path, tiny_assets, capsy
     _one_line_refusal(capsys, ["export", str(run), "--shrink", "--format", "compressed", "--out", out],
                       "drop --format compressed")
     _one_line_refusal(capsys, ["export", str(run), "--shrink", "--values", "fp16", "--out", out], "drop --values fp16")
+
+
+def test_a_bf16_model_stays_bf16_and_close():
+    model = tiny_llama().to(torch.bfloat16)
+    zero_neurons(model, 32)
+    small, _ = shrink(model)
+    assert small.dtype == torch.bfloat16 and small.config.intermediate_size == 96
+    from pdp_gpt2.export.shrink import logit_gap
+
+    assert logit_gap(model, small) < 5e-2  # what export accepts for half precision

@@ -285,7 +285,7 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         print(f"pdp-gpt2 export: note: {source.model_dir} has no tokenizer; the export holds the weights alone "
               "(load_compressed works, pdp-gpt2 eval/generate refuse it)", flush=True)
     manifest = read_manifest(source.model_dir)  # which tensors are pruned, and the bits, as the run wrote them
-    if manifest is None:
+    if manifest is None and not shrink:  # the shrink reads the zeros in any case
         print(f"pdp-gpt2 export: note: {source.model_dir} has no {MANIFEST} (pruned before runs wrote one); "
               "guessing the pruned tensors from their zeros", flush=True)
     else:
