@@ -3,7 +3,8 @@
 final/'s card (train/card.py) says the model loads with ``AutoModelForCausalLM``; a compressed
 export does not (its weights are ``model.pdp.safetensors``, which ``from_pretrained`` never
 reads), so it gets its own card: how to load it, its size, its runtime options.  A dense export
-is a copy of final/ and keeps final/'s card.
+is a copy of final/ and keeps final/'s card. A shrunk export (shrink.py) is a plain model again,
+narrower than final/, and says so in its own card.
 """
 from __future__ import annotations
 
@@ -61,5 +62,30 @@ def export_card(fmt: str, report: dict, manifest: dict | None, table: str) -> st
         "`pdp_pruning.json` lists the pruned tensors, their targets and zeros; `size_report.json` the sizes "
         "above. Files added to this directory later are refused by the loader (README.md and hidden files "
         "aside), since the tokenizer or the model could read them.", "",
+    ]
+    return "\n".join(lines)
+
+
+def shrink_card(record: dict, report: dict, manifest: dict | None, table: str) -> str:
+    """README.md of a shrunk export: a plain HF model, its MLP width and parameters before/after."""
+    field, before, after = record["width_field"], record["width_before"], record["width_after"]
+    p0, p1 = record["parameters_before"], record["parameters_after"]
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- pdp-gpt2", "- pruning",
+        "- structured-pruning", "---", "",
+        f"# A pdp-gpt2 shrunk model: MLP width {before} -> {after}", "",
+        f"Its MLP neurons were pruned whole, then removed: each of its {record['mlps']} MLPs lost the same "
+        f"{record['removed_per_mlp']} neurons' input and output weights, and `config.json` says `{field}: {after}`. "
+        "It is a plain, smaller dense Hugging Face model with the pruned model's logits (up to float "
+        "summation order): no pdp-gpt2 code is needed to load or run it.", "",
+        "## Load it", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        'model = AutoModelForCausalLM.from_pretrained("path/to/export")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/export")', "```", "",
+        "## Size", "", "| | before | after |", "|---|---:|---:|",
+        f"| MLP width (`{field}`) | {before:,} | {after:,} |",
+        f"| parameters (a tied LM head counted once) | {p0:,} | {p1:,} ({p1 / p0:.1%}) |", "", table, "",
+        "## The pruned model", "", "| | |", "|---|---|", *_pruning_rows(manifest), "",
+        "`pdp_pruning.json` keeps the run's record, with `shrink` giving the widths and every sliced tensor's "
+        "shape before and after; `size_report.json` the sizes above.", "",
     ]
     return "\n".join(lines)

@@ -39,7 +39,7 @@ def size_report(src_dir: Path, out_dir: Path, fmt: str, header: dict | None, pru
         out = _tensor_bytes(out_files)
         e_target = sum(_stored_bytes(out, n, aliases) for n in pruned)
         e_total = sum(f.stat().st_size for f in out_files)
-        counts["dense"] = len(pruned)
+        counts[fmt] = len(pruned)
     else:
         f = out_dir / C.WEIGHTS_FILE
         stored = _tensor_bytes([f])

@@ -22,7 +22,7 @@ from pdp_gpt2.atomic import normalize_modes
 from pdp_gpt2.data.manifest import MANIFEST, check_counts, check_description, quant_bits, read_manifest
 from pdp_gpt2.errors import UsageError, disk_problem
 from pdp_gpt2.export import compressed as C
-from pdp_gpt2.export.card import export_card
+from pdp_gpt2.export.card import export_card, shrink_card
 from pdp_gpt2.export.outdir import REPORT, check_out, move_into_place, out_path
 # The pieces of an export, importable from here as before (the CLI, benchmarks and tests do).
 from pdp_gpt2.export.encode import (PRUNED_ZERO_SHARE, VALUES, encode_model, encode_tensor, pick_bits,  # noqa: F401
@@ -36,7 +36,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".safetensors
 
 
 def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values: str = "auto",
-           codes: bool = True, overwrite: bool = False, require_tokenizer: bool = False) -> dict:
+           codes: bool = True, overwrite: bool = False, require_tokenizer: bool = False, shrink: bool = False) -> dict:
     """Write ``src`` (finalized model dir or run dir) to ``out`` in ``fmt``; returns the size report.
 
     ``values``: dtype of stored nonzeros, 'auto' = the model's own (exact);
@@ -46,14 +46,20 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
     ``require_tokenizer``: refuse a model without a tokenizer (the CLI does: eval and generate
     need one, and one added to an export later is refused by its loader); otherwise a note,
     since ``load_compressed`` needs none and a caller may bring the base model's.
+    ``shrink``: remove the MLP neurons pruned whole and write the narrower model as a plain dense
+    HF directory (shrink.py; ``fmt`` must be 'dense'), with its own card and manifest.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if values not in VALUES:
         raise UsageError(f"unknown --values {values!r}: use one of {', '.join(VALUES)}")
+    if shrink and (fmt != "dense" or values != "auto"):
+        raise UsageError("--shrink writes a plain dense model in the model's own dtype: drop "
+                         + (f"--format {fmt}" if fmt != "dense" else f"--values {values}"))
     source = resolve_source(src)
     out = out_path(out)
     check_out(out, source.model_dir, overwrite)
+    _check_exportable(read_manifest(source.model_dir), source.model_dir, shrink)
     model = load_finalized(source.model_dir)  # first: a checkpoint (masks attached, no tokenizer) says so
     if (why := tokenizer_problem(source.model_dir)) is not None:
         if require_tokenizer:
@@ -61,14 +67,22 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         print(f"pdp-gpt2 export: note: {source.model_dir} has no tokenizer; the export holds the weights alone "
               "(load_compressed works, pdp-gpt2 eval/generate refuse it)", flush=True)
     manifest = read_manifest(source.model_dir)  # which tensors are pruned, and the bits, as the run wrote them
-    if manifest is None:
+    if manifest is None and not shrink:  # the shrink reads the zeros in any case
         print(f"pdp-gpt2 export: note: {source.model_dir} has no {MANIFEST} (pruned before runs wrote one); "
               "guessing the pruned tensors from their zeros", flush=True)
     else:
         check_counts(manifest, model.state_dict(), source.model_dir)
         check_description(manifest, source.summary, source.model_dir)  # what the card and the seal will say
     hint = quant_bits(manifest) if manifest is not None else quant_bits_hint(source.summary)
-    if fmt == "dense":
+    small = None
+    if shrink:
+        from pdp_gpt2.export.shrink import logit_gap, shrink as shrink_model
+
+        small, record = shrink_model(model)
+        if logit_gap(model, small) > (1e-4 if small.dtype in (torch.float32, torch.float64) else 5e-2):
+            raise RuntimeError("the shrunk model's logits differ from the pruned model's")  # internal bug
+        header = None
+    elif fmt == "dense":
         if not pruned_tensors(model, manifest):
             raise UsageError(f"{source.model_dir}: no exact zeros in the target weights: not a pruned model")
         header = None
@@ -83,8 +97,11 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         for f in sorted(source.model_dir.iterdir()):
             weights = f.name.endswith(WEIGHT_SUFFIXES)
             own_card = header is not None and f.name == "README.md"  # final/'s card says AutoModelForCausalLM
-            if f.is_file() and f.name != REPORT and not own_card and (fmt == "dense" or not weights):
+            rewritten = small is not None and (weights or f.name in ("README.md", MANIFEST, "config.json"))
+            if f.is_file() and f.name != REPORT and not own_card and not rewritten and (fmt == "dense" or not weights):
                 shutil.copy2(f, tmp / f.name)
+        if small is not None:
+            _write_shrunk(small, record, manifest, tmp)
         if header is not None:
             from safetensors.torch import save_file
 
@@ -92,11 +109,17 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
             save_file(payloads, str(tmp / C.WEIGHTS_FILE), metadata={C.META_KEY: json.dumps(header)})
             _verify(tmp, model.state_dict(), header)
         aliases = tied_aliases(model.state_dict())
-        pruned = sorted({aliases.get(n, n) for n in pruned_tensors(model, manifest)})  # a tied tensor counts once
-        report = size_report(source.model_dir, tmp, fmt, header, pruned, aliases)
+        if small is None:
+            pruned = sorted({aliases.get(n, n) for n in pruned_tensors(model, manifest)})  # a tied tensor counts once
+        else:  # the sliced weights: what the shrink made smaller
+            pruned = sorted(n for n in record["shapes"] if n.endswith(".weight"))
+        report = size_report(source.model_dir, tmp, "shrunk" if shrink else fmt, header, pruned, aliases)
         report.update(source=str(source.model_dir), out=str(out), values=values)
         if header is not None:
             (tmp / "README.md").write_text(export_card(fmt, report, manifest, markdown_table(report)))
+        if small is not None:
+            report["shrink"] = {k: v for k, v in record.items() if k != "shapes"}
+            (tmp / "README.md").write_text(shrink_card(record, report, manifest, markdown_table(report)))
         report["files"] = sorted({p.name for p in tmp.iterdir()} | {REPORT})  # what --overwrite may replace
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         normalize_modes(tmp)  # mkdtemp's 0700, safetensors' 0600, a copied file's own mode
@@ -110,6 +133,29 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _check_exportable(manifest: dict | None, model_dir: Path, shrink: bool) -> None:
+    """Before loading: refuse a shrink of a model pruned in another pattern, and any export of a shrunk
+    model with no zeros left (it is a plain dense model already; an export of it would not be smaller)."""
+    if manifest is None:
+        return
+    if manifest.get("shrink") is not None and not pruned_weights(manifest):
+        raise UsageError(f"{model_dir} is a shrunk model with no zeros left: it is already a plain dense model "
+                         "(load it as it is; an export or another shrink would not make it smaller)")
+    pattern = manifest.get("pattern")
+    if shrink and pattern is not None and pattern != "neurons":
+        raise UsageError(f"{model_dir} was pruned with --pattern {pattern}, which leaves every MLP as wide as it "
+                         "was: --shrink needs a run with --pattern neurons")
+
+
+def _write_shrunk(small: nn.Module, record: dict, manifest: dict | None, tmp: Path) -> None:
+    """The shrunk model's config, weights and pdp_pruning.json, into ``tmp``."""
+    from pdp_gpt2.data.manifest import write_manifest
+    from pdp_gpt2.export.shrink import shrunk_manifest
+
+    small.save_pretrained(tmp)  # config.json (the new width), model.safetensors, generation_config.json
+    write_manifest(tmp, shrunk_manifest(manifest, small.state_dict(), record))
 
 
 def _verify(out_dir: Path, state: dict[str, torch.Tensor], header: dict) -> None:
