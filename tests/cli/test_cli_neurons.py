@@ -36,3 +36,23 @@ def test_refusals_are_one_line_and_exit_2_before_any_work(tmp_path, tiny_assets,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not (out / "metrics.jsonl").exists() and not (out / "dense_eval.json").exists()
+
+
+def test_a_trained_neurons_run_exports_shrunk_with_the_same_perplexity(tmp_path, tiny_assets):
+    import torch
+
+    from pdp_gpt2.cli import main
+
+    rc, out = train_tiny(tmp_path, tiny_assets, "--pattern", "neurons", "--sparsity", "0.5")
+    assert rc == 0
+    assert main(["export", str(out / "final"), "--shrink", "--out", str(tmp_path / "small")]) == 0
+    big = AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    small = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
+    assert small.config.n_inner == 128 and big.config.n_inner in (None, 256)
+    x = torch.randint(0, big.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(big(x).logits, small(x).logits, atol=1e-5)
+    s = json.loads((out / "summary.json").read_text())["structure"]
+    assert sum(p.numel() for p in small.parameters()) == s["parameters_after_shrink"]
+    shrink = json.loads((tmp_path / "small" / "pdp_pruning.json").read_text())["shrink"]
+    assert shrink is not None

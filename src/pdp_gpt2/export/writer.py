@@ -17,13 +17,17 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from pdp_gpt2.atomic import normalize_modes
-from pdp_gpt2.data.manifest import MANIFEST, check_counts, check_description, quant_bits, read_manifest
+from pdp_gpt2.data.manifest import (MANIFEST, check_counts, check_description, pruned_weights, quant_bits,
+                                    read_manifest, write_manifest)
 from pdp_gpt2.errors import UsageError, disk_problem
 from pdp_gpt2.export import compressed as C
 from pdp_gpt2.export.card import export_card, shrink_card
 from pdp_gpt2.export.outdir import REPORT, check_out, move_into_place, out_path
+from pdp_gpt2.export.shrink import logit_gap, shrunk_manifest
+from pdp_gpt2.export.shrink import shrink as shrink_model
 # The pieces of an export, importable from here as before (the CLI, benchmarks and tests do).
 from pdp_gpt2.export.encode import (PRUNED_ZERO_SHARE, VALUES, encode_model, encode_tensor, pick_bits,  # noqa: F401
                                     pruned_tensors, tied_aliases)
@@ -76,8 +80,6 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
     hint = quant_bits(manifest) if manifest is not None else quant_bits_hint(source.summary)
     small = None
     if shrink:
-        from pdp_gpt2.export.shrink import logit_gap, shrink as shrink_model
-
         small, record = shrink_model(model)
         if logit_gap(model, small) > (1e-4 if small.dtype in (torch.float32, torch.float64) else 5e-2):
             raise RuntimeError("the shrunk model's logits differ from the pruned model's")  # internal bug
@@ -151,9 +153,6 @@ def _check_exportable(manifest: dict | None, model_dir: Path, shrink: bool) -> N
 
 def _write_shrunk(small: nn.Module, record: dict, manifest: dict | None, tmp: Path) -> None:
     """The shrunk model's config, weights and pdp_pruning.json, into ``tmp``."""
-    from pdp_gpt2.data.manifest import write_manifest
-    from pdp_gpt2.export.shrink import shrunk_manifest
-
     small.save_pretrained(tmp)  # config.json (the new width), model.safetensors, generation_config.json
     write_manifest(tmp, shrunk_manifest(manifest, small.state_dict(), record))
 
