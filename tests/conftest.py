@@ -3,8 +3,14 @@ The plain functions behind them live in helpers.py (importable from every test f
 from __future__ import annotations
 
 import pytest
+import torch
 
 from helpers import tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
+
+# One CPU thread: the tiny models' tensors are smaller than what a thread pool's hand-offs cost, and on a
+# busy machine a second thread spins waiting for a core (a 12-step tiny run: 2 s with one, 19 s with two
+# on a loaded 2-core machine).  A test about threads sets its own (pdp/test_subnormal.py).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
