@@ -100,7 +100,7 @@ def test_report_writes_every_png_and_a_self_contained_html(rendered):
     assert base64.b64decode(imgs[0]) == (out / expected[0]).read_bytes()
 
 
-def test_plots_that_lack_data_are_skipped_with_a_note(tmp_path):
+def test_plots_that_lack_data_are_skipped_with_a_note(tmp_path, png_stand_ins):
     _run(tmp_path / "runs", "dense", "dense", 0.0, 25.0)
     _run(tmp_path / "runs", "gmp", "gmp", 0.75, 40.0, hist=False)
     res = write_report([tmp_path / "runs"], tmp_path / "rep")
