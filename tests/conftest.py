@@ -2,6 +2,8 @@
 The plain functions behind them live in helpers.py (importable from every test folder)."""
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -11,6 +13,14 @@ from helpers import tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
 # busy machine a second thread spins waiting for a core (a 12-step tiny run: 2 s with one, 19 s with two
 # on a loaded 2-core machine).  A test about threads sets its own (pdp/test_subnormal.py).
 torch.set_num_threads(1)
+
+
+def pytest_collection_finish(session):
+    """Leave what the imports and the collection made (half a million objects: torch, transformers,
+    matplotlib, every test module) out of the garbage collector's full passes: each pass over them
+    costs a quarter of a second, and the tiny runs trigger one every few tests (accelerate calls
+    gc.collect() at every Trainer)."""
+    gc.freeze()
 
 
 @pytest.fixture
