@@ -10,16 +10,15 @@ import torch
 from helpers import tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
 
 # One CPU thread: the tiny models' tensors are smaller than what a thread pool's hand-offs cost, and on a
-# busy machine a second thread spins waiting for a core (a 12-step tiny run: 2 s with one, 19 s with two
-# on a loaded 2-core machine).  A test about threads sets its own (pdp/test_subnormal.py).
+# busy machine a second thread spins waiting for a core.  A test about threads sets its own
+# (pdp/test_subnormal.py).
 torch.set_num_threads(1)
 
 
 def pytest_collection_finish(session):
-    """Leave what the imports and the collection made (half a million objects: torch, transformers,
-    matplotlib, every test module) out of the garbage collector's full passes: each pass over them
-    costs a quarter of a second, and the tiny runs trigger one every few tests (accelerate calls
-    gc.collect() at every Trainer)."""
+    """Leave what the imports and the collection made (torch, transformers, matplotlib, every test
+    module: hundreds of thousands of objects) out of the garbage collector's full passes, which the
+    tiny runs trigger every few tests (accelerate calls gc.collect() at every Trainer)."""
     gc.freeze()
 
 
