@@ -9,10 +9,16 @@ import torch
 
 from helpers import tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
 
-# One CPU thread: the tiny models' tensors are smaller than what a thread pool's hand-offs cost, and on a
-# busy machine a second thread spins waiting for a core.  A test about threads sets its own
-# (pdp/test_subnormal.py).
-torch.set_num_threads(1)
+THREADS = torch.get_num_threads()  # torch's own choice, what a user's run gets
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_unless_slow(request):
+    """One CPU thread for the fast tier: the tiny models' tensors are smaller than what a thread pool's
+    hand-offs cost, and on a busy machine a second thread spins waiting for a core.  The slow tier keeps
+    torch's choice (its stored outputs were made with it); a test about threads sets its own
+    (pdp/test_subnormal.py)."""
+    torch.set_num_threads(THREADS if request.node.get_closest_marker("slow") else 1)
 
 
 def pytest_collection_finish(session):
