@@ -2,9 +2,30 @@
 The plain functions behind them live in helpers.py (importable from every test folder)."""
 from __future__ import annotations
 
+import gc
+
 import pytest
+import torch
 
 from helpers import tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
+
+THREADS = torch.get_num_threads()  # torch's own choice, what a user's run gets
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_unless_slow(request):
+    """One CPU thread for the fast tier: the tiny models' tensors are smaller than what a thread pool's
+    hand-offs cost, and on a busy machine a second thread spins waiting for a core.  The slow tier keeps
+    torch's choice (its stored outputs were made with it); a test about threads sets its own
+    (pdp/test_subnormal.py)."""
+    torch.set_num_threads(THREADS if request.node.get_closest_marker("slow") else 1)
+
+
+def pytest_collection_finish(session):
+    """Leave what the imports and the collection made (torch, transformers, matplotlib, every test
+    module: hundreds of thousands of objects) out of the garbage collector's full passes, which the
+    tiny runs trigger every few tests (accelerate calls gc.collect() at every Trainer)."""
+    gc.freeze()
 
 
 @pytest.fixture

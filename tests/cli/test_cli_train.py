@@ -55,15 +55,16 @@ def test_main_py_accepts_original_flags(tmp_path, tiny_assets):
 
 
 def test_dense_method_has_no_zeros(tmp_path, tiny_assets):
-    rc, out = train_tiny(tmp_path, tiny_assets, "--method", "dense")
+    rc, out = train_tiny(tmp_path, tiny_assets, "--method", "dense", "--max_steps", "2", "--warmup_steps", "1")
     s = json.loads((out / "summary.json").read_text())
     assert rc == 0 and s["sparsity_actual"] == 0.0 and s["perplexity_soft"] is None
 
 
 def test_gradient_accumulation_refreshes_once_per_optimizer_step(tmp_path, tiny_assets):
-    rc, out = train_tiny(tmp_path, tiny_assets, "--gradient_accumulation_steps", "2", "--sparsity", "0.5")
+    rc, out = train_tiny(tmp_path, tiny_assets, "--gradient_accumulation_steps", "2", "--sparsity", "0.5",
+                         "--max_steps", "4", "--warmup_steps", "2")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rc == 0 and lines[-1]["step"] == 12  # steps count optimizer steps, not micro-batches
+    assert rc == 0 and [r["step"] for r in lines] == [2, 4]  # steps count optimizer steps, not micro-batches
 
 
 def test_trainer_uses_fused_adamw_on_cpu(tmp_path):

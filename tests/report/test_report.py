@@ -1,6 +1,8 @@
 """`pdp-gpt2 report`: every PNG is a real image, the HTML embeds them, missing data is a note."""
 import base64
+import contextlib
 import csv
+import io
 import json
 import re
 
@@ -9,7 +11,7 @@ import pytest
 from pdp_gpt2.report import plots
 from pdp_gpt2.cli import main
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.report.report import collect, variant, write_report
+from pdp_gpt2.report.report import collect, runs_table, variant, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LAYERS = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
@@ -45,9 +47,8 @@ def _run(root, name, method, sparsity, ppl, *, tau=0.02, improved=False, hist=Tr
     return d
 
 
-@pytest.fixture
-def sweep_dir(tmp_path):
-    root = tmp_path / "sweep"
+def _sweep(root):
+    """Eight finished trials (dense, gmp, pdp at two sparsities, a tau and the improved variant) and a failed one."""
     specs = [("dense", 0.0, 25.0, {}), ("gmp", 0.5, 27.0, {}), ("gmp", 0.9, 80.0, {}),
              ("pdp", 0.5, 26.0, {}), ("pdp", 0.9, 61.0, {}), ("pdp", 0.9, 65.5, {"tau": 0.05}),
              ("pdp", 0.5, 26.5, {"improved": True}), ("pdp", 0.9, 58.25, {"improved": True})]
@@ -60,9 +61,29 @@ def sweep_dir(tmp_path):
     return root
 
 
-def test_report_writes_every_png_and_a_self_contained_html(tmp_path, sweep_dir):
-    out = tmp_path / "rep"
-    assert main(["report", str(sweep_dir), "--out", str(out)]) == 0
+@pytest.fixture
+def sweep_dir(tmp_path):
+    return _sweep(tmp_path / "sweep")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """`pdp-gpt2 report` once on the sweep plus a run whose summary.json a kill cut short:
+    (exit status, its stderr, the damaged file, the report directory).  Rendering every plot takes
+    seconds, so the tests below read this one report."""
+    root = tmp_path_factory.mktemp("rendered")
+    sweep = _sweep(root / "sweep")
+    damaged = _run(sweep, "trial-009", "pdp", 0.9, 61.0) / "summary.json"
+    damaged.write_text('{"method": "pdp", "perplexity": 61.0')
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["report", str(sweep), "--out", str(root / "rep")])
+    return code, err.getvalue(), damaged, root / "rep"
+
+
+def test_report_writes_every_png_and_a_self_contained_html(rendered):
+    code, _, _, out = rendered
+    assert code == 0
     expected = [f"{n}.png" for n in plots.PLOTS] + ["dashboard.png"]
     for name in expected:
         data = (out / name).read_bytes()
@@ -79,7 +100,7 @@ def test_report_writes_every_png_and_a_self_contained_html(tmp_path, sweep_dir):
     assert base64.b64decode(imgs[0]) == (out / expected[0]).read_bytes()
 
 
-def test_plots_that_lack_data_are_skipped_with_a_note(tmp_path):
+def test_plots_that_lack_data_are_skipped_with_a_note(tmp_path, png_stand_ins):
     _run(tmp_path / "runs", "dense", "dense", 0.0, 25.0)
     _run(tmp_path / "runs", "gmp", "gmp", 0.75, 40.0, hist=False)
     res = write_report([tmp_path / "runs"], tmp_path / "rep")
@@ -110,16 +131,26 @@ def test_collect_finds_runs_recursively_and_rejects_empty_input(tmp_path, sweep_
     ("summary.json", '{"method": 5, "perplexity": 61.0}', "method is 5, not a name"),
     ("metrics.jsonl", bytes(range(256)) * 4, "metrics.jsonl is not text"),
 ])
-def test_a_damaged_run_is_skipped_in_one_line_and_the_others_reported(tmp_path, sweep_dir, capsys, file, content,
-                                                                       needle):
+def test_a_damaged_run_is_skipped_in_one_line_and_the_others_kept(sweep_dir, capsys, file, content, needle):
+    """Each kind of damage at the layer that reads runs; the report built from what it keeps is the
+    end-to-end test below (one rendering, not one per kind of damage)."""
     bad = sweep_dir / "trial-003" / file
     bad.write_bytes(content if isinstance(content, bytes) else content.encode())
-    assert main(["report", str(sweep_dir), "--out", str(tmp_path / "rep")]) == 0
+    runs, failed = collect([sweep_dir])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and str(bad) in err and needle in err, err
-    md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| trial-003 |" not in md and "| trial-004 | pdp | 0.02 | 90 | 90.00 | 61.00 |" in md
-    assert "7 finished run(s)" in md
+    assert sorted(r.dir.name for r in runs) == [f"trial-{i:03d}" for i in range(8) if i != 3] and len(failed) == 1
+    assert ["trial-004", "pdp", "0.02", "90", "90.00", "61.00"] in [row[:6] for row in runs_table(runs)[1]]
+
+
+def test_a_damaged_run_is_skipped_in_one_line_and_the_others_reported(rendered):
+    code, err, damaged, out = rendered
+    assert code == 0
+    assert err.count("\n") == 1 and "Traceback" not in err and str(damaged) in err, err
+    assert "malformed summary.json (Expecting" in err
+    md = (out / "report.md").read_text()
+    assert "| trial-009 |" not in md and "| trial-004 | pdp | 0.02 | 90 | 90.00 | 61.00 |" in md
+    assert "8 finished run(s)" in md
 
 
 def test_only_damaged_runs_is_one_line_exit_2(tmp_path, capsys):

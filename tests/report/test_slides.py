@@ -109,7 +109,7 @@ def test_slides_pdf_has_a_slide_per_finding_and_titles_state_the_numbers(tmp_pat
     assert ["pdp", "90", "3", "128.10", "0.30", "0: 127.80, 1: 128.10, 2: 128.40"] in rows
 
 
-def test_slides_with_missing_data_are_skipped_and_listed_on_the_cover(tmp_path):
+def test_slides_with_missing_data_are_skipped_and_listed_on_the_cover(tmp_path, png_stand_ins):
     _write_run(tmp_path / "runs", "dense", "dense", 0.0, 124.0)
     _write_run(tmp_path / "runs", "gmp", "gmp", 0.9, 133.0)
     out = tmp_path / "rep"

@@ -68,7 +68,7 @@ def test_the_table_puts_scores_next_to_the_perplexity_per_variant_and_sparsity(t
     assert rows[3][3:5] == ["0.7000 ± 0.0707", "1.7200 ± 0.0283"]  # the mean over the two seeds, their sd
 
 
-def test_report_md_and_html_carry_the_task_table(tmp_path):
+def test_report_md_and_html_carry_the_task_table(tmp_path, png_stand_ins):
     out = tmp_path / "rep"
     write_report([_runs(tmp_path / "runs")], out)
     md = (out / "report.md").read_text()
@@ -120,7 +120,7 @@ def _frozen(monkeypatch):
     monkeypatch.setattr(R.time, "strftime", lambda fmt, *a: "2026-12-04 12:00")
 
 
-def test_without_scores_the_report_and_the_deck_are_unchanged(tmp_path, monkeypatch):
+def test_without_scores_the_report_and_the_deck_are_unchanged(tmp_path, monkeypatch, png_stand_ins):
     """The same runs without lm_eval: the report and deck equal what they are with the lm-eval parts
     removed (the table and the slide never called), no section, no 'slide not made' line."""
     _frozen(monkeypatch)
