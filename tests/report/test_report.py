@@ -100,6 +100,16 @@ def test_report_writes_every_png_and_a_self_contained_html(rendered):
     assert base64.b64decode(imgs[0]) == (out / expected[0]).read_bytes()
 
 
+def test_a_damaged_run_is_skipped_in_one_line_and_the_others_reported(rendered):
+    code, err, damaged, out = rendered
+    assert code == 0
+    assert err.count("\n") == 1 and "Traceback" not in err and str(damaged) in err, err
+    assert "malformed summary.json (Expecting" in err
+    md = (out / "report.md").read_text()
+    assert "| trial-009 |" not in md and "| trial-004 | pdp | 0.02 | 90 | 90.00 | 61.00 |" in md
+    assert "8 finished run(s)" in md
+
+
 def test_plots_that_lack_data_are_skipped_with_a_note(tmp_path, png_stand_ins):
     _run(tmp_path / "runs", "dense", "dense", 0.0, 25.0)
     _run(tmp_path / "runs", "gmp", "gmp", 0.75, 40.0, hist=False)
@@ -141,16 +151,6 @@ def test_a_damaged_run_is_skipped_in_one_line_and_the_others_kept(sweep_dir, cap
     assert err.count("\n") == 1 and "Traceback" not in err and str(bad) in err and needle in err, err
     assert sorted(r.dir.name for r in runs) == [f"trial-{i:03d}" for i in range(8) if i != 3] and len(failed) == 1
     assert ["trial-004", "pdp", "0.02", "90", "90.00", "61.00"] in [row[:6] for row in runs_table(runs)[1]]
-
-
-def test_a_damaged_run_is_skipped_in_one_line_and_the_others_reported(rendered):
-    code, err, damaged, out = rendered
-    assert code == 0
-    assert err.count("\n") == 1 and "Traceback" not in err and str(damaged) in err, err
-    assert "malformed summary.json (Expecting" in err
-    md = (out / "report.md").read_text()
-    assert "| trial-009 |" not in md and "| trial-004 | pdp | 0.02 | 90 | 90.00 | 61.00 |" in md
-    assert "8 finished run(s)" in md
 
 
 def test_only_damaged_runs_is_one_line_exit_2(tmp_path, capsys):
