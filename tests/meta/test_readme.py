@@ -16,7 +16,7 @@ def test_first_block_installs_and_runs_the_main_job():
 
 
 def test_second_block_is_the_test_command():
-    assert bash_blocks()[1].strip() == '. .venv/bin/activate && python -m pytest -m "not slow"'
+    assert bash_blocks()[1].strip() == '. .venv/bin/activate && python -m pytest -m "not slow" -n auto'
 
 
 def test_ci_runs_the_first_two_blocks():

@@ -242,7 +242,7 @@ def test_the_keep_mask_travels_in_the_state_dict_and_row_is_refused():
     pruner = attach(model, "sparsegpt", calibration=torch.randint(0, 128, (4, 16)), sparsity=0.5)
     key = f"{pruner.targets[0].name}.parametrizations.weight.0.keep"
     assert float((~model.state_dict()[key]).float().mean()) == 0.5
-    with pytest.raises(UsageError, match="unstructured or N:M"):
+    with pytest.raises(UsageError, match="unstructured, N:M patterns, not 'row'"):
         attach(tiny_gpt2(), "sparsegpt", calibration=torch.randint(0, 128, (4, 16)), pattern="row", sparsity=0.5)
     with pytest.raises(ValueError, match="calibration"):
         attach(tiny_gpt2(), "sparsegpt", sparsity=0.5)
