@@ -63,3 +63,24 @@ def test_sharded_launchers_are_refused_with_one_line(tmp_path, tiny_assets, caps
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and f"{name} is not supported" in err, err
     assert not out.exists()
+
+
+@pytest.mark.slow  # multi-process (torchrun, 2 ranks)
+def test_two_ranks_prune_the_same_whole_neurons(tmp_path, tiny_assets):
+    from pdp_gpt2.pdp.patterns.structures import mlp_structures, removed_units
+
+    model_dir, corpus = tiny_assets
+    out, digests = tmp_path / "run", tmp_path / "digests"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(TESTS / "train" / "mask_digests.py"), str(digests),
+           "train", "--model", str(model_dir), "--dataset", str(corpus), "--output_dir", str(out),
+           "--max_steps", "6", "--warmup_steps", "4", "--batch_size", "4", "--max_length", "32",
+           "--log_interval", "2", "--progress", "false", "--lr_warmup_steps", "0",
+           "--pattern", "neurons", "--sparsity", "0.5"]
+    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((digests / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] and len(set(ranks[0]["steps"].values())) == 6
+    m = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert [int(removed_units(s).sum()) for s in mlp_structures(m)] == [128, 128]
