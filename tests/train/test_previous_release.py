@@ -54,6 +54,8 @@ def test_its_checkpoint_resumes_to_the_same_final_weights(old, method):
             assert torch.equal(new[k], ref[k]), k
 
 
+@pytest.mark.skipif(int(__import__("transformers").__version__.split(".")[0]) < 5,
+                    reason="its final/ holds tokenizer files written by transformers 5, which 4.x cannot read")
 def test_its_export_loads_and_its_final_exports_again(old):
     from pdp_gpt2 import load_compressed
 
