@@ -88,6 +88,10 @@ def test_bundled_model_anneals_without_subnormals():
         assert (loss, sha) == (before["loss"], before["sha256"])
 
 
+# The compiled kernels give no subnormal number here even with the floor taken out (Z_FLOOR = -1e30:
+# 0 of each, checked by hand), so this guards them against a change of torch's code generation, not the
+# floor; the floor's own test is the bundled model's above. Slow: compiling GPT-2 small's block.
+@pytest.mark.slow
 def test_gpt2_small_shaped_block_anneals_without_subnormals_in_compiled_kernels():
     from transformers import GPT2Config, GPT2LMHeadModel
 
