@@ -175,6 +175,15 @@ def slide(rows: list[dict], dense: list[float], path: Path) -> None:
     png.unlink()
 
 
+def finished_rows(runs: list[tuple[str, dict]], where: Path) -> list[dict]:
+    """Rows of the planned runs that finished with their planned flags, as run_all gives them."""
+    from pdp_gpt2.train.sweep import metrics_of
+    from pdp_gpt2.train.sweep_dir import finished_with
+
+    return [{"trial": name, "status": "ok", **flags, **metrics_of(where / name)}
+            for name, flags in runs if finished_with(where / name, flags)]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/structured", help="where the runs go")
@@ -184,6 +193,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="docs directory to update ('' to skip)")
     p.add_argument("--dry_run", action="store_true", help="list the runs and exit")
+    p.add_argument("--finished_only", action="store_true",
+                   help="start no run: the table from the runs already finished with their planned flags")
     return p.parse_args(argv)
 
 
@@ -195,7 +206,10 @@ def main(argv=None) -> int:
             print(name, " ".join(f"--{k} {v}" for k, v in flags.items()))
         return 0
     out = Path(args.out)
-    (rows,) = R.run_all([(out / "runs", runs)], args.jobs)
+    if args.finished_only:
+        rows = finished_rows(runs, out / "runs")
+    else:
+        (rows,) = R.run_all([(out / "runs", runs)], args.jobs)
     if not args.docs:
         return 0
     docs = Path(args.docs)
