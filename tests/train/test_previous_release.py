@@ -35,6 +35,9 @@ def old(tmp_path, monkeypatch):
     return work
 
 
+@pytest.mark.skipif(int(__import__("numpy").__version__.split(".")[0]) < 2,
+                    reason="its checkpoint's RNG state was pickled under numpy 2, which numpy 1 cannot read; "
+                           "a run resumes on the stack that wrote it")
 @pytest.mark.parametrize("method", ["pdp", "gmp"])
 def test_its_checkpoint_resumes_to_the_same_final_weights(old, method):
     killed_copy(FIXTURE / method, old / f"{method}-killed")  # checkpoint-3 kept, final/ and summary.json gone
