@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
 import pdp_gpt2
 from pdp_gpt2 import UsageError
-from pdp_gpt2.export.shrink import removable, shrink, shrunk_manifest
-from pdp_gpt2.pdp.patterns.structures import mlp_structures
+from pdp_gpt2.export.shrink import shrink, shrunk_manifest
+from pdp_gpt2.pdp.patterns.structures import mlp_structures, removed_units
 
 from helpers import tiny_gpt2, tiny_llama
 
@@ -78,7 +78,7 @@ def test_the_output_side_alone_decides():
     model = tiny_gpt2()
     picked = zero_neurons(model, 8, sides=("out",))
     s = mlp_structures(model)[0]
-    assert removable(s).nonzero().flatten().tolist() == picked[0]
+    assert removed_units(s).nonzero().flatten().tolist() == picked[0]
     assert s.members[0].weight[:, picked[0]].abs().min() > 0  # the input side is not zero
     small, record = shrink(model)
     assert record["shapes"]["transformer.h.0.mlp.c_fc.bias"] == {"before": [256], "after": [248]}

@@ -17,16 +17,7 @@ import torch
 from torch import nn
 
 from pdp_gpt2.errors import UsageError
-from pdp_gpt2.pdp.patterns.structures import FAMILIES, Structure, mlp_structures
-
-
-def removable(structure: Structure) -> torch.Tensor:
-    """Bool (width,): the neurons whose output weights (every output-side member) are all exact zeros."""
-    dead = torch.ones(structure.width, dtype=torch.bool)
-    for m in structure.members:
-        if m.name.rpartition(".")[2] in structure.family.outputs:
-            dead &= (m.weight.detach() == 0).all(dim=1 - m.axis).cpu()
-    return dead
+from pdp_gpt2.pdp.patterns.structures import FAMILIES, Structure, mlp_structures, removed_units
 
 
 def plan(model: nn.Module) -> list[tuple[Structure, torch.Tensor]]:
@@ -36,7 +27,7 @@ def plan(model: nn.Module) -> list[tuple[Structure, torch.Tensor]]:
         raise UsageError("no MLP of a known family (" + ", ".join(f.name for f in FAMILIES) + "): nothing to shrink")
     if len({s.family.name for s in structures}) > 1 or len({s.width for s in structures}) > 1:
         raise UsageError("the MLPs differ in family or width; a shrunk model needs one MLP width in its config")
-    dead = [removable(s) for s in structures]
+    dead = [removed_units(s).cpu() for s in structures]
     counts = [int(d.sum()) for d in dead]
     if max(counts) == 0:
         raise UsageError("no MLP neuron has all its output weights zero, so nothing can be removed: shrink needs "
