@@ -66,13 +66,14 @@ def killed_copy(ref, dst):
     return dst
 
 
-def tiny_llama(seed: int = 0):
-    """A Linear-based decoder (Llama-style: q/k/v/o + gate/up/down projections)."""
+def tiny_llama(seed: int = 0, kv_heads: int = 4):
+    """A Linear-based decoder (Llama-style: q/k/v/o + gate/up/down projections); ``kv_heads`` < 4:
+    grouped-query attention."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
     return LlamaForCausalLM(cfg).eval()
 
@@ -98,6 +99,17 @@ def write_corpus(path, n_lines: int = 600, seed: int = 0):
         lines.append(" ".join(words[:k]))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def tiny_opt(seed: int = 0):
+    """An OPT decoder (q/k/v/out_proj with biases, fc1/fc2)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                    max_position_embeddings=64, word_embed_proj_dim=64, dropout=0.0, attention_dropout=0.0,
+                    bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    return OPTForCausalLM(cfg).eval()
 
 
 def tiny_tokenizer(texts):

@@ -20,9 +20,9 @@ def test_train_prunes_whole_neurons_and_says_what_a_shrink_removes(tmp_path, tin
     gone = [int(removed_units(st).sum()) for st in mlp_structures(model)]
     assert gone == [128, 128]  # half of each MLP's 256 neurons
     st = s["structure"]
-    assert st["mlp_widths"] == [[256, 128], [256, 128]]
+    assert st["kind"] == "MLP neurons" and st["widths"] == [[256, 128], [256, 128]]
     assert st["parameters"] - st["parameters_after_shrink"] == 2 * 128 * (64 + 1 + 64)
-    assert "MLP width 256 -> 128 in 2 layers" in capsys.readouterr().out
+    assert "MLP neurons 256 -> 128 per layer in 2 layers" in capsys.readouterr().out
     assert json.loads((out / "final" / "pdp_pruning.json").read_text())["pattern"] == "neurons"
 
 

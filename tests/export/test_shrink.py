@@ -6,22 +6,14 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import AutoModelForCausalLM
 
 import pdp_gpt2
 from pdp_gpt2 import UsageError
 from pdp_gpt2.export.shrink import shrink, shrunk_manifest
 from pdp_gpt2.pdp.patterns.structures import mlp_structures, removed_units
 
-from helpers import tiny_gpt2, tiny_llama
-
-
-def tiny_opt(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                    max_position_embeddings=64, word_embed_proj_dim=64, dropout=0.0, attention_dropout=0.0,
-                    bos_token_id=0, eos_token_id=0, pad_token_id=1)
-    return OPTForCausalLM(cfg).eval()
+from helpers import tiny_gpt2, tiny_llama, tiny_opt
 
 
 MAKERS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "opt": tiny_opt}
@@ -58,7 +50,7 @@ def test_shrunk_logits_width_and_parameters(kind, tmp_path):
     zero_neurons(model, 32)
     small, record = shrink(model)
     field, width = WIDTH[kind]
-    assert getattr(small.config, field) == width - 32 and record["width_after"] == width - 32
+    assert getattr(small.config, field) == width - 32 and record["resized"][0]["after"] == width - 32
     assert getattr(model.config, field) in (None, width)  # the source is left as it was
     after = sum(p.numel() for p in small.parameters())
     assert before - after == 2 * 32 * PER_NEURON[kind]  # 2 layers
@@ -125,7 +117,7 @@ def test_shrunk_manifest_recounts_and_keeps_the_record():
     t = man["tensors"]["transformer.h.0.mlp.c_fc.weight"]
     assert (t["shape"], t["numel"], t["zeros"], t["target_sparsity"]) == ([64, 192], 64 * 192, 0, 0.0)
     assert man["sparsity_actual"] == 0.0 and man["sparsity_target"] == 0.0
-    assert man["shrink"]["sparsity_actual_before"] == 0.25 and man["shrink"]["width_after"] == 192
+    assert man["shrink"]["sparsity_actual_before"] == 0.25 and man["shrink"]["resized"][0]["after"] == 192
     assert man["pattern"] == "neurons" and "format" not in man
     assert source["tensors"]["transformer.h.0.mlp.c_fc.weight"]["numel"] == 64 * 256  # the source untouched
 
@@ -216,10 +208,10 @@ def test_export_shrink_writes_a_plain_narrower_model(exported):
     run, model, out, printed = exported
     before = sum(p.numel() for p in model.parameters())
     after = before - 2 * 64 * (2 * 64 + 1)
-    assert "(shrunk: 2 GPT-2 MLPs, n_inner 256 -> 192)" in printed and f"parameters: {before:,} -> {after:,}" in printed
+    assert "(shrunk: MLP neurons (n_inner) 256 -> 192 in 2 GPT-2 layers)" in printed and f"parameters: {before:,} -> {after:,}" in printed
     assert json.loads((out / "config.json").read_text())["n_inner"] == 192
     card = (out / "README.md").read_text()
-    assert "shrunk model: MLP width 256 -> 192" in card and f"{after:,}" in card and "AutoModelForCausalLM" in card
+    assert "shrunk model: MLP neurons 256 -> 192" in card and f"{after:,}" in card and "AutoModelForCausalLM" in card
     man = read_manifest(out)
     assert man["shrink"]["shapes"]["transformer.h.1.mlp.c_fc.weight"] == {"before": [64, 256], "after": [64, 192]}
     assert man["shrink"]["sparsity_actual_before"] == 0.25 and man["sparsity_actual"] == 0.0

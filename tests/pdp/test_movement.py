@@ -181,7 +181,7 @@ def test_n_m_keeps_the_highest_scores_of_each_group():
 
 
 def test_patterns_of_several_weights_and_float64_are_refused_at_attach():
-    with pytest.raises(UsageError, match="method movement prunes only unstructured, N:M, neurons patterns, not 'row'"):
+    with pytest.raises(UsageError, match="method movement prunes only unstructured, N:M, neurons, heads patterns, not 'row'"):
         pdp_gpt2.attach(tiny_gpt2(), "movement", PDPConfig(sparsity=0.5, pattern="row"))
     with pytest.raises(UsageError, match="float32, bfloat16 or float16"):
         pdp_gpt2.attach(tiny_gpt2().double(), "movement", PDPConfig(sparsity=0.5))

@@ -9,6 +9,7 @@ import pdp_gpt2
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.config import PDPConfig
 from pdp_gpt2.pdp.patterns import CoupledPattern, get_pattern
+from pdp_gpt2.pdp.patterns.slot import Slot
 from pdp_gpt2.pdp.patterns.structures import mlp_structures, removed_units, unit_parameters
 
 
@@ -16,7 +17,7 @@ def test_unit_scores_sum_each_members_mean_square_with_the_bias_pooled_into_its_
     a = torch.tensor([[1.0, 2.0], [3.0, 0.0]])  # units along axis 1: columns (1, 3) and (2, 0)
     bias = torch.tensor([1.0, 2.0])  # pools with a's column: 3 entries per unit
     b = torch.tensor([[2.0, 2.0, 0.0], [0.0, 0.0, 4.0]])  # units along axis 0: rows
-    sq = CoupledPattern.unit_sq([[(a, 1), (bias, 0)], [(b, 0)]])
+    sq = CoupledPattern.unit_sq([[(a, Slot(1)), (bias, Slot(0))], [(b, Slot(0))]])
     assert torch.allclose(sq, torch.tensor([(1 + 9 + 1) / 3 + 8 / 3, (4 + 0 + 4) / 3 + 16 / 3]))
 
 
@@ -24,8 +25,8 @@ def test_gpt2_neurons_are_pruned_whole_in_every_member_and_lowest_scores_go():
     model = tiny_gpt2()
     structures = mlp_structures(model)
     pattern = get_pattern("neurons")
-    scores = [pattern.unit_sq([[(s.members[0].weight.detach(), 1), (s.members[0].module.bias.detach(), 0)],
-                               [(s.members[1].weight.detach(), 0)]]) for s in structures]
+    scores = [pattern.unit_sq([[(s.members[0].weight.detach(), Slot(1)), (s.members[0].module.bias.detach(), Slot(0))],
+                               [(s.members[1].weight.detach(), Slot(0))]]) for s in structures]
     pruner = pdp_gpt2.attach(model, PDPConfig(pattern="neurons", sparsity=0.5))
     assert [t.name for t in pruner.targets] == [m.name for s in structures for m in s.members]  # MLPs only
     pruner.finalize()

@@ -155,7 +155,7 @@ def test_a_pattern_the_method_cannot_prune_is_refused_before_any_work(method, tm
     from pdp_gpt2.train.config import PDPConfig, TrainConfig
 
     assert registry.get(method).accepts("2:4") and registry.get(method).accepts("unstructured")
-    kinds = {"movement": "unstructured, N:M, neurons", "sparsegpt": "unstructured, N:M"}[method]
+    kinds = {"movement": "unstructured, N:M, neurons, heads", "sparsegpt": "unstructured, N:M"}[method]
     with pytest.raises(UsageError, match=f"method {method} prunes only {kinds} patterns, not 'row'"):
         TrainConfig(method=method, pdp=PDPConfig(pattern="row"))
     out = tmp_path / "run"  # the CLI: one line, exit 2, nothing written (no model is even looked for)

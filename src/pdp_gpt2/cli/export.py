@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_codes", action="store_true",
                         help="store raw values even where the weights lie on a b-bit quantization grid")
     parser.add_argument("--shrink", action="store_true",
-                        help="remove the MLP neurons pruned whole (a --pattern neurons run) and write the narrower "
-                             "model as a plain Hugging Face directory: same logits, fewer parameters, faster")
+                        help="remove the MLP neurons or attention heads pruned whole (a --pattern neurons or heads "
+                             "run) and write the narrower model as a plain Hugging Face directory: same logits, "
+                             "fewer parameters, faster")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier export in --out (a directory holding anything else is refused)")
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
+    from pdp_gpt2.export.shrink import describe
     from pdp_gpt2.export.writer import export, markdown_table
 
     hf_logging.disable_progress_bar()  # the size table is the output; no loading bars around it
@@ -42,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.shrink:
         s = report["shrink"]
         p0, p1 = s["parameters_before"], s["parameters_after"]
-        print(f"pdp-gpt2 export: {report['source']} -> {report['out']} (shrunk: {s['mlps']} {s['family']} MLPs, "
-              f"{s['width_field']} {s['width_before']} -> {s['width_after']})")
+        print(f"pdp-gpt2 export: {report['source']} -> {report['out']} (shrunk: {describe(s)})")
+        for why in s["kept_as_zeros"]:
+            print(f"note: {why}")
         print(f"parameters: {p0:,} -> {p1:,} ({p1 / p0:.1%})")
         print(markdown_table(report))
         print(f"size report: {report['out']}/size_report.json")

@@ -67,22 +67,24 @@ def export_card(fmt: str, report: dict, manifest: dict | None, table: str) -> st
 
 
 def shrink_card(record: dict, report: dict, manifest: dict | None, table: str) -> str:
-    """README.md of a shrunk export: a plain HF model, its MLP width and parameters before/after."""
-    field, before, after = record["width_field"], record["width_before"], record["width_after"]
-    p0, p1 = record["parameters_before"], record["parameters_after"]
+    """README.md of a shrunk export: a plain HF model, its widths and parameters before/after."""
+    parts, p0, p1 = record["resized"], record["parameters_before"], record["parameters_after"]
+    title = "; ".join(f"{p['kind']} {p['before']} -> {p['after']}" for p in parts)
+    removed = " and ".join(f"each of its {p['layers']} layers lost the same {p['removed_per_layer']} {p['kind']} "
+                           f"(`config.json`: `{p['field']}: {p['after']}`)" for p in parts)
+    zeros = [f"Left as zeros: {why}." for why in record.get("kept_as_zeros", [])]
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- pdp-gpt2", "- pruning",
         "- structured-pruning", "---", "",
-        f"# A pdp-gpt2 shrunk model: MLP width {before} -> {after}", "",
-        f"Its MLP neurons were pruned whole, then removed: each of its {record['mlps']} MLPs lost the same "
-        f"{record['removed_per_mlp']} neurons' input and output weights, and `config.json` says `{field}: {after}`. "
+        f"# A pdp-gpt2 shrunk model: {title}", "",
+        f"Its units were pruned whole, then removed with their input and output weights: {removed}. "
         "It is a plain, smaller dense Hugging Face model with the pruned model's logits (up to float "
-        "summation order): no pdp-gpt2 code is needed to load or run it.", "",
+        "summation order): no pdp-gpt2 code is needed to load or run it.", "", *zeros, *([""] if zeros else []),
         "## Load it", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
         'model = AutoModelForCausalLM.from_pretrained("path/to/export")',
         'tokenizer = AutoTokenizer.from_pretrained("path/to/export")', "```", "",
         "## Size", "", "| | before | after |", "|---|---:|---:|",
-        f"| MLP width (`{field}`) | {before:,} | {after:,} |",
+        *(f"| {p['kind']} per layer (`{p['field']}`) | {p['before']:,} | {p['after']:,} |" for p in parts),
         f"| parameters (a tied LM head counted once) | {p0:,} | {p1:,} ({p1 / p0:.1%}) |", "", table, "",
         "## The pruned model", "", "| | |", "|---|---|", *_pruning_rows(manifest), "",
         "`pdp_pruning.json` keeps the run's record, with `shrink` giving the widths and every sliced tensor's "

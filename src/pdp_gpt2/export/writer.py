@@ -28,6 +28,7 @@ from pdp_gpt2.export.card import export_card, shrink_card
 from pdp_gpt2.export.outdir import REPORT, check_out, move_into_place, out_path
 from pdp_gpt2.export.shrink import logit_gap, shrunk_manifest
 from pdp_gpt2.export.shrink import shrink as shrink_model
+from pdp_gpt2.pdp.patterns import PATTERNS, get_pattern
 # The pieces of an export, importable from here as before (the CLI, benchmarks and tests do).
 from pdp_gpt2.export.encode import (PRUNED_ZERO_SHARE, VALUES, encode_model, encode_tensor, pick_bits,  # noqa: F401
                                     pruned_tensors, tied_aliases)
@@ -146,9 +147,17 @@ def _check_exportable(manifest: dict | None, model_dir: Path, shrink: bool) -> N
         raise UsageError(f"{model_dir} is a shrunk model with no zeros left: it is already a plain dense model "
                          "(load it as it is; an export or another shrink would not make it smaller)")
     pattern = manifest.get("pattern")
-    if shrink and pattern is not None and pattern != "neurons":
-        raise UsageError(f"{model_dir} was pruned with --pattern {pattern}, which leaves every MLP as wide as it "
-                         "was: --shrink needs a run with --pattern neurons")
+    if shrink and pattern is not None and _removes_nothing_whole(pattern):
+        whole = " or ".join(name for name, cls in PATTERNS.items() if cls.coupled)
+        raise UsageError(f"{model_dir} was pruned with --pattern {pattern}, which removes no whole unit, so the "
+                         f"model stays as wide as it was: --shrink needs a run with --pattern {whole}")
+
+
+def _removes_nothing_whole(pattern: str) -> bool:
+    try:
+        return not get_pattern(pattern).coupled
+    except UsageError:  # a plugin's pattern not registered in this process: the shrink itself decides
+        return False
 
 
 def _write_shrunk(small: nn.Module, record: dict, manifest: dict | None, tmp: Path) -> None:

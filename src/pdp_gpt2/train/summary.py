@@ -16,7 +16,7 @@ from pdp_gpt2.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from pdp_gpt2.data.manifest import write_manifest
 from pdp_gpt2.pdp.core import registry
 from pdp_gpt2.pdp.core.attach import pruned_targets
-from pdp_gpt2.pdp.patterns.structures import mlp_structures, removed_units, unit_parameters
+from pdp_gpt2.pdp.patterns.structures import removed_units, unit_parameters
 from pdp_gpt2.train import card, flags
 from pdp_gpt2.train.config import TrainConfig
 
@@ -57,7 +57,7 @@ def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, trac
         saved = saved_sparsity(tmp, [t.name for t in targets])
         summary = run_summary(cfg, result, saved, final)
         if registry.get(cfg.method).prunes and cfg.pdp.mask_pattern.coupled:
-            summary["structure"] = structure_summary(model)
+            summary["structure"] = structure_summary(model, cfg.pdp.mask_pattern)
         man = card.manifest(cfg, targets, saved, stats)
         write_manifest(tmp, man)
         atomic_write_text(tmp / "README.md", card.model_card(cfg, summary, man, layers_markdown(saved, stats)))
@@ -74,15 +74,19 @@ def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, trac
     return summary
 
 
-def structure_summary(model) -> dict:
-    """What ``export --shrink`` would remove: units gone per structure, widths, parameters before and after."""
-    widths, removed = [], 0
-    for st in mlp_structures(model):
+def structure_summary(model, pattern) -> dict:
+    """What ``export --shrink`` would remove: the kind of unit, units per layer before and after,
+    parameters before and after (or, where the config cannot hold fewer, why they stay as zeros)."""
+    widths, removed, fixed, kind = [], 0, "", None
+    for st in pattern.structures(model):
         n = int(removed_units(st).sum())
         widths.append([st.width, st.width - n])
         removed += n * unit_parameters(st)
+        kind, fixed = st.family.kind, st.family.fixed
     total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
-    return {"mlp_widths": widths, "parameters": total, "parameters_after_shrink": total - removed}
+    out = {"kind": kind, "widths": widths, "parameters": total,
+           "parameters_after_shrink": total if fixed else total - removed}
+    return {**out, "kept_as_zeros": fixed} if fixed else out
 
 
 def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dict:
@@ -135,8 +139,9 @@ def print_table(s: dict) -> None:
         f"  checkpoint         {s['final_dir']}",
     ]
     if st := s.get("structure"):
-        after = sorted({w for _, w in st["mlp_widths"]})
-        lines.insert(-1, f"  structure          MLP width {st['mlp_widths'][0][0]} -> {'/'.join(map(str, after))} in "
-                         f"{len(st['mlp_widths'])} layers; parameters {st['parameters']:,} -> "
-                         f"{st['parameters_after_shrink']:,} with export --shrink")
+        after = sorted({w for _, w in st["widths"]})
+        left = (f"kept as zeros ({st['kept_as_zeros']})" if st.get("kept_as_zeros") else
+                f"parameters {st['parameters']:,} -> {st['parameters_after_shrink']:,} with export --shrink")
+        lines.insert(-1, f"  structure          {st['kind']} {st['widths'][0][0]} -> {'/'.join(map(str, after))} per "
+                         f"layer in {len(st['widths'])} layers; {left}")
     print("\n".join(lines), flush=True)

@@ -24,7 +24,6 @@ from pdp_gpt2.pdp.core.config import PruningConfig
 from pdp_gpt2.pdp.core.groups import Group, group
 from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.pdp.patterns import Part
-from pdp_gpt2.pdp.patterns.coupled import along
 from pdp_gpt2.pdp.kernels.recompute import RecomputeHooks
 from pdp_gpt2.pdp.core.targets import Target
 
@@ -108,9 +107,9 @@ class MaskDriver:
             if sharded.is_sharded(self.original(m.target)):
                 raise UsageError(f"pattern {self.pattern.name!r} does not run under FSDP2 (a unit spans several "
                                  "tensors, each sharded on its own): use DDP")
-            pool = [(self.original(m.target), m.axis)]
-            if m.bias:
-                pool.append((m.target.module.bias, 0))
+            pool = [(self.original(m.target), m.slot)]
+            if m.bias is not None:
+                pool.append((m.target.module.bias, m.bias))
             out.append([(x if live else x.detach(), a) for x, a in pool])
         return out
 
@@ -124,7 +123,7 @@ class MaskDriver:
         """A keep-mask over what ``group_part`` ranked, as each member's keep-mask (its whole shape)."""
         if not g.coupled:
             return [keep]
-        return [along(keep, m.target.module.weight.shape, m.axis).expand(m.target.module.weight.shape)
+        return [m.slot.spread(keep, m.target.module.weight.shape).expand(m.target.module.weight.shape)
                 for m in g.members]
 
     def groups_of(self, targets: list[Target], sparsities: list[float]) -> tuple[list[Group], list[float]]:
@@ -195,9 +194,9 @@ class MaskDriver:
         keeps = self.final_keeps()
         for g in self.groups:  # a pruned unit's bias entries go with it
             for m in g.members:
-                if m.bias:
-                    unit = keeps[m.target.name].any(dim=1 - m.axis)
-                    m.target.module.bias.masked_fill_(~unit, 0.0)
+                if m.bias is not None:
+                    unit = m.slot.any(keeps[m.target.name])
+                    m.target.module.bias.masked_fill_(~m.bias.spread(unit, m.target.module.bias.shape), 0.0)
         for t in self.targets:
             mask, part = self.mask_of(t), self.part(t)
             final = mask.final_local(part, keeps[t.name])

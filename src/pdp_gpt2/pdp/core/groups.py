@@ -15,13 +15,14 @@ from torch import nn
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.core.targets import Target
 from pdp_gpt2.pdp.patterns import Pattern
+from pdp_gpt2.pdp.patterns.slot import Slot
 
 
 @dataclass
 class Member:
     target: Target
-    axis: int | None  # the axis of the weight indexing the units; None: the whole tensor is the group
-    bias: bool = False  # the module's bias holds one entry per unit (zeroed with it at finalize)
+    slot: Slot | None  # where the weight holds the units; None: the whole tensor is the group
+    bias: Slot | None = None  # where the module's bias holds them, if it does (zeroed with them at finalize)
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Group:
 
     @property
     def coupled(self) -> bool:
-        return self.members[0].axis is not None
+        return self.members[0].slot is not None
 
     @property
     def lead(self) -> Target:
@@ -58,7 +59,7 @@ def group(model: nn.Module, pattern: Pattern, targets: list[Target], explicit: b
             missing = ", ".join(m.name for m in s.members if m.name not in by_name)
             raise UsageError(f"pattern {pattern.name!r} prunes {s.name}'s units in every weight they span: "
                              f"targets must name {missing} too")
-        members = [Member(by_name[m.name], m.axis, m.bias) for m in s.members]
+        members = [Member(by_name[m.name], m.slot, m.bias_slot if m.bias else None) for m in s.members]
         chosen += [m.target for m in members]
         covered |= {m.name for m in s.members}
         groups.append(Group(s.name, members))

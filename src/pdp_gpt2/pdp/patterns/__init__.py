@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pdp_gpt2.errors import UsageError
 from pdp_gpt2.pdp.patterns.base import Part, Pattern, Scores  # noqa: F401  (the package's face)
-from pdp_gpt2.pdp.patterns.coupled import CoupledPattern, Neurons  # noqa: F401
+from pdp_gpt2.pdp.patterns.coupled import CoupledPattern, Heads, Neurons  # noqa: F401
 from pdp_gpt2.pdp.patterns.kinds import NM, Row, Unstructured, parse_nm  # noqa: F401
 
 # Process-wide on purpose, like the method registry: a pattern registers once, for every run in the process.
-PATTERNS: dict[str, type[Pattern]] = {"unstructured": Unstructured, "row": Row, "N:M": NM, "neurons": Neurons}
+PATTERNS: dict[str, type[Pattern]] = {"unstructured": Unstructured, "row": Row, "N:M": NM, "neurons": Neurons,
+                                   "heads": Heads}
 
 
 def get_pattern(spec: str) -> Pattern:

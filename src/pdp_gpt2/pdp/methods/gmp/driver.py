@@ -64,7 +64,7 @@ class GMP(HardPruner):
         """A coupled pattern's units: their norms, pruned units held at 0 once the count is reached
         (as for single weights above; a unit's keep is the same in every member, so the lead's says it)."""
         parts = [self.group_part(g) for g in groups]
-        unit_keeps = [self.mask_of(g.lead).keep.any(dim=1 - g.members[0].axis) for g in groups]
+        unit_keeps = [g.members[0].slot.any(self.mask_of(g.lead).keep) for g in groups]
         pruned = torch.stack([(~k).sum() for k in unit_keeps]).tolist()  # one host read for every group
         scored = [Part(p.w * k, 0) if n <= self.pattern.num_pruned(p.shape, p.out_dim, s) else p
                   for p, k, n, s in zip(parts, unit_keeps, pruned, sparsities)]

@@ -118,7 +118,7 @@ class Movement(MaskDriver):
         total = None
         for m in g.members:
             s = self.mask_of(m.target).scores.detach()
-            per_unit = s.sum(dim=1 - m.axis)
+            per_unit = m.slot.sum(s)
             total = per_unit if total is None else total + per_unit
         return Part(order_keys(total), 0)
 

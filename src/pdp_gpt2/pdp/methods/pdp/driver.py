@@ -30,11 +30,11 @@ class Pruner(MaskDriver):
                        kernels=self.kernels, unit=self._unit_of(t))
 
     def _unit_of(self, t: Target):
-        """(the structure's live pools, t's unit axis) when t is a coupled pattern's member, else None."""
+        """(the structure's live pools, t's unit slot) when t is a coupled pattern's member, else None."""
         for g in self.groups:
             for m in g.members:
                 if g.coupled and m.target is t:
-                    return (lambda live, g=g: self.pools(g, live)), m.axis
+                    return (lambda live, g=g: self.pools(g, live)), m.slot
         return None
 
     def update(self, t: Target, sparsity: float) -> None:

@@ -33,8 +33,8 @@ class PDPMask(Mask):
         self.shape, self.out_dim, self.pattern = tuple(shape), out_dim, pattern
         self.tau, self.tau_mode, self.beta, self.bits = tau, tau_mode, beta, bits
         self.kernels = kernels or KernelOptions()
-        # A coupled pattern's member: (a function giving the structure's live pools, this weight's unit
-        # axis); the mask is then the units' soft mask from every member (pdp/patterns/coupled.py).
+        # A coupled pattern's member: (a function giving the structure's live pools, where this weight
+        # holds the units); the mask is then the units' soft mask from every member (pdp/patterns/coupled.py).
         self.unit = unit
         self.register_buffer("t", torch.zeros(pattern.threshold_shape(self.shape, out_dim)))
         # Python-side copy of "is anything pruned?", so forward never syncs with the device.
