@@ -51,7 +51,10 @@ CONFIGS = {
 }
 RESUMED = {**CONFIGS,  # and whole MLP neurons, units across c_fc and c_proj
            "pdp_neurons": ("pdp", pdp_gpt2.PDPConfig(sparsity=0.5, pattern="neurons")),
-           "gmp_neurons": ("gmp", pdp_gpt2.PDPConfig(sparsity=0.5, pattern="neurons"))}
+           "gmp_neurons": ("gmp", pdp_gpt2.PDPConfig(sparsity=0.5, pattern="neurons")),
+           # whole heads, each in three slices of the fused c_attn and a block of c_proj's rows
+           "pdp_heads": ("pdp", pdp_gpt2.PDPConfig(sparsity=0.5, pattern="heads")),
+           "movement_heads": ("movement", pdp_gpt2.PDPConfig(sparsity=0.5, pattern="heads"))}
 
 
 def train(out, method, cfg, *, extra=(), resume=False):
