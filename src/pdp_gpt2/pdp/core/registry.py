@@ -45,8 +45,8 @@ class MethodSpec:
     uses_tau: bool = False  # tau, its schedule and improved masking apply
     calibration: bool = False  # needs calibration token blocks before attach (attach(..., calibration=))
     trainable_state: bool = False  # brings parameters of its own (scores) that the optimizer trains
-    # the pattern kinds it can prune ("unstructured", "row", "N:M", "neurons", "heads"); empty: every pattern.  Checked
-    # when a run is configured, before any work (the driver refuses too, for library callers)
+    # the pattern kinds it can prune ("unstructured", "row", "N:M", "neurons", "heads"); empty: every pattern.
+    # Checked when a run is configured, before any work (the driver refuses too, for library callers)
     patterns: tuple = ()
     # the flags only this method reads (Wanda's wanda_groups, its config's own fields): every other
     # method ignores them (ignored_flags: one warning, left out of its record; a sweep may set them for
@@ -152,9 +152,8 @@ BUILTIN: tuple[MethodSpec, ...] = (
                summary="one-shot |w|*||x|| on calibration data, calibrated block by block, compared per output row "
                "as published (--wanda_groups tensor: across the tensor), exactly floor(r n) zeros; mask frozen"),
     MethodSpec("movement", f"{_CORE}.methods.movement.driver:Movement", gradual=True,
-               config=_SHARED,
-               trainable_state=True, patterns=("unstructured", "N:M", "neurons", "heads"), summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, "
-               "top-k on the schedule"),
+               config=_SHARED, trainable_state=True, patterns=("unstructured", "N:M", "neurons", "heads"),
+               summary="movement pruning (Sanh et al. 2020): scores learned from -w*dL/dw, top-k on the schedule"),
     MethodSpec("sparsegpt", f"{_CORE}.methods.sparsegpt.driver:SparseGPT", calibration=True,
                options=("sparsegpt_blocksize", "sparsegpt_percdamp"), config=f"{_CORE}.methods.sparsegpt.config:SparseGPTConfig",
                patterns=("unstructured", "N:M"), summary="one-shot SparseGPT on calibration data (weights reconstructed layer by layer), mask frozen"),
