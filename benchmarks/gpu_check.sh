@@ -34,6 +34,8 @@ done
 run step_annealed_fp32 $py benchmarks/step_overhead.py --device cuda --model gpt2 --batch 8 --seq 1024 \
     --precision fp32 --variants dense,pdp,gmp --state annealed --taus 0.012,0.001 --steps 8 --warmup 2 \
     --mem-steps 0 --json "$out/step_annealed_fp32.json"
+# the physical shrink on the GPU: GPT-2 small's shape against its 25/50/75% MLP-neuron shrinks, bf16
+run shrink_bf16 $py benchmarks/shrink_device.py --device cuda --dtype bf16 --json "$out/shrink_bf16.json"
 run cuda_tests $py -m pytest -q -p no:cacheprovider tests/pdp/test_select.py tests/pdp/test_precision.py \
     tests/pdp/test_mask.py tests/pdp/test_attach.py
 tail -n 40 "$out/log.txt"

@@ -74,3 +74,16 @@ def test_shrink_mode_writes_its_json(bench, tmp_path):
     res = json.loads(out.read_text())
     assert [(r["removed"], r["measure"]) for r in res["shrink"]["rows"]] == [("50%", "prefill 32"), ("50%", "decode")]
     assert res["shrink"]["batch"] == 8 and len(res["load_before"]) == 3 and res["machine"]["revision"]
+
+
+def test_the_device_variant_times_every_shrink_with_the_same_logits(tmp_path):
+    dev = load_script("benchmarks/shrink_device.py")
+    out = tmp_path / "d.json"
+    dev.main(["--device", "cpu", "--dtype", "fp32", "--tiny", "--fractions", "0.25,0.5", "--batch", "2",
+              "--length", "16", "--past", "8", "--reps", "1", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert [(r["removed"], r["measure"]) for r in res["rows"]] == [
+        ("25%", "prefill"), ("25%", "decode"), ("50%", "prefill"), ("50%", "decode")]
+    assert all(r["dense_ms"] > 0 and r["shrunk_ms"] > 0 for r in res["rows"])
+    assert res["rows"][2]["share"] == pytest.approx(2 * res["rows"][0]["share"], rel=0.05)  # twice the neurons
+    assert max(res["max_rel_logit_gap"].values()) < 1e-5
