@@ -1,5 +1,5 @@
 """`pdp-gpt2 export`: write a finalized sparse model as dense, compressed or 2:4 (or, with --shrink, as a
-narrower dense model without its pruned MLP neurons), with its size table."""
+narrower dense model without its pruned MLP neurons and attention heads), with its size table."""
 from __future__ import annotations
 
 import argparse

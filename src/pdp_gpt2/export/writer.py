@@ -51,8 +51,8 @@ def export(src: str | Path, out: str | Path, fmt: str = "compressed", *, values:
     ``require_tokenizer``: refuse a model without a tokenizer (the CLI does: eval and generate
     need one, and one added to an export later is refused by its loader); otherwise a note,
     since ``load_compressed`` needs none and a caller may bring the base model's.
-    ``shrink``: remove the MLP neurons pruned whole and write the narrower model as a plain dense
-    HF directory (shrink.py; ``fmt`` must be 'dense'), with its own card and manifest.
+    ``shrink``: remove the MLP neurons and attention heads pruned whole and write the narrower model
+    as a plain dense HF directory (shrink.py; ``fmt`` must be 'dense'), with its own card and manifest.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
