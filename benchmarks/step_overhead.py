@@ -195,7 +195,7 @@ def pdp_own_work(pruner, device: torch.device, reps: int = 5) -> dict:
     med = [statistics.median(col) for col in zip(*rows[1:])]
     res = dict(zip(("mask_forward_s", "mask_backward_s", "thresholds_s"), med))
     # In a training step the backward computes every masked weight once more (pdp/kernels/recompute.py).
-    res["recompute_s"] = res["mask_forward_s"] if pruner.kernels.recompute else 0.0
+    res["recompute_s"] = res["mask_forward_s"] if pruner.recomputing else 0.0
     res["total_s"] = sum(med) + res["recompute_s"]
     return res
 

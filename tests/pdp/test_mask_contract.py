@@ -11,6 +11,7 @@ from pdp_gpt2.pdp.core.mask import Mask
 from pdp_gpt2.pdp.core.schedule import PruningSchedule
 from pdp_gpt2.pdp.methods.gmp.driver import GMP
 from pdp_gpt2.pdp.methods.movement.driver import MovementMask
+from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.pdp.methods.pdp.driver import Pruner
 from pdp_gpt2.pdp.methods.pdp.mask import PDPMask
 
@@ -59,9 +60,10 @@ def plain():
 
 
 def test_recompute_hooks_follow_the_declared_capability(plain):
-    hooked = pdp_gpt2.attach(tiny_gpt2(), "gmp", PDPConfig(sparsity=0.5))
+    every = KernelOptions(recompute_min_bytes=0)  # tiny models: recompute all the same
+    hooked = pdp_gpt2.attach(tiny_gpt2(), "gmp", PDPConfig(sparsity=0.5), kernels=every)
     assert len(hooked._recompute) == len(hooked.targets) > 0
-    assert pdp_gpt2.attach(tiny_gpt2(), "plain", PDPConfig(sparsity=0.5))._recompute == []
+    assert pdp_gpt2.attach(tiny_gpt2(), "plain", PDPConfig(sparsity=0.5), kernels=every)._recompute == []
 
 
 class _PDPWithoutTau(Pruner):

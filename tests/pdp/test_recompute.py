@@ -23,7 +23,7 @@ from pdp_gpt2.pdp.kernels.fused import KernelOptions
 from pdp_gpt2.pdp.methods.pdp.mask import PDPMask
 
 # compile_min_numel=1024 puts the tiny models' weights through the compiled kernels too
-_ON = KernelOptions(recompute=True, compile=False)
+_ON = KernelOptions(recompute=True, compile=False, recompute_min_bytes=0)  # tiny models: recompute all the same
 _OFF = KernelOptions(recompute=False, compile=False)
 
 
@@ -60,7 +60,7 @@ def test_gradients_are_bit_identical_to_keeping_the_masked_weight(build, cfg):
 def test_compiled_kernels_recompute_bit_identically():
     model = tiny_gpt2()
     ref, _ = _grads(model, KernelOptions(recompute=False, compile_min_numel=1024))
-    got, _ = _grads(model, KernelOptions(recompute=True, compile_min_numel=1024))
+    got, _ = _grads(model, KernelOptions(recompute=True, compile_min_numel=1024, recompute_min_bytes=0))
     assert all(torch.equal(a, b) for a, b in zip(got, ref))
 
 
@@ -186,7 +186,7 @@ def test_a_hard_mask_changed_between_forward_and_backward_is_refused_as_before(k
 
 
 @pytest.mark.parametrize("kernels", [pytest.param(_ON, id="eager"),
-                                     pytest.param(KernelOptions(recompute=True, compile_min_numel=1024), id="compiled",
+                                     pytest.param(KernelOptions(recompute=True, compile_min_numel=1024, recompute_min_bytes=0), id="compiled",
                                                   marks=pytest.mark.slow)])  # torch.compile: seconds
 def test_the_gradient_is_written_into_the_recomputed_weight(kernels):
     model = copy.deepcopy(tiny_gpt2())
@@ -246,3 +246,15 @@ def test_a_saved_tensor_without_plain_storage_passes_through():
     hooks._local.outs = []
     sparse = torch.eye(3).to_sparse()
     assert hooks._pack(sparse) is sparse
+
+
+def test_recompute_is_for_targets_whose_weights_take_memory_worth_saving():
+    model = tiny_gpt2()  # 2 layers of 64: 0.4 MB of target weights
+    size = sum(t.module.weight.numel() * 4 for t in pdp_gpt2.attach(copy.deepcopy(model), PDPConfig(sparsity=0.5),
+                                                                         kernels=_OFF).targets)
+    kept = pdp_gpt2.attach(copy.deepcopy(model), PDPConfig(sparsity=0.5))  # the default threshold: 32 MiB
+    assert not kept.recomputing and kept._recompute == [] and size < KernelOptions().recompute_min_bytes
+    at = pdp_gpt2.attach(copy.deepcopy(model), PDPConfig(sparsity=0.5), kernels=KernelOptions(recompute_min_bytes=size))
+    assert at.recomputing and len(at._recompute) == len(at.targets)
+    above = KernelOptions(recompute_min_bytes=size + 1)
+    assert not pdp_gpt2.attach(copy.deepcopy(model), PDPConfig(sparsity=0.5), kernels=above).recomputing

@@ -142,7 +142,8 @@ class MaskDriver:
     def hook_recompute(self) -> None:
         """Masks that can recompute their output (``Mask.recomputable``) are not kept alive from
         forward to backward (pdp/kernels/recompute.py); attach calls this, finalize and remove undo it."""
-        if not self.kernels.recompute:
+        weights = sum(self.original(t).numel() * self.original(t).element_size() for t in self.targets)
+        if not self.kernels.recompute or weights < self.kernels.recompute_min_bytes:
             return
         # HF models flag activation checkpointing on the modules that do it (the flag exists from
         # construction, False until gradient_checkpointing_enable); its saved-tensor hooks must win.
@@ -155,6 +156,11 @@ class MaskDriver:
             mask = self.mask_of(t)
             if mask.recomputable:
                 self._recompute.append(RecomputeHooks(t.module, mask, self.original(t), skip=checkpointing))
+
+    @property
+    def recomputing(self) -> bool:
+        """Whether masked weights are recomputed in backward rather than kept from forward."""
+        return bool(self._recompute)
 
     def _unhook_recompute(self) -> None:
         for h in self._recompute:
