@@ -141,7 +141,8 @@ class MaskDriver:
     # ---- lifecycle ----------------------------------------------------------------------------
     def hook_recompute(self) -> None:
         """Masks that can recompute their output (``Mask.recomputable``) are not kept alive from
-        forward to backward (pdp/kernels/recompute.py); attach calls this, finalize and remove undo it."""
+        forward to backward (pdp/kernels/recompute.py) when the targets' weights take at least
+        ``kernels.recompute_min_bytes``; attach calls this, finalize and remove undo it."""
         weights = sum(self.original(t).numel() * self.original(t).element_size() for t in self.targets)
         if not self.kernels.recompute or weights < self.kernels.recompute_min_bytes:
             return
