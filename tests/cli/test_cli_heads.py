@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from helpers import train_tiny
 from transformers import AutoModelForCausalLM
 
@@ -60,14 +58,3 @@ def test_a_llama_heads_run_exports_with_fewer_key_value_heads_and_the_same_logit
     s = json.loads((out / "summary.json").read_text())["structure"]
     assert sum(p.numel() for p in small.parameters()) == s["parameters_after_shrink"]
 
-
-@pytest.mark.parametrize("extra, message", [
-    (["--targets", "*.attn.c_attn"], "targets must name transformer.h.0.attn.c_proj too"),
-    (["--method", "sparsegpt"], "patterns, not 'heads'"),
-    (["--allocation", "global"], "use allocation 'layer'"),
-])
-def test_heads_refusals_are_one_line_and_exit_2_before_any_work(tmp_path, tiny_assets, capsys, extra, message):
-    rc, out = train_tiny(tmp_path, tiny_assets, "--pattern", "heads", "--sparsity", "0.5", *extra)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and message in err[0], err
-    assert not (out / "metrics.jsonl").exists() and not (out / "dense_eval.json").exists()

@@ -1,4 +1,4 @@
-"""`pdp-gpt2 train --pattern neurons`: whole MLP neurons, counted in the saved files."""
+"""`pdp-gpt2 train --pattern neurons`: whole MLP neurons, counted in the saved files (and the refusals of `heads`)."""
 from __future__ import annotations
 
 import json
@@ -26,13 +26,16 @@ def test_train_prunes_whole_neurons_and_says_what_a_shrink_removes(tmp_path, tin
     assert json.loads((out / "final" / "pdp_pruning.json").read_text())["pattern"] == "neurons"
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--allocation", "global"], "use allocation 'layer'"),
-    (["--targets", "*.mlp.c_fc"], "targets must name transformer.h.0.mlp.c_proj too"),
-    (["--method", "wanda"], "patterns, not 'neurons'"),
+@pytest.mark.parametrize("pattern, extra, message", [  # and the same refusals for whole heads
+    ("neurons", ["--allocation", "global"], "use allocation 'layer'"),
+    ("neurons", ["--targets", "*.mlp.c_fc"], "targets must name transformer.h.0.mlp.c_proj too"),
+    ("neurons", ["--method", "wanda"], "patterns, not 'neurons'"),
+    ("heads", ["--allocation", "global"], "use allocation 'layer'"),
+    ("heads", ["--targets", "*.attn.c_attn"], "targets must name transformer.h.0.attn.c_proj too"),
+    ("heads", ["--method", "sparsegpt"], "patterns, not 'heads'"),
 ])
-def test_refusals_are_one_line_and_exit_2_before_any_work(tmp_path, tiny_assets, capsys, extra, message):
-    rc, out = train_tiny(tmp_path, tiny_assets, "--pattern", "neurons", "--sparsity", "0.5", *extra)
+def test_refusals_are_one_line_and_exit_2_before_any_work(tmp_path, tiny_assets, capsys, pattern, extra, message):
+    rc, out = train_tiny(tmp_path, tiny_assets, "--pattern", pattern, "--sparsity", "0.5", *extra)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not (out / "metrics.jsonl").exists() and not (out / "dense_eval.json").exists()

@@ -77,16 +77,17 @@ def finish_run(cfg: TrainConfig, model, tokenizer, out: Path, result: dict, trac
 def structure_summary(model, pattern) -> dict:
     """What ``export --shrink`` would remove: the kind of unit, units per layer before and after,
     parameters before and after (or, where the config cannot hold fewer, why they stay as zeros)."""
-    widths, removed, fixed, kind = [], 0, "", None
-    for st in pattern.structures(model):
+    structures = pattern.structures(model)  # one kind, one family: attach grouped the targets by them
+    widths, removed = [], 0
+    for st in structures:
         n = int(removed_units(st).sum())
         widths.append([st.width, st.width - n])
         removed += n * unit_parameters(st)
-        kind, fixed = st.family.kind, st.family.fixed
+    fam = structures[0].family
     total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
-    out = {"kind": kind, "widths": widths, "parameters": total,
-           "parameters_after_shrink": total if fixed else total - removed}
-    return {**out, "kept_as_zeros": fixed} if fixed else out
+    out = {"kind": fam.kind, "widths": widths, "parameters": total,
+           "parameters_after_shrink": total if fam.fixed else total - removed}
+    return {**out, "kept_as_zeros": fam.fixed} if fam.fixed else out
 
 
 def run_summary(cfg: TrainConfig, result: dict, saved: dict, final: Path) -> dict:

@@ -35,7 +35,7 @@ class KernelOptions:
     # recompute each masked weight in backward instead of keeping it from forward (pdp/kernels/recompute.py),
     # when the targets' weights together take at least recompute_min_bytes: below that, keeping the masked
     # weights costs little memory (2.4 MB on the bundled model) while the recompute costs one more mask pass
-    # per target a step (5-7% of the bundled model's step on a CPU); GPT-2 small's 340 MB are recomputed
+    # per target a step (about 5% of the bundled model's step on a CPU); GPT-2 small's 340 MB are recomputed
     recompute: bool = True
     recompute_min_bytes: int = 32 << 20
     # how threshold selection collects candidates (pdp/kernels/select.py Plan): "auto" (fixed-size on a GPU,
